@@ -1,0 +1,53 @@
+"""The few Linux calls the os module lacks: renameat2, and the AT_EMPTY_PATH
+forms of fchownat and utimensat that act on an O_PATH descriptor itself
+(needed for symlinks, which cannot be opened any other way).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
+_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+
+
+def _check(res: int) -> None:
+    if res != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int = 0) -> None:
+    _check(_libc.renameat2(olddirfd, old, newdirfd, new, flags))
+
+
+def fchown_path_fd(fd: int, uid: int, gid: int) -> None:
+    """chown the object an O_PATH fd refers to (-1 leaves a field as is)."""
+    _check(_libc.fchownat(fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+
+
+def utimens_path_fd(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
+    """Set times of the object an O_PATH fd refers to; None leaves a time as is."""
+
+    def ts(ns: int | None) -> _Timespec:
+        return _Timespec(0, UTIME_OMIT) if ns is None else _Timespec(*divmod(ns, 10**9))
+
+    times = (_Timespec * 2)(ts(atime_ns), ts(mtime_ns))
+    _check(_libc.utimensat(fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))

@@ -1,0 +1,51 @@
+"""The `seldonfs` command: one module per subcommand, dispatched from here.
+
+A `SeldonError` ends the command with one line on stderr and its exit code
+(SPEC §6): 0 ok, 1 other error, 2 usage, 10 mount point, 11 store locked,
+12 wrong key, 13 invalid configuration, 14 not a store, 26 damage found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .. import __version__
+from ..errors import SeldonError
+from . import init_cmd, mount_cmd, umount_cmd
+
+COMMANDS = (init_cmd, mount_cmd, umount_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seldonfs", description="A policy-enforcing FUSE filesystem over a plain directory."
+    )
+    parser.add_argument("--version", action="version", version=f"seldonfs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for mod in COMMANDS:
+        mod.add_parser(sub)
+    return parser
+
+
+def run(fn, *args) -> int:
+    """Call fn, turning a SeldonError into one line and its exit code."""
+    try:
+        fn(*args)
+    except SeldonError as e:
+        print(f"seldonfs: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="seldonfs: %(message)s")
+    return run(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

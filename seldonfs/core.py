@@ -1,0 +1,450 @@
+"""Filesystem semantics over the backing tree STORE/data; no pyfuse3 here.
+
+Every object the kernel knows (every inode it holds a lookup count on) is
+pinned by an O_PATH descriptor of its backing object, as libfuse's
+passthrough_ll does:
+
+- operations on an inode act on that descriptor, so renames of it or of its
+  parents never leave the table stale, and an unlinked file that is still
+  open keeps working;
+- operations on a name act on the parent's descriptor with ``dir_fd=`` and
+  O_NOFOLLOW, so no symlink in the tree can lead outside the store;
+- the inode number shown is the backing inode number (hard links share it,
+  and it is stable for the life of the mount). Holding the descriptor keeps
+  the backing filesystem from reusing that number while the kernel may still
+  ask for it; the descriptor is closed on the last `forget`.
+
+Errors are raised as OSError with the errno the caller should see.
+
+Concurrency: the mount runs every method on the trio thread and none of them
+awaits, so each call is atomic with respect to the others; the tables below
+rely on that.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat as stat_m
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import _libc
+from .content import ContentLayer, FileContent
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+RESERVED_XATTR_PREFIX = b"user.seldon."
+
+# Flags that only matter to the kernel's open or that we emulate: the
+# kernel resolves O_APPEND offsets itself (it owns i_size while the file is
+# open), and O_TRUNC goes through the content layer.
+_STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_TRUNC
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asked: from the FUSE request context."""
+
+    uid: int
+    gid: int
+    pid: int
+    umask: int = 0o022
+
+
+@dataclass(slots=True)
+class Stat:
+    """Attributes as the kernel should see them (inode mapped, size plaintext)."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    blocks: int
+    blksize: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+@dataclass(slots=True)
+class Node:
+    fd: int  # O_PATH descriptor of the backing object
+    nlookup: int
+    fmt: int  # stat.S_IFMT of the backing object; it never changes
+
+
+@dataclass(slots=True)
+class Handle:
+    ino: int
+    fd: int  # read/write descriptor of the backing file
+    content: FileContent
+
+
+@dataclass(slots=True)
+class DirHandle:
+    ino: int
+    fd: int  # readable descriptor of the backing directory
+    entries: list[bytes] | None = None
+
+
+def _proc(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+class Core:
+    def __init__(self, data_root: Path, content: ContentLayer, writeback: bool = False) -> None:
+        self.content = content
+        self.writeback = writeback
+        self.as_root = os.geteuid() == 0
+        root_fd = os.open(data_root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._root_backing_ino = os.fstat(root_fd).st_ino
+        self.nodes: dict[int, Node] = {ROOT_INODE: Node(root_fd, 1, stat_m.S_IFDIR)}
+        self.handles: dict[int, Handle] = {}
+        self.dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+
+    # ------------------------------------------------------------ inode table
+
+    def _ino(self, backing_ino: int) -> int:
+        # The root must be inode 1: swap it with whatever backing inode is 1.
+        if backing_ino == self._root_backing_ino:
+            return ROOT_INODE
+        if backing_ino == ROOT_INODE:
+            return self._root_backing_ino
+        return backing_ino
+
+    def _node(self, ino: int) -> Node:
+        try:
+            return self.nodes[ino]
+        except KeyError:
+            log.warning("request for unknown inode %d", ino)
+            raise OSError(errno.ESTALE, "unknown inode") from None
+
+    def _stat(self, ino: int, st: os.stat_result) -> Stat:
+        size = st.st_size
+        if stat_m.S_ISREG(st.st_mode):
+            size = self.content.plain_size(size)
+        return Stat(
+            ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, size,
+            st.st_blocks, st.st_blksize, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
+        )
+
+    def _register(self, fd: int) -> Stat:
+        """Take ownership of O_PATH `fd` as one more lookup of its inode."""
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        ino = self._ino(st.st_ino)
+        node = self.nodes.get(ino)
+        if node is None:
+            self.nodes[ino] = Node(fd, 1, stat_m.S_IFMT(st.st_mode))
+        else:
+            os.close(fd)
+            node.nlookup += 1
+        return self._stat(ino, st)
+
+    def lookup(self, parent: int, name: bytes) -> Stat:
+        pfd = self._node(parent).fd
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        return self._register(fd)
+
+    def forget(self, ino: int, n: int) -> None:
+        node = self.nodes.get(ino)
+        if node is None or ino == ROOT_INODE:
+            return
+        node.nlookup -= n
+        if node.nlookup <= 0:
+            del self.nodes[ino]
+            os.close(node.fd)
+
+    # ------------------------------------------------------------ attributes
+
+    def getattr(self, ino: int) -> Stat:
+        return self._stat(ino, os.fstat(self._node(ino).fd))
+
+    def setattr(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        fh: int | None = None,
+    ) -> Stat:
+        node = self._node(ino)
+        handle = self.handles.get(fh) if fh is not None else None
+        if size is not None:
+            if handle is not None:
+                handle.content.truncate(size)
+            else:
+                fd = self._reopen(node, os.O_WRONLY)
+                try:
+                    self.content.attach(fd).truncate(size)
+                finally:
+                    os.close(fd)
+        if uid is not None or gid is not None:
+            # chown before chmod: chown by root clears set-id bits, and the
+            # kernel sends the mode it wants kept along with the chown.
+            _libc.fchown_path_fd(node.fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        if mode is not None:
+            if handle is not None:
+                os.fchmod(handle.fd, stat_m.S_IMODE(mode))
+            elif node.fmt != stat_m.S_IFLNK:
+                os.chmod(_proc(node.fd), stat_m.S_IMODE(mode))
+            else:
+                raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
+        if atime_ns is not None or mtime_ns is not None:
+            _libc.utimens_path_fd(node.fd, atime_ns, mtime_ns)
+        return self.getattr(ino)
+
+    def readlink(self, ino: int) -> bytes:
+        return os.readlink(b"", dir_fd=self._node(ino).fd)
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(_proc(self.nodes[ROOT_INODE].fd))
+
+    def access(self, ino: int, mode: int, caller: Caller, groups: list[int]) -> bool:
+        st = os.fstat(self._node(ino).fd)
+        if caller.uid == 0:
+            # root may do anything but execute a file no one may execute
+            return not (mode & os.X_OK) or stat_m.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
+        if st.st_uid == caller.uid:
+            bits = (st.st_mode >> 6) & 7
+        elif st.st_gid == caller.gid or st.st_gid in groups:
+            bits = (st.st_mode >> 3) & 7
+        else:
+            bits = st.st_mode & 7
+        return (mode & bits) == mode
+
+    # ------------------------------------------------------------ names
+
+    def _owner(self, pfd: int, caller: Caller) -> tuple[int, int] | None:
+        """(uid, gid) a new entry should get; None when we cannot chown.
+        gid -1 keeps what a set-group-ID parent passed down."""
+        if not self.as_root:
+            return None
+        if os.fstat(pfd).st_mode & stat_m.S_ISGID:
+            return caller.uid, -1
+        return caller.uid, caller.gid
+
+    def _chown_new(self, pfd: int, name: bytes, owner: tuple[int, int] | None, undo) -> None:
+        if owner is None:
+            return
+        try:
+            os.chown(name, owner[0], owner[1], dir_fd=pfd, follow_symlinks=False)
+        except BaseException:
+            undo(name, dir_fd=pfd)
+            raise
+
+    def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Stat:
+        pfd = self._node(parent).fd
+        owner = self._owner(pfd, caller)
+        os.mkdir(name, stat_m.S_IMODE(mode), dir_fd=pfd)
+        self._chown_new(pfd, name, owner, os.rmdir)
+        return self.lookup(parent, name)
+
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Stat:
+        pfd = self._node(parent).fd
+        owner = self._owner(pfd, caller)
+        os.mknod(name, mode, rdev, dir_fd=pfd)
+        self._chown_new(pfd, name, owner, os.unlink)
+        if owner is not None and mode & (stat_m.S_ISUID | stat_m.S_ISGID):
+            os.chmod(name, stat_m.S_IMODE(mode), dir_fd=pfd, follow_symlinks=False)
+        return self.lookup(parent, name)
+
+    def symlink(self, parent: int, name: bytes, target: bytes, caller: Caller) -> Stat:
+        pfd = self._node(parent).fd
+        owner = self._owner(pfd, caller)
+        os.symlink(target, name, dir_fd=pfd)
+        self._chown_new(pfd, name, owner, os.unlink)
+        return self.lookup(parent, name)
+
+    def link(self, ino: int, new_parent: int, new_name: bytes) -> Stat:
+        node = self._node(ino)
+        pfd = self._node(new_parent).fd
+        # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW) links the
+        # object the descriptor pins (a symlink included), as passthrough_ll does.
+        os.link(_proc(node.fd), new_name, dst_dir_fd=pfd, follow_symlinks=True)
+        return self.lookup(new_parent, new_name)
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        os.unlink(name, dir_fd=self._node(parent).fd)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        os.rmdir(name, dir_fd=self._node(parent).fd)
+
+    def rename(self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int) -> None:
+        ofd = self._node(old_parent).fd
+        nfd = self._node(new_parent).fd
+        if flags:
+            _libc.renameat2(ofd, old, nfd, new, flags)
+        else:
+            os.rename(old, new, src_dir_fd=ofd, dst_dir_fd=nfd)
+
+    # ------------------------------------------------------------ files
+
+    def _open_flags(self, flags: int) -> int:
+        flags &= ~_STRIP_FLAGS
+        if self.writeback and flags & os.O_ACCMODE == os.O_WRONLY:
+            # With writeback caching the kernel reads pages to fill partial
+            # writes, through any handle (libfuse passthrough_hp does the same).
+            flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+        return flags | os.O_CLOEXEC
+
+    def _reopen(self, node: Node, flags: int) -> int:
+        # The magic link names the pinned inode itself; it cannot be
+        # redirected by a rename or a symlink planted in the tree.
+        return os.open(_proc(node.fd), flags | os.O_CLOEXEC)
+
+    def _new_handle(self, ino: int, fd: int, flags: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        handle = Handle(ino, fd, self.content.attach(fd))
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+            handle.content.truncate(0)
+        self.handles[fh] = handle
+        return fh
+
+    def open(self, ino: int, flags: int) -> int:
+        fd = self._reopen(self._node(ino), self._open_flags(flags))
+        try:
+            return self._new_handle(ino, fd, flags)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def create(self, parent: int, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[int, Stat]:
+        pfd = self._node(parent).fd
+        owner = self._owner(pfd, caller)
+        fd = os.open(
+            name, self._open_flags(flags) | os.O_CREAT | (flags & os.O_EXCL) | os.O_NOFOLLOW,
+            stat_m.S_IMODE(mode), dir_fd=pfd,
+        )
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+                if mode & (stat_m.S_ISUID | stat_m.S_ISGID):
+                    os.fchmod(fd, stat_m.S_IMODE(mode))  # chown cleared them
+            st = self._register(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd))
+            return self._new_handle(st.ino, fd, flags), st
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _handle(self, fh: int) -> Handle:
+        try:
+            return self.handles[fh]
+        except KeyError:
+            raise OSError(errno.EBADF, "unknown file handle") from None
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        return self._handle(fh).content.read(off, size)
+
+    def write(self, fh: int, off: int, data: bytes) -> int:
+        return self._handle(fh).content.write(off, data)
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        fd = self._handle(fh).fd
+        os.fdatasync(fd) if datasync else os.fsync(fd)
+
+    def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh, None)
+        if handle is not None:
+            os.close(handle.fd)
+
+    # ------------------------------------------------------------ directories
+
+    def opendir(self, ino: int) -> int:
+        node = self._node(ino)
+        fd = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=node.fd)
+        fh = self._next_fh
+        self._next_fh += 1
+        self.dirs[fh] = DirHandle(ino, fd)
+        return fh
+
+    def readdir(self, fh: int, start: int) -> Iterator[tuple[bytes, Stat, int]]:
+        """Entries from offset `start`, each with one lookup taken on it.
+
+        The listing is read once when the stream starts at offset 0 and kept
+        with the handle, so offsets stay valid while the directory changes
+        (entries created meanwhile appear after a rewind)."""
+        d = self.dirs[fh]
+        if start == 0 or d.entries is None:
+            d.entries = [os.fsencode(n) for n in os.listdir(d.fd)]
+        for i in range(start, len(d.entries)):
+            try:
+                st = self.lookup(d.ino, d.entries[i])
+            except FileNotFoundError:
+                continue  # removed since the listing was read
+            yield d.entries[i], st, i + 1
+
+    def fsyncdir(self, fh: int, datasync: bool) -> None:
+        fd = self.dirs[fh].fd
+        os.fdatasync(fd) if datasync else os.fsync(fd)
+
+    def releasedir(self, fh: int) -> None:
+        d = self.dirs.pop(fh, None)
+        if d is not None:
+            os.close(d.fd)
+
+    # ------------------------------------------------------------ xattrs
+
+    def _xattr_path(self, ino: int) -> str | None:
+        """A path for the xattr calls, or None for a symlink: following the
+        magic link of a symlink could lead out of the store, and Linux
+        allows no user.* attributes on symlinks anyway."""
+        node = self._node(ino)
+        return None if node.fmt == stat_m.S_IFLNK else _proc(node.fd)
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        path = self._xattr_path(ino)
+        if path is None:
+            raise OSError(errno.ENODATA, "no such attribute")
+        return os.getxattr(path, name)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        path = self._xattr_path(ino)
+        return [] if path is None else [os.fsencode(n) for n in os.listxattr(path)]
+
+    def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self._check_xattr_name(name)
+        path = self._xattr_path(ino)
+        if path is None:
+            raise OSError(errno.EPERM, "no attributes on symlinks")
+        os.setxattr(path, name, value)
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        self._check_xattr_name(name)
+        path = self._xattr_path(ino)
+        if path is None:
+            raise OSError(errno.ENODATA, "no such attribute")
+        os.removexattr(path, name)
+
+    @staticmethod
+    def _check_xattr_name(name: bytes) -> None:
+        if name.startswith(RESERVED_XATTR_PREFIX):
+            # The filesystem's own records (quarantine reason, origin...).
+            raise OSError(errno.EPERM, "reserved attribute prefix")
+
+    # ------------------------------------------------------------ teardown
+
+    def close(self) -> None:
+        for fh in list(self.handles):
+            self.release(fh)
+        for fh in list(self.dirs):
+            self.releasedir(fh)
+        for node in self.nodes.values():
+            os.close(node.fd)
+        self.nodes.clear()

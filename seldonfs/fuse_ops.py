@@ -1,0 +1,229 @@
+"""pyfuse3.Operations over `core.Core`: arguments in, core call, FUSEError out.
+
+Nothing here decides anything. Only FUSEError may leave a handler (pyfuse3's
+`Operations` docstring): OSError becomes its errno, anything else is a bug,
+logged with its traceback and answered with EIO so the mount stays up.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from .config import MountConfig
+from .core import Caller, Core, Stat
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _errors(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except OSError as e:
+            raise FUSEError(e.errno or errno.EIO) from None
+        except FUSEError:
+            raise
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            raise FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _caller(ctx: pyfuse3.RequestContext) -> Caller:
+    return Caller(ctx.uid, ctx.gid, ctx.pid, ctx.umask)
+
+
+class SeldonOperations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_acl = False
+
+    def __init__(self, core: Core, cfg: MountConfig) -> None:
+        super().__init__()
+        self.core = core
+        self.cfg = cfg
+        self.enable_writeback_cache = cfg.writeback_cache
+
+    def _entry(self, st: Stat) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = st.ino
+        e.generation = 0
+        e.entry_timeout = self.cfg.entry_timeout
+        e.attr_timeout = self.cfg.attr_timeout
+        e.st_mode = st.mode
+        e.st_nlink = st.nlink
+        e.st_uid = st.uid
+        e.st_gid = st.gid
+        e.st_rdev = st.rdev
+        e.st_size = st.size
+        e.st_blksize = st.blksize
+        e.st_blocks = st.blocks
+        e.st_atime_ns = st.atime_ns
+        e.st_mtime_ns = st.mtime_ns
+        e.st_ctime_ns = st.ctime_ns
+        return e
+
+    def _file_info(self, fh: int, flags: int) -> pyfuse3.FileInfo:
+        # keep_cache: every change reaches the backing files through this
+        # mount, so the kernel's page cache of a file stays true across opens.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=bool(flags & os.O_DIRECT))
+
+    @_errors
+    async def lookup(self, parent_inode, name, ctx):
+        try:
+            return self._entry(self.core.lookup(parent_inode, name))
+        except FileNotFoundError:
+            # inode 0 is a negative entry the kernel may cache
+            e = pyfuse3.EntryAttributes()
+            e.st_ino = 0
+            e.entry_timeout = self.cfg.negative_timeout
+            return e
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            self.core.forget(ino, n)
+
+    @_errors
+    async def getattr(self, inode, ctx):
+        return self._entry(self.core.getattr(inode))
+
+    @_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        st = self.core.setattr(
+            inode,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            fh=fh,
+        )
+        return self._entry(st)
+
+    @_errors
+    async def readlink(self, inode, ctx):
+        return self.core.readlink(inode)
+
+    @_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self._entry(self.core.mknod(parent_inode, name, mode, rdev, _caller(ctx)))
+
+    @_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._entry(self.core.mkdir(parent_inode, name, mode, _caller(ctx)))
+
+    @_errors
+    async def unlink(self, parent_inode, name, ctx):
+        self.core.unlink(parent_inode, name)
+
+    @_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        self.core.rmdir(parent_inode, name)
+
+    @_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self._entry(self.core.symlink(parent_inode, name, target, _caller(ctx)))
+
+    @_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self.core.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self._entry(self.core.link(inode, new_parent_inode, new_name))
+
+    @_errors
+    async def open(self, inode, flags, ctx):
+        return self._file_info(self.core.open(inode, flags), flags)
+
+    @_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        fh, st = self.core.create(parent_inode, name, mode, flags, _caller(ctx))
+        return self._file_info(fh, flags), self._entry(st)
+
+    @_errors
+    async def read(self, fh, off, size):
+        return self.core.read(fh, off, size)
+
+    @_errors
+    async def write(self, fh, off, buf):
+        return self.core.write(fh, off, buf)
+
+    @_errors
+    async def flush(self, fh):
+        pass
+
+    @_errors
+    async def release(self, fh):
+        self.core.release(fh)
+
+    @_errors
+    async def fsync(self, fh, datasync):
+        self.core.fsync(fh, datasync)
+
+    @_errors
+    async def opendir(self, inode, ctx):
+        return self.core.opendir(inode)
+
+    @_errors
+    async def readdir(self, fh, start_id, token):
+        for name, st, next_id in self.core.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, self._entry(st), next_id):
+                self.core.forget(st.ino, 1)  # the kernel did not take it
+                break
+
+    @_errors
+    async def releasedir(self, fh):
+        self.core.releasedir(fh)
+
+    @_errors
+    async def fsyncdir(self, fh, datasync):
+        self.core.fsyncdir(fh, datasync)
+
+    @_errors
+    async def statfs(self, ctx):
+        v = self.core.statfs()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = v.f_bsize
+        s.f_frsize = v.f_frsize
+        s.f_blocks = v.f_blocks
+        s.f_bfree = v.f_bfree
+        s.f_bavail = v.f_bavail
+        s.f_files = v.f_files
+        s.f_ffree = v.f_ffree
+        s.f_favail = v.f_favail
+        s.f_namemax = v.f_namemax
+        return s
+
+    @_errors
+    async def setxattr(self, inode, name, value, ctx):
+        self.core.setxattr(inode, name, value)
+
+    @_errors
+    async def getxattr(self, inode, name, ctx):
+        return self.core.getxattr(inode, name)
+
+    @_errors
+    async def listxattr(self, inode, ctx):
+        return self.core.listxattr(inode)
+
+    @_errors
+    async def removexattr(self, inode, name, ctx):
+        self.core.removexattr(inode, name)
+
+    @_errors
+    async def access(self, inode, mode, ctx):
+        groups = pyfuse3.get_sup_groups(ctx.pid) if ctx.uid else set()
+        return self.core.access(inode, mode, _caller(ctx), list(groups))

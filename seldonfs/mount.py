@@ -1,0 +1,219 @@
+"""Running a mount: checks, the store lock, pyfuse3 and the trio loop, signals,
+and an orderly close (unmount, catalog closed, lock released).
+
+`run()` is the whole life of one mount in the calling process;
+`run_daemon()` forks it into the background and returns once the mount is
+ready or has failed, with the failure's one-line message and exit code.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import logging.handlers
+import os
+import resource
+import signal
+import stat as stat_m
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .catalog import Catalog
+from .content import PlainContent
+from .core import Core
+from .errors import MountPointError, SeldonError
+from .fuse_ops import SeldonOperations
+from .store import Store, StoreLock
+
+log = logging.getLogger(__name__)
+
+FSTYPE = "fuse.seldonfs"
+
+# Options mount(8) and fstab pass that mean nothing to FUSE (libfuse would
+# refuse them as unknown).
+_FSTAB_ONLY = {"defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
+
+
+def fuse_options(opts: list[str], store: Store) -> set[str]:
+    out = set(pyfuse3.default_options)
+    for o in opts:
+        if o in _FSTAB_ONLY or o.startswith(("x-", "comment=")):
+            continue
+        out.add(o)
+    out.add(f"fsname={store.root}")
+    out.add("subtype=seldonfs")
+    return out
+
+
+def find_mount(mountpoint: Path) -> tuple[str, str] | None:
+    """(source, fstype) of the mount at `mountpoint`, from /proc/self/mounts."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            src, mnt, fstype = line.split()[:3]
+            unesc = mnt.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+            if unesc == target:
+                found = (src.replace("\\040", " "), fstype)  # the last one is on top
+    return found
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountPointError(f"{mountpoint}: mount point does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise MountPointError(
+                f"{mountpoint}: a dead FUSE mount (its daemon is gone); "
+                f"clear it with: fusermount3 -uz {mountpoint}"
+            ) from None
+        raise MountPointError(f"{mountpoint}: {e.strerror}") from None
+    if not stat_m.S_ISDIR(st.st_mode):
+        raise MountPointError(f"{mountpoint}: mount point is not a directory")
+    if find_mount(mountpoint) is not None or os.path.ismount(mountpoint):
+        raise MountPointError(f"{mountpoint}: already mounted")
+    if os.listdir(mountpoint):
+        raise MountPointError(f"{mountpoint}: mount point is not empty")
+
+
+def _raise_nofile_limit() -> None:
+    # One O_PATH descriptor per inode the kernel holds (see core.py).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if os.geteuid() == 0:
+        try:
+            nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nr_open, nr_open))
+            return
+        except (OSError, ValueError):
+            pass
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def setup_logging(store: Store, foreground: bool, debug: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    fh = logging.handlers.RotatingFileHandler(store.log_path, maxBytes=10 << 20, backupCount=3)
+    fh.setFormatter(fmt)
+    root.addHandler(fh)
+    if foreground:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        sh.setLevel(logging.DEBUG if debug else logging.WARNING)
+        root.addHandler(sh)
+
+
+def run(
+    store_root: Path,
+    mountpoint: Path,
+    opts: list[str],
+    ready: Callable[[], None],
+    foreground: bool = True,
+    debug: bool = False,
+) -> None:
+    store = Store(store_root.resolve())
+    store.identity()
+    cfg = store.load_config()
+    mountpoint = Path(os.path.abspath(mountpoint))
+    check_mountpoint(mountpoint)
+    lock = StoreLock(store)
+    lock.acquire()
+    try:
+        setup_logging(store, foreground, debug)
+        _raise_nofile_limit()
+        # Modes arrive already masked by the caller's umask; ours must not
+        # mask them again.
+        os.umask(0)
+        catalog = Catalog(store.catalog_path)
+        core = Core(store.data, PlainContent(), writeback=cfg.mount.writeback_cache)
+        try:
+            ops = SeldonOperations(core, cfg.mount)
+            try:
+                pyfuse3.init(ops, str(mountpoint), fuse_options(opts, store))
+            except RuntimeError as e:
+                raise MountPointError(f"{mountpoint}: cannot mount: {e}") from None
+            log.info("mounted %s at %s", store.root, mountpoint)
+            ready()
+            try:
+                trio.run(_serve)
+            finally:
+                pyfuse3.close(unmount=True)
+                log.info("unmounted %s", mountpoint)
+        finally:
+            core.close()
+            catalog.close()
+    finally:
+        lock.release()
+
+
+async def _serve() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signals)
+        await pyfuse3.main()
+        # Unmounted from outside (fusermount3 -u, umount): stop the rest.
+        nursery.cancel_scope.cancel()
+
+
+async def _on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+def run_daemon(store_root: Path, mountpoint: Path, opts: list[str], debug: bool = False) -> None:
+    """Fork the mount into the background; return once it is ready.
+
+    The child reports over a pipe: "ok", or the exit code and message of the
+    error that stopped it. EOF without a report means it died."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        code = 0
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.close(devnull)
+
+            def ready() -> None:
+                os.write(w, b"ok\n")
+                os.close(w)
+
+            run(store_root, mountpoint, opts, ready, foreground=False, debug=debug)
+        except SeldonError as e:
+            _report(w, e.exit_code, str(e))
+            code = e.exit_code
+        except BaseException as e:  # noqa: BLE001 - the parent must hear of it
+            log.exception("mount daemon failed")
+            _report(w, 1, f"mount daemon failed: {e}")
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        msg = f.read().decode(errors="replace")
+    if msg.startswith("ok"):
+        return
+    if msg:
+        code, _, text = msg.partition(" ")
+        raise SeldonError(text.strip(), int(code))
+    os.waitpid(pid, 0)
+    raise SeldonError(f"mount daemon exited during start-up; see {Store(store_root).log_path}")
+
+
+def _report(w: int, code: int, msg: str) -> None:
+    try:
+        os.write(w, f"{code} {msg}\n".encode())
+        os.close(w)
+    except OSError:
+        pass  # already reported ready, or the parent is gone

@@ -1,0 +1,187 @@
+"""The backing store: its layout, creation, identity check, lock, and the one
+way into STORE/data.
+
+Layout of a store directory::
+
+    store.json       identity: format version, store id, creation time
+    seldonfs.toml    the rules (config.py)
+    catalog.sqlite   the catalog (catalog.py)
+    data/            the visible tree, mirrored
+    lock             flock()ed by whoever owns the store (a mount)
+    seldonfs.log     the mount daemon's log
+
+No policy lives here. Every access below data/ goes through `walk()` or a
+``dir_fd=`` call on a descriptor it returned, with O_NOFOLLOW, so no symlink
+inside the tree can lead outside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+import tomllib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import FORMAT_VERSION, config
+from .catalog import CATALOG_NAME, Catalog
+from .errors import NotAStoreError, SeldonError, StoreLockedError
+
+IDENTITY_NAME = "store.json"
+DATA_NAME = "data"
+LOCK_NAME = "lock"
+LOG_NAME = "seldonfs.log"
+
+
+@dataclass(frozen=True)
+class Store:
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / DATA_NAME
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / config.CONFIG_NAME
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / CATALOG_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / LOG_NAME
+
+    def identity(self) -> dict:
+        """Read store.json; NotAStoreError (exit 14) if missing, broken or of another version."""
+        p = self.root / IDENTITY_NAME
+        if not self.root.is_dir():
+            raise NotAStoreError(f"{self.root}: no such directory")
+        try:
+            ident = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise NotAStoreError(f"{self.root}: not a SeldonFS store (no {IDENTITY_NAME})") from None
+        except (OSError, ValueError) as e:
+            raise NotAStoreError(f"{p}: unreadable: {e}") from None
+        have = ident.get("format_version") if isinstance(ident, dict) else None
+        if have != FORMAT_VERSION:
+            raise NotAStoreError(
+                f"{p}: unsupported store format version (want={FORMAT_VERSION} have={have})"
+            )
+        if not self.data.is_dir():
+            raise NotAStoreError(f"{self.root}: store has no {DATA_NAME}/ directory")
+        return ident
+
+    def load_config(self) -> config.Config:
+        return config.load(self.config_path)
+
+
+def init_store(root: Path, profile: str) -> Store:
+    """Create a store in `root` (missing or empty) from a shipped profile."""
+    text = config.profile_text(profile)
+    cfg = config.parse(tomllib.loads(text), f"profile {profile}")
+    if root.exists():
+        if not root.is_dir():
+            raise SeldonError(f"{root}: exists and is not a directory", 1)
+        if (root / IDENTITY_NAME).exists():
+            raise SeldonError(f"{root}: is already a SeldonFS store", 1)
+        if any(root.iterdir()):
+            raise SeldonError(f"{root}: directory is not empty; refusing to create a store in it", 1)
+    root.mkdir(parents=True, exist_ok=True)
+    store = Store(root.resolve())
+    store.data.mkdir(mode=0o755)
+    root_fd = os.open(store.data, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for rule in cfg.folders:
+            fd = walk(root_fd, rule.path, create=True)
+            try:
+                if rule.mode is not None:
+                    os.chmod(f"/proc/self/fd/{fd}", rule.mode)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
+    store.config_path.write_text(text)
+    Catalog.create(store.catalog_path).close()
+    ident = {
+        "format_version": FORMAT_VERSION,
+        "store_id": str(uuid.uuid4()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "profile": profile,
+    }
+    # Written last: a store is a store once its identity exists.
+    tmp = root / (IDENTITY_NAME + ".tmp")
+    tmp.write_text(json.dumps(ident, indent=2) + "\n")
+    os.replace(tmp, root / IDENTITY_NAME)
+    return store
+
+
+def walk(root_fd: int, relpath: str, create: bool = False) -> int:
+    """Open directory `relpath` below `root_fd` as O_PATH, never following a
+    symlink; with `create`, make missing components (mode 0755)."""
+    fd = os.dup(root_fd)
+    try:
+        for part in relpath.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                raise OSError(errno.EACCES, "'..' in store path", relpath)
+            if create:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class StoreLock:
+    """An exclusive flock on STORE/lock: held by the mount for its whole life.
+    The kernel drops it when the holder dies, so kill -9 never leaves it stale."""
+
+    def __init__(self, store: Store) -> None:
+        self.path = store.root / LOCK_NAME
+        self.fd = -1
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise StoreLockedError(
+                f"{self.path.parent}: store is in use (mounted or locked by pid {holder or '?'})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)
+            self.fd = -1
+
+    def is_held_elsewhere(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
