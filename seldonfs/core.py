@@ -41,8 +41,9 @@ RESERVED_XATTR_PREFIX = b"user.seldon."
 
 # Flags that only matter to the kernel's open or that we emulate: the
 # kernel resolves O_APPEND offsets itself (it owns i_size while the file is
-# open), and O_TRUNC goes through the content layer.
-_STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_TRUNC
+# open), O_TRUNC goes through the content layer, and O_NOFOLLOW was applied
+# by the kernel already (on our /proc/self/fd reopen it would fail: ELOOP).
+_STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_TRUNC | os.O_NOFOLLOW
 
 
 @dataclass(frozen=True, slots=True)

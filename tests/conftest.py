@@ -1,0 +1,128 @@
+"""Fixtures: fresh stores, and real mounts through /dev/fuse.
+
+A mount runs `seldonfs mount -f` in a subprocess; the fixture waits for the
+mount point, yields, and always runs `fusermount3 -u -z` and ends the process,
+also when the test failed (pattern: pyfuse3 test/util.py). A mount whose
+daemon logged a warning or error fails the test unless the test says it
+expects one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+SELDONFS = [sys.executable, "-m", "seldonfs"]
+
+fuse_available = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+needs_fuse = pytest.mark.skipif(not fuse_available, reason="needs /dev/fuse and fusermount3")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def seldonfs(*args: str, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.run(SELDONFS + [str(a) for a in args], check=check, **kw)
+
+
+def init_store(path: Path, *extra: str) -> Path:
+    seldonfs("init", path, *extra, check=True)
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    # Other users (tests that drop privileges) must reach the mount: open the
+    # 0700 directories pytest makes for traversal only.
+    for p in (tmp_path, *tmp_path.parents):
+        if p == Path(tempfile.gettempdir()) or p == p.parent:
+            break
+        p.chmod(p.stat().st_mode | 0o711)
+    return init_store(tmp_path / "store")
+
+
+def wait_for(pred, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def log_problems(store: Path) -> list[str]:
+    log = store / "seldonfs.log"
+    if not log.exists():
+        return []
+    return [l for l in log.read_text().splitlines() if " WARNING " in l or " ERROR " in l]
+
+
+def unmount(mnt: Path) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+
+
+@contextmanager
+def mounted(store: Path, mnt: Path, opts: str = "allow_other", expect_log_problems: bool = False) -> Iterator[subprocess.Popen]:
+    mnt.mkdir(exist_ok=True)
+    errlog = open(store.parent / f"mount-{mnt.name}.stderr", "w+")
+    proc = subprocess.Popen(
+        SELDONFS + ["mount", "-f", "-o", opts, str(store), str(mnt)],
+        stdin=subprocess.DEVNULL, stdout=errlog, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, what="mount")
+        if proc.poll() is not None:
+            errlog.seek(0)
+            raise RuntimeError(f"mount failed (exit {proc.returncode}): {errlog.read()}")
+        yield proc
+    finally:
+        unmount(mnt)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        errlog.close()
+    problems = log_problems(store)
+    if problems and not expect_log_problems:
+        pytest.fail("daemon logged problems:\n" + "\n".join(problems))
+
+
+@pytest.fixture
+def mnt(store: Path, tmp_path: Path) -> Iterator[Path]:
+    """A mounted default store; yields the mount point."""
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        yield m
+
+
+@pytest.fixture
+def plain(mnt: Path) -> Path:
+    """A folder whose policy neither renames nor validates: behaves like a local disk."""
+    return mnt / "input" / "processed"
+
+
+# The test interpreter may live where other users cannot read it (/root/...);
+# code run as another user needs only the standard library.
+OTHER_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+def as_user(uid: int, gid: int, code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run python `code` as another user (no supplementary groups)."""
+    return subprocess.run(
+        [OTHER_PYTHON, "-c", code, *args], user=uid, group=gid, extra_groups=[],
+        capture_output=True, text=True, cwd="/",
+    )
