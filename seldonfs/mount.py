@@ -65,6 +65,8 @@ def find_mount(mountpoint: Path) -> tuple[str, str] | None:
 def check_mountpoint(mountpoint: Path) -> None:
     try:
         st = os.stat(mountpoint)
+        # listing asks a FUSE daemon even when the kernel cached the stat
+        entries = os.listdir(mountpoint) if stat_m.S_ISDIR(st.st_mode) else []
     except FileNotFoundError:
         raise MountPointError(f"{mountpoint}: mount point does not exist") from None
     except OSError as e:
@@ -78,7 +80,7 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise MountPointError(f"{mountpoint}: mount point is not a directory")
     if find_mount(mountpoint) is not None or os.path.ismount(mountpoint):
         raise MountPointError(f"{mountpoint}: already mounted")
-    if os.listdir(mountpoint):
+    if entries:
         raise MountPointError(f"{mountpoint}: mount point is not empty")
 
 

@@ -1,0 +1,217 @@
+"""The command line and the mount's life cycle: init, mount (daemon and
+foreground), umount, signals, kill -9, mount(8), and the documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import init_store, log_problems, mounted, needs_fuse, needs_root, seldonfs, unmount, wait_for
+
+
+def test_init_creates_store(tmp_path: Path) -> None:
+    r = seldonfs("init", tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    s = tmp_path / "s"
+    assert json.loads((s / "store.json").read_text())["format_version"] == 1
+    assert (s / "seldonfs.toml").is_file() and (s / "catalog.sqlite").is_file()
+    for d in ("input/raw", "input/quarantine", "output/reports", "temp/sessions", "archive/compliance", "system/logs"):
+        assert (s / "data" / d).is_dir(), d
+
+
+def test_init_refuses_non_empty_dir_and_existing_store(tmp_path: Path) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "precious").write_text("keep me")
+    r = seldonfs("init", tmp_path / "busy")
+    assert r.returncode == 1 and "not empty" in r.stderr
+    assert (tmp_path / "busy" / "precious").read_text() == "keep me"
+    init_store(tmp_path / "s")
+    r = seldonfs("init", tmp_path / "s")
+    assert r.returncode == 1 and "already a SeldonFS store" in r.stderr
+
+
+def test_unknown_profile_is_usage_error(tmp_path: Path) -> None:
+    r = seldonfs("init", tmp_path / "s", "--profile", "nope")
+    assert r.returncode == 2 and "unknown profile 'nope'" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_usage_error_exit_2() -> None:
+    assert seldonfs("mount").returncode == 2
+    assert seldonfs("frobnicate").returncode == 2
+
+
+@needs_fuse
+class TestMountErrors:
+    def test_mountpoint_missing(self, store: Path, tmp_path: Path) -> None:
+        r = seldonfs("mount", store, tmp_path / "nope")
+        assert r.returncode == 10 and "does not exist" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+    def test_mountpoint_not_empty(self, store: Path, tmp_path: Path) -> None:
+        (tmp_path / "m").mkdir()
+        (tmp_path / "m" / "x").touch()
+        r = seldonfs("mount", store, tmp_path / "m")
+        assert r.returncode == 10 and "not empty" in r.stderr
+
+    def test_already_mounted_and_store_locked(self, store: Path, tmp_path: Path) -> None:
+        with mounted(store, tmp_path / "m"):
+            r = seldonfs("mount", store, tmp_path / "m")
+            assert r.returncode == 10 and "already mounted" in r.stderr
+            (tmp_path / "m2").mkdir()
+            r = seldonfs("mount", store, tmp_path / "m2")
+            assert r.returncode == 11 and "in use" in r.stderr
+            assert not os.path.ismount(tmp_path / "m2")
+
+    def test_not_a_store(self, tmp_path: Path) -> None:
+        (tmp_path / "m").mkdir()
+        (tmp_path / "plain").mkdir()
+        r = seldonfs("mount", tmp_path / "plain", tmp_path / "m")
+        assert r.returncode == 14 and "not a SeldonFS store" in r.stderr
+
+    def test_unknown_format_version(self, store: Path, tmp_path: Path) -> None:
+        ident = json.loads((store / "store.json").read_text())
+        ident["format_version"] = 99
+        (store / "store.json").write_text(json.dumps(ident))
+        (tmp_path / "m").mkdir()
+        r = seldonfs("mount", store, tmp_path / "m")
+        assert r.returncode == 14 and "want=1 have=99" in r.stderr
+
+    @pytest.mark.parametrize(
+        "text, needle",
+        [
+            ("[mount\n", "not valid TOML"),
+            ("[mount]\nentry_timeout = 'soon'\n", "mount.entry_timeout: wrong type str"),
+            ("[mount]\nbogus = 1\n", "mount.bogus: unknown key"),
+            ('[folders."../escape"]\n', "must be a relative path"),
+        ],
+    )
+    def test_broken_config(self, store: Path, tmp_path: Path, text: str, needle: str) -> None:
+        (store / "seldonfs.toml").write_text(text)
+        (tmp_path / "m").mkdir()
+        r = seldonfs("mount", store, tmp_path / "m")
+        assert r.returncode == 13, r.stderr
+        assert str(store / "seldonfs.toml") in r.stderr and needle in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _daemon_pid(store: Path) -> int:
+    return int((store / "lock").read_text())
+
+
+def _lock_free(store: Path) -> bool:
+    return (store / "lock").read_text() == ""
+
+
+@needs_fuse
+def test_daemon_mount_and_umount(store: Path, tmp_path: Path) -> None:
+    m = tmp_path / "m"
+    m.mkdir()
+    try:
+        r = seldonfs("mount", "-o", "allow_other", store, m)
+        assert r.returncode == 0, r.stderr
+        assert os.path.ismount(m)  # ready when the command returns
+        (m / "input/processed/f").write_text("daemon")
+        pid = _daemon_pid(store)
+        r = seldonfs("umount", m)
+        assert r.returncode == 0, r.stderr
+        assert not os.path.ismount(m)
+        assert _lock_free(store)  # umount waited for the daemon to let go
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), what="daemon exit")
+        r = seldonfs("umount", m)
+        assert r.returncode == 10 and "not a SeldonFS mount" in r.stderr
+    finally:
+        unmount(m)
+    assert (store / "data/input/processed/f").read_text() == "daemon"
+    assert log_problems(store) == []
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@needs_fuse
+def test_umount_busy_mount_is_refused(store: Path, tmp_path: Path) -> None:
+    m = tmp_path / "m"
+    with mounted(store, m):
+        with open(m / "input/processed/open", "w"):
+            r = seldonfs("umount", m)
+            assert r.returncode == 10 and "busy" in r.stderr.lower()
+            assert os.path.ismount(m)
+
+
+@needs_fuse
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_cleanly(store: Path, tmp_path: Path, sig: int) -> None:
+    m = tmp_path / "m"
+    with mounted(store, m) as proc:
+        (m / "input/processed/f").write_text("x")
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == 0
+        assert not os.path.ismount(m)
+        assert _lock_free(store)
+
+
+@needs_fuse
+def test_fusermount_u_ends_daemon(store: Path, tmp_path: Path) -> None:
+    m = tmp_path / "m"
+    with mounted(store, m) as proc:
+        subprocess.run(["fusermount3", "-u", str(m)], check=True)
+        assert proc.wait(timeout=20) == 0
+        assert _lock_free(store)
+
+
+@needs_fuse
+def test_kill_9_then_remount_keeps_closed_and_synced_files(store: Path, tmp_path: Path) -> None:
+    m = tmp_path / "m"
+    closed = os.urandom(300_000)
+    synced = os.urandom(200_000)
+    with mounted(store, m) as proc:
+        (m / "input/processed/closed").write_bytes(closed)
+        fd = os.open(m / "input/processed/synced", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, synced)
+        os.fsync(fd)
+        proc.kill()
+        proc.wait()
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # the flush on close cannot reach a dead daemon
+        # a dead mount: a clear error, then fusermount3 -uz clears it
+        r = seldonfs("mount", store, m)
+        assert r.returncode == 10 and "fusermount3 -uz" in r.stderr
+        unmount(m)
+    with mounted(store, m):
+        assert (m / "input/processed/closed").read_bytes() == closed
+        assert (m / "input/processed/synced").read_bytes() == synced
+
+
+@needs_fuse
+@needs_root
+def test_mount_t_fuse_seldonfs(store: Path, tmp_path: Path) -> None:
+    if not os.path.exists("/sbin/mount.fuse.seldonfs"):
+        pytest.skip("mount helper not installed (scripts/setup.sh installs it)")
+    m = tmp_path / "m"
+    m.mkdir()
+    try:
+        r = subprocess.run(
+            ["mount", "-t", "fuse.seldonfs", str(store), str(m), "-o", "allow_other,defaults,nofail"],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        )
+        assert r.returncode == 0, r.stderr
+        assert os.path.ismount(m)
+        line = next(l for l in Path("/proc/self/mounts").read_text().splitlines() if f" {m} " in l)
+        assert line.split()[:3] == [str(store), str(m), "fuse.seldonfs"]
+        assert "allow_other" in line
+        assert seldonfs("umount", m).returncode == 0
+    finally:
+        unmount(m)

@@ -1,0 +1,112 @@
+"""core.Core without FUSE: the inode table, names and handles over a temp tree."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from seldonfs.content import PlainContent
+from seldonfs.core import ROOT_INODE, Caller, Core
+
+ME = Caller(os.getuid(), os.getgid(), os.getpid())
+
+
+@pytest.fixture
+def core(tmp_path: Path):
+    (tmp_path / "data").mkdir()
+    c = Core(tmp_path / "data", PlainContent())
+    yield c
+    c.close()
+
+
+def test_root_is_inode_1(core: Core) -> None:
+    assert core.getattr(ROOT_INODE).ino == ROOT_INODE
+
+
+def test_create_write_read_release(core: Core, tmp_path: Path) -> None:
+    fh, st = core.create(ROOT_INODE, b"f", 0o640, os.O_WRONLY, ME)
+    assert core.write(fh, 0, b"hello") == 5
+    core.release(fh)
+    assert (tmp_path / "data/f").read_bytes() == b"hello"
+    fh = core.open(st.ino, os.O_RDONLY)
+    assert core.read(fh, 1, 3) == b"ell"
+    core.release(fh)
+
+
+def test_lookup_counts_and_forget(core: Core) -> None:
+    fh, st = core.create(ROOT_INODE, b"f", 0o644, os.O_WRONLY, ME)
+    core.release(fh)
+    assert core.lookup(ROOT_INODE, b"f").ino == st.ino
+    assert core.nodes[st.ino].nlookup == 2
+    core.forget(st.ino, 2)
+    assert st.ino not in core.nodes
+    with pytest.raises(OSError) as e:
+        core.getattr(st.ino)
+    assert e.value.errno == errno.ESTALE
+
+
+def test_node_follows_rename_of_parent(core: Core, tmp_path: Path) -> None:
+    d = core.mkdir(ROOT_INODE, b"d", 0o755, ME)
+    fh, f = core.create(d.ino, b"f", 0o644, os.O_WRONLY, ME)
+    core.release(fh)
+    core.rename(ROOT_INODE, b"d", ROOT_INODE, b"e", 0)
+    assert core.getattr(f.ino).ino == f.ino
+    fh = core.open(f.ino, os.O_RDWR)
+    core.write(fh, 0, b"moved")
+    core.release(fh)
+    assert (tmp_path / "data/e/f").read_bytes() == b"moved"
+
+
+def test_hard_link_same_node(core: Core) -> None:
+    fh, f = core.create(ROOT_INODE, b"a", 0o644, os.O_WRONLY, ME)
+    core.release(fh)
+    b = core.link(f.ino, ROOT_INODE, b"b")
+    assert b.ino == f.ino and b.nlink == 2
+    assert core.nodes[f.ino].nlookup == 2
+
+
+def test_names_cannot_escape(core: Core, tmp_path: Path) -> None:
+    (tmp_path / "outside").write_text("secret")
+    os.symlink(str(tmp_path / "outside"), tmp_path / "data/evil")
+    st = core.lookup(ROOT_INODE, b"evil")
+    with pytest.raises(OSError):
+        core.open(st.ino, os.O_RDONLY)  # an O_PATH symlink fd does not reopen as a file
+    with pytest.raises(OSError):
+        core.getxattr(st.ino, b"user.x")
+    with pytest.raises(OSError):
+        core.lookup(st.ino, b"x")  # nor serve as a directory
+
+
+def test_reserved_xattr_prefix(core: Core) -> None:
+    fh, f = core.create(ROOT_INODE, b"f", 0o644, os.O_WRONLY, ME)
+    core.release(fh)
+    with pytest.raises(OSError) as e:
+        core.setxattr(f.ino, b"user.seldon.reason", b"x")
+    assert e.value.errno == errno.EPERM
+
+
+def test_readdir_snapshot_and_lookups(core: Core) -> None:
+    for n in (b"a", b"b", b"c"):
+        fh, _ = core.create(ROOT_INODE, n, 0o644, os.O_WRONLY, ME)
+        core.release(fh)
+    dh = core.opendir(ROOT_INODE)
+    it = core.readdir(dh, 0)
+    first = next(it)
+    core.unlink(ROOT_INODE, b"c" if first[0] != b"c" else b"b")
+    rest = list(it)
+    names = [first[0]] + [n for n, _, _ in rest]
+    assert len(names) == 2 and len(set(names)) == 2
+    offs = [first[2]] + [o for _, _, o in rest]
+    assert offs == sorted(offs)
+    core.releasedir(dh)
+
+
+def test_open_trunc_goes_through_content(core: Core, tmp_path: Path) -> None:
+    (tmp_path / "data/t").write_bytes(b"old contents")
+    st = core.lookup(ROOT_INODE, b"t")
+    fh = core.open(st.ino, os.O_WRONLY | os.O_TRUNC)
+    core.release(fh)
+    assert (tmp_path / "data/t").read_bytes() == b""
