@@ -43,7 +43,11 @@ RESERVED_XATTR_PREFIX = b"user.seldon."
 # kernel resolves O_APPEND offsets itself (it owns i_size while the file is
 # open), O_TRUNC goes through the content layer, and O_NOFOLLOW was applied
 # by the kernel already (on our /proc/self/fd reopen it would fail: ELOOP).
-_STRIP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_TRUNC | os.O_NOFOLLOW
+# O_DIRECT is the kernel's business (its direct I/O path keeps the page cache
+# coherent); on the backing file it would demand aligned buffers (EINVAL).
+_STRIP_FLAGS = (
+    os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_TRUNC | os.O_NOFOLLOW | os.O_DIRECT
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -74,10 +73,13 @@ class SeldonOperations(pyfuse3.Operations):
         e.st_ctime_ns = st.ctime_ns
         return e
 
-    def _file_info(self, fh: int, flags: int) -> pyfuse3.FileInfo:
+    @staticmethod
+    def _file_info(fh: int) -> pyfuse3.FileInfo:
         # keep_cache: every change reaches the backing files through this
         # mount, so the kernel's page cache of a file stays true across opens.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=bool(flags & os.O_DIRECT))
+        # No direct_io even for O_DIRECT opens: the kernel's own O_DIRECT path
+        # (fuse_direct_IO) bypasses and invalidates the cache correctly.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_errors
     async def lookup(self, parent_inode, name, ctx):
@@ -146,12 +148,12 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode, flags, ctx):
-        return self._file_info(self.core.open(inode, flags), flags)
+        return self._file_info(self.core.open(inode, flags))
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         fh, st = self.core.create(parent_inode, name, mode, flags, _caller(ctx))
-        return self._file_info(fh, flags), self._entry(st)
+        return self._file_info(fh), self._entry(st)
 
     @_errors
     async def read(self, fh, off, size):

@@ -341,3 +341,19 @@ def test_access(plain: Path) -> None:
     os.chmod(f, 0o644)
     assert os.access(f, os.R_OK | os.W_OK)
     assert not os.access(f, os.X_OK)
+
+
+def test_o_direct_read_write(plain: Path) -> None:
+    import mmap
+
+    buf = mmap.mmap(-1, 8192)  # page-aligned, as O_DIRECT wants
+    buf.write(os.urandom(8192))
+    fd = os.open(plain / "direct", os.O_CREAT | os.O_RDWR | os.O_DIRECT, 0o644)
+    try:
+        assert os.pwrite(fd, buf, 4096) == 8192
+        back = mmap.mmap(-1, 8192)
+        assert os.preadv(fd, [back], 4096) == 8192
+        assert back[:] == buf[:]
+    finally:
+        os.close(fd)
+    assert (plain / "direct").read_bytes() == b"\0" * 4096 + buf[:]
