@@ -24,6 +24,7 @@ class MountConfig:
     attr_timeout: float = 30.0
     negative_timeout: float = 30.0
     writeback_cache: bool = True
+    spin_us: int = 50  # see fuseloop.py
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,9 @@ def _parse_mount(t: dict[str, Any], where: str) -> MountConfig:
     values["writeback_cache"] = _get(
         t, "writeback_cache", bool, where, "mount.", d.writeback_cache
     )
+    values["spin_us"] = _get(t, "spin_us", int, where, "mount.", d.spin_us)
+    if not 0 <= values["spin_us"] <= 10_000:
+        raise ConfigError(f"{where}: mount.spin_us: must be 0..10000 microseconds")
     return MountConfig(**values)
 
 

@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 RESERVED_XATTR_PREFIX = b"user.seldon."
+_PROBED_XATTRS = {
+    b"security.capability": 1,
+    b"security.selinux": 2,
+    b"system.posix_acl_access": 4,
+    b"system.posix_acl_default": 8,
+}
 
 # Flags that only matter to the kernel's open or that we emulate: the
 # kernel resolves O_APPEND offsets itself (it owns i_size while the file is
@@ -83,6 +89,11 @@ class Node:
     fd: int  # O_PATH descriptor of the backing object
     nlookup: int
     fmt: int  # stat.S_IFMT of the backing object; it never changes
+    # Bits of _PROBED_XATTRS known to be absent. The kernel asks for
+    # security.capability before every write(2), and ls -l for two more;
+    # all xattr changes come through setxattr/removexattr here, which clear
+    # the bit, so a miss can be answered without a syscall.
+    absent_xattrs: int = 0
 
 
 @dataclass(slots=True)
@@ -159,8 +170,13 @@ class Core:
 
     def lookup(self, parent: int, name: bytes) -> Stat:
         pfd = self._node(parent).fd
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-        return self._register(fd)
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        ino = self._ino(st.st_ino)
+        node = self.nodes.get(ino)
+        if node is not None:  # known: no new descriptor needed
+            node.nlookup += 1
+            return self._stat(ino, st)
+        return self._register(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd))
 
     def forget(self, ino: int, n: int) -> None:
         node = self.nodes.get(ino)
@@ -414,10 +430,16 @@ class Core:
         return None if node.fmt == stat_m.S_IFLNK else _proc(node.fd)
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        path = self._xattr_path(ino)
-        if path is None:
+        node = self._node(ino)
+        bit = _PROBED_XATTRS.get(name, 0)
+        if node.absent_xattrs & bit or node.fmt == stat_m.S_IFLNK:
             raise OSError(errno.ENODATA, "no such attribute")
-        return os.getxattr(path, name)
+        try:
+            return os.getxattr(_proc(node.fd), name)
+        except OSError as e:
+            if e.errno == errno.ENODATA:
+                node.absent_xattrs |= bit
+            raise
 
     def listxattr(self, ino: int) -> list[bytes]:
         path = self._xattr_path(ino)
@@ -428,6 +450,7 @@ class Core:
         path = self._xattr_path(ino)
         if path is None:
             raise OSError(errno.EPERM, "no attributes on symlinks")
+        self.nodes[ino].absent_xattrs &= ~_PROBED_XATTRS.get(name, 0)
         os.setxattr(path, name, value)
 
     def removexattr(self, ino: int, name: bytes) -> None:

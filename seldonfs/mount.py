@@ -22,6 +22,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from . import fuseloop
 from .catalog import Catalog
 from .content import PlainContent
 from .core import Core
@@ -142,9 +143,11 @@ def run(
                 raise MountPointError(f"{mountpoint}: cannot mount: {e}") from None
             log.info("mounted %s at %s", store.root, mountpoint)
             ready()
+            fuseloop.install(cfg.mount.spin_us)
             try:
                 trio.run(_serve)
             finally:
+                fuseloop.uninstall()
                 pyfuse3.close(unmount=True)
                 log.info("unmounted %s", mountpoint)
         finally:

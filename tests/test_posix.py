@@ -357,3 +357,26 @@ def test_o_direct_read_write(plain: Path) -> None:
     finally:
         os.close(fd)
     assert (plain / "direct").read_bytes() == b"\0" * 4096 + buf[:]
+
+
+@needs_root
+def test_capability_xattr_after_cached_miss(plain: Path) -> None:
+    import struct
+
+    f = plain / "tool"
+    f.write_bytes(b"#!/bin/sh\n")
+    with pytest.raises(OSError) as e:
+        os.getxattr(f, "security.capability")
+    assert e.value.errno == errno.ENODATA  # remembered as absent from here on
+    caps = struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)  # cap_net_raw+ep
+    os.setxattr(f, "security.capability", caps)
+    assert os.getxattr(f, "security.capability") == caps
+    with open(f, "ab") as fh:  # a write drops file capabilities, as on ext4
+        fh.write(b"exit 0\n")
+    with pytest.raises(OSError) as e:
+        os.getxattr(f, "security.capability")
+    assert e.value.errno == errno.ENODATA
+    os.setxattr(f, "security.capability", caps)
+    os.removexattr(f, "security.capability")
+    with pytest.raises(OSError):
+        os.getxattr(f, "security.capability")
