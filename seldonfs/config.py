@@ -24,7 +24,7 @@ class MountConfig:
     attr_timeout: float = 30.0
     negative_timeout: float = 30.0
     writeback_cache: bool = True
-    spin_us: int = 50  # see fuseloop.py
+    spin_us: int = 200  # see fuseloop.py
 
 
 @dataclass(frozen=True)

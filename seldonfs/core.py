@@ -349,16 +349,28 @@ class Core:
     def create(self, parent: int, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[int, Stat]:
         pfd = self._node(parent).fd
         owner = self._owner(pfd, caller)
-        fd = os.open(
-            name, self._open_flags(flags) | os.O_CREAT | (flags & os.O_EXCL) | os.O_NOFOLLOW,
-            stat_m.S_IMODE(mode), dir_fd=pfd,
-        )
+        oflags = self._open_flags(flags) | os.O_NOFOLLOW
         try:
-            if owner is not None:
+            # O_EXCL always: only a file made here may be chowned to the caller
+            fd = os.open(name, oflags | os.O_CREAT | os.O_EXCL, stat_m.S_IMODE(mode), dir_fd=pfd)
+            created = True
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            # appeared behind the kernel's back: open it as it is
+            fd = os.open(name, oflags, dir_fd=pfd)
+            created = False
+        try:
+            if created and owner is not None:
                 os.fchown(fd, *owner)
                 if mode & (stat_m.S_ISUID | stat_m.S_ISGID):
                     os.fchmod(fd, stat_m.S_IMODE(mode))  # chown cleared them
             st = self._register(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd))
+            if created:
+                # a new file has no capabilities; nothing else can add them
+                # but setxattr here (the kernel asks before every write)
+                self.nodes[st.ino].absent_xattrs |= _PROBED_XATTRS[b"security.capability"]
+                flags &= ~os.O_TRUNC  # empty already
             return self._new_handle(st.ino, fd, flags), st
         except BaseException:
             os.close(fd)

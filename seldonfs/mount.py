@@ -160,7 +160,10 @@ def run(
 async def _serve() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals)
-        await pyfuse3.main()
+        # One worker: no handler awaits, so a second worker would only add a
+        # lock hand-off per request (see fuseloop.py). Work that must wait
+        # (checks, hashing) belongs in tasks of its own, not in handlers.
+        await pyfuse3.main(min_tasks=1, max_tasks=1)
         # Unmounted from outside (fusermount3 -u, umount): stop the rest.
         nursery.cancel_scope.cancel()
 

@@ -215,3 +215,22 @@ def test_mount_t_fuse_seldonfs(store: Path, tmp_path: Path) -> None:
         assert seldonfs("umount", m).returncode == 0
     finally:
         unmount(m)
+
+
+@needs_fuse
+def test_sigterm_under_a_stream_of_requests(store: Path, tmp_path: Path) -> None:
+    """The request loop's fast path still lets the signal task run."""
+    m = tmp_path / "m"
+    with mounted(store, m) as proc:
+        target = m / "input/processed"
+        busy = subprocess.Popen(
+            ["python3", "-c", "import os,sys\nwhile True:\n    os.listdir(sys.argv[1])", str(target)],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+        finally:
+            busy.kill()
+            busy.wait()
