@@ -181,6 +181,8 @@ def run_daemon(store_root: Path, mountpoint: Path, opts: list[str], debug: bool 
 
     The child reports over a pipe: "ok", or the exit code and message of the
     error that stopped it. EOF without a report means it died."""
+    store_root = store_root.resolve()
+    mountpoint = Path(os.path.abspath(mountpoint))
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -188,6 +190,7 @@ def run_daemon(store_root: Path, mountpoint: Path, opts: list[str], debug: bool 
         code = 0
         try:
             os.setsid()
+            os.chdir("/")  # keep no directory busy
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)

@@ -114,8 +114,10 @@ def test_daemon_mount_and_umount(store: Path, tmp_path: Path) -> None:
     m = tmp_path / "m"
     m.mkdir()
     try:
-        r = seldonfs("mount", "-o", "allow_other", store, m)
+        # relative paths, resolved before the daemon leaves the directory
+        r = seldonfs("mount", "-o", "allow_other", store.relative_to(tmp_path), "m", cwd=tmp_path)
         assert r.returncode == 0, r.stderr
+        assert os.readlink(f"/proc/{_daemon_pid(store)}/cwd") == "/"
         assert os.path.ismount(m)  # ready when the command returns
         (m / "input/processed/f").write_text("daemon")
         pid = _daemon_pid(store)
