@@ -170,6 +170,9 @@ class Core:
 
     def lookup(self, parent: int, name: bytes) -> Stat:
         pfd = self._node(parent).fd
+        if name in (b".", b".."):
+            # the kernel resolves these itself; ".." at the root would leave the store
+            raise OSError(errno.ENOENT, "no dot lookups")
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         ino = self._ino(st.st_ino)
         node = self.nodes.get(ino)

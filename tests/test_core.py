@@ -110,3 +110,9 @@ def test_open_trunc_goes_through_content(core: Core, tmp_path: Path) -> None:
     fh = core.open(st.ino, os.O_WRONLY | os.O_TRUNC)
     core.release(fh)
     assert (tmp_path / "data/t").read_bytes() == b""
+
+
+def test_dot_names_never_leave_the_store(core: Core) -> None:
+    for name in (b".", b".."):
+        with pytest.raises(FileNotFoundError):
+            core.lookup(ROOT_INODE, name)
