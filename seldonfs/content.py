@@ -12,6 +12,11 @@ import os
 from typing import Protocol
 
 
+class ContentDamaged(Exception):
+    """Stored content failed authentication or is malformed. The filesystem
+    answers EIO (never wrong bytes), logs it once and counts it."""
+
+
 class FileContent(Protocol):
     """The contents of one open backing file."""
 
@@ -22,6 +27,10 @@ class FileContent(Protocol):
 
 
 class ContentLayer(Protocol):
+    #: True when writing part of a file means reading some of it first
+    #: (sealed blocks): the backing file is then always opened read-write.
+    needs_read_to_write: bool
+
     def attach(self, fd: int) -> FileContent:
         """Wrap an open backing file descriptor (the caller keeps ownership)."""
         ...
@@ -51,6 +60,8 @@ class PlainFile:
 
 
 class PlainContent:
+    needs_read_to_write = False
+
     def attach(self, fd: int) -> FileContent:
         return PlainFile(fd)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _libc
-from .content import ContentLayer, FileContent
+from .content import ContentDamaged, ContentLayer, FileContent
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,8 @@ class Core:
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
+        self.damaged: set[tuple[int, str]] = set()  # (inode, what) already logged
+        self.damage_count = 0
 
     # ------------------------------------------------------------ inode table
 
@@ -211,11 +213,11 @@ class Core:
         handle = self.handles.get(fh) if fh is not None else None
         if size is not None:
             if handle is not None:
-                handle.content.truncate(size)
+                self._guarded(ino, handle.content.truncate, size)
             else:
-                fd = self._reopen(node, os.O_WRONLY)
+                fd = self._reopen(node, os.O_RDWR)
                 try:
-                    self.content.attach(fd).truncate(size)
+                    self._guarded(ino, self.content.attach(fd).truncate, size)
                 finally:
                     os.close(fd)
         if uid is not None or gid is not None:
@@ -321,9 +323,10 @@ class Core:
 
     def _open_flags(self, flags: int) -> int:
         flags &= ~_STRIP_FLAGS
-        if self.writeback and flags & os.O_ACCMODE == os.O_WRONLY:
+        if (self.writeback or self.content.needs_read_to_write) and flags & os.O_ACCMODE == os.O_WRONLY:
             # With writeback caching the kernel reads pages to fill partial
-            # writes, through any handle (libfuse passthrough_hp does the same).
+            # writes, through any handle (libfuse passthrough_hp does the
+            # same); sealed blocks are read to rewrite part of one.
             flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
         return flags | os.O_CLOEXEC
 
@@ -337,7 +340,7 @@ class Core:
         self._next_fh += 1
         handle = Handle(ino, fd, self.content.attach(fd))
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
-            handle.content.truncate(0)
+            self._guarded(ino, handle.content.truncate, 0)
         self.handles[fh] = handle
         return fh
 
@@ -386,10 +389,24 @@ class Core:
             raise OSError(errno.EBADF, "unknown file handle") from None
 
     def read(self, fh: int, off: int, size: int) -> bytes:
-        return self._handle(fh).content.read(off, size)
+        h = self._handle(fh)
+        return self._guarded(h.ino, h.content.read, off, size)
 
     def write(self, fh: int, off: int, data: bytes) -> int:
-        return self._handle(fh).content.write(off, data)
+        h = self._handle(fh)
+        return self._guarded(h.ino, h.content.write, off, data)
+
+    def _guarded(self, ino: int, fn, *args):
+        """Call a content operation; damaged content becomes EIO, logged
+        once per inode and cause, and counted."""
+        try:
+            return fn(*args)
+        except ContentDamaged as e:
+            self.damage_count += 1
+            if (ino, str(e)) not in self.damaged:
+                self.damaged.add((ino, str(e)))
+                log.error("inode %d: damaged content: %s", ino, e)
+            raise OSError(errno.EIO, "damaged content") from None
 
     def fsync(self, fh: int, datasync: bool) -> None:
         fd = self._handle(fh).fd

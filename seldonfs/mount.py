@@ -1,9 +1,10 @@
 """Running a mount: checks, the store lock, pyfuse3 and the trio loop, signals,
 and an orderly close (unmount, catalog closed, lock released).
 
-`run()` is the whole life of one mount in the calling process;
-`run_daemon()` forks it into the background and returns once the mount is
-ready or has failed, with the failure's one-line message and exit code.
+`prepare()` checks and unlocks in the foreground process; `serve()` is the
+whole life of one mount in the calling process; `run_daemon()` forks it
+into the background and returns once the mount is ready or has failed, with
+the failure's one-line message and exit code.
 """
 
 from __future__ import annotations
@@ -17,17 +18,20 @@ import signal
 import stat as stat_m
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
 import trio
 
-from . import fuseloop
+from . import fuseloop, keys
 from .catalog import Catalog
-from .content import PlainContent
+from .config import Config
+from .content import ContentLayer, PlainContent
 from .core import Core
 from .errors import MountPointError, SeldonError
 from .fuse_ops import SeldonOperations
+from .keys import KeySource
 from .store import Store, StoreLock
 
 log = logging.getLogger(__name__)
@@ -112,18 +116,57 @@ def setup_logging(store: Store, foreground: bool, debug: bool) -> None:
         root.addHandler(sh)
 
 
-def run(
-    store_root: Path,
-    mountpoint: Path,
-    opts: list[str],
-    ready: Callable[[], None],
-    foreground: bool = True,
-    debug: bool = False,
-) -> None:
+@dataclass
+class Prepared:
+    """Everything a mount needs, checked and unlocked before it starts (in
+    the foreground process, so errors and the passphrase prompt are the
+    user's, and a wrong key fails at once)."""
+
+    store: Store
+    cfg: Config
+    mountpoint: Path
+    fuse_opts: set[str]
+    content: ContentLayer
+
+
+def prepare(store_root: Path, mountpoint: Path, opts: list[str], source: KeySource) -> Prepared:
     store = Store(store_root.resolve())
-    store.identity()
+    ident = store.identity()
     cfg = store.load_config()
     mountpoint = Path(os.path.abspath(mountpoint))
+    check_mountpoint(mountpoint)
+    StoreLock(store).ensure_free()
+    fuse_opts, source = split_options(opts, source)
+    return Prepared(store, cfg, mountpoint, fuse_options(fuse_opts, store), open_content(ident, source))
+
+
+def split_options(opts: list[str], source: KeySource) -> tuple[list[str], KeySource]:
+    """Take our own -o options (keyfile=, passphrase_file=: for fstab and
+    mount(8)) out of the FUSE ones."""
+    fuse: list[str] = []
+    for o in opts:
+        key, _, value = o.partition("=")
+        if key == "keyfile" and value:
+            source = KeySource(keyfile=Path(value))
+        elif key == "passphrase_file" and value:
+            source = KeySource(passphrase_file=Path(value))
+        else:
+            fuse.append(o)
+    return fuse, source
+
+
+def open_content(ident: dict, source: KeySource) -> ContentLayer:
+    block = ident.get("encryption")
+    if block is None:
+        return PlainContent()
+    from .blockformat import EncryptedContent
+
+    return EncryptedContent(keys.unlock(block, source), block["current_key_id"], block["block_size"])
+
+
+def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, debug: bool = False) -> None:
+    """The whole life of one mount, in this process."""
+    store, cfg, mountpoint = prep.store, prep.cfg, prep.mountpoint
     check_mountpoint(mountpoint)
     lock = StoreLock(store)
     lock.acquire()
@@ -134,11 +177,11 @@ def run(
         # mask them again.
         os.umask(0)
         catalog = Catalog(store.catalog_path)
-        core = Core(store.data, PlainContent(), writeback=cfg.mount.writeback_cache)
+        core = Core(store.data, prep.content, writeback=cfg.mount.writeback_cache)
         try:
             ops = SeldonOperations(core, cfg.mount)
             try:
-                pyfuse3.init(ops, str(mountpoint), fuse_options(opts, store))
+                pyfuse3.init(ops, str(mountpoint), prep.fuse_opts)
             except RuntimeError as e:
                 raise MountPointError(f"{mountpoint}: cannot mount: {e}") from None
             log.info("mounted %s at %s", store.root, mountpoint)
@@ -176,13 +219,11 @@ async def _on_signals() -> None:
             return
 
 
-def run_daemon(store_root: Path, mountpoint: Path, opts: list[str], debug: bool = False) -> None:
+def run_daemon(prep: Prepared, debug: bool = False) -> None:
     """Fork the mount into the background; return once it is ready.
 
     The child reports over a pipe: "ok", or the exit code and message of the
     error that stopped it. EOF without a report means it died."""
-    store_root = store_root.resolve()
-    mountpoint = Path(os.path.abspath(mountpoint))
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -200,7 +241,7 @@ def run_daemon(store_root: Path, mountpoint: Path, opts: list[str], debug: bool 
                 os.write(w, b"ok\n")
                 os.close(w)
 
-            run(store_root, mountpoint, opts, ready, foreground=False, debug=debug)
+            serve(prep, ready, foreground=False, debug=debug)
         except SeldonError as e:
             _report(w, e.exit_code, str(e))
             code = e.exit_code
@@ -219,7 +260,7 @@ def run_daemon(store_root: Path, mountpoint: Path, opts: list[str], debug: bool 
         code, _, text = msg.partition(" ")
         raise SeldonError(text.strip(), int(code))
     os.waitpid(pid, 0)
-    raise SeldonError(f"mount daemon exited during start-up; see {Store(store_root).log_path}")
+    raise SeldonError(f"mount daemon exited during start-up; see {prep.store.log_path}")
 
 
 def _report(w: int, code: int, msg: str) -> None:

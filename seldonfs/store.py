@@ -26,6 +26,7 @@ import tomllib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import FORMAT_VERSION, config
 from .catalog import CATALOG_NAME, Catalog
@@ -77,14 +78,22 @@ class Store:
             raise NotAStoreError(f"{self.root}: store has no {DATA_NAME}/ directory")
         return ident
 
+    def write_identity(self, ident: dict[str, Any]) -> None:
+        """Replace store.json atomically; 0600, since it holds wrapped keys."""
+        tmp = self.root / (IDENTITY_NAME + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(ident, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / IDENTITY_NAME)
+
     def load_config(self) -> config.Config:
         return config.load(self.config_path)
 
 
-def init_store(root: Path, profile: str) -> Store:
-    """Create a store in `root` (missing or empty) from a shipped profile."""
-    text = config.profile_text(profile)
-    cfg = config.parse(tomllib.loads(text), f"profile {profile}")
+def check_init_target(root: Path) -> None:
+    """A store is created only in a missing or empty directory."""
     if root.exists():
         if not root.is_dir():
             raise SeldonError(f"{root}: exists and is not a directory", 1)
@@ -92,6 +101,14 @@ def init_store(root: Path, profile: str) -> Store:
             raise SeldonError(f"{root}: is already a SeldonFS store", 1)
         if any(root.iterdir()):
             raise SeldonError(f"{root}: directory is not empty; refusing to create a store in it", 1)
+
+
+def init_store(root: Path, profile: str, encryption: dict[str, Any] | None) -> Store:
+    """Create a store in `root` (missing or empty) from a shipped profile.
+    `encryption` is the block keys.new_block() made, None for a plain store."""
+    text = config.profile_text(profile)
+    cfg = config.parse(tomllib.loads(text), f"profile {profile}")
+    check_init_target(root)
     root.mkdir(parents=True, exist_ok=True)
     store = Store(root.resolve())
     store.data.mkdir(mode=0o755)
@@ -113,11 +130,10 @@ def init_store(root: Path, profile: str) -> Store:
         "store_id": str(uuid.uuid4()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "profile": profile,
+        "encryption": encryption,
     }
     # Written last: a store is a store once its identity exists.
-    tmp = root / (IDENTITY_NAME + ".tmp")
-    tmp.write_text(json.dumps(ident, indent=2) + "\n")
-    os.replace(tmp, root / IDENTITY_NAME)
+    store.write_identity(ident)
     return store
 
 
@@ -158,11 +174,8 @@ class StoreLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise StoreLockedError(
-                f"{self.path.parent}: store is in use (mounted or locked by pid {holder or '?'})"
-            ) from None
+            raise self._in_use() from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
@@ -172,6 +185,20 @@ class StoreLock:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)
             self.fd = -1
+
+    def _in_use(self) -> StoreLockedError:
+        try:
+            holder = self.path.read_text().strip()
+        except OSError:
+            holder = ""
+        return StoreLockedError(
+            f"{self.path.parent}: store is in use (mounted or locked by pid {holder or '?'})"
+        )
+
+    def ensure_free(self) -> None:
+        """StoreLockedError (exit 11) if someone holds the lock now."""
+        if self.is_held_elsewhere():
+            raise self._in_use()
 
     def is_held_elsewhere(self) -> bool:
         try:

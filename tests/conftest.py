@@ -35,20 +35,31 @@ def seldonfs(*args: str, check: bool = False, **kw) -> subprocess.CompletedProce
     return subprocess.run(SELDONFS + [str(a) for a in args], check=check, **kw)
 
 
-def init_store(path: Path, *extra: str) -> Path:
-    seldonfs("init", path, *extra, check=True)
+def keyfile_of(store: Path) -> Path:
+    """Where the tests keep a store's key file: beside it, never inside."""
+    return store.with_name(store.name + ".key")
+
+
+def init_store(path: Path, *extra: str, encrypted: bool = True) -> Path:
+    args = ["--keyfile", keyfile_of(path)] if encrypted else ["--no-encryption"]
+    seldonfs("init", path, *args, *extra, check=True)
     return path
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
+def key_args(store: Path) -> list[str]:
+    k = keyfile_of(store)
+    return ["--keyfile", str(k)] if k.exists() else []
+
+
+@pytest.fixture(params=["encrypted", "plain"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     # Other users (tests that drop privileges) must reach the mount: open the
     # 0700 directories pytest makes for traversal only.
     for p in (tmp_path, *tmp_path.parents):
         if p == Path(tempfile.gettempdir()) or p == p.parent:
             break
         p.chmod(p.stat().st_mode | 0o711)
-    return init_store(tmp_path / "store")
+    return init_store(tmp_path / "store", encrypted=request.param == "encrypted")
 
 
 def wait_for(pred, timeout: float = 30.0, what: str = "condition") -> None:
@@ -75,7 +86,7 @@ def mounted(store: Path, mnt: Path, opts: str = "allow_other", expect_log_proble
     mnt.mkdir(exist_ok=True)
     errlog = open(store.parent / f"mount-{mnt.name}.stderr", "w+")
     proc = subprocess.Popen(
-        SELDONFS + ["mount", "-f", "-o", opts, str(store), str(mnt)],
+        SELDONFS + ["mount", "-f", "-o", opts, *key_args(store), str(store), str(mnt)],
         stdin=subprocess.DEVNULL, stdout=errlog, stderr=subprocess.STDOUT,
     )
     try:
@@ -126,3 +137,23 @@ def as_user(uid: int, gid: int, code: str, *args: str) -> subprocess.CompletedPr
         [OTHER_PYTHON, "-c", code, *args], user=uid, group=gid, extra_groups=[],
         capture_output=True, text=True, cwd="/",
     )
+
+
+def stored(store: Path, rel: str) -> bytes:
+    """A file's contents as the store holds them, decrypted with the test key
+    when the store is encrypted: what survives the mount."""
+    from seldonfs.blockformat import EncryptedFile
+    from seldonfs.keys import KeySource, unlock
+    from seldonfs.store import Store
+
+    path = store / "data" / rel
+    block = Store(store).identity().get("encryption")
+    if block is None:
+        return path.read_bytes()
+    keys = unlock(block, KeySource(keyfile=keyfile_of(store)))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        ef = EncryptedFile(fd, keys, block["current_key_id"], block["block_size"])
+        return ef.read(0, ef.size())
+    finally:
+        os.close(fd)

@@ -12,13 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import init_store, log_problems, mounted, needs_fuse, needs_root, seldonfs, unmount, wait_for
+from .conftest import init_store, key_args, log_problems, mounted, needs_fuse, needs_root, seldonfs, stored, unmount, wait_for
 
 
 def test_init_creates_store(tmp_path: Path) -> None:
-    r = seldonfs("init", tmp_path / "s")
+    r = seldonfs("init", tmp_path / "s", "--keyfile", tmp_path / "s.key")
     assert r.returncode == 0, r.stderr
     s = tmp_path / "s"
+    assert json.loads((s / "store.json").read_text())["encryption"]["cipher"] == "AES-256-GCM"
+    assert (s / "store.json").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "s.key").stat().st_mode & 0o777 == 0o600
     assert json.loads((s / "store.json").read_text())["format_version"] == 1
     assert (s / "seldonfs.toml").is_file() and (s / "catalog.sqlite").is_file()
     for d in ("input/raw", "input/quarantine", "output/reports", "temp/sessions", "archive/compliance", "system/logs"):
@@ -50,22 +53,22 @@ def test_usage_error_exit_2() -> None:
 @needs_fuse
 class TestMountErrors:
     def test_mountpoint_missing(self, store: Path, tmp_path: Path) -> None:
-        r = seldonfs("mount", store, tmp_path / "nope")
+        r = seldonfs("mount", *key_args(store), store, tmp_path / "nope")
         assert r.returncode == 10 and "does not exist" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
 
     def test_mountpoint_not_empty(self, store: Path, tmp_path: Path) -> None:
         (tmp_path / "m").mkdir()
         (tmp_path / "m" / "x").touch()
-        r = seldonfs("mount", store, tmp_path / "m")
+        r = seldonfs("mount", *key_args(store), store, tmp_path / "m")
         assert r.returncode == 10 and "not empty" in r.stderr
 
     def test_already_mounted_and_store_locked(self, store: Path, tmp_path: Path) -> None:
         with mounted(store, tmp_path / "m"):
-            r = seldonfs("mount", store, tmp_path / "m")
+            r = seldonfs("mount", *key_args(store), store, tmp_path / "m")
             assert r.returncode == 10 and "already mounted" in r.stderr
             (tmp_path / "m2").mkdir()
-            r = seldonfs("mount", store, tmp_path / "m2")
+            r = seldonfs("mount", *key_args(store), store, tmp_path / "m2")
             assert r.returncode == 11 and "in use" in r.stderr
             assert not os.path.ismount(tmp_path / "m2")
 
@@ -80,7 +83,7 @@ class TestMountErrors:
         ident["format_version"] = 99
         (store / "store.json").write_text(json.dumps(ident))
         (tmp_path / "m").mkdir()
-        r = seldonfs("mount", store, tmp_path / "m")
+        r = seldonfs("mount", *key_args(store), store, tmp_path / "m")
         assert r.returncode == 14 and "want=1 have=99" in r.stderr
 
     @pytest.mark.parametrize(
@@ -95,7 +98,7 @@ class TestMountErrors:
     def test_broken_config(self, store: Path, tmp_path: Path, text: str, needle: str) -> None:
         (store / "seldonfs.toml").write_text(text)
         (tmp_path / "m").mkdir()
-        r = seldonfs("mount", store, tmp_path / "m")
+        r = seldonfs("mount", *key_args(store), store, tmp_path / "m")
         assert r.returncode == 13, r.stderr
         assert str(store / "seldonfs.toml") in r.stderr and needle in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
@@ -115,7 +118,7 @@ def test_daemon_mount_and_umount(store: Path, tmp_path: Path) -> None:
     m.mkdir()
     try:
         # relative paths, resolved before the daemon leaves the directory
-        r = seldonfs("mount", "-o", "allow_other", store.relative_to(tmp_path), "m", cwd=tmp_path)
+        r = seldonfs("mount", "-o", "allow_other", *key_args(store), store.relative_to(tmp_path), "m", cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert os.readlink(f"/proc/{_daemon_pid(store)}/cwd") == "/"
         assert os.path.ismount(m)  # ready when the command returns
@@ -130,7 +133,7 @@ def test_daemon_mount_and_umount(store: Path, tmp_path: Path) -> None:
         assert r.returncode == 10 and "not a SeldonFS mount" in r.stderr
     finally:
         unmount(m)
-    assert (store / "data/input/processed/f").read_text() == "daemon"
+    assert stored(store, "input/processed/f") == b"daemon"
     assert log_problems(store) == []
 
 
@@ -189,7 +192,7 @@ def test_kill_9_then_remount_keeps_closed_and_synced_files(store: Path, tmp_path
         except OSError:
             pass  # the flush on close cannot reach a dead daemon
         # a dead mount: a clear error, then fusermount3 -uz clears it
-        r = seldonfs("mount", store, m)
+        r = seldonfs("mount", *key_args(store), store, m)
         assert r.returncode == 10 and "fusermount3 -uz" in r.stderr
         unmount(m)
     with mounted(store, m):
@@ -206,7 +209,8 @@ def test_mount_t_fuse_seldonfs(store: Path, tmp_path: Path) -> None:
     m.mkdir()
     try:
         r = subprocess.run(
-            ["mount", "-t", "fuse.seldonfs", str(store), str(m), "-o", "allow_other,defaults,nofail"],
+            ["mount", "-t", "fuse.seldonfs", str(store), str(m), "-o",
+             ",".join(["allow_other", "defaults", "nofail"] + [f"keyfile={k}" for k in key_args(store)[1:]])],
             capture_output=True, text=True, stdin=subprocess.DEVNULL,
         )
         assert r.returncode == 0, r.stderr

@@ -16,7 +16,7 @@ import pytest
 
 from seldonfs import _libc
 
-from .conftest import as_user, needs_fuse, needs_root
+from .conftest import as_user, needs_fuse, needs_root, stored
 
 pytestmark = [needs_fuse]
 
@@ -35,7 +35,7 @@ def test_write_read_and_backing_file(plain: Path, store: Path) -> None:
     (plain / "f.bin").write_bytes(data)
     assert (plain / "f.bin").read_bytes() == data
     assert os.stat(plain / "f.bin").st_size == len(data)
-    assert (store / "data/input/processed/f.bin").read_bytes() == data
+    assert stored(store, "input/processed/f.bin") == data
 
 
 def test_create_honours_mode_and_umask(plain: Path) -> None:

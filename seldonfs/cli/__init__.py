@@ -13,9 +13,9 @@ import sys
 
 from .. import __version__
 from ..errors import SeldonError
-from . import init_cmd, mount_cmd, umount_cmd
+from . import decrypt_cmd, init_cmd, mount_cmd, passwd_cmd, rekey_cmd, umount_cmd, verify_cmd
 
-COMMANDS = (init_cmd, mount_cmd, umount_cmd)
+COMMANDS = (init_cmd, mount_cmd, umount_cmd, verify_cmd, decrypt_cmd, passwd_cmd, rekey_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,9 @@
-"""seldonfs mount STORE MOUNTPOINT [-f] [-o OPTS]: mount a store.
+"""seldonfs mount STORE MOUNTPOINT [-f] [-o OPTS] [--keyfile FILE | --passphrase-file FILE]:
+mount a store.
 
 Without -f the mount runs as a daemon and the command returns once the mount
-is ready. Unmount with `seldonfs umount MOUNTPOINT` or `fusermount3 -u`.
+is ready. An encrypted store is unlocked first (a wrong passphrase or key
+file: exit 12). Unmount with `seldonfs umount MOUNTPOINT` or `fusermount3 -u`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from .. import mount
+from .common import add_key_args, key_source
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,11 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", type=Path, metavar="STORE")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("-d", "--debug", action="store_true", help="log every request (implies nothing else)")
+    p.add_argument("-d", "--debug", action="store_true", help="log at debug level")
     p.add_argument(
         "-o", dest="options", action="append", default=[], metavar="OPTS",
-        help="comma-separated mount options, e.g. allow_other,default_permissions,ro",
+        help="comma-separated mount options, e.g. allow_other,ro; keyfile=FILE and "
+        "passphrase_file=FILE are SeldonFS's own (for fstab)",
     )
+    add_key_args(p)
     p.set_defaults(func=run)
 
 
@@ -30,8 +35,8 @@ def split_options(values: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> None:
-    opts = split_options(args.options)
+    prep = mount.prepare(args.store, args.mountpoint, split_options(args.options), key_source(args))
     if args.foreground:
-        mount.run(args.store, args.mountpoint, opts, ready=lambda: None, debug=args.debug)
+        mount.serve(prep, ready=lambda: None, debug=args.debug)
     else:
-        mount.run_daemon(args.store, args.mountpoint, opts, debug=args.debug)
+        mount.run_daemon(prep, debug=args.debug)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import mount
+from ..keys import KeySource
 from . import run
 from .mount_cmd import split_options
 
@@ -28,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.f:  # fake mount: do everything but the mount
         return 0
-    return run(mount.run_daemon, args.store, args.mountpoint, split_options(args.options))
+    return run(_mount, args.store, args.mountpoint, split_options(args.options))
+
+
+def _mount(store: Path, mountpoint: Path, opts: list[str]) -> None:
+    mount.run_daemon(mount.prepare(store, mountpoint, opts, KeySource()))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""What several commands share: key options, an unlocked store held
+offline, and progress that shows on a terminal and stays quiet in scripts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import UsageError
+from ..keys import KeySource, unlock_kek
+from ..store import Store, StoreLock
+
+T = TypeVar("T")
+
+
+def add_key_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--passphrase-file", type=Path, metavar="FILE",
+        help="read the passphrase from FILE (else $SELDONFS_PASSPHRASE_FILE, "
+        "$SELDONFS_PASSPHRASE, or a prompt)",
+    )
+    g.add_argument("--keyfile", type=Path, metavar="FILE", help="unlock with a key file instead of a passphrase")
+
+
+def key_source(args: argparse.Namespace) -> KeySource:
+    return KeySource(keyfile=args.keyfile, passphrase_file=args.passphrase_file)
+
+
+@dataclass
+class Unlocked:
+    store: Store
+    ident: dict[str, Any]
+    block: dict[str, Any]
+    keys: dict[int, bytes]
+    kek: bytes
+
+
+@contextmanager
+def unlocked_store(path: Path, args: argparse.Namespace) -> Iterator[Unlocked]:
+    """The store, locked against mounts (exit 11 if mounted) and unlocked
+    (exit 12 on a wrong key). UsageError for a plain store."""
+    store = Store(path.resolve())
+    ident = store.identity()
+    block = ident.get("encryption")
+    if block is None:
+        raise UsageError(f"{store.root}: a plain store (created with --no-encryption) has no keys")
+    lock = StoreLock(store)
+    lock.acquire()
+    try:
+        keys, kek = unlock_kek(block, key_source(args))
+        yield Unlocked(store, ident, block, keys, kek)
+    finally:
+        lock.release()
+
+
+def progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:
+    """Iterate with a progress bar on a terminal; silently elsewhere."""
+    if not sys.stderr.isatty():
+        yield from items
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)

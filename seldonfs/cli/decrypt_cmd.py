@@ -1,0 +1,46 @@
+"""seldonfs decrypt STORE [PATH...] -o OUTDIR: recover plaintext offline.
+
+PATHs are relative to the mount root (files or folders; default: all).
+Damaged blocks are reported and written as zeros; the rest is recovered.
+Exit 26 if anything was damaged. The store must not be mounted (exit 11).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import offline
+from ..errors import DamageFound, UsageError
+from .common import add_key_args, progress, unlocked_store
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decrypt", help="recover plaintext from a store without mounting", description=__doc__)
+    p.add_argument("store", type=Path, metavar="STORE")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders, relative to the mount root")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    add_key_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    for p in args.paths:
+        if Path(p).is_absolute() or ".." in Path(p).parts:
+            raise UsageError(f"{p}: give paths relative to the mount root")
+    with unlocked_store(args.store, args) as u:
+        try:
+            paths = list(offline.files(u.store, args.paths))
+        except FileNotFoundError as e:
+            raise UsageError(f"{e.filename}: no such file in the store") from None
+        kid, bs = int(u.block["current_key_id"]), int(u.block["block_size"])
+        bad = 0
+        for p in progress(paths, len(paths), "decrypting"):
+            rel = p.relative_to(u.store.data)
+            damage = offline.decrypt_file(p, args.output / rel, u.keys, kid, bs)
+            if damage.problems:
+                bad += 1
+                print(f"{rel}: {'; '.join(damage.problems)} (written as zeros)")
+    print(f"{len(paths)} files decrypted into {args.output}, {bad} damaged")
+    if bad:
+        raise DamageFound(f"{bad} damaged file(s): the rest was recovered")

@@ -1,0 +1,36 @@
+"""seldonfs verify STORE: authenticate every block of every file, offline.
+
+Lists each damaged file with its damaged blocks; exit 26 if there is any.
+The store must not be mounted (exit 11).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import offline
+from ..errors import DamageFound
+from .common import add_key_args, progress, unlocked_store
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="authenticate every block of a store", description=__doc__)
+    p.add_argument("store", type=Path, metavar="STORE")
+    add_key_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    with unlocked_store(args.store, args) as u:
+        paths = list(offline.files(u.store))
+        kid, bs = int(u.block["current_key_id"]), int(u.block["block_size"])
+        bad = 0
+        for p in progress(paths, len(paths), "verifying"):
+            damage = offline.check_file(p, u.keys, kid, bs)
+            if damage.problems:
+                bad += 1
+                print(f"{p.relative_to(u.store.data)}: {'; '.join(damage.problems)}")
+    print(f"{len(paths)} files checked, {bad} damaged")
+    if bad:
+        raise DamageFound(f"{bad} damaged file(s) in {u.store.root}")

@@ -1,0 +1,166 @@
+"""Key management: where a passphrase or key file comes from, the
+"encryption" block of STORE/store.json, unlocking it, and rewrapping.
+
+The block (written at init, 0600 like the whole store.json)::
+
+    "encryption": {
+      "cipher": "AES-256-GCM",
+      "block_size": 4096,
+      "current_key_id": 2857193621,
+      "keys": [{"key_id": 2857193621, "wrapped": "<hex>"}],
+      "unlock": {"method": "argon2id", "params": {...}}    or {"method": "keyfile"}
+    }
+
+Every master key in "keys" is wrapped by the same key-encryption key (KEK),
+derived from the passphrase (Argon2id, parameters beside it) or the key file.
+More than one key is listed only while `seldonfs rekey` moves files to a new
+one. A plain store has "encryption": null. The format itself is in
+docs/file-format.md; the primitives in crypto.py.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import crypto
+from .errors import UsageError, WrongKeyError
+
+CIPHER = "AES-256-GCM"
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """How the user gives the secret: a key file, or a passphrase (SPEC §6:
+    --passphrase-file, then $SELDONFS_PASSPHRASE_FILE, then
+    $SELDONFS_PASSPHRASE, then a prompt on the terminal)."""
+
+    keyfile: Path | None = None
+    passphrase_file: Path | None = None
+
+    def is_keyfile(self) -> bool:
+        return self.keyfile is not None
+
+    def secret(self, confirm: bool = False) -> bytes:
+        if self.keyfile is not None:
+            return _read_secret(self.keyfile, "key file")
+        if self.passphrase_file is not None:
+            return _read_secret(self.passphrase_file, "passphrase file").rstrip(b"\r\n")
+        if env_file := os.environ.get("SELDONFS_PASSPHRASE_FILE"):
+            return _read_secret(Path(env_file), "passphrase file").rstrip(b"\r\n")
+        if (env := os.environ.get("SELDONFS_PASSPHRASE")) is not None:
+            return env.encode()
+        return _prompt(confirm)
+
+
+def _read_secret(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read {what}: {e.strerror}") from None
+    if not data.strip():
+        raise UsageError(f"{path}: {what} is empty")
+    return data
+
+
+def _prompt(confirm: bool) -> bytes:
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "no passphrase: use --passphrase-file, --keyfile, SELDONFS_PASSPHRASE_FILE "
+            "or SELDONFS_PASSPHRASE (no terminal to ask on)"
+        )
+    first = getpass.getpass("Passphrase: ")
+    if confirm and getpass.getpass("Repeat passphrase: ") != first:
+        raise UsageError("the passphrases do not match")
+    if not first:
+        raise UsageError("empty passphrase")
+    return first.encode()
+
+
+def _label(key_id: int) -> bytes:
+    return b"seldonfs master key " + key_id.to_bytes(4, "big")
+
+
+def _kek(block: dict[str, Any], secret: bytes) -> bytes:
+    unlock = block["unlock"]
+    if unlock["method"] == "keyfile":
+        try:
+            return crypto.derive_kek_from_keyfile(secret)
+        except ValueError as e:
+            raise WrongKeyError(f"key file unusable: {e}") from None
+    if unlock["method"] == "argon2id":
+        return crypto.derive_kek_from_passphrase(secret, crypto.KdfParams.from_json(unlock["params"]))
+    raise WrongKeyError(f"unknown unlock method {unlock['method']!r}")
+
+
+def new_block(source: KeySource, block_size: int) -> dict[str, Any]:
+    """A fresh encryption block with a new master key, wrapped for `source`."""
+    if source.is_keyfile():
+        unlock: dict[str, Any] = {"method": "keyfile"}
+    else:
+        unlock = {"method": "argon2id", "params": crypto.default_kdf_params().to_json()}
+    block: dict[str, Any] = {"cipher": CIPHER, "block_size": block_size, "unlock": unlock}
+    kek = _kek(block, source.secret(confirm=True))
+    master = crypto.new_master_key()
+    kid = crypto.key_id(master)
+    block["current_key_id"] = kid
+    block["keys"] = [{"key_id": kid, "wrapped": crypto.wrap_key(kek, master, _label(kid)).hex()}]
+    return block
+
+
+def unlock(block: dict[str, Any], source: KeySource) -> dict[int, bytes]:
+    """Every master key of the store by key id; WrongKeyError (exit 12) if
+    the secret does not open them."""
+    return unlock_kek(block, source)[0]
+
+
+def unlock_kek(block: dict[str, Any], source: KeySource) -> tuple[dict[int, bytes], bytes]:
+    """The master keys and the key-encryption key that wraps them."""
+    kind = block["unlock"]["method"]
+    if kind == "keyfile" and not source.is_keyfile():
+        raise WrongKeyError("this store is unlocked with a key file: use --keyfile FILE")
+    if kind != "keyfile" and source.is_keyfile():
+        raise WrongKeyError("this store is unlocked with a passphrase, not a key file")
+    kek = _kek(block, source.secret())
+    keys = {}
+    for entry in block["keys"]:
+        kid = int(entry["key_id"])
+        try:
+            keys[kid] = crypto.unwrap_key(kek, bytes.fromhex(entry["wrapped"]), _label(kid))
+        except crypto.WrongKey:
+            what = "key file" if kind == "keyfile" else "passphrase"
+            raise WrongKeyError(f"wrong {what}") from None
+    return keys, kek
+
+
+def with_keys(block: dict[str, Any], keys: dict[int, bytes], kek: bytes) -> dict[str, Any]:
+    """The block listing exactly `keys`, each wrapped by `kek`."""
+    wrapped = [
+        {"key_id": kid, "wrapped": crypto.wrap_key(kek, key, _label(kid)).hex()}
+        for kid, key in sorted(keys.items())
+    ]
+    return dict(block, keys=wrapped)
+
+
+def rewrap(block: dict[str, Any], keys: dict[int, bytes], source: KeySource) -> dict[str, Any]:
+    """The block with every key wrapped anew for `source` (passwd): the data
+    is not touched, the master keys stay the same."""
+    if source.is_keyfile():
+        unlock_: dict[str, Any] = {"method": "keyfile"}
+    else:
+        unlock_ = {"method": "argon2id", "params": crypto.default_kdf_params().to_json()}
+    out = dict(block, unlock=unlock_)
+    return with_keys(out, keys, _kek(out, source.secret(confirm=True)))
+
+
+def generate_keyfile(path: Path) -> None:
+    """32 random bytes, mode 0600; refuses to overwrite."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, os.urandom(32))
+    finally:
+        os.close(fd)

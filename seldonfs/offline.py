@@ -1,0 +1,211 @@
+"""Work on an unmounted store: walk its files, verify every block, decrypt
+them out, move them to a new master key (rekey).
+
+Callers hold the store lock (`StoreLock`), so no mount changes files
+underneath. The walk never follows a symlink: only regular files below
+STORE/data are visited.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat as stat_m
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import crypto
+from .blockformat import HEADER_SIZE, EncryptedFile, FormatError, parse_header
+from .content import ContentDamaged
+from .keys import with_keys
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+REKEY_JOURNAL = "rekey.json"
+REKEY_SCRATCH = "rekey.tmp"
+
+
+def files(store: Store, paths: list[str] | None = None) -> Iterator[Path]:
+    """Regular files under data/ (or under the given relative paths), sorted."""
+    roots = [store.data / p for p in paths] if paths else [store.data]
+    for root in roots:
+        st = os.lstat(root)
+        if stat_m.S_ISREG(st.st_mode):
+            yield root
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames.sort()
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                if stat_m.S_ISREG(os.lstat(p).st_mode):
+                    yield p
+
+
+@dataclass
+class Damage:
+    path: Path
+    problems: list[str] = field(default_factory=list)
+
+
+def _blocks(ef: EncryptedFile, block_size: int) -> Iterator[tuple[int, bytes | None, str]]:
+    """(block number, plaintext or None, problem) for every block of a file."""
+    size = ef.size()
+    for n in range((size + block_size - 1) // block_size):
+        try:
+            yield n, ef.read(n * block_size, block_size), ""
+        except ContentDamaged as e:
+            yield n, None, str(e)
+
+
+def check_file(path: Path, keys: dict[int, bytes], key_id: int, block_size: int) -> Damage:
+    damage = Damage(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        ef = EncryptedFile(fd, keys, key_id, block_size)
+        try:
+            for _, _, problem in _blocks(ef, block_size):
+                if problem:
+                    damage.problems.append(problem)
+        except ContentDamaged as e:  # the header itself
+            damage.problems.append(str(e))
+    finally:
+        os.close(fd)
+    return damage
+
+
+def decrypt_file(src: Path, dest: Path, keys: dict[int, bytes], key_id: int, block_size: int) -> Damage:
+    """Write the plaintext of `src` to `dest`; a damaged block becomes zeros
+    there and is reported."""
+    damage = Damage(src)
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        ef = EncryptedFile(fd, keys, key_id, block_size)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "wb") as out:
+            try:
+                for n, data, problem in _blocks(ef, block_size):
+                    if problem:
+                        damage.problems.append(problem)
+                        out.seek(n * block_size)
+                        continue
+                    out.seek(n * block_size)
+                    out.write(data)
+                out.truncate(ef.size())
+            except ContentDamaged as e:
+                damage.problems.append(str(e))
+    finally:
+        os.close(fd)
+    return damage
+
+
+def header_key_id(path: Path) -> int | None:
+    """Key id in a file's header; None for an empty (headerless) file."""
+    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as f:
+        head = f.read(HEADER_SIZE)
+    if not head:
+        return None
+    return parse_header(head).key_id
+
+
+class Rekey:
+    """Moves every file to the store's newest key, one file at a time, in
+    place (the inode, its hard links, owner, mode and xattrs stay):
+
+    1. the file's new ciphertext is written to STORE/rekey.tmp and synced;
+    2. STORE/rekey.json names the file: from here on the copy is the truth;
+    3. the copy overwrites the file, which is synced, and its times restored;
+    4. rekey.json is removed.
+
+    Killed anywhere, a rerun redoes step 3 for the file in rekey.json and
+    goes on; a file already under the new key is skipped. Until the end both
+    keys stay in store.json, so a mount in between reads every file."""
+
+    def __init__(self, store: Store, keys: dict[int, bytes], block: dict[str, Any]) -> None:
+        self.store = store
+        self.keys = keys
+        self.block = block
+        self.journal = store.root / REKEY_JOURNAL
+        self.scratch = store.root / REKEY_SCRATCH
+
+    @property
+    def target(self) -> int:
+        return int(self.block["current_key_id"])
+
+    def pending(self) -> list[Path]:
+        out = []
+        for p in files(self.store):
+            try:
+                kid = header_key_id(p)
+            except FormatError:
+                continue  # damaged header: verify reports it; nothing to move
+            if kid is not None and kid != self.target:
+                out.append(p)
+        return out
+
+    def finish_interrupted(self) -> None:
+        if self.journal.exists():
+            rec = json.loads(self.journal.read_text())
+            log.info("rekey: completing interrupted copy of %s", rec["path"])
+            self._overwrite(Path(rec["path"]), rec["atime_ns"], rec["mtime_ns"])
+
+    def move(self, path: Path) -> None:
+        st = os.lstat(path)
+        bs = int(self.block["block_size"])
+        src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        dst = os.open(self.scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            old = EncryptedFile(src, self.keys, self.target, bs)
+            new = EncryptedFile(dst, self.keys, self.target, bs)
+            for n, data, problem in _blocks(old, bs):
+                if problem:
+                    raise ContentDamaged(f"{path}: {problem}; run verify, restore it, then rekey again")
+                new.write(n * bs, data)
+            new.truncate(old.size())
+            os.fsync(dst)
+        finally:
+            os.close(src)
+            os.close(dst)
+        rec = {"path": str(path), "atime_ns": st.st_atime_ns, "mtime_ns": st.st_mtime_ns}
+        _write_synced(self.journal, json.dumps(rec).encode())
+        self._overwrite(path, st.st_atime_ns, st.st_mtime_ns)
+
+    def _overwrite(self, path: Path, atime_ns: int, mtime_ns: int) -> None:
+        data = self.scratch.read_bytes()
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.utime(path, ns=(atime_ns, mtime_ns), follow_symlinks=False)
+        self.journal.unlink()
+        self.scratch.unlink(missing_ok=True)
+
+    def finish(self) -> dict[str, Any]:
+        """The encryption block with only the new key left."""
+        kid = self.target
+        return dict(self.block, keys=[k for k in self.block["keys"] if int(k["key_id"]) == kid])
+
+
+def start_rekey(block: dict[str, Any], keys: dict[int, bytes], kek: bytes) -> dict[str, Any]:
+    """The block with a new master key added (to `keys` too) and made current."""
+    master = crypto.new_master_key()
+    kid = crypto.key_id(master)
+    keys[kid] = master
+    return with_keys(dict(block, current_key_id=kid), keys, kek)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

@@ -1,0 +1,210 @@
+"""Encryption at rest through the real mount and the offline tools: keys and
+exit codes, damage detection, verify/decrypt, passwd, rekey, and the golden
+store every version must keep reading."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from seldonfs import offline
+from seldonfs.keys import unlock
+from seldonfs.keys import KeySource
+from seldonfs.store import Store
+
+from .conftest import init_store, keyfile_of, mounted, needs_fuse, seldonfs
+
+from seldonfs.blockformat import BLOCK_OVERHEAD, DEFAULT_BLOCK_SIZE, HEADER_SIZE
+
+BS = DEFAULT_BLOCK_SIZE  # new stores use it; the fixture checks
+SEALED = BS + BLOCK_OVERHEAD
+GOLDEN = Path(__file__).parent / "data" / "golden-v1"
+
+
+@pytest.fixture
+def estore(tmp_path: Path) -> Path:
+    s = init_store(tmp_path / "store")
+    assert json.loads((s / "store.json").read_text())["encryption"]["block_size"] == BS
+    return s
+
+
+def _write_through_mount(store: Path, tmp_path: Path, files: dict[str, bytes]) -> None:
+    with mounted(store, tmp_path / "m"):
+        for name, data in files.items():
+            (tmp_path / "m/input/processed" / name).write_bytes(data)
+
+
+def _backing(store: Path, name: str) -> Path:
+    return store / "data/input/processed" / name
+
+
+@needs_fuse
+def test_plaintext_appears_nowhere_in_the_store(estore: Path, tmp_path: Path) -> None:
+    secret = b"SELDON-CANARY-7f3a9c plan of the Foundation"
+    _write_through_mount(estore, tmp_path, {"canary.txt": secret * 100})
+    r = subprocess.run(["grep", "-r", "-a", "-l", "SELDON-CANARY", str(estore)], capture_output=True)
+    assert r.returncode == 1, r.stdout  # 1: no match anywhere (data, catalog, logs)
+    assert _backing(estore, "canary.txt").stat().st_size > len(secret) * 100
+
+
+@needs_fuse
+def test_wrong_keyfile_and_passphrase_exit_12(estore: Path, tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes(os.urandom(32))
+    r = seldonfs("mount", "--keyfile", wrong, estore, tmp_path / "m")
+    assert r.returncode == 12 and r.stderr.strip() == "seldonfs: wrong key file"
+    r = seldonfs("mount", estore, tmp_path / "m", env={**os.environ, "SELDONFS_PASSPHRASE": "x"})
+    assert r.returncode == 12 and "key file" in r.stderr
+    assert not os.path.ismount(tmp_path / "m")
+
+
+@needs_fuse
+def test_passphrase_store_and_passwd(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    pw1, pw2 = tmp_path / "pw1", tmp_path / "pw2"
+    pw1.write_text("correct horse\n")
+    pw2.write_text("battery staple\n")
+    r = seldonfs("init", store, "--passphrase-file", pw1)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((store / "store.json").read_text())["encryption"]["unlock"]["method"] == "argon2id"
+    (tmp_path / "m").mkdir()
+    env = {**os.environ, "SELDONFS_PASSPHRASE": "nope"}
+    r = seldonfs("mount", store, tmp_path / "m", env=env)
+    assert r.returncode == 12 and r.stderr.strip() == "seldonfs: wrong passphrase"
+    r = seldonfs("passwd", store, "--passphrase-file", pw1, "--new-passphrase-file", pw2)
+    assert r.returncode == 0, r.stderr
+    r = seldonfs("mount", "--passphrase-file", pw1, store, tmp_path / "m")
+    assert r.returncode == 12
+    env = {**os.environ, "SELDONFS_PASSPHRASE_FILE": str(pw2)}
+    r = seldonfs("mount", "-o", "allow_other", store, tmp_path / "m", env=env)
+    assert r.returncode == 0, r.stderr
+    try:
+        (tmp_path / "m/input/processed/f").write_text("after passwd")
+    finally:
+        assert seldonfs("umount", tmp_path / "m").returncode == 0
+    # to a key file and back: the data is never rewritten
+    before = sorted(p.read_bytes() for p in (store / "data").rglob("*") if p.is_file())
+    key = tmp_path / "new.key"
+    r = seldonfs("passwd", store, "--passphrase-file", pw2, "--new-keyfile", key)
+    assert r.returncode == 0, r.stderr
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.read_bytes() for p in (store / "data").rglob("*") if p.is_file()) == before
+    r = seldonfs("decrypt", store, "input", "-o", tmp_path / "out", "--keyfile", key)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out/input/processed/f").read_text() == "after passwd"
+
+
+@needs_fuse
+def test_damaged_block_reads_eio_rest_readable(estore: Path, tmp_path: Path) -> None:
+    data = os.urandom(BS * 8)
+    _write_through_mount(estore, tmp_path, {"big": data})
+    backing = _backing(estore, "big")
+    raw = bytearray(backing.read_bytes())
+    raw[HEADER_SIZE + 3 * SEALED + 100] ^= 0x01  # one bit in block 3
+    backing.write_bytes(raw)
+    with mounted(estore, tmp_path / "m", expect_log_problems=True):
+        fd = os.open(tmp_path / "m/input/processed/big", os.O_RDONLY)
+        try:
+            with pytest.raises(OSError) as e:
+                os.pread(fd, BS, 3 * BS)
+            assert e.value.errno == errno.EIO
+            assert os.pread(fd, BS, 2 * BS) == data[2 * BS : 3 * BS]
+            assert os.pread(fd, BS, 4 * BS) == data[4 * BS : 5 * BS]
+        finally:
+            os.close(fd)
+    log = (estore / "seldonfs.log").read_text()
+    assert log.count("damaged content") == 1 and "block 3" in log
+
+
+@needs_fuse
+def test_verify_and_decrypt_report_damage(estore: Path, tmp_path: Path) -> None:
+    good, bad = os.urandom(BS * 3 + 5), os.urandom(BS * 4)
+    _write_through_mount(estore, tmp_path, {"good": good, "bad": bad, "empty": b""})
+    key = keyfile_of(estore)
+    r = seldonfs("verify", estore, "--keyfile", key)
+    assert r.returncode == 0 and "3 files checked, 0 damaged" in r.stdout
+    raw = bytearray(_backing(estore, "bad").read_bytes())
+    raw[HEADER_SIZE + SEALED + 50] ^= 0x80  # block 1
+    _backing(estore, "bad").write_bytes(raw)
+    r = seldonfs("verify", estore, "--keyfile", key)
+    assert r.returncode == 26
+    assert "input/processed/bad: block 1" in r.stdout and "1 damaged" in r.stdout
+    r = seldonfs("decrypt", estore, "-o", tmp_path / "out", "--keyfile", key)
+    assert r.returncode == 26
+    out = tmp_path / "out/input/processed"
+    assert (out / "good").read_bytes() == good and (out / "empty").read_bytes() == b""
+    rec = (out / "bad").read_bytes()
+    assert rec[:BS] == bad[:BS] and rec[2 * BS :] == bad[2 * BS :] and rec[BS : 2 * BS] == b"\0" * BS
+
+
+@needs_fuse
+def test_offline_tools_refuse_a_mounted_store(estore: Path, tmp_path: Path) -> None:
+    with mounted(estore, tmp_path / "m"):
+        r = seldonfs("verify", estore, "--keyfile", keyfile_of(estore))
+        assert r.returncode == 11
+
+
+@needs_fuse
+def test_rekey_interrupted_and_resumed(estore: Path, tmp_path: Path) -> None:
+    files = {f"f{i}": os.urandom(i * 3000) for i in range(1, 7)}
+    _write_through_mount(estore, tmp_path, files)
+    store = Store(estore)
+    block = store.identity()["encryption"]
+    keys = unlock(block, KeySource(keyfile=keyfile_of(estore)))
+    old_kid = block["current_key_id"]
+    # a first run that dies: new key added, two files moved, the third
+    # killed after its journal entry was written
+    from seldonfs.keys import unlock_kek
+
+    _, kek = unlock_kek(block, KeySource(keyfile=keyfile_of(estore)))
+    block = offline.start_rekey(block, keys, kek)
+    store.write_identity(dict(store.identity(), encryption=block))
+    job = offline.Rekey(store, keys, block)
+    todo = job.pending()
+    assert len(todo) == 6
+    job.move(todo[0])
+    job.move(todo[1])
+    job._overwrite = lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        job.move(todo[2])
+    assert (estore / offline.REKEY_JOURNAL).exists()
+    # in between, a mount reads every file (both keys are still there)
+    with mounted(estore, tmp_path / "m"):
+        for name, data in files.items():
+            assert (tmp_path / "m/input/processed" / name).read_bytes() == data
+    r = seldonfs("rekey", estore, "--keyfile", keyfile_of(estore))
+    assert r.returncode == 0, r.stderr
+    assert not (estore / offline.REKEY_JOURNAL).exists()
+    final = store.identity()["encryption"]
+    assert [k["key_id"] for k in final["keys"]] == [final["current_key_id"]] != [old_kid]
+    for name in files:
+        assert offline.header_key_id(_backing(estore, name)) == final["current_key_id"]
+    with mounted(estore, tmp_path / "m"):
+        for name, data in files.items():
+            assert (tmp_path / "m/input/processed" / name).read_bytes() == data
+    assert seldonfs("verify", estore, "--keyfile", keyfile_of(estore)).returncode == 0
+
+
+@needs_fuse
+def test_golden_store_still_reads(tmp_path: Path) -> None:
+    store = tmp_path / "golden"
+    shutil.copytree(GOLDEN / "store", store)
+    expected = json.loads((GOLDEN / "expected.json").read_text())
+    key = GOLDEN / "store.key"
+    r = seldonfs("verify", store, "--keyfile", key)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (tmp_path / "m").mkdir()
+    r = seldonfs("mount", "--keyfile", key, store, tmp_path / "m")
+    assert r.returncode == 0, r.stderr
+    try:
+        for rel, hexdata in expected.items():
+            assert (tmp_path / "m" / rel).read_bytes() == bytes.fromhex(hexdata), rel
+    finally:
+        seldonfs("umount", tmp_path / "m")
