@@ -275,9 +275,7 @@ class EncryptedFile:
         block_size: int,
         aeads: AeadCache | None = None,
     ) -> None:
-        block_shift(block_size)
-        if current_key_id not in keys:
-            raise ValueError(f"current key id 0x{current_key_id:08x} not among the keys")
+        _check_setup(keys, current_key_id, block_size)
         self.fd = fd
         self.keys = keys
         self.current_key_id = current_key_id
@@ -480,9 +478,7 @@ class EncryptedContent:
     def __init__(
         self, keys: dict[int, bytes], current_key_id: int, block_size: int = DEFAULT_BLOCK_SIZE
     ) -> None:
-        block_shift(block_size)
-        if current_key_id not in keys:
-            raise ValueError(f"current key id 0x{current_key_id:08x} not among the keys")
+        _check_setup(keys, current_key_id, block_size)
         self.keys = keys
         self.current_key_id = current_key_id
         self.block_size = block_size
@@ -493,6 +489,12 @@ class EncryptedContent:
 
     def plain_size(self, backing_size: int) -> int:
         return plain_size(backing_size, self.block_size)
+
+
+def _check_setup(keys: dict[int, bytes], current_key_id: int, block_size: int) -> None:
+    block_shift(block_size)
+    if current_key_id not in keys:
+        raise ValueError(f"current key id 0x{current_key_id:08x} not among the keys")
 
 
 def _check_nonneg(*values: int) -> None:

@@ -23,7 +23,7 @@ class MountConfig:
     entry_timeout: float = 30.0
     attr_timeout: float = 30.0
     negative_timeout: float = 30.0
-    writeback_cache: bool = False
+    writeback_cache: bool = True
     spin_us: int = 200  # see fuseloop.py
 
 

@@ -231,8 +231,15 @@ class Core:
                 os.chmod(_proc(node.fd), stat_m.S_IMODE(mode))
             else:
                 raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
-        if atime_ns is not None or mtime_ns is not None:
-            _libc.utimens_path_fd(node.fd, atime_ns, mtime_ns)
+        if atime_ns is None and mtime_ns is None:
+            return self.getattr(ino)
+        st = os.fstat(node.fd)
+        if atime_ns is None and mtime_ns == st.st_mtime_ns:
+            # With the writeback cache the kernel sends its times back after
+            # every unlink, rename and link of a file; most carry the mtime
+            # the file has (ctime it cannot set anyway).
+            return self._stat(ino, st)
+        _libc.utimens_path_fd(node.fd, atime_ns, mtime_ns)
         return self.getattr(ino)
 
     def readlink(self, ino: int) -> bytes:
