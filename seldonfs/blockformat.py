@@ -265,7 +265,10 @@ class EncryptedFile:
     current one is rewritten by copying it through a fresh file.
     """
 
-    __slots__ = ("fd", "keys", "current_key_id", "block_size", "_header", "_aead", "_aeads")
+    __slots__ = (
+        "fd", "keys", "current_key_id", "block_size",
+        "_header", "_aead", "_aeads", "_emptied", "_ino", "_gen",
+    )
 
     def __init__(
         self,
@@ -274,6 +277,7 @@ class EncryptedFile:
         current_key_id: int,
         block_size: int,
         aeads: AeadCache | None = None,
+        emptied: dict[int, int] | None = None,
     ) -> None:
         _check_setup(keys, current_key_id, block_size)
         self.fd = fd
@@ -283,6 +287,12 @@ class EncryptedFile:
         self._header: Header | None = None
         self._aead: AESGCM | None = None
         self._aeads = aeads if aeads is not None else AeadCache(0)
+        # Times each backing inode was emptied, shared by every open file of
+        # a store: another handle may empty and rewrite the file under a new
+        # file id, which makes this one's cached header stale.
+        self._emptied = emptied if emptied is not None else {}
+        self._ino = -1
+        self._gen = 0
 
     # --- FileContent ---
 
@@ -322,6 +332,9 @@ class EncryptedFile:
             # An emptied file has no header; the next write picks a new file
             # id (see _load), so no block sealed before can be replayed.
             os.ftruncate(self.fd, 0)
+            ino = os.fstat(self.fd).st_ino
+            self._emptied[ino] = self._emptied.get(ino, 0) + 1
+            self._header = self._aead = None
             return
         bsize = self._backing_size()
         if self._load(bsize) is None:
@@ -344,14 +357,19 @@ class EncryptedFile:
     # --- internals ---
 
     def _backing_size(self) -> int:
-        return os.fstat(self.fd).st_size
+        st = os.fstat(self.fd)
+        self._ino = st.st_ino
+        return st.st_size
 
     def _load(self, bsize: int) -> Header | None:
-        """The cached header; None (and the cache dropped) if the file is empty."""
+        """The cached header; None (and the cache dropped) if the file is
+        empty. Reloaded when another handle emptied the file meanwhile."""
         if bsize == 0:
             self._header = self._aead = None
             return None
-        if self._header is None:
+        gen = self._emptied.get(self._ino, 0)
+        if self._header is None or gen != self._gen:
+            self._gen = gen
             self._use(parse_header(os.pread(self.fd, HEADER_SIZE, 0)))
         return self._header
 
@@ -483,9 +501,12 @@ class EncryptedContent:
         self.current_key_id = current_key_id
         self.block_size = block_size
         self.aeads = AeadCache()
+        self.emptied: dict[int, int] = {}
 
     def attach(self, fd: int) -> EncryptedFile:
-        return EncryptedFile(fd, self.keys, self.current_key_id, self.block_size, self.aeads)
+        return EncryptedFile(
+            fd, self.keys, self.current_key_id, self.block_size, self.aeads, self.emptied
+        )
 
     def plain_size(self, backing_size: int) -> int:
         return plain_size(backing_size, self.block_size)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
 import shutil
 import subprocess
@@ -208,3 +209,21 @@ def test_golden_store_still_reads(tmp_path: Path) -> None:
             assert (tmp_path / "m" / rel).read_bytes() == bytes.fromhex(hexdata), rel
     finally:
         seldonfs("umount", tmp_path / "m")
+
+
+@needs_fuse
+def test_file_rewritten_under_an_open_handle(estore: Path, tmp_path: Path) -> None:
+    """Another handle empties and rewrites the file (a new file id): the open
+    one reads the new contents, not EIO."""
+    with mounted(estore, tmp_path / "m"):
+        f = tmp_path / "m/input/processed/log"
+        f.write_bytes(b"old " * 5000)
+        # O_DIRECT: the reads reach the daemon through this handle, not the page cache
+        fd = os.open(f, os.O_RDONLY | os.O_DIRECT)
+        buf = mmap.mmap(-1, 4096)
+        try:
+            assert os.preadv(fd, [buf], 0) == 4096 and buf[:4] == b"old "
+            f.write_bytes(b"new " * 6000)  # O_TRUNC, then a new header
+            assert os.preadv(fd, [buf], 16384) == 4096 and buf[:8] == b"new new "
+        finally:
+            os.close(fd)
