@@ -52,6 +52,7 @@ from __future__ import annotations
 import os
 import secrets
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -315,15 +316,21 @@ class EncryptedFile:
         if not data:
             return 0
         bsize = self._backing_size()
+        head = b""
         if self._load(bsize) is None:
-            self._create()
+            # A new file: its header goes out with block 0, in one pwrite
+            # (one extending write less: ~20 us on ext4 per small file).
+            head = self._create(write=False)
         first = off // self.block_size
         old = plain_size(bsize, self.block_size)
         if first * self.block_size > old:
+            if head:
+                self._pwrite_all(head, 0)
+                head = b""
             self._grow(old, first * self.block_size)
         view = memoryview(data)
         blocks = block_range(off, len(data), self.block_size)
-        self._write_blocks(first, [self._patched(n, off, view) for n in blocks])
+        self._write_blocks(first, [self._patched(n, off, view, old) for n in blocks], head)
         return len(data)
 
     def truncate(self, size: int) -> None:
@@ -373,10 +380,16 @@ class EncryptedFile:
             self._use(parse_header(os.pread(self.fd, HEADER_SIZE, 0)))
         return self._header
 
-    def _create(self) -> None:
+    def _create(self, write: bool = True) -> bytes:
+        """Start a new file id; write the header, or return it to be
+        written with block 0."""
         h = Header(self.current_key_id, secrets.token_bytes(FILE_ID_SIZE), self.block_size)
-        self._pwrite_all(pack_header(h), 0)
         self._use(h)
+        head = pack_header(h)
+        if write:
+            self._pwrite_all(head, 0)
+            return b""
+        return head
 
     def _use(self, h: Header) -> None:
         master = self.keys.get(h.key_id)
@@ -410,26 +423,30 @@ class EncryptedFile:
             pos += size
         return out
 
-    def _write_blocks(self, first: int, plains: list[Buffer]) -> None:
+    def _write_blocks(self, first: int, plains: list[Buffer], head: bytes = b"") -> None:
         """Seal consecutive blocks first, first + 1, ... into one buffer and
-        write it with one pwrite."""
+        write it with one pwrite (after `head`, the header of a new file,
+        when first is 0)."""
         h, aead = self._ready()
-        out = bytearray(sum(len(p) + BLOCK_OVERHEAD for p in plains))
-        view, pos = memoryview(out), 0
+        assert not head or first == 0
+        out = bytearray(len(head) + sum(len(p) + BLOCK_OVERHEAD for p in plains))
+        out[: len(head)] = head
+        view, pos = memoryview(out), len(head)
         for n, p in enumerate(plains, first):
             seal_block_into(aead, h, n, p, view[pos : pos + len(p) + BLOCK_OVERHEAD])
             pos += len(p) + BLOCK_OVERHEAD
-        self._pwrite_all(out, block_offset(first, self.block_size))
+        self._pwrite_all(out, block_offset(first, self.block_size) - len(head))
 
-    def _patched(self, n: int, off: int, data: memoryview) -> Buffer:
+    def _patched(self, n: int, off: int, data: memoryview, old: int) -> Buffer:
         """Block n's new plaintext with its share of `data` (written at `off`)
-        in place; a partly covered block is read and patched."""
+        in place; a partly covered block is read and patched, unless it
+        starts at or past the old end `old` (nothing there to read)."""
         start = n * self.block_size
         lo = max(off - start, 0)
         piece = data[max(start - off, 0) : start + self.block_size - off]
-        if lo == 0 and len(piece) == self.block_size:
+        if lo == 0 and (len(piece) == self.block_size or start >= old):
             return piece
-        plain = self._read_blocks(range(n, n + 1))
+        plain = self._read_blocks(range(n, n + 1)) if start < old else bytearray()
         plain.extend(bytes(max(lo - len(plain), 0)))
         plain[lo : lo + len(piece)] = piece
         return plain
@@ -472,7 +489,7 @@ class AeadCache:
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
-        self._map: dict[tuple[int, bytes], AESGCM] = {}
+        self._map: OrderedDict[tuple[int, bytes], AESGCM] = OrderedDict()
 
     def get(self, h: Header, master: bytes) -> AESGCM:
         k = (h.key_id, h.file_id)
@@ -481,7 +498,7 @@ class AeadCache:
             aead = AESGCM(crypto.subkey(master, b"content", h.file_id))
             if self.size:
                 if len(self._map) >= self.size:
-                    del self._map[next(iter(self._map))]
+                    self._map.popitem(last=False)
                 self._map[k] = aead
         return aead
 

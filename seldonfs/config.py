@@ -23,7 +23,7 @@ class MountConfig:
     entry_timeout: float = 30.0
     attr_timeout: float = 30.0
     negative_timeout: float = 30.0
-    writeback_cache: bool = True
+    writeback_cache: bool | None = None  # None: "auto", on for encrypted stores
     spin_us: int = 200  # see fuseloop.py
 
 
@@ -88,9 +88,10 @@ def _parse_mount(t: dict[str, Any], where: str) -> MountConfig:
         if not 0 <= v <= 86400:
             raise ConfigError(f"{where}: mount.{key}: must be 0..86400 seconds, got {v}")
         values[key] = float(v)
-    values["writeback_cache"] = _get(
-        t, "writeback_cache", bool, where, "mount.", d.writeback_cache
-    )
+    wb = _get(t, "writeback_cache", (bool, str), where, "mount.", "auto")
+    if isinstance(wb, str) and wb != "auto":
+        raise ConfigError(f"{where}: mount.writeback_cache: want true, false or \"auto\", have {wb!r}")
+    values["writeback_cache"] = None if wb == "auto" else wb
     values["spin_us"] = _get(t, "spin_us", int, where, "mount.", d.spin_us)
     if not 0 <= values["spin_us"] <= 10_000:
         raise ConfigError(f"{where}: mount.spin_us: must be 0..10000 microseconds")
@@ -133,6 +134,7 @@ def _get(t: dict[str, Any], key: str, types: Any, where: str, prefix: str, defau
         return default
     v = t[key]
     # bool is an int subclass: `mode = true` must not pass as a number.
-    if not isinstance(v, types) or (isinstance(v, bool) and types is not bool):
+    allowed = types if isinstance(types, tuple) else (types,)
+    if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
         raise ConfigError(f"{where}: {prefix}{key}: wrong type {type(v).__name__}")
     return v

@@ -48,11 +48,11 @@ class SeldonOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_acl = False
 
-    def __init__(self, core: Core, cfg: MountConfig) -> None:
+    def __init__(self, core: Core, cfg: MountConfig, writeback: bool) -> None:
         super().__init__()
         self.core = core
         self.cfg = cfg
-        self.enable_writeback_cache = cfg.writeback_cache
+        self.enable_writeback_cache = writeback
 
     def _entry(self, st: Stat) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()

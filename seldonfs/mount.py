@@ -177,9 +177,12 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         # mask them again.
         os.umask(0)
         catalog = Catalog(store.catalog_path)
-        core = Core(store.data, prep.content, writeback=cfg.mount.writeback_cache)
+        writeback = cfg.mount.writeback_cache
+        if writeback is None:  # auto: measured, see docs/design.md
+            writeback = prep.content.needs_read_to_write
+        core = Core(store.data, prep.content, writeback=writeback)
         try:
-            ops = SeldonOperations(core, cfg.mount)
+            ops = SeldonOperations(core, cfg.mount, writeback)
             try:
                 pyfuse3.init(ops, str(mountpoint), prep.fuse_opts)
             except RuntimeError as e:

@@ -575,3 +575,11 @@ def test_master_keys_and_key_ids() -> None:
     assert crypto.key_id(a) == crypto.key_id(a) != crypto.key_id(b)
     assert 0 <= crypto.key_id(a) < 2**32
     assert crypto.key_id(MASTER) == int.from_bytes(crypto.subkey(MASTER, b"key-id")[:4], "big")
+
+
+def test_subkey_is_rfc5869_hkdf() -> None:
+    """The cached-Extract shortcut gives exactly cryptography's HKDF."""
+    for n in range(64):
+        master, context = os.urandom(32), os.urandom(n)
+        info = crypto.SUBKEY_PREFIX + b"content\0" + context
+        assert crypto.subkey(master, b"content", context) == crypto._hkdf(master, info)

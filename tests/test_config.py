@@ -18,6 +18,13 @@ def test_shipped_profiles_parse(name: str) -> None:
     assert len({f.path for f in cfg.folders}) == len(cfg.folders)
 
 
+@pytest.mark.parametrize("text, want", [("true", True), ("false", False), ('"auto"', None)])
+def test_writeback_setting(tmp_path: Path, text: str, want: bool | None) -> None:
+    p = tmp_path / "seldonfs.toml"
+    p.write_text(f"[mount]\nwriteback_cache = {text}\n")
+    assert config.load(p).mount.writeback_cache is want
+
+
 def test_defaults_for_empty_file(tmp_path: Path) -> None:
     p = tmp_path / "seldonfs.toml"
     p.write_text("")
@@ -31,6 +38,7 @@ def test_defaults_for_empty_file(tmp_path: Path) -> None:
         ("nonsense = [", "not valid TOML"),
         ("[mount]\nattr_timeout = -1\n", "mount.attr_timeout: must be 0..86400 seconds"),
         ("[mount]\nwriteback_cache = 1\n", "mount.writeback_cache: wrong type int"),
+        ("[mount]\nwriteback_cache = 'sometimes'\n", "mount.writeback_cache: want true, false or \"auto\""),
         ('[folders."a"]\nmode = true\n', "folders.'a'.mode: wrong type bool"),
         ('[folders."a"]\nmode = 0o17777\n', "folders.'a'.mode: must be a permission mode"),
         ('[folders."/abs"]\n', "folders.'/abs': must be a relative path"),
