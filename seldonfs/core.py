@@ -44,6 +44,8 @@ _PROBED_XATTRS = {
     b"system.posix_acl_access": 4,
     b"system.posix_acl_default": 8,
 }
+# Without SELinux the backing filesystem labels nothing.
+_SELINUX = os.path.exists("/sys/fs/selinux/enforce")
 
 # Flags that only matter to the kernel's open or that we emulate: the
 # kernel resolves O_APPEND offsets itself (it owns i_size while the file is
@@ -286,7 +288,24 @@ class Core:
         owner = self._owner(pfd, caller)
         os.mkdir(name, stat_m.S_IMODE(mode), dir_fd=pfd)
         self._chown_new(pfd, name, owner, os.rmdir)
-        return self.lookup(parent, name)
+        st = self.lookup(parent, name)
+        self.nodes[st.ino].absent_xattrs |= self._new_absent(parent) | _PROBED_XATTRS[b"security.capability"]
+        return st
+
+    def _new_absent(self, parent: int) -> int:
+        """Probe xattrs a new entry of `parent` certainly lacks: no SELinux
+        label without SELinux, and no ACLs where the parent has no default
+        ACL to pass down (probed once per directory)."""
+        bits = 0 if _SELINUX else _PROBED_XATTRS[b"security.selinux"]
+        default_acl = _PROBED_XATTRS[b"system.posix_acl_default"]
+        if not self._node(parent).absent_xattrs & default_acl:
+            try:
+                self.getxattr(parent, b"system.posix_acl_default")  # sets the bit if absent
+            except OSError:
+                pass
+        if self._node(parent).absent_xattrs & default_acl:
+            bits |= _PROBED_XATTRS[b"system.posix_acl_access"] | default_acl
+        return bits
 
     def mknod(self, parent: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Stat:
         pfd = self._node(parent).fd
@@ -382,7 +401,9 @@ class Core:
             if created:
                 # a new file has no capabilities; nothing else can add them
                 # but setxattr here (the kernel asks before every write)
-                self.nodes[st.ino].absent_xattrs |= _PROBED_XATTRS[b"security.capability"]
+                self.nodes[st.ino].absent_xattrs |= (
+                    _PROBED_XATTRS[b"security.capability"] | self._new_absent(parent)
+                )
                 flags &= ~os.O_TRUNC  # empty already
             return self._new_handle(st.ino, fd, flags), st
         except BaseException:

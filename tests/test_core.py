@@ -116,3 +116,18 @@ def test_dot_names_never_leave_the_store(core: Core) -> None:
     for name in (b".", b".."):
         with pytest.raises(FileNotFoundError):
             core.lookup(ROOT_INODE, name)
+
+
+def test_new_entries_remember_absent_probe_xattrs(core: Core) -> None:
+    """Answered without a syscall (the kernel asks before every write), yet
+    a value set later is seen."""
+    fh, f = core.create(ROOT_INODE, b"f", 0o644, os.O_WRONLY, ME)
+    core.release(fh)
+    assert core.nodes[f.ino].absent_xattrs & 1  # security.capability
+    with pytest.raises(OSError) as e:
+        core.getxattr(f.ino, b"security.capability")
+    assert e.value.errno == errno.ENODATA
+    core.setxattr(f.ino, b"user.x", b"1")
+    assert core.getxattr(f.ino, b"user.x") == b"1"
+    d = core.mkdir(ROOT_INODE, b"d", 0o755, ME)
+    assert core.nodes[d.ino].absent_xattrs & 1

@@ -380,3 +380,4 @@ def test_capability_xattr_after_cached_miss(plain: Path) -> None:
     os.removexattr(f, "security.capability")
     with pytest.raises(OSError):
         os.getxattr(f, "security.capability")
+
