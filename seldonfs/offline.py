@@ -174,14 +174,18 @@ class Rekey:
         self._overwrite(path, st.st_atime_ns, st.st_mtime_ns)
 
     def _overwrite(self, path: Path, atime_ns: int, mtime_ns: int) -> None:
-        data = self.scratch.read_bytes()
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        src = os.open(self.scratch, os.O_RDONLY)
+        dst = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
         try:
-            os.pwrite(fd, data, 0)
-            os.ftruncate(fd, len(data))
-            os.fsync(fd)
+            off = 0
+            while chunk := os.pread(src, 1 << 20, off):  # in pieces: files may be large
+                os.pwrite(dst, chunk, off)
+                off += len(chunk)
+            os.ftruncate(dst, off)
+            os.fsync(dst)
         finally:
-            os.close(fd)
+            os.close(src)
+            os.close(dst)
         os.utime(path, ns=(atime_ns, mtime_ns), follow_symlinks=False)
         self.journal.unlink()
         self.scratch.unlink(missing_ok=True)
