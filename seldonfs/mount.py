@@ -29,7 +29,7 @@ from .catalog import Catalog
 from .config import Config
 from .content import ContentLayer, PlainContent
 from .core import Core
-from .errors import MountPointError, SeldonError
+from .errors import MountPointError, SeldonError, UsageError
 from .fuse_ops import SeldonOperations
 from .keys import KeySource
 from .store import Store, StoreLock
@@ -186,7 +186,10 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
             try:
                 pyfuse3.init(ops, str(mountpoint), prep.fuse_opts)
             except RuntimeError as e:
-                raise MountPointError(f"{mountpoint}: cannot mount: {e}") from None
+                where = "above" if foreground else f"in {store.log_path}"
+                if "session_new" in str(e):  # libfuse refused an option
+                    raise UsageError(f"FUSE refused the mount options (libfuse's reason is {where})") from None
+                raise MountPointError(f"{mountpoint}: cannot mount: {e} (see {where})") from None
             log.info("mounted %s at %s", store.root, mountpoint)
             ready()
             fuseloop.install(cfg.mount.spin_us)
@@ -236,9 +239,13 @@ def run_daemon(prep: Prepared, debug: bool = False) -> None:
             os.setsid()
             os.chdir("/")  # keep no directory busy
             devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
             os.close(devnull)
+            # what libfuse itself prints goes to the store's log
+            log_fd = os.open(prep.store.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.dup2(log_fd, 2)
+            os.close(log_fd)
 
             def ready() -> None:
                 os.write(w, b"ok\n")

@@ -240,3 +240,12 @@ def test_sigterm_under_a_stream_of_requests(store: Path, tmp_path: Path) -> None
         finally:
             busy.kill()
             busy.wait()
+
+
+@needs_fuse
+def test_unknown_mount_option_is_a_usage_error(store: Path, tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    r = seldonfs("mount", "-o", "allow_other,no_such_option", *key_args(store), store, tmp_path / "m")
+    assert r.returncode == 2 and "FUSE refused the mount options" in r.stderr
+    assert "no_such_option" in (store / "seldonfs.log").read_text()
+    assert not os.path.ismount(tmp_path / "m")
