@@ -3,6 +3,7 @@ foreground), umount, signals, kill -9, mount(8), and the documented exit codes."
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -249,3 +250,32 @@ def test_unknown_mount_option_is_a_usage_error(store: Path, tmp_path: Path) -> N
     assert r.returncode == 2 and "FUSE refused the mount options" in r.stderr
     assert "no_such_option" in (store / "seldonfs.log").read_text()
     assert not os.path.ismount(tmp_path / "m")
+
+
+@needs_fuse
+@needs_root
+def test_full_disk_gives_enospc_and_keeps_what_was_written(tmp_path: Path) -> None:
+    """A store on a 12 MiB tmpfs: the write that does not fit fails with
+    ENOSPC, the mount stays up, and what was closed before is intact."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(small)], check=True)
+    try:
+        store = init_store(small / "store")
+        m = tmp_path / "m"
+        with mounted(store, m):
+            keep = os.urandom(1 << 20)
+            (m / "input/processed/keep").write_bytes(keep)
+            with pytest.raises(OSError) as e:
+                with open(m / "input/processed/fill", "wb") as f:
+                    for _ in range(64):
+                        f.write(os.urandom(1 << 20))
+                        f.flush()
+                        os.fsync(f.fileno())
+            assert e.value.errno == errno.ENOSPC
+            os.unlink(m / "input/processed/fill")
+            assert (m / "input/processed/keep").read_bytes() == keep
+            (m / "input/processed/after").write_bytes(b"room again")
+        assert stored(store, "input/processed/keep") == keep
+    finally:
+        subprocess.run(["umount", "-l", str(small)])

@@ -381,3 +381,16 @@ def test_capability_xattr_after_cached_miss(plain: Path) -> None:
     with pytest.raises(OSError):
         os.getxattr(f, "security.capability")
 
+
+
+def test_huge_sparse_offset(plain: Path) -> None:
+    f = plain / "huge"
+    with open(f, "wb") as fh:
+        fh.seek(1 << 40)
+        fh.write(b"!")
+    assert os.stat(f).st_size == (1 << 40) + 1
+    with open(f, "rb") as fh:
+        assert fh.read(4) == b"\0\0\0\0"
+        fh.seek(1 << 40)
+        assert fh.read() == b"!"
+    os.unlink(f)
