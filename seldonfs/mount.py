@@ -136,11 +136,11 @@ def prepare(store_root: Path, mountpoint: Path, opts: list[str], source: KeySour
     mountpoint = Path(os.path.abspath(mountpoint))
     check_mountpoint(mountpoint)
     StoreLock(store).ensure_free()
-    fuse_opts, source = split_options(opts, source)
+    fuse_opts, source = take_key_options(opts, source)
     return Prepared(store, cfg, mountpoint, fuse_options(fuse_opts, store), open_content(ident, source))
 
 
-def split_options(opts: list[str], source: KeySource) -> tuple[list[str], KeySource]:
+def take_key_options(opts: list[str], source: KeySource) -> tuple[list[str], KeySource]:
     """Take our own -o options (keyfile=, passphrase_file=: for fstab and
     mount(8)) out of the FUSE ones."""
     fuse: list[str] = []
@@ -167,6 +167,8 @@ def open_content(ident: dict, source: KeySource) -> ContentLayer:
 def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, debug: bool = False) -> None:
     """The whole life of one mount, in this process."""
     store, cfg, mountpoint = prep.store, prep.cfg, prep.mountpoint
+    # Again: unlocking took up to a second, and a daemon starts later still;
+    # pyfuse3 would mount on top of a mount made meanwhile.
     check_mountpoint(mountpoint)
     lock = StoreLock(store)
     lock.acquire()
