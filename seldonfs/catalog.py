@@ -18,7 +18,7 @@ from . import FORMAT_VERSION
 CATALOG_NAME = "catalog.sqlite"
 
 #: Schema version of the catalog; migrations move older catalogs forward.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class NoSuchRowError(KeyError):
@@ -31,6 +31,51 @@ def create_tables(db: sqlite_utils.Database) -> None:
     #           'schema_version' (this file's SCHEMA_VERSION), 'created_ns'
     #   value - text; numbers are stored as decimal strings
     db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    # files: one row per commit of a file by the policy engine.
+    #   path          - where the commit put it, relative to the mount root
+    #   original_name - the name the writer gave it
+    #   job           - job id used for the managed name ('' when not named)
+    #   size, sha256  - plaintext size and checksum at commit
+    #   mime          - libmagic's type ('' when the folder checks no contents)
+    #   verdict       - 'ok' or 'quarantined'
+    #   reason        - why it was quarantined ('' when ok)
+    #   committed_ns  - commit time
+    db["files"].create(
+        {"id": int, "path": str, "original_name": str, "job": str, "size": int,
+         "sha256": str, "mime": str, "verdict": str, "reason": str, "committed_ns": int},
+        pk="id", if_not_exists=True,
+    )
+    db["files"].create_index(["path"], if_not_exists=True)
+    # sequences: the next free sequence number per job id (managed names).
+    #   Numbers are handed out in blocks; `next` is past every number handed
+    #   out, so names stay unique across remounts and crashes.
+    db["sequences"].create({"job": str, "next": int}, pk="job", if_not_exists=True)
+    # quarantine: one row per file moved to a quarantine folder.
+    #   path        - where it is now (relative to the mount root)
+    #   origin      - the path it was written to
+    #   reason      - the failed checks, '; '-separated
+    #   at_ns       - when it was quarantined
+    #   released_ns - when `quarantine release` moved it back (NULL: still there)
+    #   released_to - where the release put it
+    #   forced      - 1 when released with --force, overriding the checks
+    #   released_by - uid that asked for the release
+    db["quarantine"].create(
+        {"id": int, "path": str, "origin": str, "reason": str, "at_ns": int,
+         "released_ns": int, "released_to": str, "forced": int, "released_by": int},
+        pk="id", if_not_exists=True,
+    )
+    db["quarantine"].create_index(["path"], if_not_exists=True)
+    # versions: previous contents of files in folders with `versions = N`.
+    #   path     - the file's path when the version was taken
+    #   stored   - name of the copy in data/.seldon/versions/ (same block
+    #              format as any file, so verify, decrypt and rekey cover it)
+    #   saved_ns - when it was taken; size - its plaintext size
+    #   cause    - 'truncate', 'overwrite', 'replace' or 'restore'
+    db["versions"].create(
+        {"id": int, "path": str, "stored": str, "saved_ns": int, "size": int, "cause": str},
+        pk="id", if_not_exists=True,
+    )
+    db["versions"].create_index(["path"], if_not_exists=True)
 
 
 class Catalog:
@@ -60,6 +105,14 @@ class Catalog:
         if row is None:
             raise NoSuchRowError(key)
         return row[0]
+
+    def migrate(self) -> None:
+        """Bring a catalog of an older schema up to this one (tables are
+        only ever added so far, so creating the missing ones is enough)."""
+        create_tables(self.db)
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
 
     def close(self) -> None:
         self.conn.close()

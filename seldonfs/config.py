@@ -7,8 +7,9 @@ with exit code 13 (`ConfigError`). Profiles are TOML files shipped in
 
 from __future__ import annotations
 
+import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,11 +28,78 @@ class MountConfig:
     spin_us: int = 200  # see fuseloop.py
 
 
+DEFAULT_TEMP_PATTERNS = (".*", "*.tmp", "*.part", "*.swp", "*~")
+SENSITIVE_BUILTIN = ("ssn", "card", "aws_key", "private_key")
+
+
 @dataclass(frozen=True)
 class FolderRule:
-    path: str  # relative to the mount root, e.g. "input/raw"
+    """One [folders."PATH"] table; docs/configuration.md explains each key."""
+
+    path: str  # relative to the mount root, e.g. "input/raw"; may hold globs
     description: str = ""
     mode: int | None = None  # applied at init when set
+    # naming
+    naming: str | None = None
+    job: str = "JOB"
+    # validation
+    files_at_root: bool = True
+    allow_extensions: tuple[str, ...] = ()
+    deny_names: tuple[str, ...] = ()
+    max_size: int | None = None
+    allow_mime: tuple[str, ...] = ()
+    check_extension: bool = False
+    check_structure: bool = False
+    sensitive: tuple[str, ...] = ()
+    on_invalid: str = "quarantine"
+    quarantine: str | None = None
+    # routing
+    route: str | None = None
+    route_to: str | None = None
+    route_unmatched: str = "leave"
+    route_retries: int = 3
+    # versioning
+    versions: int = 0
+    # retention (the janitor's)
+    max_age: float | None = None
+    age_by: str = "mtime"
+    max_total: int | None = None
+    max_files: int | None = None
+    evict: str = "oldest"
+    action: str = "delete"
+    archive_to: str | None = None
+    move_to: str | None = None
+    archive_after: float | None = None
+    patterns: tuple[tuple[str, float], ...] = ()
+    remove_empty_dirs: bool = False
+    orphan_sessions: bool = False
+    schedule: str | None = None
+    priority: int = 100
+    warn_percent: int | None = None
+
+    @property
+    def validates(self) -> bool:
+        """True when a commit has to read the file's contents."""
+        return bool(self.allow_mime or self.check_extension or self.check_structure or self.sensitive)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    temp_patterns: tuple[str, ...] = DEFAULT_TEMP_PATTERNS
+    quarantine: str = "input/quarantine"
+    grace: float = 10.0
+    patterns: tuple[tuple[str, str], ...] = ()  # extra sensitive patterns: name, regex
+    min_free: int = 0  # percent
+
+
+@dataclass(frozen=True)
+class JanitorConfig:
+    warning: int = 85
+    emergency: int = 95
+    check_every: float = 300.0
+    batch: int = 1000
+    schedule: str = "60m"
+    orphan_age: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +107,8 @@ class Config:
     profile: str
     mount: MountConfig
     folders: tuple[FolderRule, ...]
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    janitor: JanitorConfig = field(default_factory=JanitorConfig)
 
 
 def profile_names() -> list[str]:
@@ -67,16 +137,18 @@ def load(path: Path) -> Config:
 
 
 def parse(raw: dict[str, Any], where: str) -> Config:
-    _only_keys(raw, {"store", "mount", "folders"}, where, "")
+    _only_keys(raw, {"store", "mount", "policy", "janitor", "folders"}, where, "")
     store = _table(raw, "store", where, "")
     _only_keys(store, {"profile"}, where, "store.")
     profile = _get(store, "profile", str, where, "store.", "custom")
     mount = _parse_mount(_table(raw, "mount", where, ""), where)
+    policy = _parse_policy(_table(raw, "policy", where, ""), where)
     folders = tuple(
-        _parse_folder(name, value, where)
+        _parse_folder(name, value, where, policy)
         for name, value in _table(raw, "folders", where, "").items()
     )
-    return Config(profile=profile, mount=mount, folders=folders)
+    janitor = _parse_janitor(_table(raw, "janitor", where, ""), where)
+    return Config(profile=profile, mount=mount, folders=folders, policy=policy, janitor=janitor)
 
 
 def _parse_mount(t: dict[str, Any], where: str) -> MountConfig:
@@ -98,20 +170,218 @@ def _parse_mount(t: dict[str, Any], where: str) -> MountConfig:
     return MountConfig(**values)
 
 
-def _parse_folder(name: str, t: Any, where: str) -> FolderRule:
+def _parse_policy(t: dict[str, Any], where: str) -> PolicyConfig:
+    d = PolicyConfig()
+    _only_keys(t, set(d.__dataclass_fields__), where, "policy.")
+    r = _Reader(t, where, "policy.")
+    patterns = r.table("patterns")
+    for name, rx in patterns.items():
+        if not isinstance(rx, str):
+            raise ConfigError(f"{where}: policy.patterns.{name}: must be a regular expression string")
+        _regex(rx, where, f"policy.patterns.{name}")
+    return PolicyConfig(
+        temp_patterns=r.strings("temp_patterns", d.temp_patterns),
+        quarantine=r.path("quarantine", d.quarantine),
+        grace=r.duration("grace", d.grace),
+        patterns=tuple(patterns.items()),
+        min_free=r.percent("min_free", d.min_free),
+    )
+
+
+def _parse_janitor(t: dict[str, Any], where: str) -> JanitorConfig:
+    d = JanitorConfig()
+    _only_keys(t, set(d.__dataclass_fields__), where, "janitor.")
+    r = _Reader(t, where, "janitor.")
+    cfg = JanitorConfig(
+        warning=r.percent("warning", d.warning),
+        emergency=r.percent("emergency", d.emergency),
+        check_every=r.duration("check_every", d.check_every),
+        batch=r.integer("batch", d.batch, 1, 1_000_000),
+        schedule=r.schedule("schedule", d.schedule),
+        orphan_age=r.duration("orphan_age", d.orphan_age),
+    )
+    if cfg.emergency < cfg.warning:
+        raise ConfigError(f"{where}: janitor.emergency: must not be below janitor.warning")
+    return cfg
+
+
+def _parse_folder(name: str, t: Any, where: str, policy: PolicyConfig) -> FolderRule:
     key = f"folders.{name!r}"
     p = PurePosixPath(name)
     if not name or p.is_absolute() or any(part in ("", ".", "..") for part in name.split("/")):
         raise ConfigError(f"{where}: {key}: must be a relative path without '.' or '..'")
     if not isinstance(t, dict):
         raise ConfigError(f"{where}: {key}: must be a table")
-    _only_keys(t, {"description", "mode"}, where, key + ".")
-    mode = _get(t, "mode", int, where, key + ".", None)
+    d = FolderRule(path=name)
+    _only_keys(t, set(d.__dataclass_fields__) - {"path"}, where, key + ".")
+    r = _Reader(t, where, key + ".")
+    mode = r.get("mode", int, None)
     if mode is not None and not 0 <= mode <= 0o7777:
         raise ConfigError(f"{where}: {key}.mode: must be a permission mode like 0o750")
+    naming = r.get("naming", str, None)
+    if naming is not None:
+        from .naming import Template, TemplateError  # naming imports config
+
+        try:
+            Template(naming)
+        except TemplateError as e:
+            raise ConfigError(f"{where}: {key}.naming: {e}") from None
+    sensitive = r.strings("sensitive", ())
+    known = set(SENSITIVE_BUILTIN) | {n for n, _ in policy.patterns}
+    for s in sensitive:
+        if s not in known:
+            raise ConfigError(
+                f"{where}: {key}.sensitive: unknown check {s!r} (known: {', '.join(sorted(known))})"
+            )
+    route = r.get("route", str, None)
+    route_to = r.get("route_to", str, None)
+    if route is not None:
+        groups = set(_regex(route, where, f"{key}.route").groupindex)
+        if route_to is None:
+            raise ConfigError(f"{where}: {key}.route_to: required with route")
+        for fname in re.findall(r"{(\w+)", route_to):
+            if fname not in groups | {"name"}:
+                raise ConfigError(
+                    f"{where}: {key}.route_to: {{{fname}}} is not a named group of route"
+                )
+    extensions = r.strings("allow_extensions", ())
+    for ext in extensions:
+        if not ext.startswith("."):
+            raise ConfigError(f"{where}: {key}.allow_extensions: {ext!r} must start with '.'")
+    patterns = r.table("patterns")
     return FolderRule(
-        path=name, description=_get(t, "description", str, where, key + ".", ""), mode=mode
+        path=name,
+        description=r.get("description", str, ""),
+        mode=mode,
+        naming=naming,
+        job=r.get("job", str, d.job),
+        files_at_root=r.get("files_at_root", bool, True),
+        allow_extensions=tuple(e.lower() for e in extensions),
+        deny_names=r.strings("deny_names", ()),
+        max_size=r.size("max_size", None),
+        allow_mime=r.strings("allow_mime", ()),
+        check_extension=r.get("check_extension", bool, False),
+        check_structure=r.get("check_structure", bool, False),
+        sensitive=sensitive,
+        on_invalid=r.choice("on_invalid", ("quarantine", "reject"), d.on_invalid),
+        quarantine=r.path("quarantine", None) or policy.quarantine,
+        route=route,
+        route_to=route_to,
+        route_unmatched=r.choice("route_unmatched", ("leave", "quarantine"), d.route_unmatched),
+        route_retries=r.integer("route_retries", d.route_retries, 0, 100),
+        versions=r.integer("versions", 0, 0, 10_000),
+        max_age=r.duration("max_age", None),
+        age_by=r.choice("age_by", ("mtime", "atime"), d.age_by),
+        max_total=r.size("max_total", None),
+        max_files=r.integer("max_files", None, 1, 10**12),
+        evict=r.choice("evict", ("oldest", "lru"), d.evict),
+        action=r.choice("action", ("delete", "archive", "move"), d.action),
+        archive_to=r.path("archive_to", None),
+        move_to=r.path("move_to", None),
+        archive_after=r.duration("archive_after", None),
+        patterns=tuple(
+            (glob, _duration(v, where, f"{key}.patterns.{glob}")) for glob, v in patterns.items()
+        ),
+        remove_empty_dirs=r.get("remove_empty_dirs", bool, False),
+        orphan_sessions=r.get("orphan_sessions", bool, False),
+        schedule=r.schedule("schedule", None),
+        priority=r.integer("priority", d.priority, 0, 10_000),
+        warn_percent=r.percent("warn_percent", None),
     )
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w|y)\s*$")
+_DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
+_SIZE_B = {
+    None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+}
+
+
+def _duration(v: Any, where: str, key: str) -> float:
+    m = _DURATION.match(v) if isinstance(v, str) else None
+    if m is None:
+        raise ConfigError(f"{where}: {key}: want a duration like \"90s\", \"12h\" or \"30d\", have {v!r}")
+    return float(m[1]) * _DURATION_S[m[2]]
+
+
+def _regex(v: str, where: str, key: str) -> re.Pattern[str]:
+    try:
+        return re.compile(v)
+    except re.error as e:
+        raise ConfigError(f"{where}: {key}: not a valid regular expression: {e}") from None
+
+
+class _Reader:
+    """Typed access to one TOML table; errors name the key."""
+
+    def __init__(self, t: dict[str, Any], where: str, prefix: str) -> None:
+        self.t, self.where, self.prefix = t, where, prefix
+
+    def _err(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {self.prefix}{key}: {problem}")
+
+    def get(self, key: str, types: Any, default: Any) -> Any:
+        return _get(self.t, key, types, self.where, self.prefix, default)
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        v = self.get(key, list, None)
+        if v is None:
+            return default
+        if not all(isinstance(x, str) for x in v):
+            raise self._err(key, "must be a list of strings")
+        return tuple(v)
+
+    def table(self, key: str) -> dict[str, Any]:
+        return self.get(key, dict, {})
+
+    def integer(self, key: str, default: int | None, lo: int, hi: int) -> int | None:
+        v = self.get(key, int, default)
+        if v is not None and not lo <= v <= hi:
+            raise self._err(key, f"must be {lo}..{hi}, have {v}")
+        return v
+
+    def percent(self, key: str, default: int | None) -> int | None:
+        return self.integer(key, default, 0, 99 if key == "min_free" else 100)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        v = self.get(key, str, default)
+        if v not in choices:
+            raise self._err(key, f"want one of {', '.join(choices)}, have {v!r}")
+        return v
+
+    def duration(self, key: str, default: float | None) -> float | None:
+        return default if key not in self.t else _duration(self.t[key], self.where, self.prefix + key)
+
+    def size(self, key: str, default: int | None) -> int | None:
+        if key not in self.t:
+            return default
+        v = self.t[key]
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return v
+        m = _SIZE.match(v) if isinstance(v, str) else None
+        if m is None:
+            raise self._err(key, f"want a size like \"100MB\" or \"10GiB\", have {v!r}")
+        return int(float(m[1]) * _SIZE_B[m[2]])
+
+    def path(self, key: str, default: str | None) -> str | None:
+        v = self.get(key, str, default)
+        if v is not None and (
+            not v or v.startswith("/") or any(p in ("", ".", "..") for p in v.split("/"))
+        ):
+            raise self._err(key, "must be a relative path without '.' or '..'")
+        return v
+
+    def schedule(self, key: str, default: str | None) -> str | None:
+        v = self.get(key, str, default)
+        if v is None or key not in self.t:
+            return v
+        if _DURATION.match(v):
+            return v
+        if len(v.split()) == 5 and all(re.fullmatch(r"[\d*/,\-]+", f) for f in v.split()):
+            return v
+        raise self._err(key, f"want a duration like \"60m\" or a cron expression like \"0 2 * * *\", have {v!r}")
 
 
 def _table(t: dict[str, Any], key: str, where: str, prefix: str) -> dict[str, Any]:

@@ -30,9 +30,13 @@ import stat as stat_m
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import _libc
 from .content import ContentDamaged, ContentLayer, FileContent
+
+if TYPE_CHECKING:
+    from .policy import Policy, Tracked
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,7 @@ class Handle:
     ino: int
     fd: int  # read/write descriptor of the backing file
     content: FileContent
+    track: Tracked | None = None  # policy state, for files under a rule
 
 
 @dataclass(slots=True)
@@ -120,6 +125,8 @@ class Core:
     def __init__(self, data_root: Path, content: ContentLayer, writeback: bool = False) -> None:
         self.content = content
         self.writeback = writeback
+        self.data_root = os.fspath(data_root)
+        self.policy: Policy | None = None  # set by the mount when rules apply
         self.as_root = os.geteuid() == 0
         root_fd = os.open(data_root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._root_backing_ino = os.fstat(root_fd).st_ino
@@ -177,6 +184,8 @@ class Core:
         if name in (b".", b".."):
             # the kernel resolves these itself; ".." at the root would leave the store
             raise OSError(errno.ENOENT, "no dot lookups")
+        if self.policy is not None and self.policy.is_private(parent, name):
+            raise OSError(errno.ENOENT, "the filesystem's own files")
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         ino = self._ino(st.st_ino)
         node = self.nodes.get(ino)
@@ -184,6 +193,51 @@ class Core:
             node.nlookup += 1
             return self._stat(ino, st)
         return self._register(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd))
+
+    def lookup_path(self, rel: str) -> Stat:
+        """A lookup by path below the root (never following a symlink)."""
+        from .store import walk
+
+        d, name = os.path.split(rel)
+        dfd = walk(self.nodes[ROOT_INODE].fd, d)
+        try:
+            return self._register(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd))
+        finally:
+            os.close(dfd)
+
+    def rel_path(self, ino: int) -> str | None:
+        """Where inode `ino` is now, relative to the store's data/; None
+        when it has no name any more (or is not known)."""
+        node = self.nodes.get(ino)
+        if node is None:
+            return None
+        if ino == ROOT_INODE:
+            return ""
+        path = os.readlink(_proc(node.fd))
+        prefix = self.data_root + "/"
+        if not path.startswith(prefix) or path.endswith(" (deleted)"):
+            return None
+        return path[len(prefix):]
+
+    def ino_of(self, backing_ino: int) -> int:
+        return self._ino(backing_ino)
+
+    def ino_of_dir(self, rel: str) -> int | None:
+        """The inode number the kernel knows directory `rel` by, if it holds it."""
+        from .store import walk
+
+        try:
+            fd = walk(self.nodes[ROOT_INODE].fd, rel)
+        except OSError:
+            return None
+        try:
+            ino = self._ino(os.fstat(fd).st_ino)
+        finally:
+            os.close(fd)
+        return ino if ino in self.nodes else None
+
+    def node_fd(self, ino: int) -> int:
+        return self._node(ino).fd
 
     def forget(self, ino: int, n: int) -> None:
         node = self.nodes.get(ino)
@@ -213,6 +267,8 @@ class Core:
     ) -> Stat:
         node = self._node(ino)
         handle = self.handles.get(fh) if fh is not None else None
+        if size is not None and self.policy is not None and node.fmt == stat_m.S_IFREG:
+            self.policy.on_truncate(ino, size, self.content.plain_size(os.fstat(node.fd).st_size))
         if size is not None:
             if handle is not None:
                 self._guarded(ino, handle.content.truncate, size)
@@ -283,8 +339,13 @@ class Core:
             undo(name, dir_fd=pfd)
             raise
 
+    def _check_new(self, parent: int, name: bytes, kind: int) -> None:
+        if self.policy is not None:
+            self.policy.check_new_name(parent, name, kind)
+
     def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Stat:
         pfd = self._node(parent).fd
+        self._check_new(parent, name, stat_m.S_IFDIR)
         owner = self._owner(pfd, caller)
         os.mkdir(name, stat_m.S_IMODE(mode), dir_fd=pfd)
         self._chown_new(pfd, name, owner, os.rmdir)
@@ -309,6 +370,7 @@ class Core:
 
     def mknod(self, parent: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Stat:
         pfd = self._node(parent).fd
+        self._check_new(parent, name, stat_m.S_IFMT(mode))
         owner = self._owner(pfd, caller)
         os.mknod(name, mode, rdev, dir_fd=pfd)
         self._chown_new(pfd, name, owner, os.unlink)
@@ -318,6 +380,7 @@ class Core:
 
     def symlink(self, parent: int, name: bytes, target: bytes, caller: Caller) -> Stat:
         pfd = self._node(parent).fd
+        self._check_new(parent, name, stat_m.S_IFLNK)
         owner = self._owner(pfd, caller)
         os.symlink(target, name, dir_fd=pfd)
         self._chown_new(pfd, name, owner, os.unlink)
@@ -326,6 +389,7 @@ class Core:
     def link(self, ino: int, new_parent: int, new_name: bytes) -> Stat:
         node = self._node(ino)
         pfd = self._node(new_parent).fd
+        self._check_new(new_parent, new_name, node.fmt)
         # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW) links the
         # object the descriptor pins (a symlink included), as passthrough_ll does.
         os.link(_proc(node.fd), new_name, dst_dir_fd=pfd, follow_symlinks=True)
@@ -337,13 +401,57 @@ class Core:
     def rmdir(self, parent: int, name: bytes) -> None:
         os.rmdir(name, dir_fd=self._node(parent).fd)
 
-    def rename(self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int) -> None:
+    def rename(
+        self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int, pid: int = 0
+    ) -> None:
         ofd = self._node(old_parent).fd
         nfd = self._node(new_parent).fd
+        if self.policy is not None:
+            self._policy_rename(old_parent, ofd, old, new_parent, nfd, new, flags, pid)
+            return
+        self._rename(ofd, old, nfd, new, flags)
+
+    @staticmethod
+    def _rename(ofd: int, old: bytes, nfd: int, new: bytes, flags: int) -> None:
         if flags:
             _libc.renameat2(ofd, old, nfd, new, flags)
         else:
             os.rename(old, new, src_dir_fd=ofd, dst_dir_fd=nfd)
+
+    def _policy_rename(
+        self, old_parent: int, ofd: int, old: bytes, new_parent: int, nfd: int, new: bytes,
+        flags: int, pid: int,
+    ) -> None:
+        from .store import walk
+
+        assert self.policy is not None
+        opened = -1
+        try:
+            st = os.stat(old, dir_fd=ofd, follow_symlinks=False)
+        except FileNotFoundError:
+            # a name committed a moment ago, renamed by the process that wrote it
+            g = self.policy.grace_target(old_parent, old, pid)
+            if g is None:
+                raise
+            d, n = os.path.split(g.rel)
+            ofd = opened = walk(self.nodes[ROOT_INODE].fd, d)
+            old = os.fsencode(n)
+            st = os.stat(old, dir_fd=ofd, follow_symlinks=False)
+        try:
+            if self.policy.is_private(old_parent, old):
+                raise OSError(errno.EACCES, "the filesystem's own files")
+            d = self.policy.check_new_name(new_parent, new, stat_m.S_IFMT(st.st_mode))
+            if not flags & _libc.RENAME_NOREPLACE:
+                try:
+                    target = os.stat(new, dir_fd=nfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    target = None
+                if target is not None and stat_m.S_ISREG(target.st_mode) and target.st_ino != st.st_ino:
+                    self.policy.save_version(os.path.join(d, os.fsdecode(new)).lstrip("/"), "replace")
+            self._rename(ofd, old, nfd, new, flags)
+        finally:
+            if opened >= 0:
+                os.close(opened)
 
     # ------------------------------------------------------------ files
 
@@ -361,25 +469,37 @@ class Core:
         # redirected by a rename or a symlink planted in the tree.
         return os.open(_proc(node.fd), flags | os.O_CLOEXEC)
 
-    def _new_handle(self, ino: int, fd: int, flags: int) -> int:
+    def _new_handle(self, ino: int, fd: int, flags: int, track: Tracked | None = None) -> int:
         fh = self._next_fh
         self._next_fh += 1
-        handle = Handle(ino, fd, self.content.attach(fd))
+        handle = Handle(ino, fd, self.content.attach(fd), track)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
             self._guarded(ino, handle.content.truncate, 0)
         self.handles[fh] = handle
+        if track is not None:
+            assert self.policy is not None
+            self.policy.on_handle(ino, track)
         return fh
 
-    def open(self, ino: int, flags: int) -> int:
-        fd = self._reopen(self._node(ino), self._open_flags(flags))
+    def open(self, ino: int, flags: int, pid: int = 0) -> int:
+        node = self._node(ino)
+        track = None
+        if self.policy is not None and node.fmt == stat_m.S_IFREG:
+            size = self.content.plain_size(os.fstat(node.fd).st_size)
+            track = self.policy.on_open(ino, flags, size, pid)
+        fd = self._reopen(node, self._open_flags(flags))
         try:
-            return self._new_handle(ino, fd, flags)
+            return self._new_handle(ino, fd, flags, track)
         except BaseException:
             os.close(fd)
             raise
 
+    def open_ino(self, ino: int, flags: int) -> int:
+        return self._reopen(self._node(ino), flags)
+
     def create(self, parent: int, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[int, Stat]:
         pfd = self._node(parent).fd
+        track = None if self.policy is None else self.policy.on_create(parent, name, caller.pid)
         owner = self._owner(pfd, caller)
         oflags = self._open_flags(flags) | os.O_NOFOLLOW
         try:
@@ -405,7 +525,9 @@ class Core:
                     _PROBED_XATTRS[b"security.capability"] | self._new_absent(parent)
                 )
                 flags &= ~os.O_TRUNC  # empty already
-            return self._new_handle(st.ino, fd, flags), st
+            elif track is not None:
+                track.created = False
+            return self._new_handle(st.ino, fd, flags, track), st
         except BaseException:
             os.close(fd)
             raise
@@ -422,6 +544,9 @@ class Core:
 
     def write(self, fh: int, off: int, data: bytes) -> int:
         h = self._handle(fh)
+        if h.track is not None:
+            assert self.policy is not None
+            self.policy.on_write(h.ino, h.track, off, len(data), h.content)
         return self._guarded(h.ino, h.content.write, off, data)
 
     def _guarded(self, ino: int, fn, *args):
@@ -444,6 +569,9 @@ class Core:
         handle = self.handles.pop(fh, None)
         if handle is not None:
             os.close(handle.fd)
+            if handle.track is not None:
+                assert self.policy is not None
+                self.policy.on_release(handle.ino, handle.track)
 
     # ------------------------------------------------------------ directories
 
@@ -465,6 +593,8 @@ class Core:
         if start == 0 or d.entries is None:
             d.entries = [os.fsencode(n) for n in os.listdir(d.fd)]
         for i in range(start, len(d.entries)):
+            if self.policy is not None and self.policy.is_private(d.ino, d.entries[i]):
+                continue
             try:
                 st = self.lookup(d.ino, d.entries[i])
             except FileNotFoundError:
@@ -491,6 +621,10 @@ class Core:
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
         node = self._node(ino)
+        if self.policy is not None and name.startswith(RESERVED_XATTR_PREFIX):
+            value = self.policy.getxattr(ino, name)
+            if value is not None:
+                return value
         bit = _PROBED_XATTRS.get(name, 0)
         if node.absent_xattrs & bit or node.fmt == stat_m.S_IFLNK:
             raise OSError(errno.ENODATA, "no such attribute")

@@ -53,6 +53,14 @@ class SeldonOperations(pyfuse3.Operations):
         self.core = core
         self.cfg = cfg
         self.enable_writeback_cache = writeback
+        self.policy = core.policy
+        if self.policy is not None:
+            self.policy.notify_gone = self._notify_gone
+
+    @staticmethod
+    def _notify_gone(parent: int, name: bytes) -> None:
+        # async: the kernel may hold the directory's lock while we answer
+        pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
     def _entry(self, st: Stat) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -73,12 +81,16 @@ class SeldonOperations(pyfuse3.Operations):
         e.st_ctime_ns = st.ctime_ns
         return e
 
-    @staticmethod
-    def _file_info(fh: int) -> pyfuse3.FileInfo:
+    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
         # keep_cache: every change reaches the backing files through this
         # mount, so the kernel's page cache of a file stays true across opens.
         # No direct_io even for O_DIRECT opens: the kernel's own O_DIRECT path
         # (fuse_direct_IO) bypasses and invalidates the cache correctly.
+        # Except under a size limit with the writeback cache: the write that
+        # crosses the limit must reach us to fail with EFBIG.
+        track = self.core.handles[fh].track
+        if track is not None and track.direct_io:
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_errors
@@ -86,6 +98,13 @@ class SeldonOperations(pyfuse3.Operations):
         try:
             return self._entry(self.core.lookup(parent_inode, name))
         except FileNotFoundError:
+            if self.policy is not None and (parent_inode, name) in self.policy.grace:
+                g = self.policy.grace_target(parent_inode, name, ctx.pid)
+                if g is None:
+                    raise  # not for this process: say so without caching it
+                e = self._entry(self.core.lookup_path(g.rel))
+                e.entry_timeout = 0  # others must not see the old name
+                return e
             # inode 0 is a negative entry the kernel may cache
             e = pyfuse3.EntryAttributes()
             e.st_ino = 0
@@ -140,7 +159,9 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        self.core.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        self.core.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx.pid)
+        if self.policy is not None:
+            await self.policy.after_rename(parent_inode_new, name_new, ctx.pid)
 
     @_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
@@ -148,7 +169,7 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode, flags, ctx):
-        return self._file_info(self.core.open(inode, flags))
+        return self._file_info(self.core.open(inode, flags, ctx.pid))
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -165,10 +186,18 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def flush(self, fh):
-        pass
+        # close(2): the moment a written file commits (see policy.py)
+        h = self.core.handles.get(fh)
+        if h is not None and h.track is not None and self.policy is not None:
+            err = await self.policy.flush(h.ino, h.track)
+            if err:
+                raise FUSEError(err)
 
     @_errors
     async def release(self, fh):
+        h = self.core.handles.get(fh)
+        if h is not None and h.track is not None and self.policy is not None:
+            await self.policy.flush(h.ino, h.track, last=True)  # no one to tell of an error now
         self.core.release(fh)
 
     @_errors
@@ -211,6 +240,9 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def setxattr(self, inode, name, value, ctx):
+        if self.policy is not None and name.startswith(b"user.seldon."):
+            if await self.policy.setxattr(inode, name, value, ctx.uid, ctx.pid):
+                return
         self.core.setxattr(inode, name, value)
 
     @_errors

@@ -26,6 +26,8 @@ import trio
 
 from . import fuseloop, keys
 from .catalog import Catalog
+from .policy import Policy
+from .rules import Rules
 from .config import Config
 from .content import ContentLayer, PlainContent
 from .core import Core
@@ -179,10 +181,14 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         # mask them again.
         os.umask(0)
         catalog = Catalog(store.catalog_path)
+        catalog.migrate()
         writeback = cfg.mount.writeback_cache
         if writeback is None:  # auto: measured, see docs/design.md
             writeback = prep.content.needs_read_to_write
         core = Core(store.data, prep.content, writeback=writeback)
+        rules = Rules(cfg)
+        if rules.any_policy:
+            core.policy = Policy(core, rules, catalog, writeback)
         try:
             ops = SeldonOperations(core, cfg.mount, writeback)
             try:
@@ -196,7 +202,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
             ready()
             fuseloop.install(cfg.mount.spin_us)
             try:
-                trio.run(_serve)
+                trio.run(_serve, _workers(rules))
             finally:
                 fuseloop.uninstall()
                 pyfuse3.close(unmount=True)
@@ -208,13 +214,18 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         lock.release()
 
 
-async def _serve() -> None:
+def _workers(rules: Rules) -> int:
+    """pyfuse3 worker tasks. One when no handler awaits: a second worker
+    would only add a lock hand-off per request (see fuseloop.py). Content
+    checks of large files await a thread at close(2); more workers keep the
+    other requests moving meanwhile."""
+    return 4 if any(r.validates for r in rules.cfg.folders) else 1
+
+
+async def _serve(workers: int) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals)
-        # One worker: no handler awaits, so a second worker would only add a
-        # lock hand-off per request (see fuseloop.py). Work that must wait
-        # (checks, hashing) belongs in tasks of its own, not in handlers.
-        await pyfuse3.main(min_tasks=1, max_tasks=1)
+        await pyfuse3.main(min_tasks=1, max_tasks=workers)
         # Unmounted from outside (fusermount3 -u, umount): stop the rest.
         nursery.cancel_scope.cancel()
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import FORMAT_VERSION, config
+from . import FORMAT_VERSION, config, rules
 from .catalog import CATALOG_NAME, Catalog
 from .errors import NotAStoreError, SeldonError, StoreLockedError
 
@@ -115,6 +115,8 @@ def init_store(root: Path, profile: str, encryption: dict[str, Any] | None) -> S
     root_fd = os.open(store.data, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         for rule in cfg.folders:
+            if rules.is_glob(rule.path):
+                continue  # a pattern names folders made later, not one to make
             fd = walk(root_fd, rule.path, create=True)
             try:
                 if rule.mode is not None:

@@ -1,0 +1,95 @@
+"""Managed names: templates like ``{ts}-{job}-{seq:03d}_{name}``.
+
+Pure functions; the fields are documented in docs/configuration.md. A
+template also yields a regular expression that recognises names it made, so
+a name that is already managed is never renamed again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import secrets
+import string
+from datetime import datetime, timezone
+
+FIELDS = {
+    "ts": r"\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d{3}",
+    "stamp": r"\d{8}_\d{6}",
+    "date": r"\d{4}-\d{2}-\d{2}",
+    "job": r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    "seq": r"\d+",
+    "uuid": r"[0-9a-f]{8}",
+    "name": r".+",
+    "stem": r".+",
+    "ext": r"(?:\.[^./]+)?",
+}
+_JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class TemplateError(ValueError):
+    pass
+
+
+class Template:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        parts = []
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as e:
+            raise TemplateError(f"not a valid template: {e}") from None
+        names = set()
+        for literal, fname, spec, conv in parsed:
+            parts.append(re.escape(literal))
+            if fname is None:
+                continue
+            if fname not in FIELDS or conv:
+                raise TemplateError(f"unknown field {{{fname}}} (known: {', '.join(FIELDS)})")
+            if spec and fname != "seq":
+                raise TemplateError(f"only {{seq}} takes a format, not {{{fname}:{spec}}}")
+            names.add(fname)
+            parts.append(FIELDS[fname])
+        if not names & {"name", "stem"}:
+            raise TemplateError("must keep the written name: use {name} or {stem}")
+        if "/" in text:
+            raise TemplateError("must not contain '/'")
+        self.uses_seq = "seq" in names
+        self._regex = re.compile("".join(parts), re.DOTALL)
+        try:
+            self.render(datetime(2000, 1, 1, tzinfo=timezone.utc), "JOB", 1, "x.txt")
+        except (ValueError, KeyError) as e:
+            raise TemplateError(f"cannot be filled in: {e}") from None
+
+    def render(self, now: datetime, job: str, seq: int, name: str) -> str:
+        stem, dot, ext = name.rpartition(".")
+        if not stem:  # ".bashrc" or no dot at all
+            stem, ext = name, ""
+        else:
+            ext = dot + ext
+        return self.text.format(
+            ts=now.strftime("%Y-%m-%d-%H-%M-%S-") + f"{now.microsecond // 1000:03d}",
+            stamp=now.strftime("%Y%m%d_%H%M%S"),
+            date=now.strftime("%Y-%m-%d"),
+            job=job,
+            seq=seq,
+            uuid=secrets.token_hex(4),
+            name=name,
+            stem=stem,
+            ext=ext,
+        )
+
+    def is_managed(self, name: str) -> bool:
+        return self._regex.fullmatch(name) is not None
+
+
+def is_temporary(name: str, patterns: tuple[str, ...]) -> bool:
+    """Names that never commit: rsync's, editors' and downloaders' temp files."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def clean_job(job: str | None, default: str) -> str:
+    """A job id safe inside a name, or `default`."""
+    if job and _JOB.match(job):
+        return job
+    return default

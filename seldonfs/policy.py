@@ -1,0 +1,674 @@
+"""The policy engine: folder rules applied at the syscall level.
+
+`Core` calls the hooks below at the moment a fact becomes knowable; the
+decisions themselves are pure functions in rules.py (which rule),
+naming.py (which name) and validation.py (which verdict). This module
+carries them out on the store: renames at commit, quarantine, routing,
+versions, the space floor, the grace period of pre-commit names.
+
+Commit: a file commits when the last handle that wrote it is flushed
+(close(2), so the writer sees a rejection and `ls` after close sees the
+final name) or when it is renamed into a folder with a commit rule.
+
+Concurrency: every hook runs on the trio thread. Only `commit` awaits, and
+only to read a large file's contents in a worker thread; it re-reads the
+file's path afterwards, since the tree may have changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import posixpath
+import re
+import secrets
+import stat as stat_m
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import trio
+
+from . import _libc, validation
+from .catalog import Catalog
+from .config import FolderRule
+from .content import FileContent
+from .naming import Template, clean_job, is_temporary
+from .rules import Rules
+from .store import walk
+
+if TYPE_CHECKING:
+    from .core import Core
+
+log = logging.getLogger(__name__)
+
+#: Hidden top-level folder of data/ for the filesystem's own files.
+PRIVATE_DIR = ".seldon"
+VERSIONS_DIR = PRIVATE_DIR + "/versions"
+#: Files up to this size are checked on the request loop; larger ones in a
+#: worker thread, so a large file never stalls other operations.
+INLINE_CHECK_BYTES = 1 << 20
+SEQ_BLOCK = 100  # sequence numbers reserved per catalog write
+STATVFS_TTL = 0.1
+XATTR_REASON = b"user.seldon.reason"
+XATTR_ORIGIN = b"user.seldon.origin"
+XATTR_JOB = b"user.seldon.job"  # the writer may set this one
+XATTR_VERSIONS = b"user.seldon.versions"  # virtual, read: JSON list
+XATTR_RESTORE = b"user.seldon.restore"  # virtual, write: version number
+XATTR_RELEASE = b"user.seldon.release"  # virtual, write: b"" or b"force"
+
+
+@dataclass(slots=True)
+class Tracked:
+    """Policy state of one open handle."""
+
+    rule: FolderRule | None
+    commits: bool  # a commit rule applies to the folder it was opened in
+    pid: int = 0  # the process that opened it: its follow-ups get the grace period
+    job: str | None = None  # from the writer's environment at create
+    created: bool = False
+    done: bool = False  # committed at an earlier flush
+    version_on_write: bool = False  # keep the old content before the first write
+    floor: bool = False  # the space floor applies
+    direct_io: bool = False
+
+
+@dataclass(slots=True)
+class Grace:
+    rel: str  # where the file went
+    ino: int
+    pid: int
+    until: float
+
+
+def _commits(rule: FolderRule | None) -> bool:
+    return rule is not None and bool(rule.naming or rule.validates or rule.route)
+
+
+def _job_from_environ(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return None
+    for item in env.split(b"\0"):
+        if item.startswith(b"SELDON_JOB_ID="):
+            return item[len(b"SELDON_JOB_ID="):].decode("utf-8", "replace")
+    return None
+
+
+class Policy:
+    def __init__(self, core: Core, rules: Rules, catalog: Catalog, writeback: bool) -> None:
+        self.core = core
+        self.rules = rules
+        self.catalog = catalog
+        self.writeback = writeback
+        self.pol = rules.policy
+        self.templates = {r.naming: Template(r.naming) for r in rules.cfg.folders if r.naming}
+        self.quarantine_dirs = {self.pol.quarantine} | {
+            r.quarantine for r in rules.cfg.folders if r.quarantine
+        }
+        self.extra_patterns = validation.compile_patterns(self.pol.patterns)
+        self.any_versions = any(r.versions for r in rules.cfg.folders)
+        self.writers: dict[int, int] = {}  # ino -> open tracked handles
+        self.dirty: set[int] = set()  # inodes written since their last commit
+        self.checked: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) at last passed check
+        self.grace: OrderedDict[tuple[int, bytes], Grace] = OrderedDict()
+        self.seq: dict[str, tuple[int, int]] = {}  # job -> (next, end of reserved block)
+        self._statvfs: tuple[float, float] = (0.0, 100.0)  # (when, free percent)
+        # pyfuse3's invalidate_entry, set by the FUSE glue: tell the kernel a
+        # name changed behind its back.
+        self.notify_gone: Callable[[int, bytes], None] = lambda parent, name: None
+        fd = walk(core.nodes[1].fd, VERSIONS_DIR, create=True)
+        os.close(fd)
+        os.chmod(PRIVATE_DIR, 0o700, dir_fd=core.nodes[1].fd)
+
+    # ------------------------------------------------------------ paths
+
+    def _dir_rel(self, ino: int) -> str:
+        rel = self.core.rel_path(ino)
+        if rel is None:
+            raise OSError(errno.ENOENT, "directory was removed")
+        return rel
+
+    def _at_rule_root(self, d: str, rule: FolderRule) -> bool:
+        return len(d.split("/")) == self.rules.rule_depth(rule) if d else False
+
+    def is_private(self, parent: int, name: bytes) -> bool:
+        return parent == 1 and name == PRIVATE_DIR.encode()
+
+    # ------------------------------------------------------------ create / open / write
+
+    def check_new_name(self, parent: int, name: bytes, kind: int) -> str:
+        """Refuse a new entry (file, node, link, rename target) where the
+        rules forbid it; returns the directory's path."""
+        if self.is_private(parent, name):
+            raise OSError(errno.EACCES, "reserved name")
+        d = self._dir_rel(parent)
+        if d in self.quarantine_dirs:
+            raise OSError(errno.EACCES, "only the filesystem moves files into quarantine")
+        if kind != stat_m.S_IFDIR:
+            rule = self.rules.for_dir(d)
+            why = validation.check_create(rule, rule is not None and self._at_rule_root(d, rule), os.fsdecode(name))
+            if why:
+                log.info("refused %s/%s: %s", d, os.fsdecode(name), why)
+                raise OSError(errno.EACCES, why)
+        return d
+
+    def on_create(self, parent: int, name: bytes, pid: int) -> Tracked | None:
+        d = self.check_new_name(parent, name, stat_m.S_IFREG)
+        t = self._track(d, pid)
+        if t is not None:
+            if t.floor:
+                self._check_floor()
+            t.created = True
+            if t.commits and t.rule is not None and t.rule.naming and "{job}" in t.rule.naming:
+                t.job = _job_from_environ(pid)
+        return t
+
+    def _track(self, d: str, pid: int) -> Tracked | None:
+        rule = self.rules.for_dir(d)
+        floor = self.pol.min_free > 0 and d.split("/")[0] != "temp"
+        if rule is None and not floor:
+            return None
+        commits = _commits(rule)
+        limited = rule is not None and rule.max_size is not None
+        if not (commits or limited or floor or (rule is not None and rule.versions)):
+            return None
+        return Tracked(rule, commits, pid, floor=floor, direct_io=limited and self.writeback)
+
+    def on_open(self, ino: int, flags: int, size: int, pid: int) -> Tracked | None:
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            return None
+        rel = self.core.rel_path(ino)
+        if rel is None:
+            return None
+        t = self._track(posixpath.dirname(rel), pid)
+        if t is not None and t.rule is not None and t.rule.versions and size > 0:
+            if flags & os.O_TRUNC:
+                self.save_version(rel, "truncate")
+            else:
+                t.version_on_write = True
+        return t
+
+    def on_handle(self, ino: int, t: Tracked) -> None:
+        self.writers[ino] = self.writers.get(ino, 0) + 1
+
+    def on_write(self, ino: int, t: Tracked, off: int, size: int, content: FileContent) -> None:
+        end = off + size
+        if validation.too_big(t.rule, end):
+            raise OSError(errno.EFBIG, "file size limit of the folder")
+        if t.floor and end > content.size():
+            self._check_floor()
+        if t.version_on_write:
+            t.version_on_write = False
+            rel = self.core.rel_path(ino)
+            if rel is not None:
+                self.save_version(rel, "overwrite")
+        self.dirty.add(ino)
+
+    def on_truncate(self, ino: int, size: int, cur_size: int) -> None:
+        rel = self.core.rel_path(ino)
+        if rel is None:
+            return
+        d = posixpath.dirname(rel)
+        rule = self.rules.for_dir(d)
+        if validation.too_big(rule, size):
+            raise OSError(errno.EFBIG, "file size limit of the folder")
+        if size > cur_size and self.pol.min_free and d.split("/")[0] != "temp":
+            self._check_floor()
+        if rule is not None and rule.versions and cur_size > 0 and size != cur_size:
+            self.save_version(rel, "truncate")
+        if _commits(rule):
+            self.dirty.add(ino)
+
+    def on_release(self, ino: int, t: Tracked) -> None:
+        n = self.writers.get(ino, 0) - 1
+        if n > 0:
+            self.writers[ino] = n
+        else:
+            self.writers.pop(ino, None)
+
+    def _check_floor(self) -> None:
+        now = time.monotonic()
+        when, free = self._statvfs
+        if now - when > STATVFS_TTL:
+            v = self.core.statfs()
+            free = 100.0 * v.f_bavail / v.f_blocks if v.f_blocks else 100.0
+            self._statvfs = (now, free)
+        if free < self.pol.min_free:
+            raise OSError(errno.ENOSPC, "store below its free-space floor")
+
+    # ------------------------------------------------------------ grace
+
+    def grace_target(self, parent: int, name: bytes, pid: int) -> Grace | None:
+        """Where a committed file went, for the process that wrote it and
+        only for `grace` seconds."""
+        g = self.grace.get((parent, name))
+        if g is None:
+            return None
+        if g.until < time.monotonic():
+            del self.grace[(parent, name)]
+            return None
+        return g if g.pid == pid else None
+
+    def _add_grace(self, parent: int, name: bytes, g: Grace) -> None:
+        now = time.monotonic()
+        while self.grace:
+            first = next(iter(self.grace.values()))
+            if first.until >= now:
+                break
+            self.grace.popitem(last=False)
+        self.grace[(parent, name)] = g
+        self.grace.move_to_end((parent, name))
+
+    # ------------------------------------------------------------ commit
+
+    async def flush(self, ino: int, t: Tracked, last: bool = False) -> int | None:
+        """At close(2) (FLUSH) of the last handle that writes the file:
+        commit when it was written since its last commit. Returns an errno
+        for the writer (EACCES: rejected).
+
+        A FLUSH comes for every close of a descriptor, dup()s included: a
+        shell's `cmd > file` opens, dup2()s and closes the original before
+        anything is written. So a FLUSH without new data commits nothing;
+        RELEASE (`last`, when the final descriptor is gone) commits a file
+        that was created but never written, such as touch makes."""
+        if not t.commits or self.writers.get(ino, 0) > 1:
+            return None
+        if ino not in self.dirty and not (last and t.created and not t.done):
+            return None
+        t.done = True
+        return await self.commit(ino, t.pid, t.job)
+
+    async def after_rename(self, parent: int, name: bytes, pid: int) -> None:
+        """A rename into a folder with a commit rule commits the file."""
+        d = self.core.rel_path(parent)
+        if d is None or not _commits(self.rules.for_dir(d)):
+            return
+        try:
+            st = os.stat(name, dir_fd=self.core.node_fd(parent), follow_symlinks=False)
+        except OSError:
+            return
+        ino = self.core.ino_of(st.st_ino)
+        if not stat_m.S_ISREG(st.st_mode) or self.writers.get(ino):
+            return  # not a file, or its writer's last close commits it
+        await self.commit(ino, pid, None, rel=posixpath.join(d, os.fsdecode(name)))
+
+    async def commit(
+        self, ino: int, pid: int, job: str | None, rel: str | None = None, checked: bool = False
+    ) -> int | None:
+        rel = rel or self.core.rel_path(ino)
+        if rel is None:
+            return None  # unlinked while open
+        d, name = posixpath.split(rel)
+        rule = self.rules.for_dir(d)
+        if not _commits(rule) or is_temporary(name, self.pol.temp_patterns) or d in self.quarantine_dirs:
+            return None
+        assert rule is not None
+        verdict = validation.Verdict() if checked else await self._check(ino, rel, rule)
+        if verdict is None:
+            return None
+        now_rel = self.core.rel_path(ino)
+        if now_rel != rel:  # renamed or removed while it was read
+            return None
+        self.dirty.discard(ino)
+        if not verdict.ok:
+            self.quarantine(rel, rule, verdict.reasons)
+            self._record(rel, name, "", verdict, "quarantined")
+            return errno.EACCES if rule.on_invalid == "reject" else None
+        new_dir, new_name = d, name
+        if rule.route:
+            m = re.fullmatch(rule.route, name)
+            if m is None:
+                if rule.route_unmatched == "quarantine":
+                    reason = f"name does not match the routing pattern {rule.route}"
+                    self.quarantine(rel, rule, [reason])
+                    return errno.EACCES if rule.on_invalid == "reject" else None
+            else:
+                groups = {"name": name, **{k: v for k, v in m.groupdict().items() if v is not None}}
+                target = rule.route_to.format(**groups)  # type: ignore[union-attr]
+                new_dir, new_name = posixpath.split(target)
+        template = self.templates.get(rule.naming) if rule.naming else None
+        job_id = ""
+        if template is not None and not template.is_managed(new_name):
+            job_id = clean_job(job or self._xattr_job(rel), rule.job)
+            new_name = None  # type: ignore[assignment]
+        dest = self._place(rel, new_dir, new_name, name, template, job_id, rule)
+        if dest is None:
+            return errno.EACCES if rule.on_invalid == "reject" else None
+        self._record(dest, name, job_id, verdict, "ok")
+        if dest != rel:
+            parent = self.core.ino_of_dir(d)
+            if parent is not None:
+                self._add_grace(
+                    parent, os.fsencode(name),
+                    Grace(dest, ino, pid, time.monotonic() + self.pol.grace),
+                )
+                self.notify_gone(parent, os.fsencode(name))
+            new_parent = self.core.ino_of_dir(posixpath.dirname(dest))
+            if new_parent is not None:
+                self.notify_gone(new_parent, os.fsencode(posixpath.basename(dest)))
+            log.debug("committed %s as %s", rel, dest)
+        return None
+
+    def _xattr_job(self, rel: str) -> str | None:
+        try:
+            return self._getxattr(rel, XATTR_JOB).decode("utf-8", "replace")
+        except OSError:
+            return None
+
+    async def _check(self, ino: int, rel: str, rule: FolderRule) -> validation.Verdict | None:
+        """Read the file's plaintext for the folder's content checks (and
+        its checksum); None when the file vanished meanwhile."""
+        try:
+            fd = self._open_rel(rel, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            size = self.core.content.plain_size(st.st_size)
+            key = (st.st_mtime_ns, size)
+            if self.checked.get(ino) == key:
+                return validation.Verdict(size=size)  # unchanged since it passed
+            content = self.core.content.attach(fd)
+            run = lambda: validation.check_content(  # noqa: E731
+                rule, posixpath.basename(rel), size, content.read, self.extra_patterns
+            )
+            try:
+                if size <= INLINE_CHECK_BYTES:
+                    v = run()
+                else:
+                    v = await trio.to_thread.run_sync(run)
+            except OSError as e:
+                v = validation.Verdict(reasons=[f"unreadable: {os.strerror(e.errno or errno.EIO)}"], size=size)
+            if v.ok:
+                self.checked[ino] = key
+            return v
+        finally:
+            os.close(fd)
+
+    def _place(
+        self, rel: str, new_dir: str, new_name: str | None, name: str,
+        template: Template | None, job: str, rule: FolderRule,
+    ) -> str | None:
+        """Move `rel` to new_dir/new_name (a fresh managed name when None),
+        never over an existing file. Returns where it is now."""
+        tries = max(1, rule.route_retries) if rule.route else 1000
+        for attempt in range(tries):
+            if new_name is None or template is not None and not template.is_managed(new_name):
+                assert template is not None
+                candidate = template.render(datetime.now(timezone.utc), job, self._next_seq(job), name)
+            elif attempt == 0:
+                candidate = new_name
+            else:
+                stem, dot, ext = new_name.rpartition(".")
+                candidate = f"{stem}-{attempt}{dot}{ext}" if stem else f"{new_name}-{attempt}"
+            target = posixpath.join(new_dir, candidate) if new_dir else candidate
+            if target == rel:
+                return rel
+            try:
+                self._rename(rel, target, create_dirs=new_dir != posixpath.dirname(rel))
+                return target
+            except FileExistsError:
+                continue
+            except OSError as e:
+                log.warning("cannot move %s to %s: %s", rel, target, e)
+                if not rule.route:
+                    return rel
+        reason = f"could not be moved to {new_dir}/ after {tries} attempts"
+        self.quarantine(rel, rule, [reason])
+        return None
+
+    def _next_seq(self, job: str) -> int:
+        nxt, end = self.seq.get(job, (0, 0))
+        if nxt >= end:
+            row = self.catalog.conn.execute("SELECT next FROM sequences WHERE job = ?", (job,)).fetchone()
+            nxt = row[0] if row else 1
+            end = nxt + SEQ_BLOCK
+            self.catalog.conn.execute("INSERT OR REPLACE INTO sequences VALUES (?, ?)", (job, end))
+        self.seq[job] = (nxt + 1, end)
+        return nxt
+
+    def _record(self, path: str, original: str, job: str, v: validation.Verdict, verdict: str) -> None:
+        self.catalog.conn.execute(
+            "INSERT INTO files (path, original_name, job, size, sha256, mime, verdict, reason, committed_ns)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (path, original, job, v.size, v.sha256, v.mime, verdict, "; ".join(v.reasons), time.time_ns()),
+        )
+
+    # ------------------------------------------------------------ quarantine
+
+    def quarantine(self, rel: str, rule: FolderRule, reasons: list[str]) -> str:
+        qdir = rule.quarantine or self.pol.quarantine
+        name = posixpath.basename(rel)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
+        reason = "; ".join(reasons)
+        for n in range(1000):
+            target = posixpath.join(qdir, f"{stamp}_{name}" if n == 0 else f"{stamp}_{n}_{name}")
+            try:
+                self._rename(rel, target, create_dirs=True)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise OSError(errno.EEXIST, "no free quarantine name")
+        self._setxattr(target, XATTR_REASON, reason.encode())
+        self._setxattr(target, XATTR_ORIGIN, rel.encode())
+        self.catalog.conn.execute(
+            "INSERT INTO quarantine (path, origin, reason, at_ns) VALUES (?, ?, ?, ?)",
+            (target, rel, reason, time.time_ns()),
+        )
+        log.info("quarantined %s as %s: %s", rel, target, reason)
+        for d, n in ((posixpath.dirname(rel), name), (qdir, posixpath.basename(target))):
+            parent = self.core.ino_of_dir(d)
+            if parent is not None:
+                self.notify_gone(parent, os.fsencode(n))
+        return target
+
+    async def release(self, ino: int, force: bool, uid: int, pid: int) -> None:
+        """`seldonfs quarantine release`: re-validate (unless forced) and
+        move the file back to where it was written, committing it there."""
+        rel = self.core.rel_path(ino)
+        row = rel and self.catalog.conn.execute(
+            "SELECT id, origin FROM quarantine WHERE path = ? AND released_ns IS NULL", (rel,)
+        ).fetchone()
+        if not row:
+            raise OSError(errno.EINVAL, "not a quarantined file")
+        qid, origin = row
+        d, name = posixpath.split(origin)
+        rule = self.rules.for_dir(d)
+        if not force and rule is not None:
+            v = await self._check(ino, rel, rule)
+            if v is None:
+                raise OSError(errno.ENOENT, "file vanished")
+            if not v.ok:
+                reason = "; ".join(v.reasons)
+                self._setxattr(rel, XATTR_REASON, reason.encode())
+                self.catalog.conn.execute("UPDATE quarantine SET reason = ? WHERE id = ?", (reason, qid))
+                raise OSError(errno.EACCES, reason)
+        dest = self._place(rel, d, name, name, None, "", FolderRule(path=d))
+        if dest is None:
+            raise OSError(errno.EEXIST, "cannot move back")
+        fd = self._open_rel(dest, os.O_RDONLY)
+        try:
+            for key in (XATTR_REASON, XATTR_ORIGIN):
+                try:
+                    os.removexattr(fd, key)
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+        self.catalog.conn.execute(
+            "UPDATE quarantine SET released_ns = ?, released_to = ?, forced = ?, released_by = ? WHERE id = ?",
+            (time.time_ns(), dest, int(force), uid, qid),
+        )
+        log.info("released %s to %s%s (uid %d)", rel, dest, " by force" if force else "", uid)
+        for p, n in ((posixpath.dirname(rel), posixpath.basename(rel)), (d, posixpath.basename(dest))):
+            parent = self.core.ino_of_dir(p)
+            if parent is not None:
+                self.notify_gone(parent, os.fsencode(n))
+        # forced: the checks are skipped, the managed name is still given
+        await self.commit(ino, pid, None, rel=dest, checked=force)
+
+    # ------------------------------------------------------------ versions
+
+    def save_version(self, rel: str, cause: str) -> None:
+        """Keep the current content of file `rel` as its newest version."""
+        rule = self.rules.for_dir(posixpath.dirname(rel))
+        if rule is None or not rule.versions:
+            return
+        stored = secrets.token_hex(16)
+        src = self._open_rel(rel, os.O_RDONLY)
+        try:
+            size = self.core.content.plain_size(os.fstat(src).st_size)
+            if size == 0:
+                return
+            vdir = walk(self.core.nodes[1].fd, VERSIONS_DIR)
+            try:
+                dst = os.open(stored, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=vdir)
+                try:
+                    _copy(src, dst)
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(vdir)
+        finally:
+            os.close(src)
+        self.catalog.conn.execute(
+            "INSERT INTO versions (path, stored, saved_ns, size, cause) VALUES (?, ?, ?, ?, ?)",
+            (rel, stored, time.time_ns(), size, cause),
+        )
+        old = self.catalog.conn.execute(
+            "SELECT id, stored FROM versions WHERE path = ? ORDER BY id DESC LIMIT -1 OFFSET ?",
+            (rel, rule.versions),
+        ).fetchall()
+        for vid, name in old:
+            self._unlink_version(name)
+            self.catalog.conn.execute("DELETE FROM versions WHERE id = ?", (vid,))
+
+    def _unlink_version(self, stored: str) -> None:
+        vdir = walk(self.core.nodes[1].fd, VERSIONS_DIR)
+        try:
+            os.unlink(stored, dir_fd=vdir)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(vdir)
+
+    def versions(self, rel: str) -> list[dict]:
+        rows = self.catalog.conn.execute(
+            "SELECT saved_ns, size, cause, stored FROM versions WHERE path = ? ORDER BY id DESC", (rel,)
+        ).fetchall()
+        return [
+            {"n": i + 1, "saved_ns": ns, "size": size, "cause": cause}
+            for i, (ns, size, cause, _) in enumerate(rows)
+        ]
+
+    def restore(self, ino: int, n: int) -> None:
+        """Put version `n` (1 = newest) back; the current content becomes a version."""
+        rel = self.core.rel_path(ino)
+        rows = rel and self.catalog.conn.execute(
+            "SELECT stored FROM versions WHERE path = ? ORDER BY id DESC", (rel,)
+        ).fetchall()
+        if not rows or not 1 <= n <= len(rows):
+            raise OSError(errno.EINVAL, "no such version")
+        stored = rows[n - 1][0]
+        vdir = walk(self.core.nodes[1].fd, VERSIONS_DIR)
+        try:
+            src = os.open(stored, os.O_RDONLY | os.O_CLOEXEC, dir_fd=vdir)
+        finally:
+            os.close(vdir)
+        try:
+            self.save_version(rel, "restore")
+            dst = self.core.open_ino(ino, os.O_WRONLY | os.O_TRUNC)
+            try:
+                _copy(src, dst)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+        self.checked.pop(ino, None)
+
+    # ------------------------------------------------------------ virtual xattrs
+
+    def getxattr(self, ino: int, name: bytes) -> bytes | None:
+        if name == XATTR_VERSIONS:
+            rel = self.core.rel_path(ino)
+            return json.dumps(self.versions(rel) if rel else []).encode()
+        return None
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, uid: int, pid: int) -> bool:
+        """Handle the filesystem's control attributes; False when `name`
+        is not one of them."""
+        if name == XATTR_RESTORE:
+            try:
+                n = int(value)
+            except ValueError:
+                raise OSError(errno.EINVAL, "want a version number") from None
+            self.restore(ino, n)
+            return True
+        if name == XATTR_RELEASE:
+            if uid != 0:
+                raise OSError(errno.EPERM, "only root releases quarantined files")
+            await self.release(ino, value.strip() == b"force", uid, pid)
+            return True
+        if name == XATTR_JOB:
+            rel = self.core.rel_path(ino)
+            if rel is None:
+                raise OSError(errno.ENOENT, "removed")
+            self._setxattr(rel, XATTR_JOB, value)
+            return True
+        return False
+
+    # ------------------------------------------------------------ store access
+
+    def _open_rel(self, rel: str, flags: int) -> int:
+        d, name = posixpath.split(rel)
+        dfd = walk(self.core.nodes[1].fd, d)
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+    def _getxattr(self, rel: str, key: bytes) -> bytes:
+        fd = self._open_rel(rel, os.O_RDONLY)
+        try:
+            return os.getxattr(fd, key)
+        finally:
+            os.close(fd)
+
+    def _setxattr(self, rel: str, key: bytes, value: bytes) -> None:
+        fd = self._open_rel(rel, os.O_RDONLY)
+        try:
+            os.setxattr(fd, key, value)
+        finally:
+            os.close(fd)
+
+    def _rename(self, rel: str, target: str, create_dirs: bool) -> None:
+        root = self.core.nodes[1].fd
+        sd, sn = posixpath.split(rel)
+        td, tn = posixpath.split(target)
+        sfd = walk(root, sd)
+        try:
+            tfd = walk(root, td, create=create_dirs)
+            try:
+                _libc.renameat2(sfd, os.fsencode(sn), tfd, os.fsencode(tn), _libc.RENAME_NOREPLACE)
+            finally:
+                os.close(tfd)
+        finally:
+            os.close(sfd)
+
+
+def _copy(src: int, dst: int) -> None:
+    off = 0
+    while True:
+        n = os.copy_file_range(src, dst, 1 << 24, off, off)
+        if n == 0:
+            break
+        off += n
