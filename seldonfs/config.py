@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from croniter import croniter
+
 from .errors import ConfigError, UsageError
 
 CONFIG_NAME = "seldonfs.toml"
@@ -379,7 +381,7 @@ class _Reader:
             return v
         if _DURATION.match(v):
             return v
-        if len(v.split()) == 5 and all(re.fullmatch(r"[\d*/,\-]+", f) for f in v.split()):
+        if croniter.is_valid(v):
             return v
         raise self._err(key, f"want a duration like \"60m\" or a cron expression like \"0 2 * * *\", have {v!r}")
 

@@ -119,6 +119,7 @@ class Policy:
         self.dirty: set[int] = set()  # inodes written since their last commit
         self.checked: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) at last passed check
         self.grace: OrderedDict[tuple[int, bytes], Grace] = OrderedDict()
+        self.grace_of_ino: dict[int, tuple[int, bytes]] = {}  # its newest entry
         self.seq: dict[str, tuple[int, int]] = {}  # job -> (next, end of reserved block)
         self._statvfs: tuple[float, float] = (0.0, 100.0)  # (when, free percent)
         # pyfuse3's invalidate_entry, set by the FUSE glue: tell the kernel a
@@ -183,6 +184,13 @@ class Policy:
         return Tracked(rule, commits, pid, floor=floor, direct_io=limited and self.writeback)
 
     def on_open(self, ino: int, flags: int, size: int, pid: int) -> Tracked | None:
+        if flags & os.O_TRUNC and self._reopened_in_grace(ino, pid):
+            # The writer opens its pre-commit name again to write it anew
+            # (a loop writing data.json 200 times): that is a new file, not
+            # the committed one. ESTALE makes the kernel look the name up
+            # again (do_filp_open retries with LOOKUP_REVAL); the grace entry
+            # is gone, so the lookup fails and the open creates a new file.
+            raise OSError(errno.ESTALE, "pre-commit name opened anew")
         if flags & os.O_ACCMODE == os.O_RDONLY:
             return None
         rel = self.core.rel_path(ino)
@@ -257,15 +265,25 @@ class Policy:
             return None
         return g if g.pid == pid else None
 
+    def _reopened_in_grace(self, ino: int, pid: int) -> bool:
+        key = self.grace_of_ino.get(ino)
+        g = self.grace.get(key) if key is not None else None
+        if g is None or g.pid != pid or g.ino != ino:
+            return False
+        del self.grace[key]
+        return True
+
     def _add_grace(self, parent: int, name: bytes, g: Grace) -> None:
         now = time.monotonic()
         while self.grace:
             first = next(iter(self.grace.values()))
             if first.until >= now:
                 break
-            self.grace.popitem(last=False)
+            _, old = self.grace.popitem(last=False)
+            self.grace_of_ino.pop(old.ino, None)
         self.grace[(parent, name)] = g
         self.grace.move_to_end((parent, name))
+        self.grace_of_ino[g.ino] = (parent, name)
 
     # ------------------------------------------------------------ commit
 
@@ -584,16 +602,26 @@ class Policy:
             src = os.open(stored, os.O_RDONLY | os.O_CLOEXEC, dir_fd=vdir)
         finally:
             os.close(vdir)
+        # The copy becomes a new file that replaces the old one, as an
+        # editor's save does: the kernel's cached pages belong to the old
+        # inode, so no cache has to be dropped under anyone's feet.
+        tmp = f"{PRIVATE_DIR}/restore-{secrets.token_hex(8)}"
         try:
             self.save_version(rel, "restore")
-            dst = self.core.open_ino(ino, os.O_WRONLY | os.O_TRUNC)
+            st = os.fstat(self.core.node_fd(ino))
+            dst = self._open_rel(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             try:
                 _copy(src, dst)
+                os.fchown(dst, st.st_uid, st.st_gid)
+                os.fchmod(dst, stat_m.S_IMODE(st.st_mode))
             finally:
                 os.close(dst)
+            self._rename(tmp, rel, create_dirs=False, replace=True)
         finally:
             os.close(src)
-        self.checked.pop(ino, None)
+        parent = self.core.ino_of_dir(posixpath.dirname(rel))
+        if parent is not None:
+            self.notify_gone(parent, os.fsencode(posixpath.basename(rel)))
 
     # ------------------------------------------------------------ virtual xattrs
 
@@ -650,7 +678,7 @@ class Policy:
         finally:
             os.close(fd)
 
-    def _rename(self, rel: str, target: str, create_dirs: bool) -> None:
+    def _rename(self, rel: str, target: str, create_dirs: bool, replace: bool = False) -> None:
         root = self.core.nodes[1].fd
         sd, sn = posixpath.split(rel)
         td, tn = posixpath.split(target)
@@ -658,7 +686,8 @@ class Policy:
         try:
             tfd = walk(root, td, create=create_dirs)
             try:
-                _libc.renameat2(sfd, os.fsencode(sn), tfd, os.fsencode(tn), _libc.RENAME_NOREPLACE)
+                flags = 0 if replace else _libc.RENAME_NOREPLACE
+                _libc.renameat2(sfd, os.fsencode(sn), tfd, os.fsencode(tn), flags)
             finally:
                 os.close(tfd)
         finally:

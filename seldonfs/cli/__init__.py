@@ -13,9 +13,15 @@ import sys
 
 from .. import __version__
 from ..errors import SeldonError
-from . import decrypt_cmd, init_cmd, mount_cmd, passwd_cmd, rekey_cmd, umount_cmd, verify_cmd
+from . import (
+    decrypt_cmd, init_cmd, mount_cmd, passwd_cmd, quarantine_cmd, rekey_cmd, umount_cmd,
+    verify_cmd, versions_cmd,
+)
 
-COMMANDS = (init_cmd, mount_cmd, umount_cmd, verify_cmd, decrypt_cmd, passwd_cmd, rekey_cmd)
+COMMANDS = (
+    init_cmd, mount_cmd, umount_cmd, quarantine_cmd, versions_cmd, verify_cmd, decrypt_cmd,
+    passwd_cmd, rekey_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,8 @@ offline, and progress that shows on a terminal and stays quiet in scripts."""
 from __future__ import annotations
 
 import argparse
+import os
+import sqlite3
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -71,3 +73,42 @@ def progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:
         for item in items:
             yield item
             bar.advance(task)
+
+
+def store_of(target: Path) -> Store:
+    """The store behind STORE|MOUNTPOINT."""
+    from ..mount import FSTYPE, find_mount
+
+    found = find_mount(target)
+    if found is not None and found[1] == FSTYPE:
+        return Store(Path(found[0]))
+    store = Store(target.resolve())
+    store.identity()  # NotAStoreError (exit 14) when it is none
+    return store
+
+
+@contextmanager
+def catalog_readonly(target: Path) -> Iterator[sqlite3.Connection]:
+    """The store's catalog, read-only: safe beside a running mount (WAL)."""
+    store = store_of(target)
+    conn = sqlite3.connect(f"file:{store.catalog_path}?mode=ro", uri=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def mounted_file(path: Path) -> str:
+    """`path` if it is a file inside a SeldonFS mount, else a usage error."""
+    from ..mount import FSTYPE, find_mount
+
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    p = Path(os.path.abspath(path))
+    for parent in (p, *p.parents):
+        found = find_mount(parent)
+        if found is not None:
+            if found[1] != FSTYPE:
+                break
+            return str(p)
+    raise UsageError(f"{path}: not inside a SeldonFS mount")
