@@ -50,8 +50,8 @@ class Template:
                 raise TemplateError(f"only {{seq}} takes a format, not {{{fname}:{spec}}}")
             names.add(fname)
             parts.append(FIELDS[fname])
-        if not names & {"name", "stem"}:
-            raise TemplateError("must keep the written name: use {name} or {stem}")
+        if not names & {"name", "stem", "uuid", "seq"}:
+            raise TemplateError("names would repeat: use {name}, {stem}, {uuid} or {seq}")
         if "/" in text:
             raise TemplateError("must not contain '/'")
         self.uses_seq = "seq" in names

@@ -1,0 +1,157 @@
+"""Policy decisions as pure functions: which rule, which name, which verdict.
+No FUSE here."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from seldonfs import config, validation
+from seldonfs.config import FolderRule
+from seldonfs.errors import ConfigError
+from seldonfs.naming import Template, TemplateError, clean_job, is_temporary
+from seldonfs.rules import Rules
+
+NOW = datetime(2024, 12, 6, 14, 30, 45, 123456, tzinfo=timezone.utc)
+
+
+def parse(text: str) -> config.Config:
+    return config.parse(tomllib.loads(text), "test.toml")
+
+
+# ---------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[folders."a"]\nmax_age = "3 days"', "folders.'a'.max_age: want a duration"),
+        ('[folders."a"]\nmax_size = "big"', "folders.'a'.max_size: want a size"),
+        ('[folders."a"]\nsensitive = ["ssn", "dna"]', "unknown check 'dna'"),
+        ('[folders."a"]\non_invalid = "drop"', "folders.'a'.on_invalid: want one of quarantine, reject"),
+        ('[folders."a"]\nnaming = "{ts}-{nope}"', "folders.'a'.naming: unknown field {nope}"),
+        ('[folders."a"]\nnaming = "{ts}-{job}"', "names would repeat"),
+        ('[folders."a"]\nroute = "(?P<y>\\\\d+)_(?P<n>.*)"\nroute_to = "b/{y}/{x}"', "{x} is not a named group"),
+        ('[folders."a"]\nroute = "("\nroute_to = "b"', "not a valid regular expression"),
+        ('[folders."a"]\nschedule = "0 99 * * *"', "cron expression"),
+        ('[folders."a"]\nquarantine = "../out"', "relative path"),
+        ('[folders."a"]\nallow_extensions = ["json"]', "must start with '.'"),
+        ('[policy]\nmin_free = 100', "policy.min_free: must be 0..99"),
+        ('[janitor]\nwarning = 90\nemergency = 80', "janitor.emergency: must not be below"),
+        ('[folders."a"]\nversions = -1', "folders.'a'.versions: must be 0..10000"),
+    ],
+)
+def test_config_errors_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse(text)
+    assert message in str(e.value) and str(e.value).startswith("test.toml: ")
+
+
+def test_config_units() -> None:
+    cfg = parse(
+        '[policy]\nmin_free = 10\n[policy.patterns]\nticket = "TCK-[0-9]+"\n'
+        '[folders."t"]\nmax_age = "12h"\nmax_total = "100GB"\nmax_size = "1MiB"\n'
+        'patterns = { "*.tmp" = "12h", "*.log" = "7d" }\nschedule = "0 2 * * *"\nsensitive = ["ticket"]\n'
+    )
+    (t,) = cfg.folders
+    assert (t.max_age, t.max_total, t.max_size) == (43200, 100 * 10**9, 2**20)
+    assert t.patterns == (("*.tmp", 43200), ("*.log", 7 * 86400))
+    assert cfg.policy.min_free == 10 and t.schedule == "0 2 * * *"
+
+
+def test_every_shipped_profile_loads() -> None:
+    for name in config.profile_names():
+        cfg = config.parse(tomllib.loads(config.profile_text(name)), name)
+        assert cfg.profile == name
+
+
+# ---------------------------------------------------------------- rules
+
+
+def test_deepest_folder_wins_and_literal_beats_glob() -> None:
+    rules = Rules(parse(
+        '[folders."temp"]\nfiles_at_root = false\n[folders."temp/*"]\nmax_age = "1h"\n'
+        '[folders."temp/cache"]\nmax_age = "7d"\n[folders."input/raw"]\nversions = 1\n'
+    ))
+    assert rules.for_dir("temp").path == "temp"
+    assert rules.for_dir("temp/work").path == "temp/*"
+    assert rules.for_dir("temp/work/deep/er").path == "temp/*"  # a table covers its subtree
+    assert rules.for_dir("temp/cache").path == "temp/cache"
+    assert rules.for_dir("input/raw/x").path == "input/raw"
+    assert rules.for_dir("input") is None and rules.for_dir("") is None
+
+
+# ---------------------------------------------------------------- naming
+
+
+def test_seed_000_name() -> None:
+    t = Template("{ts}-{job}-{seq:03d}_{name}")
+    name = t.render(NOW, "INP001", 1, "prospect_data.json")
+    assert name == "2024-12-06-14-30-45-123-INP001-001_prospect_data.json"
+    assert t.is_managed(name) and not t.is_managed("prospect_data.json")
+    assert not t.is_managed("2024-12-06-14-30-45-123-INP001_prospect_data.json")
+
+
+def test_seed_001_names() -> None:
+    proc = Template("{job}_{stamp}_{uuid}{ext}").render(NOW, "model_training", 1, "x.tmp")
+    assert proc.startswith("model_training_20241206_143045_") and proc.endswith(".tmp")
+    assert len(proc) == len("model_training_20241206_143045_a1b2c3d4.tmp")
+    dl = Template("{job}_{stem}_{stamp}{ext}").render(NOW, "huggingface", 1, "model.tar.gz")
+    assert dl == "huggingface_model.tar_20241206_143045.gz"
+
+
+@given(st.text(st.characters(blacklist_characters="/\0"), min_size=1, max_size=40), st.integers(0, 10**6))
+def test_managed_names_are_recognised(name: str, seq: int) -> None:
+    t = Template("{ts}-{job}-{seq:03d}_{name}")
+    assert t.is_managed(t.render(NOW, "J1", seq, name))
+
+
+def test_temporary_names_and_job_ids() -> None:
+    pats = config.DEFAULT_TEMP_PATTERNS
+    for n in (".data.json.Xy12", "a.tmp", "a.part", ".a.swp", "a~"):
+        assert is_temporary(n, pats)
+    assert not is_temporary("data.json", pats)
+    assert clean_job("ETL-7", "D") == "ETL-7"
+    assert clean_job("../etc", "D") == "D" and clean_job("", "D") == "D" and clean_job(None, "D") == "D"
+    with pytest.raises(TemplateError):
+        Template("{name}/x")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def test_check_create() -> None:
+    rule = FolderRule("temp", files_at_root=False, deny_names=("*.exe",), allow_extensions=(".json",))
+    assert "no files directly" in validation.check_create(rule, True, "a.json")
+    assert "forbidden pattern" in validation.check_create(rule, False, "x.exe")
+    assert "extension .txt" in validation.check_create(rule, False, "a.txt")
+    assert "(none)" in validation.check_create(rule, False, "Makefile")
+    assert validation.check_create(rule, False, "a.JSON") is None
+    assert validation.check_create(None, True, "anything") is None
+
+
+def check(rule: FolderRule, name: str, data: bytes) -> validation.Verdict:
+    return validation.check_content(rule, name, len(data), lambda off, n: data[off:off + n])
+
+
+def test_patterns_are_found_across_chunk_borders() -> None:
+    rule = FolderRule("x", sensitive=("aws_key",))
+    data = b"a" * (validation.CHUNK - 10) + b" AKIAIOSFODNN7EXAMPLE " + b"b" * 100
+    assert check(rule, "x.txt", data).reasons == ["contains an AWS access key"]
+
+
+def test_checksum_and_mime() -> None:
+    v = check(FolderRule("x", allow_mime=("text/*",)), "a.txt", b"hello world\n")
+    assert v.ok and v.mime == "text/plain"
+    assert v.sha256 == "a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447"
+
+
+@given(st.lists(st.integers(0, 9), min_size=12, max_size=18))
+def test_luhn_check_digit(digits: list[int]) -> None:
+    body = bytes(48 + d for d in digits)
+    hits = [c for c in range(10) if validation.luhn(body + bytes([48 + c]))]
+    assert len(hits) == 1  # exactly one check digit completes any number
