@@ -155,7 +155,14 @@ class Policy:
             raise OSError(errno.EACCES, "only the filesystem moves files into quarantine")
         if kind != stat_m.S_IFDIR:
             rule = self.rules.for_dir(d)
-            why = validation.check_create(rule, rule is not None and self._at_rule_root(d, rule), os.fsdecode(name))
+            text = os.fsdecode(name)
+            at_root = rule is not None and self._at_rule_root(d, rule)
+            # A temporary name never commits; its rename to the final name is checked.
+            why = (
+                validation.check_create(rule, at_root, text)
+                if not is_temporary(text, self.pol.temp_patterns)
+                else validation.check_create(rule, at_root, text, place_only=True)
+            )
             if why:
                 log.info("refused %s/%s: %s", d, os.fsdecode(name), why)
                 raise OSError(errno.EACCES, why)

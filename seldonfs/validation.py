@@ -23,7 +23,7 @@ import magic
 from .config import FolderRule
 
 CHUNK = 1 << 20
-HEAD = 64 << 10  # what libmagic is shown
+HEAD = 8 << 10  # what libmagic is shown
 STRUCTURE_LIMIT = 256 << 20  # larger files skip the JSON/CSV parse (noted in the verdict)
 _OVERLAP = 128  # bytes carried between chunks so no pattern is cut in two
 
@@ -48,11 +48,41 @@ EXTENSION_MIME = {
     ".parquet": ("application/octet-stream", "application/vnd.apache.parquet"),
 }
 
-SENSITIVE = {
-    "ssn": re.compile(rb"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"),
-    "card": re.compile(rb"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"),
-    "aws_key": re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"),
-    "private_key": re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----"),
+# Sensitive-data checks. Each is a cheap C-speed prefilter over the whole
+# text and an exact test of what it finds: a scan with the full patterns
+# costs about 2 ms per 25 KB of source text, the prefilters a tenth of that.
+_DIGIT_RUN = re.compile(rb"[0-9][0-9 -]{9,}[0-9]")  # SSNs and card numbers live in these
+_SSN = re.compile(rb"(?<![0-9-])(?!000|666|9[0-9][0-9])[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}(?![0-9-])")
+_CARD = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
+_AWS = re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
+_PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
+
+
+def _has_ssn(data: bytes) -> bool:
+    return any(_SSN.search(m.group()) for m in _DIGIT_RUN.finditer(data))
+
+
+def _has_card(data: bytes) -> bool:
+    for run in _DIGIT_RUN.finditer(data):
+        for m in _CARD.finditer(run.group()):
+            if luhn(re.sub(rb"[ -]", b"", m.group())):
+                return True
+    return False
+
+
+def _has_aws_key(data: bytes) -> bool:
+    return (b"AKIA" in data or b"ASIA" in data) and _AWS.search(data) is not None
+
+
+def _has_private_key(data: bytes) -> bool:
+    return b"PRIVATE KEY-----" in data and _PRIVATE_KEY.search(data) is not None
+
+
+SENSITIVE: dict[str, Callable[[bytes], bool]] = {
+    "ssn": _has_ssn,
+    "card": _has_card,
+    "aws_key": _has_aws_key,
+    "private_key": _has_private_key,
 }
 _SENSITIVE_LABEL = {
     "ssn": "a US social security number",
@@ -79,12 +109,15 @@ def extension(name: str) -> str:
     return "." + ext.lower() if dot and stem else ""
 
 
-def check_create(rule: FolderRule | None, at_rule_root: bool, name: str) -> str | None:
-    """Why a file `name` may not be created here, or None."""
+def check_create(rule: FolderRule | None, at_rule_root: bool, name: str, place_only: bool = False) -> str | None:
+    """Why a file `name` may not be created here, or None. `place_only`
+    skips the name checks (for temporary names)."""
     if rule is None:
         return None
     if at_rule_root and not rule.files_at_root:
         return f"no files directly in {rule.path}/, only in its subfolders"
+    if place_only:
+        return None
     for pattern in rule.deny_names:
         if fnmatch.fnmatchcase(name, pattern):
             return f"name matches the forbidden pattern {pattern}"
@@ -107,6 +140,29 @@ def luhn(digits: bytes) -> bool:
     return total % 10 == 0
 
 
+_FAST_MAGIC = magic.Magic(mime=True)
+magic.magic_setflags(_FAST_MAGIC.cookie, magic.MAGIC_MIME_TYPE | magic.MAGIC_NO_CHECK_SOFT)
+_FULL_MAGIC = magic.Magic(mime=True)
+
+
+def detect_mime(head: bytes, rule: FolderRule, ext: str) -> str:
+    """libmagic's MIME type of a file's first bytes.
+
+    libmagic's built-in tests (text, JSON, CSV, ELF, ...) take 10 us; its
+    full database ("soft" magic) 400 us, mostly telling apart kinds of text.
+    The full database decides only when the built-in answer would fail a
+    check (it may know better, e.g. PNG or XML), so a passing file is typed
+    coarsely (a Python script is text/plain, a PNG in a folder that allows
+    anything application/octet-stream) and a failing one exactly."""
+    if not head:
+        return "inode/x-empty"
+    mime = _FAST_MAGIC.from_buffer(head)
+    fails = (rule.allow_mime and not _mime_ok(mime, rule.allow_mime)) or (
+        rule.check_extension and ext in EXTENSION_MIME and not _mime_ok(mime, EXTENSION_MIME[ext])
+    )
+    return _FULL_MAGIC.from_buffer(head) if fails else mime
+
+
 def _mime_ok(mime: str, allowed: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(mime, a) for a in allowed)
 
@@ -116,7 +172,7 @@ def check_content(
     name: str,
     size: int,
     read: Callable[[int, int], bytes],
-    extra_patterns: dict[str, re.Pattern[bytes]] | None = None,
+    extra_patterns: dict[str, Callable[[bytes], bool]] | None = None,
 ) -> Verdict:
     """Read the plaintext once through `read(offset, length)`: checksum,
     MIME type, extension match, structure and sensitive data."""
@@ -141,16 +197,16 @@ def check_content(
             whole += chunk
         if wanted:
             window = carry + chunk
-            for n, rx in wanted:
-                if n not in found and _search(n, rx, window):
+            for n, test in wanted:
+                if n not in found and test(window):
                     found.add(n)
             carry = window[-_OVERLAP:]
         off += len(chunk)
     v.sha256 = digest.hexdigest()
-    v.mime = magic.from_buffer(head, mime=True) if head else "inode/x-empty"
+    ext = extension(name)
+    v.mime = detect_mime(head, rule, ext)
     if rule.allow_mime and not _mime_ok(v.mime, rule.allow_mime):
         v.reasons.append(f"type {v.mime} not allowed here")
-    ext = extension(name)
     if rule.check_extension and head and ext in EXTENSION_MIME and not _mime_ok(v.mime, EXTENSION_MIME[ext]):
         v.reasons.append(f"content is {v.mime}, not what {ext} promises")
     if whole is not None:
@@ -161,12 +217,6 @@ def check_content(
         if n in found:
             v.reasons.append(f"contains {_SENSITIVE_LABEL.get(n, n)}")
     return v
-
-
-def _search(name: str, rx: re.Pattern[bytes], data: bytes) -> bool:
-    if name != "card":
-        return rx.search(data) is not None
-    return any(luhn(re.sub(rb"[ -]", b"", m.group())) for m in rx.finditer(data))
 
 
 def _structure(ext: str, data: bytes) -> str | None:
@@ -189,5 +239,6 @@ def _structure(ext: str, data: bytes) -> str | None:
     return None
 
 
-def compile_patterns(patterns: tuple[tuple[str, str], ...]) -> dict[str, re.Pattern[bytes]]:
-    return {n: re.compile(rx.encode()) for n, rx in patterns}
+def compile_patterns(patterns: tuple[tuple[str, str], ...]) -> dict[str, Callable[[bytes], bool]]:
+    """Tests for the configured extra patterns ([policy.patterns])."""
+    return {n: (lambda data, rx=re.compile(rx.encode()): rx.search(data) is not None) for n, rx in patterns}
