@@ -161,7 +161,7 @@ class SeldonOperations(pyfuse3.Operations):
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         self.core.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx.pid)
         if self.policy is not None:
-            await self.policy.after_rename(parent_inode_new, name_new, ctx.pid)
+            self.policy.after_rename(parent_inode_new, name_new, ctx.pid)
 
     @_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
@@ -189,7 +189,7 @@ class SeldonOperations(pyfuse3.Operations):
         # close(2): the moment a written file commits (see policy.py)
         h = self.core.handles.get(fh)
         if h is not None and h.track is not None and self.policy is not None:
-            err = await self.policy.flush(h.ino, h.track)
+            err = self.policy.flush(h.ino, h.track)
             if err:
                 raise FUSEError(err)
 
@@ -197,7 +197,7 @@ class SeldonOperations(pyfuse3.Operations):
     async def release(self, fh):
         h = self.core.handles.get(fh)
         if h is not None and h.track is not None and self.policy is not None:
-            await self.policy.flush(h.ino, h.track, last=True)  # no one to tell of an error now
+            self.policy.flush(h.ino, h.track, last=True)  # no one to tell of an error now
         self.core.release(fh)
 
     @_errors
@@ -241,7 +241,7 @@ class SeldonOperations(pyfuse3.Operations):
     @_errors
     async def setxattr(self, inode, name, value, ctx):
         if self.policy is not None and name.startswith(b"user.seldon."):
-            if await self.policy.setxattr(inode, name, value, ctx.uid, ctx.pid):
+            if self.policy.setxattr(inode, name, value, ctx.uid, ctx.pid):
                 return
         self.core.setxattr(inode, name, value)
 

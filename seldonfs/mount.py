@@ -202,7 +202,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
             ready()
             fuseloop.install(cfg.mount.spin_us)
             try:
-                trio.run(_serve, _workers(rules))
+                trio.run(_serve, core.policy)
             finally:
                 fuseloop.uninstall()
                 pyfuse3.close(unmount=True)
@@ -214,18 +214,15 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         lock.release()
 
 
-def _workers(rules: Rules) -> int:
-    """pyfuse3 worker tasks. One when no handler awaits: a second worker
-    would only add a lock hand-off per request (see fuseloop.py). Content
-    checks of large files await a thread at close(2); more workers keep the
-    other requests moving meanwhile."""
-    return 4 if any(r.validates for r in rules.cfg.folders) else 1
-
-
-async def _serve(workers: int) -> None:
+async def _serve(policy: Policy | None) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals)
-        await pyfuse3.main(min_tasks=1, max_tasks=workers)
+        if policy is not None:
+            policy.nursery = nursery  # content checks of large files run here
+        # One worker: no handler awaits, so a second worker would only add a
+        # lock hand-off per request (see fuseloop.py). Work that must wait
+        # (large content checks) runs in tasks of its own.
+        await pyfuse3.main(min_tasks=1, max_tasks=1)
         # Unmounted from outside (fusermount3 -u, umount): stop the rest.
         nursery.cancel_scope.cancel()
 

@@ -120,6 +120,8 @@ class Policy:
         self.checked: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) at last passed check
         self.grace: OrderedDict[tuple[int, bytes], Grace] = OrderedDict()
         self.grace_of_ino: dict[int, tuple[int, bytes]] = {}  # its newest entry
+        self.deferred: set[tuple[int, tuple[int, int]]] = set()  # checks running in the background
+        self.nursery: trio.Nursery | None = None  # for those; set by the mount
         self.seq: dict[str, tuple[int, int]] = {}  # job -> (next, end of reserved block)
         self._statvfs: tuple[float, float] = (0.0, 100.0)  # (when, free percent)
         # pyfuse3's invalidate_entry, set by the FUSE glue: tell the kernel a
@@ -294,7 +296,7 @@ class Policy:
 
     # ------------------------------------------------------------ commit
 
-    async def flush(self, ino: int, t: Tracked, last: bool = False) -> int | None:
+    def flush(self, ino: int, t: Tracked, last: bool = False) -> int | None:
         """At close(2) (FLUSH) of the last handle that writes the file:
         commit when it was written since its last commit. Returns an errno
         for the writer (EACCES: rejected).
@@ -309,9 +311,9 @@ class Policy:
         if ino not in self.dirty and not (last and t.created and not t.done):
             return None
         t.done = True
-        return await self.commit(ino, t.pid, t.job)
+        return self.commit(ino, t.pid, t.job)
 
-    async def after_rename(self, parent: int, name: bytes, pid: int) -> None:
+    def after_rename(self, parent: int, name: bytes, pid: int) -> None:
         """A rename into a folder with a commit rule commits the file."""
         d = self.core.rel_path(parent)
         if d is None or not _commits(self.rules.for_dir(d)):
@@ -323,11 +325,20 @@ class Policy:
         ino = self.core.ino_of(st.st_ino)
         if not stat_m.S_ISREG(st.st_mode) or self.writers.get(ino):
             return  # not a file, or its writer's last close commits it
-        await self.commit(ino, pid, None, rel=posixpath.join(d, os.fsdecode(name)))
+        self.commit(ino, pid, None, rel=posixpath.join(d, os.fsdecode(name)))
 
-    async def commit(
-        self, ino: int, pid: int, job: str | None, rel: str | None = None, checked: bool = False
+    def commit(
+        self, ino: int, pid: int, job: str | None, rel: str | None = None,
+        verdict: validation.Verdict | None = None, defer: bool = True,
     ) -> int | None:
+        """Check, name, route or quarantine file `ino` (at `rel`). Returns
+        an errno for the writer (EACCES: rejected), None otherwise.
+
+        A large file in a folder that does not reject is checked by a task
+        of its own in a worker thread (`_check_later`): its writer's close
+        returns at once and other requests go on meanwhile; the file commits
+        when the check is done. In a folder that rejects, close(2) has to
+        wait for the verdict anyway, and the check runs right here."""
         rel = rel or self.core.rel_path(ino)
         if rel is None:
             return None  # unlinked while open
@@ -336,12 +347,11 @@ class Policy:
         if not _commits(rule) or is_temporary(name, self.pol.temp_patterns) or d in self.quarantine_dirs:
             return None
         assert rule is not None
-        verdict = validation.Verdict() if checked else await self._check(ino, rel, rule)
         if verdict is None:
-            return None
-        now_rel = self.core.rel_path(ino)
-        if now_rel != rel:  # renamed or removed while it was read
-            return None
+            defer = defer and rule.on_invalid != "reject" and self.nursery is not None
+            verdict = self._check(ino, rel, rule, defer, pid, job)
+            if verdict is None:
+                return None  # vanished, or checked in the background
         self.dirty.discard(ino)
         if not verdict.ok:
             self.quarantine(rel, rule, verdict.reasons)
@@ -388,35 +398,69 @@ class Policy:
         except OSError:
             return None
 
-    async def _check(self, ino: int, rel: str, rule: FolderRule) -> validation.Verdict | None:
+    def _check(
+        self, ino: int, rel: str, rule: FolderRule, defer: bool = False, pid: int = 0, job: str | None = None,
+    ) -> validation.Verdict | None:
         """Read the file's plaintext for the folder's content checks (and
-        its checksum); None when the file vanished meanwhile."""
+        its checksum); None when the file vanished, or when the check went
+        to the background (`defer`, large files)."""
         try:
             fd = self._open_rel(rel, os.O_RDONLY)
         except OSError:
             return None
         try:
-            st = os.fstat(fd)
-            size = self.core.content.plain_size(st.st_size)
-            key = (st.st_mtime_ns, size)
+            key = self._key(fd)
             if self.checked.get(ino) == key:
-                return validation.Verdict(size=size)  # unchanged since it passed
-            content = self.core.content.attach(fd)
-            run = lambda: validation.check_content(  # noqa: E731
-                rule, posixpath.basename(rel), size, content.read, self.extra_patterns
-            )
-            try:
-                if size <= INLINE_CHECK_BYTES:
-                    v = run()
-                else:
-                    v = await trio.to_thread.run_sync(run)
-            except OSError as e:
-                v = validation.Verdict(reasons=[f"unreadable: {os.strerror(e.errno or errno.EIO)}"], size=size)
+                return validation.Verdict(size=key[1])  # unchanged since it passed
+            if defer and key[1] > INLINE_CHECK_BYTES:
+                if (ino, key) not in self.deferred:
+                    self.deferred.add((ino, key))
+                    assert self.nursery is not None
+                    self.nursery.start_soon(self._check_later, ino, rel, rule, key, pid, job)
+                return None
+            v = self._read_and_check(ino, fd, rel, rule, key)
             if v.ok:
                 self.checked[ino] = key
             return v
         finally:
             os.close(fd)
+
+    def _key(self, fd: int) -> tuple[int, int]:
+        st = os.fstat(fd)
+        return st.st_mtime_ns, self.core.content.plain_size(st.st_size)
+
+    def _read_and_check(
+        self, ino: int, fd: int, rel: str, rule: FolderRule, key: tuple[int, int]
+    ) -> validation.Verdict:
+        """The checks themselves; thread-safe (they touch nothing shared)."""
+        content = self.core.content.attach(fd)
+        try:
+            v = validation.check_content(rule, posixpath.basename(rel), key[1], content.read, self.extra_patterns)
+        except OSError as e:
+            v = validation.Verdict(reasons=[f"unreadable: {os.strerror(e.errno or errno.EIO)}"], size=key[1])
+        return v
+
+    async def _check_later(
+        self, ino: int, rel: str, rule: FolderRule, key: tuple[int, int], pid: int, job: str | None
+    ) -> None:
+        try:
+            fd = self._open_rel(rel, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            v = await trio.to_thread.run_sync(self._read_and_check, ino, fd, rel, rule, key)
+            still = self._key(fd) == key and self.core.rel_path(ino) == rel
+        finally:
+            os.close(fd)
+            self.deferred.discard((ino, key))
+        if not still:
+            return  # changed meanwhile: its next close checks it again
+        if v.ok:
+            self.checked[ino] = key
+        try:
+            self.commit(ino, pid, job, rel=rel, verdict=v)
+        except OSError as e:
+            log.error("commit of %s after its check failed: %s", rel, e)
 
     def _place(
         self, rel: str, new_dir: str, new_name: str | None, name: str,
@@ -496,7 +540,7 @@ class Policy:
                 self.notify_gone(parent, os.fsencode(n))
         return target
 
-    async def release(self, ino: int, force: bool, uid: int, pid: int) -> None:
+    def release(self, ino: int, force: bool, uid: int, pid: int) -> None:
         """`seldonfs quarantine release`: re-validate (unless forced) and
         move the file back to where it was written, committing it there."""
         rel = self.core.rel_path(ino)
@@ -509,7 +553,7 @@ class Policy:
         d, name = posixpath.split(origin)
         rule = self.rules.for_dir(d)
         if not force and rule is not None:
-            v = await self._check(ino, rel, rule)
+            v = self._check(ino, rel, rule)
             if v is None:
                 raise OSError(errno.ENOENT, "file vanished")
             if not v.ok:
@@ -539,7 +583,7 @@ class Policy:
             if parent is not None:
                 self.notify_gone(parent, os.fsencode(n))
         # forced: the checks are skipped, the managed name is still given
-        await self.commit(ino, pid, None, rel=dest, checked=force)
+        self.commit(ino, pid, None, rel=dest, verdict=validation.Verdict() if force else None, defer=False)
 
     # ------------------------------------------------------------ versions
 
@@ -638,7 +682,7 @@ class Policy:
             return json.dumps(self.versions(rel) if rel else []).encode()
         return None
 
-    async def setxattr(self, ino: int, name: bytes, value: bytes, uid: int, pid: int) -> bool:
+    def setxattr(self, ino: int, name: bytes, value: bytes, uid: int, pid: int) -> bool:
         """Handle the filesystem's control attributes; False when `name`
         is not one of them."""
         if name == XATTR_RESTORE:
@@ -651,7 +695,7 @@ class Policy:
         if name == XATTR_RELEASE:
             if uid != 0:
                 raise OSError(errno.EPERM, "only root releases quarantined files")
-            await self.release(ino, value.strip() == b"force", uid, pid)
+            self.release(ino, value.strip() == b"force", uid, pid)
             return True
         if name == XATTR_JOB:
             rel = self.core.rel_path(ino)

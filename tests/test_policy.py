@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import as_user, mounted, needs_fuse, needs_root, seldonfs, stored
+from .conftest import as_user, mounted, needs_fuse, needs_root, seldonfs, stored, wait_for
 
 pytestmark = needs_fuse
 
@@ -45,6 +45,11 @@ naming = "{{ts}}-{{job}}-{{seq:03d}}_{{name}}"
 check_structure = true
 on_invalid = "reject"
 
+[folders."bulk"]
+naming = "{{ts}}-{{job}}-{{seq:03d}}_{{name}}"
+check_structure = true
+sensitive = ["private_key"]
+
 [folders."typed"]
 allow_extensions = [".json", ".csv"]
 deny_names = ["*.exe"]
@@ -68,7 +73,7 @@ route_unmatched = "quarantine"
 [folders."plain"]
 """
 MANAGED = re.compile(r"^\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d{3}-(?P<job>[A-Za-z0-9._-]+)-(?P<seq>\d{3,})_(?P<name>.+)$")
-FOLDERS = ("in", "strict", "typed", "q", "reports", "temp/work", "inbox", "sorted", "plain")
+FOLDERS = ("in", "strict", "bulk", "typed", "q", "reports", "temp/work", "inbox", "sorted", "plain")
 
 
 def write_rules(store: Path, policy_extra: str = "") -> None:
@@ -332,6 +337,14 @@ def test_large_files_are_checked_in_a_worker_thread(pmnt: Path) -> None:
     with pytest.raises(PermissionError):
         (pmnt / "strict" / "cut.json").write_bytes(data[:-1])
     (q,) = list((pmnt / "q").iterdir())
+    assert q.read_bytes() == data[:-1] and "not valid JSON" in reason(q)
+    # where invalid files are only quarantined, close returns at once and
+    # the file commits when its check in the background is done
+    (pmnt / "bulk" / "big.json").write_bytes(data)
+    (pmnt / "bulk" / "cut.json").write_bytes(data[:-1])
+    wait_for(lambda: len(names(pmnt / "bulk")) == 1 and len(names(pmnt / "q")) == 2, what="background checks")
+    assert managed(pmnt / "bulk", "big.json").read_bytes() == data
+    (q,) = [p for p in (pmnt / "q").iterdir() if os.getxattr(p, "user.seldon.origin") == b"bulk/cut.json"]
     assert q.read_bytes() == data[:-1] and "not valid JSON" in reason(q)
 
 
