@@ -174,7 +174,13 @@ class SeldonOperations(pyfuse3.Operations):
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
         fh, st = self.core.create(parent_inode, name, mode, flags, _caller(ctx))
-        return self._file_info(fh), self._entry(st)
+        entry = self._entry(st)
+        track = self.core.handles[fh].track
+        if track is not None and track.commits:
+            # the name lasts until the file commits: do not let the kernel
+            # cache it (saves telling it later that the name is gone)
+            entry.entry_timeout = 0
+        return self._file_info(fh), entry
 
     @_errors
     async def read(self, fh, off, size):

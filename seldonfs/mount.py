@@ -208,6 +208,8 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
                 pyfuse3.close(unmount=True)
                 log.info("unmounted %s", mountpoint)
         finally:
+            if core.policy is not None:
+                core.policy.close()
             core.close()
             catalog.close()
     finally:
@@ -219,6 +221,7 @@ async def _serve(policy: Policy | None) -> None:
         nursery.start_soon(_on_signals)
         if policy is not None:
             policy.nursery = nursery  # content checks of large files run here
+            nursery.start_soon(policy.write_rows_every)
         # One worker: no handler awaits, so a second worker would only add a
         # lock hand-off per request (see fuseloop.py). Work that must wait
         # (large content checks) runs in tasks of its own.

@@ -8,6 +8,7 @@ a name that is already managed is never renamed again.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import secrets
 import string
@@ -85,7 +86,12 @@ class Template:
 
 def is_temporary(name: str, patterns: tuple[str, ...]) -> bool:
     """Names that never commit: rsync's, editors' and downloaders' temp files."""
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    return _temp_regex(patterns).match(name) is not None
+
+
+@functools.lru_cache(maxsize=16)
+def _temp_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns), re.DOTALL)
 
 
 def clean_job(job: str | None, default: str) -> str:

@@ -17,7 +17,9 @@ file's path afterwards, since the tree may have changed meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -27,7 +29,7 @@ import secrets
 import stat as stat_m
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -54,6 +56,8 @@ VERSIONS_DIR = PRIVATE_DIR + "/versions"
 #: worker thread, so a large file never stalls other operations.
 INLINE_CHECK_BYTES = 1 << 20
 SEQ_BLOCK = 100  # sequence numbers reserved per catalog write
+JOB_CACHE_S = 2.0
+ROWS_FLUSH_S = 0.5  # file records wait at most this long for their catalog batch
 STATVFS_TTL = 0.1
 XATTR_REASON = b"user.seldon.reason"
 XATTR_ORIGIN = b"user.seldon.origin"
@@ -86,11 +90,23 @@ class Grace:
     until: float
 
 
+def _scoped(method):
+    """Run a Policy method in a scope of opened directories (see `_walk`)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._scope():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _commits(rule: FolderRule | None) -> bool:
     return rule is not None and bool(rule.naming or rule.validates or rule.route)
 
 
 def _job_from_environ(pid: int) -> str | None:
+    """SELDON_JOB_ID from the environment process `pid` started with."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             env = f.read()
@@ -122,6 +138,11 @@ class Policy:
         self.grace_of_ino: dict[int, tuple[int, bytes]] = {}  # its newest entry
         self.deferred: set[tuple[int, tuple[int, int]]] = set()  # checks running in the background
         self.nursery: trio.Nursery | None = None  # for those; set by the mount
+        self._jobs: dict[int, tuple[str | None, float]] = {}  # pid -> (job, until)
+        self.job_attrs: dict[int, str] = {}  # ino -> user.seldon.job set through the mount
+        self._rows: list[tuple] = []  # file records waiting for their batch
+        self._dirfds: dict[str, int] = {}  # directories opened in the current scope
+        self._depth = 0
         self.seq: dict[str, tuple[int, int]] = {}  # job -> (next, end of reserved block)
         self._statvfs: tuple[float, float] = (0.0, 100.0)  # (when, free percent)
         # pyfuse3's invalidate_entry, set by the FUSE glue: tell the kernel a
@@ -132,6 +153,18 @@ class Policy:
         os.chmod(PRIVATE_DIR, 0o700, dir_fd=core.nodes[1].fd)
 
     # ------------------------------------------------------------ paths
+
+    @contextlib.contextmanager
+    def _scope(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                for fd in self._dirfds.values():
+                    os.close(fd)
+                self._dirfds.clear()
 
     def _dir_rel(self, ino: int) -> str:
         rel = self.core.rel_path(ino)
@@ -178,8 +211,21 @@ class Policy:
                 self._check_floor()
             t.created = True
             if t.commits and t.rule is not None and t.rule.naming and "{job}" in t.rule.naming:
-                t.job = _job_from_environ(pid)
+                t.job = self._job_of(pid)
         return t
+
+    def _job_of(self, pid: int) -> str | None:
+        # A process's starting environment never changes: read it once per
+        # writer (a pid reused within JOB_CACHE_S seconds could inherit it).
+        now = time.monotonic()
+        hit = self._jobs.get(pid)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        if len(self._jobs) > 4096:
+            self._jobs.clear()
+        job = _job_from_environ(pid)
+        self._jobs[pid] = (job, now + JOB_CACHE_S)
+        return job
 
     def _track(self, d: str, pid: int) -> Tracked | None:
         rule = self.rules.for_dir(d)
@@ -296,6 +342,7 @@ class Policy:
 
     # ------------------------------------------------------------ commit
 
+    @_scoped
     def flush(self, ino: int, t: Tracked, last: bool = False) -> int | None:
         """At close(2) (FLUSH) of the last handle that writes the file:
         commit when it was written since its last commit. Returns an errno
@@ -311,8 +358,9 @@ class Policy:
         if ino not in self.dirty and not (last and t.created and not t.done):
             return None
         t.done = True
-        return self.commit(ino, t.pid, t.job)
+        return self.commit(ino, t.pid, t.job, notify_old=not t.created)
 
+    @_scoped
     def after_rename(self, parent: int, name: bytes, pid: int) -> None:
         """A rename into a folder with a commit rule commits the file."""
         d = self.core.rel_path(parent)
@@ -327,9 +375,10 @@ class Policy:
             return  # not a file, or its writer's last close commits it
         self.commit(ino, pid, None, rel=posixpath.join(d, os.fsdecode(name)))
 
+    @_scoped
     def commit(
         self, ino: int, pid: int, job: str | None, rel: str | None = None,
-        verdict: validation.Verdict | None = None, defer: bool = True,
+        verdict: validation.Verdict | None = None, defer: bool = True, notify_old: bool = True,
     ) -> int | None:
         """Check, name, route or quarantine file `ino` (at `rel`). Returns
         an errno for the writer (EACCES: rejected), None otherwise.
@@ -338,7 +387,10 @@ class Policy:
         of its own in a worker thread (`_check_later`): its writer's close
         returns at once and other requests go on meanwhile; the file commits
         when the check is done. In a folder that rejects, close(2) has to
-        wait for the verdict anyway, and the check runs right here."""
+        wait for the verdict anyway, and the check runs right here.
+
+        `notify_old` False: the kernel does not cache the old name (a file
+        created under a commit rule is answered with entry_timeout 0)."""
         rel = rel or self.core.rel_path(ino)
         if rel is None:
             return None  # unlinked while open
@@ -372,31 +424,27 @@ class Policy:
         template = self.templates.get(rule.naming) if rule.naming else None
         job_id = ""
         if template is not None and not template.is_managed(new_name):
-            job_id = clean_job(job or self._xattr_job(rel), rule.job)
+            job_id = clean_job(job or self.job_attrs.pop(ino, None), rule.job)
             new_name = None  # type: ignore[assignment]
         dest = self._place(rel, new_dir, new_name, name, template, job_id, rule)
         if dest is None:
             return errno.EACCES if rule.on_invalid == "reject" else None
         self._record(dest, name, job_id, verdict, "ok")
         if dest != rel:
-            parent = self.core.ino_of_dir(d)
+            parent = self._dir_ino(d)
             if parent is not None:
                 self._add_grace(
                     parent, os.fsencode(name),
                     Grace(dest, ino, pid, time.monotonic() + self.pol.grace),
                 )
-                self.notify_gone(parent, os.fsencode(name))
-            new_parent = self.core.ino_of_dir(posixpath.dirname(dest))
-            if new_parent is not None:
-                self.notify_gone(new_parent, os.fsencode(posixpath.basename(dest)))
+                if notify_old:
+                    self.notify_gone(parent, os.fsencode(name))
+            if posixpath.dirname(dest) != d:  # routed: the kernel may think the name free
+                new_parent = self._dir_ino(posixpath.dirname(dest))
+                if new_parent is not None:
+                    self.notify_gone(new_parent, os.fsencode(posixpath.basename(dest)))
             log.debug("committed %s as %s", rel, dest)
         return None
-
-    def _xattr_job(self, rel: str) -> str | None:
-        try:
-            return self._getxattr(rel, XATTR_JOB).decode("utf-8", "replace")
-        except OSError:
-            return None
 
     def _check(
         self, ino: int, rel: str, rule: FolderRule, defer: bool = False, pid: int = 0, job: str | None = None,
@@ -440,11 +488,12 @@ class Policy:
             v = validation.Verdict(reasons=[f"unreadable: {os.strerror(e.errno or errno.EIO)}"], size=key[1])
         return v
 
-    async def _check_later(
+    async def _check_later(  # runs outside any request: opens its own scope
         self, ino: int, rel: str, rule: FolderRule, key: tuple[int, int], pid: int, job: str | None
     ) -> None:
         try:
-            fd = self._open_rel(rel, os.O_RDONLY)
+            with self._scope():
+                fd = self._open_rel(rel, os.O_RDONLY)
         except OSError:
             return
         try:
@@ -505,11 +554,34 @@ class Policy:
         return nxt
 
     def _record(self, path: str, original: str, job: str, v: validation.Verdict, verdict: str) -> None:
-        self.catalog.conn.execute(
-            "INSERT INTO files (path, original_name, job, size, sha256, mime, verdict, reason, committed_ns)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (path, original, job, v.size, v.sha256, v.mime, verdict, "; ".join(v.reasons), time.time_ns()),
+        """A file record for the catalog, written with the next batch: one
+        SQLite transaction per file would cost more than the commit itself.
+        Everything in these records can be rebuilt from data/."""
+        self._rows.append(
+            (path, original, job, v.size, v.sha256, v.mime, verdict, "; ".join(v.reasons), time.time_ns())
         )
+        if len(self._rows) >= 1000:
+            self.write_rows()
+
+    def write_rows(self) -> None:
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        with self.catalog.conn:  # one transaction
+            self.catalog.conn.execute("BEGIN")
+            self.catalog.conn.executemany(
+                "INSERT INTO files (path, original_name, job, size, sha256, mime, verdict, reason, committed_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    async def write_rows_every(self) -> None:
+        while True:
+            await trio.sleep(ROWS_FLUSH_S)
+            self.write_rows()
+
+    def close(self) -> None:
+        self.write_rows()
 
     # ------------------------------------------------------------ quarantine
 
@@ -535,7 +607,7 @@ class Policy:
         )
         log.info("quarantined %s as %s: %s", rel, target, reason)
         for d, n in ((posixpath.dirname(rel), name), (qdir, posixpath.basename(target))):
-            parent = self.core.ino_of_dir(d)
+            parent = self._dir_ino(d)
             if parent is not None:
                 self.notify_gone(parent, os.fsencode(n))
         return target
@@ -579,7 +651,7 @@ class Policy:
         )
         log.info("released %s to %s%s (uid %d)", rel, dest, " by force" if force else "", uid)
         for p, n in ((posixpath.dirname(rel), posixpath.basename(rel)), (d, posixpath.basename(dest))):
-            parent = self.core.ino_of_dir(p)
+            parent = self._dir_ino(p)
             if parent is not None:
                 self.notify_gone(parent, os.fsencode(n))
         # forced: the checks are skipped, the managed name is still given
@@ -587,6 +659,7 @@ class Policy:
 
     # ------------------------------------------------------------ versions
 
+    @_scoped
     def save_version(self, rel: str, cause: str) -> None:
         """Keep the current content of file `rel` as its newest version."""
         rule = self.rules.for_dir(posixpath.dirname(rel))
@@ -598,15 +671,12 @@ class Policy:
             size = self.core.content.plain_size(os.fstat(src).st_size)
             if size == 0:
                 return
-            vdir = walk(self.core.nodes[1].fd, VERSIONS_DIR)
+            vdir = self._walk(VERSIONS_DIR)
+            dst = os.open(stored, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=vdir)
             try:
-                dst = os.open(stored, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=vdir)
-                try:
-                    _copy(src, dst)
-                finally:
-                    os.close(dst)
+                _copy(src, dst)
             finally:
-                os.close(vdir)
+                os.close(dst)
         finally:
             os.close(src)
         self.catalog.conn.execute(
@@ -622,13 +692,10 @@ class Policy:
             self.catalog.conn.execute("DELETE FROM versions WHERE id = ?", (vid,))
 
     def _unlink_version(self, stored: str) -> None:
-        vdir = walk(self.core.nodes[1].fd, VERSIONS_DIR)
         try:
-            os.unlink(stored, dir_fd=vdir)
+            os.unlink(stored, dir_fd=self._walk(VERSIONS_DIR))
         except FileNotFoundError:
             pass
-        finally:
-            os.close(vdir)
 
     def versions(self, rel: str) -> list[dict]:
         rows = self.catalog.conn.execute(
@@ -648,11 +715,7 @@ class Policy:
         if not rows or not 1 <= n <= len(rows):
             raise OSError(errno.EINVAL, "no such version")
         stored = rows[n - 1][0]
-        vdir = walk(self.core.nodes[1].fd, VERSIONS_DIR)
-        try:
-            src = os.open(stored, os.O_RDONLY | os.O_CLOEXEC, dir_fd=vdir)
-        finally:
-            os.close(vdir)
+        src = os.open(stored, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._walk(VERSIONS_DIR))
         # The copy becomes a new file that replaces the old one, as an
         # editor's save does: the kernel's cached pages belong to the old
         # inode, so no cache has to be dropped under anyone's feet.
@@ -670,18 +733,20 @@ class Policy:
             self._rename(tmp, rel, create_dirs=False, replace=True)
         finally:
             os.close(src)
-        parent = self.core.ino_of_dir(posixpath.dirname(rel))
+        parent = self._dir_ino(posixpath.dirname(rel))
         if parent is not None:
             self.notify_gone(parent, os.fsencode(posixpath.basename(rel)))
 
     # ------------------------------------------------------------ virtual xattrs
 
+    @_scoped
     def getxattr(self, ino: int, name: bytes) -> bytes | None:
         if name == XATTR_VERSIONS:
             rel = self.core.rel_path(ino)
             return json.dumps(self.versions(rel) if rel else []).encode()
         return None
 
+    @_scoped
     def setxattr(self, ino: int, name: bytes, value: bytes, uid: int, pid: int) -> bool:
         """Handle the filesystem's control attributes; False when `name`
         is not one of them."""
@@ -701,26 +766,33 @@ class Policy:
             rel = self.core.rel_path(ino)
             if rel is None:
                 raise OSError(errno.ENOENT, "removed")
-            self._setxattr(rel, XATTR_JOB, value)
+            self._setxattr(rel, XATTR_JOB, value)  # kept with the file, for the record
+            self.job_attrs[ino] = value.decode("utf-8", "replace")
             return True
         return False
 
     # ------------------------------------------------------------ store access
 
+    def _walk(self, d: str, create: bool = False) -> int:
+        """An O_PATH descriptor of directory `d`, kept until the outermost
+        `_scoped` call returns (a commit opens each directory once)."""
+        assert self._depth > 0, "store access outside a policy scope"
+        fd = self._dirfds.get(d)
+        if fd is None:
+            fd = self._dirfds[d] = walk(self.core.nodes[1].fd, d, create=create)
+        return fd
+
+    def _dir_ino(self, d: str) -> int | None:
+        """The inode number the kernel knows directory `d` by, if it holds it."""
+        try:
+            ino = self.core.ino_of(os.fstat(self._walk(d)).st_ino)
+        except OSError:
+            return None
+        return ino if ino in self.core.nodes else None
+
     def _open_rel(self, rel: str, flags: int) -> int:
         d, name = posixpath.split(rel)
-        dfd = walk(self.core.nodes[1].fd, d)
-        try:
-            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-        finally:
-            os.close(dfd)
-
-    def _getxattr(self, rel: str, key: bytes) -> bytes:
-        fd = self._open_rel(rel, os.O_RDONLY)
-        try:
-            return os.getxattr(fd, key)
-        finally:
-            os.close(fd)
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._walk(d))
 
     def _setxattr(self, rel: str, key: bytes, value: bytes) -> None:
         fd = self._open_rel(rel, os.O_RDONLY)
@@ -730,19 +802,12 @@ class Policy:
             os.close(fd)
 
     def _rename(self, rel: str, target: str, create_dirs: bool, replace: bool = False) -> None:
-        root = self.core.nodes[1].fd
         sd, sn = posixpath.split(rel)
         td, tn = posixpath.split(target)
-        sfd = walk(root, sd)
-        try:
-            tfd = walk(root, td, create=create_dirs)
-            try:
-                flags = 0 if replace else _libc.RENAME_NOREPLACE
-                _libc.renameat2(sfd, os.fsencode(sn), tfd, os.fsencode(tn), flags)
-            finally:
-                os.close(tfd)
-        finally:
-            os.close(sfd)
+        flags = 0 if replace else _libc.RENAME_NOREPLACE
+        _libc.renameat2(
+            self._walk(sd), os.fsencode(sn), self._walk(td, create=create_dirs), os.fsencode(tn), flags
+        )
 
 
 def _copy(src: int, dst: int) -> None:

@@ -58,13 +58,27 @@ _AWS = re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
 _PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
 
 
+_last_runs: tuple[bytes | None, list[bytes]] = (None, [])
+
+
+def _digit_runs(data: bytes) -> list[bytes]:
+    """The digit runs of `data`; the SSN and card tests share one scan."""
+    global _last_runs
+    last = _last_runs  # one read: another thread may replace it
+    if last[0] is data:
+        return last[1]
+    runs = [m.group() for m in _DIGIT_RUN.finditer(data)]
+    _last_runs = (data, runs)
+    return runs
+
+
 def _has_ssn(data: bytes) -> bool:
-    return any(_SSN.search(m.group()) for m in _DIGIT_RUN.finditer(data))
+    return any(_SSN.search(run) for run in _digit_runs(data))
 
 
 def _has_card(data: bytes) -> bool:
-    for run in _DIGIT_RUN.finditer(data):
-        for m in _CARD.finditer(run.group()):
+    for run in _digit_runs(data):
+        for m in _CARD.finditer(run):
             if luhn(re.sub(rb"[ -]", b"", m.group())):
                 return True
     return False
