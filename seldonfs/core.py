@@ -478,6 +478,7 @@ class Core:
         self.handles[fh] = handle
         if track is not None:
             assert self.policy is not None
+            track.readable = self._open_flags(flags) & os.O_ACCMODE != os.O_WRONLY
             self.policy.on_handle(ino, track)
         return fh
 

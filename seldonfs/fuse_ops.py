@@ -195,7 +195,7 @@ class SeldonOperations(pyfuse3.Operations):
         # close(2): the moment a written file commits (see policy.py)
         h = self.core.handles.get(fh)
         if h is not None and h.track is not None and self.policy is not None:
-            err = self.policy.flush(h.ino, h.track)
+            err = self.policy.flush(h.ino, h.track, (h.fd, h.content))
             if err:
                 raise FUSEError(err)
 
@@ -203,7 +203,7 @@ class SeldonOperations(pyfuse3.Operations):
     async def release(self, fh):
         h = self.core.handles.get(fh)
         if h is not None and h.track is not None and self.policy is not None:
-            self.policy.flush(h.ino, h.track, last=True)  # no one to tell of an error now
+            self.policy.flush(h.ino, h.track, (h.fd, h.content), last=True)  # no one to tell of an error now
         self.core.release(fh)
 
     @_errors

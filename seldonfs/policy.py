@@ -17,7 +17,6 @@ file's path afterwards, since the tree may have changed meanwhile.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import json
@@ -29,7 +28,7 @@ import secrets
 import stat as stat_m
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -80,6 +79,10 @@ class Tracked:
     version_on_write: bool = False  # keep the old content before the first write
     floor: bool = False  # the space floor applies
     direct_io: bool = False
+    readable: bool = False  # its descriptor can read (commit checks through it)
+
+
+Source = tuple[int, FileContent]  # an open handle's descriptor and content
 
 
 @dataclass(slots=True)
@@ -88,6 +91,27 @@ class Grace:
     ino: int
     pid: int
     until: float
+
+
+class _Scope:
+    """Directories opened by `Policy._walk` stay open until the outermost
+    scope ends (a plain class: cheaper than contextlib on every commit)."""
+
+    __slots__ = ("policy",)
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def __enter__(self) -> None:
+        self.policy._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        p = self.policy
+        p._depth -= 1
+        if p._depth == 0 and p._dirfds:
+            for fd in p._dirfds.values():
+                os.close(fd)
+            p._dirfds.clear()
 
 
 def _scoped(method):
@@ -154,17 +178,8 @@ class Policy:
 
     # ------------------------------------------------------------ paths
 
-    @contextlib.contextmanager
-    def _scope(self) -> Iterator[None]:
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0:
-                for fd in self._dirfds.values():
-                    os.close(fd)
-                self._dirfds.clear()
+    def _scope(self) -> _Scope:
+        return _Scope(self)
 
     def _dir_rel(self, ino: int) -> str:
         rel = self.core.rel_path(ino)
@@ -343,7 +358,7 @@ class Policy:
     # ------------------------------------------------------------ commit
 
     @_scoped
-    def flush(self, ino: int, t: Tracked, last: bool = False) -> int | None:
+    def flush(self, ino: int, t: Tracked, source: Source, last: bool = False) -> int | None:
         """At close(2) (FLUSH) of the last handle that writes the file:
         commit when it was written since its last commit. Returns an errno
         for the writer (EACCES: rejected).
@@ -352,13 +367,18 @@ class Policy:
         shell's `cmd > file` opens, dup2()s and closes the original before
         anything is written. So a FLUSH without new data commits nothing;
         RELEASE (`last`, when the final descriptor is gone) commits a file
-        that was created but never written, such as touch makes."""
+        that was created but never written, such as touch makes.
+
+        `source` is the handle's descriptor and content: the check reads
+        through them (the last block written is likely still decrypted)."""
         if not t.commits or self.writers.get(ino, 0) > 1:
             return None
         if ino not in self.dirty and not (last and t.created and not t.done):
             return None
         t.done = True
-        return self.commit(ino, t.pid, t.job, notify_old=not t.created)
+        return self.commit(
+            ino, t.pid, t.job, notify_old=not t.created, source=source if t.readable else None
+        )
 
     @_scoped
     def after_rename(self, parent: int, name: bytes, pid: int) -> None:
@@ -379,6 +399,7 @@ class Policy:
     def commit(
         self, ino: int, pid: int, job: str | None, rel: str | None = None,
         verdict: validation.Verdict | None = None, defer: bool = True, notify_old: bool = True,
+        source: Source | None = None,
     ) -> int | None:
         """Check, name, route or quarantine file `ino` (at `rel`). Returns
         an errno for the writer (EACCES: rejected), None otherwise.
@@ -401,7 +422,7 @@ class Policy:
         assert rule is not None
         if verdict is None:
             defer = defer and rule.on_invalid != "reject" and self.nursery is not None
-            verdict = self._check(ino, rel, rule, defer, pid, job)
+            verdict = self._check(ino, rel, rule, defer, pid, job, source)
             if verdict is None:
                 return None  # vanished, or checked in the background
         self.dirty.discard(ino)
@@ -447,15 +468,20 @@ class Policy:
         return None
 
     def _check(
-        self, ino: int, rel: str, rule: FolderRule, defer: bool = False, pid: int = 0, job: str | None = None,
+        self, ino: int, rel: str, rule: FolderRule, defer: bool = False, pid: int = 0,
+        job: str | None = None, source: Source | None = None,
     ) -> validation.Verdict | None:
         """Read the file's plaintext for the folder's content checks (and
         its checksum); None when the file vanished, or when the check went
         to the background (`defer`, large files)."""
-        try:
-            fd = self._open_rel(rel, os.O_RDONLY)
-        except OSError:
-            return None
+        if source is None:
+            try:
+                fd = self._open_rel(rel, os.O_RDONLY)
+            except OSError:
+                return None
+            content = None
+        else:
+            fd, content = source
         try:
             key = self._key(fd)
             if self.checked.get(ino) == key:
@@ -466,22 +492,24 @@ class Policy:
                     assert self.nursery is not None
                     self.nursery.start_soon(self._check_later, ino, rel, rule, key, pid, job)
                 return None
-            v = self._read_and_check(ino, fd, rel, rule, key)
+            v = self._read_and_check(ino, fd, rel, rule, key, content)
             if v.ok:
                 self.checked[ino] = key
             return v
         finally:
-            os.close(fd)
+            if source is None:
+                os.close(fd)
 
     def _key(self, fd: int) -> tuple[int, int]:
         st = os.fstat(fd)
         return st.st_mtime_ns, self.core.content.plain_size(st.st_size)
 
     def _read_and_check(
-        self, ino: int, fd: int, rel: str, rule: FolderRule, key: tuple[int, int]
+        self, ino: int, fd: int, rel: str, rule: FolderRule, key: tuple[int, int],
+        content: FileContent | None = None,
     ) -> validation.Verdict:
         """The checks themselves; thread-safe (they touch nothing shared)."""
-        content = self.core.content.attach(fd)
+        content = content or self.core.content.attach(fd)
         try:
             v = validation.check_content(rule, posixpath.basename(rel), key[1], content.read, self.extra_patterns)
         except OSError as e:
