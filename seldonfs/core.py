@@ -486,8 +486,7 @@ class Core:
         node = self._node(ino)
         track = None
         if self.policy is not None and node.fmt == stat_m.S_IFREG:
-            size = self.content.plain_size(os.fstat(node.fd).st_size)
-            track = self.policy.on_open(ino, flags, size, pid)
+            track = self.policy.on_open(ino, flags, pid)
         fd = self._reopen(node, self._open_flags(flags))
         try:
             return self._new_handle(ino, fd, flags, track)

@@ -253,7 +253,7 @@ class Policy:
             return None
         return Tracked(rule, commits, pid, floor=floor, direct_io=limited and self.writeback)
 
-    def on_open(self, ino: int, flags: int, size: int, pid: int) -> Tracked | None:
+    def on_open(self, ino: int, flags: int, pid: int) -> Tracked | None:
         if flags & os.O_TRUNC and self._reopened_in_grace(ino, pid):
             # The writer opens its pre-commit name again to write it anew
             # (a loop writing data.json 200 times): that is a new file, not
@@ -267,12 +267,15 @@ class Policy:
         if rel is None:
             return None
         t = self._track(posixpath.dirname(rel), pid)
-        if t is not None and t.rule is not None and t.rule.versions and size > 0:
+        if t is not None and t.rule is not None and t.rule.versions and self._size(ino) > 0:
             if flags & os.O_TRUNC:
                 self.save_version(rel, "truncate")
             else:
                 t.version_on_write = True
         return t
+
+    def _size(self, ino: int) -> int:
+        return self.core.content.plain_size(os.fstat(self.core.node_fd(ino)).st_size)
 
     def on_handle(self, ino: int, t: Tracked) -> None:
         self.writers[ino] = self.writers.get(ino, 0) + 1
