@@ -76,6 +76,30 @@ def create_tables(db: sqlite_utils.Database) -> None:
         pk="id", if_not_exists=True,
     )
     db["versions"].create_index(["path"], if_not_exists=True)
+    # audit: the audit chain (audit.py, docs/audit.md). One row per change.
+    #   id      - storage order (rowid)
+    #   seq     - gapless record number, from 1
+    #   ns      - time (ns since the epoch); uid, gid, pid, proc - who
+    #   op      - create, mkdir, mknod, symlink, link, rename, unlink, rmdir,
+    #             setattr, setxattr, removexattr, write, read, commit,
+    #             quarantine, release, version, restore, mount, unmount,
+    #             passwd, rekey
+    #   path    - the object, relative to the mount root; path2 - the other
+    #             one (rename and link target, commit destination)
+    #   result  - 'OK' or the errno name, e.g. 'EACCES'
+    #   bytes   - bytes written (write) or read (read)
+    #   detail  - what changed (setattr), the attribute (xattrs), the reason
+    #   mac     - HMAC-SHA256(audit key, previous mac || record)
+    db["audit"].create(
+        {"id": int, "seq": int, "ns": int, "uid": int, "gid": int, "pid": int, "proc": str,
+         "op": str, "path": str, "path2": str, "result": str, "bytes": int, "detail": str,
+         "mac": bytes},
+        pk="id", not_null={"seq"}, if_not_exists=True,
+    )
+    db["audit"].create_index(["seq"], unique=True, if_not_exists=True)
+    db["audit"].create_index(["path"], if_not_exists=True)
+    db["audit"].create_index(["path2"], if_not_exists=True)
+    db["audit"].create_index(["ns"], if_not_exists=True)
 
 
 class Catalog:

@@ -105,12 +105,19 @@ class JanitorConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    enabled: bool = True
+    reads: bool = False  # a record per handle that read, too
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str
     mount: MountConfig
     folders: tuple[FolderRule, ...]
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     janitor: JanitorConfig = field(default_factory=JanitorConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 def profile_names() -> list[str]:
@@ -139,7 +146,7 @@ def load(path: Path) -> Config:
 
 
 def parse(raw: dict[str, Any], where: str) -> Config:
-    _only_keys(raw, {"store", "mount", "policy", "janitor", "folders"}, where, "")
+    _only_keys(raw, {"store", "mount", "policy", "janitor", "audit", "folders"}, where, "")
     store = _table(raw, "store", where, "")
     _only_keys(store, {"profile"}, where, "store.")
     profile = _get(store, "profile", str, where, "store.", "custom")
@@ -150,7 +157,15 @@ def parse(raw: dict[str, Any], where: str) -> Config:
         for name, value in _table(raw, "folders", where, "").items()
     )
     janitor = _parse_janitor(_table(raw, "janitor", where, ""), where)
-    return Config(profile=profile, mount=mount, folders=folders, policy=policy, janitor=janitor)
+    a = _table(raw, "audit", where, "")
+    _only_keys(a, {"enabled", "reads"}, where, "audit.")
+    audit = AuditConfig(
+        enabled=_get(a, "enabled", bool, where, "audit.", True),
+        reads=_get(a, "reads", bool, where, "audit.", False),
+    )
+    return Config(
+        profile=profile, mount=mount, folders=folders, policy=policy, janitor=janitor, audit=audit
+    )
 
 
 def _parse_mount(t: dict[str, Any], where: str) -> MountConfig:

@@ -108,6 +108,9 @@ class Handle:
     fd: int  # read/write descriptor of the backing file
     content: FileContent
     track: Tracked | None = None  # policy state, for files under a rule
+    opener: Caller | None = None  # who opened it (release has no caller)
+    written: int = 0  # bytes written through it, for the audit record
+    nread: int = 0
 
 
 @dataclass(slots=True)
@@ -469,10 +472,12 @@ class Core:
         # redirected by a rename or a symlink planted in the tree.
         return os.open(_proc(node.fd), flags | os.O_CLOEXEC)
 
-    def _new_handle(self, ino: int, fd: int, flags: int, track: Tracked | None = None) -> int:
+    def _new_handle(
+        self, ino: int, fd: int, flags: int, track: Tracked | None = None, opener: Caller | None = None
+    ) -> int:
         fh = self._next_fh
         self._next_fh += 1
-        handle = Handle(ino, fd, self.content.attach(fd), track)
+        handle = Handle(ino, fd, self.content.attach(fd), track, opener)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
             self._guarded(ino, handle.content.truncate, 0)
         self.handles[fh] = handle
@@ -482,14 +487,14 @@ class Core:
             self.policy.on_handle(ino, track)
         return fh
 
-    def open(self, ino: int, flags: int, pid: int = 0) -> int:
+    def open(self, ino: int, flags: int, caller: Caller | None = None) -> int:
         node = self._node(ino)
         track = None
         if self.policy is not None and node.fmt == stat_m.S_IFREG:
-            track = self.policy.on_open(ino, flags, pid)
+            track = self.policy.on_open(ino, flags, caller.pid if caller else 0)
         fd = self._reopen(node, self._open_flags(flags))
         try:
-            return self._new_handle(ino, fd, flags, track)
+            return self._new_handle(ino, fd, flags, track, caller)
         except BaseException:
             os.close(fd)
             raise
@@ -527,7 +532,7 @@ class Core:
                 flags &= ~os.O_TRUNC  # empty already
             elif track is not None:
                 track.created = False
-            return self._new_handle(st.ino, fd, flags, track), st
+            return self._new_handle(st.ino, fd, flags, track, caller), st
         except BaseException:
             os.close(fd)
             raise
@@ -540,14 +545,18 @@ class Core:
 
     def read(self, fh: int, off: int, size: int) -> bytes:
         h = self._handle(fh)
-        return self._guarded(h.ino, h.content.read, off, size)
+        data = self._guarded(h.ino, h.content.read, off, size)
+        h.nread += len(data)
+        return data
 
     def write(self, fh: int, off: int, data: bytes) -> int:
         h = self._handle(fh)
         if h.track is not None:
             assert self.policy is not None
             self.policy.on_write(h.ino, h.track, off, len(data), h.content)
-        return self._guarded(h.ino, h.content.write, off, data)
+        n = self._guarded(h.ino, h.content.write, off, data)
+        h.written += n
+        return n
 
     def _guarded(self, ino: int, fn, *args):
         """Call a content operation; damaged content becomes EIO, logged
@@ -565,13 +574,14 @@ class Core:
         fd = self._handle(fh).fd
         os.fdatasync(fd) if datasync else os.fsync(fd)
 
-    def release(self, fh: int) -> None:
+    def release(self, fh: int) -> Handle | None:
         handle = self.handles.pop(fh, None)
         if handle is not None:
             os.close(handle.fd)
             if handle.track is not None:
                 assert self.policy is not None
                 self.policy.on_release(handle.ino, handle.track)
+        return handle
 
     # ------------------------------------------------------------ directories
 

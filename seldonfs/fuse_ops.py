@@ -10,12 +10,14 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
 from pyfuse3 import FUSEError
 
+from .audit import AuditLog
 from .config import MountConfig
 from .core import Caller, Core, Stat
 
@@ -40,6 +42,36 @@ def _errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _Audited:
+    """Records one operation in the audit chain when it ends, with its
+    result: `with self._audited("mkdir", ctx, parent, name):`."""
+
+    __slots__ = ("ops", "op", "ctx", "parent", "name", "path2", "detail")
+
+    def __init__(self, ops: SeldonOperations, op: str, ctx: Any, parent: int, name: bytes | None,
+                 path2: str = "", detail: str = "") -> None:
+        self.ops, self.op, self.ctx, self.parent, self.name = ops, op, ctx, parent, name
+        self.path2, self.detail = path2, detail
+
+    def __enter__(self) -> _Audited:
+        return self
+
+    def __exit__(self, etype: Any, e: Any, tb: Any) -> None:
+        audit = self.ops.audit
+        if audit is None:
+            return
+        if e is None:
+            result = "OK"
+        elif isinstance(e, OSError):
+            result = errno.errorcode.get(e.errno or errno.EIO, "EIO")
+        elif isinstance(e, FUSEError):
+            result = errno.errorcode.get(e.errno, "EIO")
+        else:
+            result = "EIO"
+        path = self.ops._path(self.parent, self.name)
+        audit.record(self.op, self.ctx.uid, self.ctx.gid, self.ctx.pid, path, self.path2, result, 0, self.detail)
+
+
 def _caller(ctx: pyfuse3.RequestContext) -> Caller:
     return Caller(ctx.uid, ctx.gid, ctx.pid, ctx.umask)
 
@@ -48,9 +80,10 @@ class SeldonOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_acl = False
 
-    def __init__(self, core: Core, cfg: MountConfig, writeback: bool) -> None:
+    def __init__(self, core: Core, cfg: MountConfig, writeback: bool, audit: AuditLog | None = None) -> None:
         super().__init__()
         self.core = core
+        self.audit = audit
         self.cfg = cfg
         self.enable_writeback_cache = writeback
         self.policy = core.policy
@@ -61,6 +94,18 @@ class SeldonOperations(pyfuse3.Operations):
     def _notify_gone(parent: int, name: bytes) -> None:
         # async: the kernel may hold the directory's lock while we answer
         pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+
+    def _path(self, parent: int, name: bytes | None = None) -> str:
+        """Where an object is, for the audit record ('?' when it has no name now)."""
+        d = self.core.rel_path(parent)
+        if d is None:
+            d = "?"
+        if name is None:
+            return d
+        return os.fsdecode(name) if not d else f"{d}/{os.fsdecode(name)}"
+
+    def _audited(self, op: str, ctx: Any, parent: int, name: bytes | None = None, **kw: str) -> _Audited:
+        return _Audited(self, op, ctx, parent, name, **kw)
 
     def _entry(self, st: Stat) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -121,6 +166,30 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
+        if self.audit is None:
+            return self._setattr(inode, attr, fields, fh)
+        changed = []
+        if fields.update_mode:
+            changed.append(f"mode={attr.st_mode & 0o7777:o}")
+        if fields.update_uid:
+            changed.append(f"uid={attr.st_uid}")
+        if fields.update_gid:
+            changed.append(f"gid={attr.st_gid}")
+        if fields.update_size:
+            changed.append(f"size={attr.st_size}")
+        if fields.update_atime:
+            changed.append("atime")
+        if fields.update_mtime:
+            changed.append("mtime")
+        if changed == ["mtime"] and self.enable_writeback_cache:
+            # With the writeback cache the kernel keeps file times itself and
+            # hands them back after writes, renames and unlinks; the writes
+            # are recorded. (An explicit `touch -m` looks the same: unrecorded.)
+            return self._setattr(inode, attr, fields, fh)
+        with self._audited("setattr", ctx, inode, detail=" ".join(changed)):
+            return self._setattr(inode, attr, fields, fh)
+
+    def _setattr(self, inode, attr, fields, fh):
         st = self.core.setattr(
             inode,
             mode=attr.st_mode if fields.update_mode else None,
@@ -139,41 +208,51 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        return self._entry(self.core.mknod(parent_inode, name, mode, rdev, _caller(ctx)))
+        with self._audited("mknod", ctx, parent_inode, name):
+            return self._entry(self.core.mknod(parent_inode, name, mode, rdev, _caller(ctx)))
 
     @_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
-        return self._entry(self.core.mkdir(parent_inode, name, mode, _caller(ctx)))
+        with self._audited("mkdir", ctx, parent_inode, name):
+            return self._entry(self.core.mkdir(parent_inode, name, mode, _caller(ctx)))
 
     @_errors
     async def unlink(self, parent_inode, name, ctx):
-        self.core.unlink(parent_inode, name)
+        with self._audited("unlink", ctx, parent_inode, name):
+            self.core.unlink(parent_inode, name)
 
     @_errors
     async def rmdir(self, parent_inode, name, ctx):
-        self.core.rmdir(parent_inode, name)
+        with self._audited("rmdir", ctx, parent_inode, name):
+            self.core.rmdir(parent_inode, name)
 
     @_errors
     async def symlink(self, parent_inode, name, target, ctx):
-        return self._entry(self.core.symlink(parent_inode, name, target, _caller(ctx)))
+        with self._audited("symlink", ctx, parent_inode, name):
+            return self._entry(self.core.symlink(parent_inode, name, target, _caller(ctx)))
 
     @_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        self.core.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx.pid)
+        new = self._path(parent_inode_new, name_new) if self.audit is not None else ""
+        with self._audited("rename", ctx, parent_inode_old, name_old, path2=new):
+            self.core.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx.pid)
         if self.policy is not None:
             self.policy.after_rename(parent_inode_new, name_new, ctx.pid)
 
     @_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        return self._entry(self.core.link(inode, new_parent_inode, new_name))
+        new = self._path(new_parent_inode, new_name) if self.audit is not None else ""
+        with self._audited("link", ctx, inode, path2=new):
+            return self._entry(self.core.link(inode, new_parent_inode, new_name))
 
     @_errors
     async def open(self, inode, flags, ctx):
-        return self._file_info(self.core.open(inode, flags, ctx.pid))
+        return self._file_info(self.core.open(inode, flags, _caller(ctx)))
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
-        fh, st = self.core.create(parent_inode, name, mode, flags, _caller(ctx))
+        with self._audited("create", ctx, parent_inode, name):
+            fh, st = self.core.create(parent_inode, name, mode, flags, _caller(ctx))
         entry = self._entry(st)
         track = self.core.handles[fh].track
         if track is not None and track.commits:
@@ -204,11 +283,19 @@ class SeldonOperations(pyfuse3.Operations):
         h = self.core.handles.get(fh)
         if h is not None and h.track is not None and self.policy is not None:
             self.policy.flush(h.ino, h.track, (h.fd, h.content), last=True)  # no one to tell of an error now
-        self.core.release(fh)
+        h = self.core.release(fh)
+        if self.audit is not None and h is not None and h.opener is not None:
+            who = h.opener
+            if h.written:
+                self.audit.record("write", who.uid, who.gid, who.pid, self._path(h.ino), nbytes=h.written)
+            if h.nread and self.audit.reads:
+                self.audit.record("read", who.uid, who.gid, who.pid, self._path(h.ino), nbytes=h.nread)
 
     @_errors
     async def fsync(self, fh, datasync):
         self.core.fsync(fh, datasync)
+        if self.audit is not None:
+            self.audit.sync()  # the records of a change are durable before the change is
 
     @_errors
     async def opendir(self, inode, ctx):
@@ -228,6 +315,8 @@ class SeldonOperations(pyfuse3.Operations):
     @_errors
     async def fsyncdir(self, fh, datasync):
         self.core.fsyncdir(fh, datasync)
+        if self.audit is not None:
+            self.audit.sync()
 
     @_errors
     async def statfs(self, ctx):
@@ -249,7 +338,8 @@ class SeldonOperations(pyfuse3.Operations):
         if self.policy is not None and name.startswith(b"user.seldon."):
             if self.policy.setxattr(inode, name, value, ctx.uid, ctx.pid):
                 return
-        self.core.setxattr(inode, name, value)
+        with self._audited("setxattr", ctx, inode, detail=os.fsdecode(name)):
+            self.core.setxattr(inode, name, value)
 
     @_errors
     async def getxattr(self, inode, name, ctx):
@@ -261,7 +351,8 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def removexattr(self, inode, name, ctx):
-        self.core.removexattr(inode, name)
+        with self._audited("removexattr", ctx, inode, detail=os.fsdecode(name)):
+            self.core.removexattr(inode, name)
 
     @_errors
     async def access(self, inode, mode, ctx):

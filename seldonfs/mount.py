@@ -24,16 +24,17 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import fuseloop, keys
+from . import audit, fuseloop, keys
+from .audit import AuditLog
 from .catalog import Catalog
-from .policy import Policy
-from .rules import Rules
 from .config import Config
 from .content import ContentLayer, PlainContent
 from .core import Core
 from .errors import MountPointError, SeldonError, UsageError
 from .fuse_ops import SeldonOperations
 from .keys import KeySource
+from .policy import Policy
+from .rules import Rules
 from .store import Store, StoreLock
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,19 @@ def open_content(ident: dict, source: KeySource) -> ContentLayer:
     return EncryptedContent(keys.unlock(block, source), block["current_key_id"], block["block_size"])
 
 
+def open_audit(store: Store, cfg: Config, content: ContentLayer) -> AuditLog | None:
+    """The audit chain's writer (None when `[audit] enabled = false`); makes
+    the audit key at the first mount of a store."""
+    if not cfg.audit.enabled:
+        return None
+    keys_ = getattr(content, "keys", None)
+    kid = getattr(content, "current_key_id", None)
+    if not (store.root / audit.KEY_NAME).exists():
+        audit.create_key(store.root, keys_, kid)
+    key = audit.load_key(store.root, keys_)
+    return audit.AuditLog(store.root, store.catalog_path, key, reads=cfg.audit.reads)
+
+
 def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, debug: bool = False) -> None:
     """The whole life of one mount, in this process."""
     store, cfg, mountpoint = prep.store, prep.cfg, prep.mountpoint
@@ -189,8 +203,11 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         rules = Rules(cfg)
         if rules.any_policy:
             core.policy = Policy(core, rules, catalog, writeback)
+        auditlog = open_audit(store, cfg, prep.content)
+        if core.policy is not None:
+            core.policy.audit = auditlog
         try:
-            ops = SeldonOperations(core, cfg.mount, writeback)
+            ops = SeldonOperations(core, cfg.mount, writeback, auditlog)
             try:
                 pyfuse3.init(ops, str(mountpoint), prep.fuse_opts)
             except RuntimeError as e:
@@ -199,6 +216,8 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
                     raise UsageError(f"FUSE refused the mount options (libfuse's reason is {where})") from None
                 raise MountPointError(f"{mountpoint}: cannot mount: {e} (see {where})") from None
             log.info("mounted %s at %s", store.root, mountpoint)
+            if auditlog is not None:
+                auditlog.record("mount", os.getuid(), os.getgid(), os.getpid(), "", detail=str(mountpoint))
             ready()
             fuseloop.install(cfg.mount.spin_us)
             try:
@@ -207,9 +226,13 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
                 fuseloop.uninstall()
                 pyfuse3.close(unmount=True)
                 log.info("unmounted %s", mountpoint)
+                if auditlog is not None:
+                    auditlog.record("unmount", os.getuid(), os.getgid(), os.getpid(), "", detail=str(mountpoint))
         finally:
             if core.policy is not None:
                 core.policy.close()
+            if auditlog is not None:
+                auditlog.close()
             core.close()
             catalog.close()
     finally:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import _libc, validation
+from .audit import AuditLog
 from .catalog import Catalog
 from .config import FolderRule
 from .content import FileContent
@@ -166,6 +167,7 @@ class Policy:
         self.job_attrs: dict[int, str] = {}  # ino -> user.seldon.job set through the mount
         self._rows: list[tuple] = []  # file records waiting for their batch
         self._dirfds: dict[str, int] = {}  # directories opened in the current scope
+        self.audit: AuditLog | None = None  # set by the mount when auditing
         self._depth = 0
         self.seq: dict[str, tuple[int, int]] = {}  # job -> (next, end of reserved block)
         self._statvfs: tuple[float, float] = (0.0, 100.0)  # (when, free percent)
@@ -454,6 +456,7 @@ class Policy:
         if dest is None:
             return errno.EACCES if rule.on_invalid == "reject" else None
         self._record(dest, name, job_id, verdict, "ok")
+        self._audit("commit", rel, dest, f"sha256={verdict.sha256} mime={verdict.mime} job={job_id}".strip())
         if dest != rel:
             parent = self._dir_ino(d)
             if parent is not None:
@@ -584,6 +587,11 @@ class Policy:
         self.seq[job] = (nxt + 1, end)
         return nxt
 
+    def _audit(self, op: str, path: str, path2: str = "", detail: str = "", result: str = "OK") -> None:
+        """A decision of the filesystem's own, in the audit chain."""
+        if self.audit is not None:
+            self.audit.record(op, 0, 0, os.getpid(), path, path2, result, 0, detail)
+
     def _record(self, path: str, original: str, job: str, v: validation.Verdict, verdict: str) -> None:
         """A file record for the catalog, written with the next batch: one
         SQLite transaction per file would cost more than the commit itself.
@@ -637,6 +645,7 @@ class Policy:
             (target, rel, reason, time.time_ns()),
         )
         log.info("quarantined %s as %s: %s", rel, target, reason)
+        self._audit("quarantine", rel, target, reason)
         for d, n in ((posixpath.dirname(rel), name), (qdir, posixpath.basename(target))):
             parent = self._dir_ino(d)
             if parent is not None:
@@ -681,6 +690,7 @@ class Policy:
             (time.time_ns(), dest, int(force), uid, qid),
         )
         log.info("released %s to %s%s (uid %d)", rel, dest, " by force" if force else "", uid)
+        self._audit("release", rel, dest, f"{'forced ' if force else ''}by uid {uid}")
         for p, n in ((posixpath.dirname(rel), posixpath.basename(rel)), (d, posixpath.basename(dest))):
             parent = self._dir_ino(p)
             if parent is not None:
@@ -718,6 +728,7 @@ class Policy:
             "SELECT id, stored FROM versions WHERE path = ? ORDER BY id DESC LIMIT -1 OFFSET ?",
             (rel, rule.versions),
         ).fetchall()
+        self._audit("version", rel, detail=f"{cause}, {size} bytes kept")
         for vid, name in old:
             self._unlink_version(name)
             self.catalog.conn.execute("DELETE FROM versions WHERE id = ?", (vid,))
@@ -767,6 +778,7 @@ class Policy:
         parent = self._dir_ino(posixpath.dirname(rel))
         if parent is not None:
             self.notify_gone(parent, os.fsencode(posixpath.basename(rel)))
+        self._audit("restore", rel, detail=f"version {n}")
 
     # ------------------------------------------------------------ virtual xattrs
 

@@ -14,12 +14,12 @@ import sys
 from .. import __version__
 from ..errors import SeldonError
 from . import (
-    decrypt_cmd, init_cmd, mount_cmd, passwd_cmd, quarantine_cmd, rekey_cmd, umount_cmd,
+    audit_cmd, decrypt_cmd, init_cmd, mount_cmd, passwd_cmd, quarantine_cmd, rekey_cmd, umount_cmd,
     verify_cmd, versions_cmd,
 )
 
 COMMANDS = (
-    init_cmd, mount_cmd, umount_cmd, quarantine_cmd, versions_cmd, verify_cmd, decrypt_cmd,
+    init_cmd, mount_cmd, umount_cmd, audit_cmd, quarantine_cmd, versions_cmd, verify_cmd, decrypt_cmd,
     passwd_cmd, rekey_cmd,
 )
 
@@ -48,6 +48,9 @@ def run(fn, *args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["audit", "verify"]:  # a verb under a command that takes a path
+        argv[:2] = [audit_cmd.VERIFY]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="seldonfs: %(message)s")
     return run(args.func, args)

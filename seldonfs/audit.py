@@ -1,0 +1,332 @@
+"""The audit chain: one record per change, each MAC'd over the one before.
+
+Records live in the catalog's `audit` table (schema in catalog.py). Each
+has a gapless sequence number and
+
+    mac = HMAC-SHA256(audit key, previous mac || canonical(record))
+
+with 32 zero bytes before the first record, so `verify` finds any edited,
+deleted, inserted or reordered record; `STORE/audit.head` (the last
+sequence number and MAC, with a tag of its own) finds a cut tail. The
+threat model and the file formats are in docs/audit.md.
+
+Writers never wait for the disk: `record()` appends a tuple to a list on
+the caller's thread; a writer thread takes the list every `BATCH_S`
+seconds, MACs it and inserts it in one transaction. `sync()` does the same
+at once and makes it durable (fsync), before a data fsync is answered.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import crypto
+from .errors import SeldonError
+
+log = logging.getLogger(__name__)
+
+KEY_NAME = "audit.key"
+HEAD_NAME = "audit.head"
+BATCH_S = 0.1  # the most a kill -9 of the daemon can lose
+ZERO_MAC = bytes(32)
+FIELDS = ("seq", "ns", "uid", "gid", "pid", "proc", "op", "path", "path2", "result", "bytes", "detail")
+_WRAP_LABEL = b"seldonfs audit key"
+
+
+# ---------------------------------------------------------------- the key
+
+
+def create_key(root: Path, keys: dict[int, bytes] | None, key_id: int | None) -> None:
+    """A new random audit key in STORE/audit.key (0600): wrapped by the
+    master key when the store is encrypted, as is for a plain store."""
+    write_key(root, secrets.token_bytes(32), keys, key_id)
+
+
+def write_key(root: Path, key: bytes, keys: dict[int, bytes] | None, key_id: int | None) -> None:
+    if keys is None or key_id is None:
+        doc = {"key": key.hex()}
+    else:
+        doc = {"key_id": key_id, "wrapped": crypto.wrap_key(keys[key_id], key, _WRAP_LABEL).hex()}
+    tmp = root / (KEY_NAME + ".part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(doc).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, root / KEY_NAME)
+
+
+def load_key(root: Path, keys: dict[int, bytes] | None) -> bytes:
+    """The audit key; `keys` (the unlocked master keys) for an encrypted store."""
+    try:
+        doc = json.loads((root / KEY_NAME).read_text())
+    except FileNotFoundError:
+        raise SeldonError(f"{root / KEY_NAME}: missing: the audit chain cannot be verified") from None
+    except (OSError, ValueError) as e:
+        raise SeldonError(f"{root / KEY_NAME}: unreadable: {e}") from None
+    if "key" in doc:
+        return bytes.fromhex(doc["key"])
+    if keys is None or int(doc["key_id"]) not in keys:
+        raise SeldonError(f"{root / KEY_NAME}: wrapped by a key this store no longer has")
+    return crypto.unwrap_key(keys[int(doc["key_id"])], bytes.fromhex(doc["wrapped"]), _WRAP_LABEL)
+
+
+# ---------------------------------------------------------------- records
+
+
+def canonical(row: tuple) -> bytes:
+    """The bytes a record's MAC covers: its fields (FIELDS order) as JSON."""
+    return json.dumps(list(row), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def mac_of(key: bytes, prev: bytes, row: tuple) -> bytes:
+    return hmac.digest(key, prev + canonical(row), "sha256")
+
+
+def head_tag(key: bytes, seq: int, mac: bytes) -> str:
+    return hmac.digest(key, b"head\0%d\0" % seq + mac, "sha256").hex()
+
+
+class AuditLog:
+    """The daemon's writer of the chain."""
+
+    def __init__(self, root: Path, catalog_path: Path, key: bytes, reads: bool = False) -> None:
+        self.root = root
+        self.key = key
+        self.reads = reads
+        self.conn = sqlite3.connect(catalog_path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        row = self.conn.execute("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        self.seq, self.mac = (row[0], row[1]) if row else (0, ZERO_MAC)
+        self.queue: list[tuple] = []
+        self._qlock = threading.Lock()  # the queue
+        self._wlock = threading.Lock()  # one writer at a time, and the connection
+        self._procs: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def record(
+        self, op: str, uid: int, gid: int, pid: int, path: str, path2: str = "",
+        result: str = "OK", nbytes: int = 0, detail: str = "",
+    ) -> None:
+        item = (time.time_ns(), uid, gid, pid, self._proc(pid), op, path, path2, result, nbytes, detail)
+        with self._qlock:
+            self.queue.append(item)
+
+    def _proc(self, pid: int) -> str:
+        now = time.monotonic()
+        hit = self._procs.get(pid)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                name = f.read().rstrip(b"\n").decode("utf-8", "replace")
+        except OSError:
+            name = ""
+        if len(self._procs) > 4096:
+            self._procs.clear()
+        self._procs[pid] = (name, now + 2.0)
+        return name
+
+    def _run(self) -> None:
+        while not self._stop.wait(BATCH_S):
+            try:
+                self.write(durable=False)
+            except Exception:  # keep writing later batches; say so loudly
+                log.exception("audit: writing a batch failed")
+
+    def write(self, durable: bool) -> None:
+        """MAC and store what is queued; `durable`: fsync it too."""
+        with self._wlock:
+            with self._qlock:
+                items, self.queue = self.queue, []
+            if not items and not durable:
+                return
+            rows = []
+            seq, mac = self.seq, self.mac
+            for item in items:
+                seq += 1
+                row = (seq, *item)
+                mac = mac_of(self.key, mac, row)
+                rows.append((*row, mac))
+            if durable:
+                self.conn.execute("PRAGMA synchronous=FULL")
+            try:
+                self.conn.execute("BEGIN")
+                self.conn.executemany(
+                    f"INSERT INTO audit ({', '.join(FIELDS)}, mac) VALUES ({', '.join('?' * (len(FIELDS) + 1))})",
+                    rows,
+                )
+                self.conn.execute("COMMIT")
+            finally:
+                if durable:
+                    self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.seq, self.mac = seq, mac
+            if rows or durable:
+                self._write_head(durable)
+
+    def _write_head(self, durable: bool) -> None:
+        doc = {"seq": self.seq, "mac": self.mac.hex(), "tag": head_tag(self.key, self.seq, self.mac)}
+        tmp = self.root / (HEAD_NAME + ".part")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(doc).encode())
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.root / HEAD_NAME)
+
+    def sync(self) -> None:
+        """Every queued record on disk, durably: before a data fsync is answered."""
+        self.write(durable=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.write(durable=True)
+        self.conn.close()
+
+
+def append_offline(root: Path, catalog_path: Path, key: bytes, op: str, detail: str) -> None:
+    """One record from an offline command (passwd, rekey), with the store locked."""
+    a = AuditLog(root, catalog_path, key)
+    try:
+        a.record(op, os.getuid(), os.getgid(), os.getpid(), "", detail=detail)
+    finally:
+        a.close()
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class Break:
+    seq: int
+    kind: str  # edited, deleted, inserted, reordered, truncated
+    detail: str
+
+
+def rows(conn: sqlite3.Connection) -> Iterator[tuple]:
+    """Records in the order they were stored."""
+    yield from conn.execute(f"SELECT {', '.join(FIELDS)}, mac FROM audit ORDER BY id")
+
+
+def verify(conn: sqlite3.Connection, key: bytes, head: dict[str, Any] | None) -> tuple[int, Break | None]:
+    """Walk the chain in storage order. Returns (records checked, first break).
+
+    The kind of a break: a record whose MAC fails while the next one chains
+    on from it was *edited*; one the chain skips over, or one with a number
+    already passed that does not authenticate, was *inserted*; a missing
+    number is *deleted* if no record carries it, *reordered* if one later
+    does; records the head names but the table lacks were *truncated*."""
+    h_seq = _head_seq(key, head)
+    if isinstance(h_seq, Break):
+        return 0, h_seq
+    prev_mac, prev_seq, n = ZERO_MAC, 0, 0
+    pending: tuple | None = None  # (row, mac) that failed, held to see what follows
+    for r in rows(conn):
+        row, mac = tuple(r[:-1]), bytes(r[-1])
+        seq = row[0]
+        n += 1
+        if pending is not None:
+            p_row, p_mac = pending
+            if mac_of(key, prev_mac, row) == mac:
+                return n, Break(p_row[0], "inserted", f"record {p_row[0]} was not written by the filesystem")
+            return n, Break(p_row[0], "edited", f"record {p_row[0]} was changed after it was written")
+        if seq > prev_seq + 1:
+            kind = "reordered" if _mac_at(conn, prev_seq + 1) is not None else "deleted"
+            what = (
+                f"record {prev_seq + 1} is stored after record {seq}" if kind == "reordered"
+                else f"record {prev_seq + 1}" + (f"..{seq - 1}" if seq - 1 > prev_seq + 1 else "") + " missing"
+            )
+            return n, Break(prev_seq + 1, kind, what)
+        if seq <= prev_seq:
+            return n, Break(seq, "inserted", f"a second record {seq} after record {prev_seq}")
+        if mac_of(key, prev_mac, row) != mac:
+            pending = (row, mac)
+            continue
+        prev_mac, prev_seq = mac, seq
+    if pending is not None:
+        p_seq = pending[0][0]
+        if h_seq is not None and p_seq > h_seq:
+            return n, Break(p_seq, "inserted", f"record {p_seq} was not written by the filesystem")
+        return n, Break(p_seq, "edited", f"the last record {p_seq} was changed after it was written")
+    if h_seq is not None and h_seq > prev_seq:
+        return n, Break(prev_seq + 1, "truncated", f"records {prev_seq + 1}..{h_seq} are missing at the end")
+    if h_seq and _mac_at(conn, h_seq) != bytes.fromhex(head["mac"]):  # type: ignore[index]
+        return n, Break(h_seq, "edited", f"record {h_seq} is not the one {HEAD_NAME} names")
+    return n, None
+
+
+def _head_seq(key: bytes, head: dict[str, Any] | None) -> int | None | Break:
+    if head is None:
+        return None
+    try:
+        seq, mac, tag = int(head["seq"]), bytes.fromhex(head["mac"]), str(head["tag"])
+    except (KeyError, ValueError, TypeError):
+        return Break(0, "edited", f"{HEAD_NAME} is damaged")
+    if not hmac.compare_digest(tag, head_tag(key, seq, mac)):
+        return Break(seq, "edited", f"{HEAD_NAME} does not authenticate")
+    return seq
+
+
+def _mac_at(conn: sqlite3.Connection, seq: int) -> bytes | None:
+    row = conn.execute("SELECT mac FROM audit WHERE seq = ?", (seq,)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def read_head(root: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((root / HEAD_NAME).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {"seq": 0, "mac": "", "tag": ""}  # fails its tag check: reported
+
+
+def query(
+    conn: sqlite3.Connection, since_ns: int | None = None, until_ns: int | None = None,
+    path: str | None = None, uid: int | None = None, op: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    where, args = [], []
+    if since_ns is not None:
+        where.append("ns >= ?")
+        args.append(since_ns)
+    if until_ns is not None:
+        where.append("ns < ?")
+        args.append(until_ns)
+    if uid is not None:
+        where.append("uid = ?")
+        args.append(uid)
+    if op is not None:
+        where.append("op = ?")
+        args.append(op)
+    if path is not None and not any(c in path for c in "*?["):
+        where.append("(path = ? OR path2 = ?)")  # indexed
+        args += [path, path]
+    sql = f"SELECT {', '.join(FIELDS)} FROM audit"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    for r in conn.execute(sql + " ORDER BY seq", args):
+        rec = dict(zip(FIELDS, r))
+        if path is not None and not (
+            fnmatch.fnmatchcase(rec["path"], path) or fnmatch.fnmatchcase(rec["path2"] or "", path)
+        ):
+            continue
+        yield rec

@@ -1,0 +1,193 @@
+"""The audit chain through the real mount: records, tampering, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import as_user, key_args, mounted, needs_fuse, needs_root, seldonfs, unmount, wait_for
+
+pytestmark = needs_fuse
+
+
+def records(target: Path, *args: str) -> list[dict]:
+    out = seldonfs("audit", target, "--json", *args, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def verify(store: Path) -> subprocess.CompletedProcess:
+    return seldonfs("audit", "verify", store, *key_args(store))
+
+
+@needs_root
+def test_each_change_is_recorded_with_who_did_it(store: Path, tmp_path: Path) -> None:
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        d = m / "input" / "processed" / "shared"
+        d.mkdir()
+        d.chmod(0o777)
+        code = (
+            "import os, sys\n"
+            "d = sys.argv[1]\n"
+            "print(os.getpid(), flush=True)\n"
+            "with open(d + '/a', 'w') as f: f.write('hello')\n"
+            "os.mkdir(d + '/sub')\n"
+            "os.rename(d + '/a', d + '/sub/b')\n"
+            "os.chmod(d + '/sub/b', 0o600)\n"
+            "os.truncate(d + '/sub/b', 2)\n"
+            "os.setxattr(d + '/sub/b', 'user.note', b'x')\n"
+            "os.removexattr(d + '/sub/b', 'user.note')\n"
+            "os.link(d + '/sub/b', d + '/c')\n"
+            "os.symlink('c', d + '/s')\n"
+            "os.unlink(d + '/c')\n"
+            "os.unlink(d + '/s')\n"
+            "os.unlink(d + '/sub/b')\n"
+            "os.rmdir(d + '/sub')\n"
+            "try: os.setxattr(d, 'user.seldon.reason', b'forged')\n"
+            "except PermissionError: pass\n"
+        )
+        r = as_user(65534, 65534, code, str(d))
+        assert r.returncode == 0, r.stderr
+        pid = int(r.stdout.split()[0])
+    got = [(x["op"], x["path"], x["path2"], x["result"], x["bytes"], x["detail"])
+           for x in records(store, "--uid", "65534")]
+    # with the writeback cache a truncate also carries the kernel's mtime
+    got = [g[:5] + (g[5].removesuffix(" mtime"),) for g in got]
+    p = "input/processed/shared"
+    assert got == [
+        ("create", f"{p}/a", "", "OK", 0, ""),
+        ("write", f"{p}/a", "", "OK", 5, ""),
+        ("mkdir", f"{p}/sub", "", "OK", 0, ""),
+        ("rename", f"{p}/a", f"{p}/sub/b", "OK", 0, ""),
+        ("setattr", f"{p}/sub/b", "", "OK", 0, "mode=600"),
+        ("setattr", f"{p}/sub/b", "", "OK", 0, "size=2"),
+        ("setxattr", f"{p}/sub/b", "", "OK", 0, "user.note"),
+        ("removexattr", f"{p}/sub/b", "", "OK", 0, "user.note"),
+        ("link", f"{p}/sub/b", f"{p}/c", "OK", 0, ""),
+        ("symlink", f"{p}/s", "", "OK", 0, ""),
+        ("unlink", f"{p}/c", "", "OK", 0, ""),
+        ("unlink", f"{p}/s", "", "OK", 0, ""),
+        ("unlink", f"{p}/sub/b", "", "OK", 0, ""),
+        ("rmdir", f"{p}/sub", "", "OK", 0, ""),
+        ("setxattr", p, "", "EPERM", 0, "user.seldon.reason"),
+    ]
+    mine = records(store, "--uid", "65534")
+    assert {(x["pid"], x["proc"], x["gid"]) for x in mine} == {(pid, "python3", 65534)}
+    ops = [x["op"] for x in records(store)]
+    assert ops[0] == "mount" and ops[-1] == "unmount"
+    assert verify(store).returncode == 0
+
+
+def test_policy_decisions_are_recorded(store: Path, tmp_path: Path) -> None:
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        (m / "input" / "raw" / "data.json").write_text('{"a": 1}')
+        (m / "input" / "raw" / "bad.json").write_text('{"a": ')
+    commits = records(store, "--op", "commit")
+    assert [c["path"] for c in commits] == ["input/raw/data.json"]
+    assert commits[0]["path2"].endswith("_data.json") and "sha256=" in commits[0]["detail"]
+    (q,) = records(store, "--op", "quarantine")
+    assert q["path"] == "input/raw/bad.json" and "not valid JSON" in q["detail"]
+    assert records(store, "--path", "input/raw/bad.json", "--op", "create")[0]["result"] == "OK"
+
+
+def make_chain(store: Path, tmp_path: Path) -> None:
+    with mounted(store, tmp_path / "mnt"):
+        for i in range(5):
+            (tmp_path / "mnt" / "input" / "processed" / f"f{i}").write_text("x")
+    assert verify(store).returncode == 0
+
+
+def tamper(store: Path, *sql: str) -> subprocess.CompletedProcess:
+    conn = sqlite3.connect(store / "catalog.sqlite")
+    with conn:
+        for s in sql:
+            conn.execute(s)
+    conn.close()
+    return verify(store)
+
+
+@pytest.mark.parametrize(
+    "sql, kind",
+    [
+        (["UPDATE audit SET path = 'elsewhere' WHERE seq = 4"], "edited"),
+        (["UPDATE audit SET uid = 7 WHERE seq = (SELECT max(seq) FROM audit)"], "edited"),
+        (["DELETE FROM audit WHERE seq = 4"], "deleted"),
+        (
+            [
+                "UPDATE audit SET id = -4 WHERE seq = 4",
+                "UPDATE audit SET id = 4 WHERE seq = 5",
+                "UPDATE audit SET id = 5 WHERE seq = 4",
+            ],
+            "reordered",
+        ),
+        (
+            ["INSERT INTO audit (seq, ns, uid, gid, pid, proc, op, path, path2, result, bytes, detail, mac)"
+             " SELECT max(seq) + 1, 0, 0, 0, 1, 'evil', 'unlink', 'x', '', 'OK', 0, '', x'00' FROM audit"],
+            "inserted",
+        ),
+        (["DELETE FROM audit WHERE seq >= (SELECT max(seq) - 2 FROM audit)"], "truncated"),
+    ],
+)
+def test_tampering_is_named(store: Path, tmp_path: Path, sql: list[str], kind: str) -> None:
+    make_chain(store, tmp_path)
+    r = tamper(store, *sql)
+    assert r.returncode == 26, r.stdout + r.stderr
+    assert f": {kind}:" in r.stdout
+
+
+def test_chain_continues_across_remounts(store: Path, tmp_path: Path) -> None:
+    make_chain(store, tmp_path)
+    make_chain(store, tmp_path)
+    seqs = [r["seq"] for r in records(store)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert [r["op"] for r in records(store, "--op", "mount")] == ["mount", "mount"]
+
+
+@needs_root
+def test_fsynced_changes_survive_kill_9(store: Path, tmp_path: Path) -> None:
+    m = tmp_path / "mnt"
+    done: list[str] = []
+    with mounted(store, m, expect_log_problems=True) as proc:
+        code = (
+            "import os, sys\n"
+            "d = sys.argv[1]\n"
+            "for i in range(100000):\n"
+            "    fd = os.open(f'{d}/f{i}', os.O_CREAT | os.O_WRONLY, 0o644)\n"
+            "    os.write(fd, b'x' * 100)\n"
+            "    os.fsync(fd)\n"
+            "    print(i, flush=True)\n"
+            "    os.close(fd)\n"
+        )
+        writer = subprocess.Popen([sys.executable, "-c", code, str(m / "input" / "processed")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        out, _ = writer.communicate(timeout=30)
+        done = out.split()
+        unmount(m)
+    assert len(done) > 10
+    assert verify(store).returncode == 0
+    created = {r["path"] for r in records(store, "--op", "create")}
+    missing = [i for i in done if f"input/processed/f{i}" not in created]
+    assert missing == []
+    with mounted(store, m):  # the chain goes on after the crash
+        (m / "input" / "processed" / "after").write_text("y")
+    assert verify(store).returncode == 0
+
+
+def test_audit_can_be_off(store: Path, tmp_path: Path) -> None:
+    with open(store / "seldonfs.toml", "a") as f:
+        f.write("\n[audit]\nenabled = false\n")
+    with mounted(store, tmp_path / "mnt"):
+        (tmp_path / "mnt" / "input" / "processed" / "x").write_text("x")
+    assert records(store) == []
