@@ -205,6 +205,11 @@ class AuditLog:
 
 def append_offline(root: Path, catalog_path: Path, key: bytes, op: str, detail: str) -> None:
     """One record from an offline command (passwd, rekey), with the store locked."""
+    from .catalog import Catalog
+
+    cat = Catalog(catalog_path)
+    cat.migrate()  # a store not mounted since an upgrade
+    cat.close()
     a = AuditLog(root, catalog_path, key)
     try:
         a.record(op, os.getuid(), os.getgid(), os.getpid(), "", detail=detail)

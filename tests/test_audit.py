@@ -191,3 +191,17 @@ def test_audit_can_be_off(store: Path, tmp_path: Path) -> None:
     with mounted(store, tmp_path / "mnt"):
         (tmp_path / "mnt" / "input" / "processed" / "x").write_text("x")
     assert records(store) == []
+
+
+def test_key_changes_are_recorded(tmp_path: Path) -> None:
+    from .conftest import init_store, keyfile_of
+
+    store = init_store(tmp_path / "store")
+    make_chain(store, tmp_path)
+    seldonfs("passwd", store, *key_args(store), "--new-keyfile", tmp_path / "new.key", check=True)
+    keyfile_of(store).unlink()
+    (tmp_path / "new.key").rename(keyfile_of(store))
+    seldonfs("rekey", store, *key_args(store), check=True)
+    assert [r["op"] for r in records(store)][-2:] == ["passwd", "rekey"]
+    assert verify(store).returncode == 0
+    make_chain(store, tmp_path)  # mounts and records under the new master key

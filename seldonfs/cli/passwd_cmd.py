@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import keys
+from .. import audit, keys
 from ..keys import KeySource
 from .common import add_key_args, unlocked_store
 
@@ -35,4 +35,8 @@ def run(args: argparse.Namespace) -> None:
             new = KeySource()  # prompt (twice)
         block = keys.rewrap(u.block, u.keys, new)
         u.store.write_identity(dict(u.ident, encryption=block))
+        if (u.store.root / audit.KEY_NAME).exists():
+            akey = audit.load_key(u.store.root, u.keys)
+            audit.append_offline(u.store.root, u.store.catalog_path, akey, "passwd",
+                                 f"master key rewrapped ({block['unlock']['method']})")
     print(f"{u.store.root}: master key rewrapped ({block['unlock']['method']})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import offline
+from .. import audit, offline
 from .common import add_key_args, progress, unlocked_store
 
 
@@ -33,5 +33,12 @@ def run(args: argparse.Namespace) -> None:
         todo = job.pending()
         for p in progress(todo, len(todo), "rekeying"):
             job.move(p)
+        # the audit key moves to the new master key before the old one goes
+        akey = audit.load_key(u.store.root, u.keys) if (u.store.root / audit.KEY_NAME).exists() else None
+        if akey is not None:
+            audit.write_key(u.store.root, akey, u.keys, job.target)
         u.store.write_identity(dict(u.ident, encryption=job.finish()))
+        if akey is not None:
+            audit.append_offline(u.store.root, u.store.catalog_path, akey, "rekey",
+                                 f"{len(todo)} files moved to key {job.target:08x}")
     print(f"{len(todo)} files moved to key {job.target:08x}")
