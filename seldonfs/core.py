@@ -210,13 +210,19 @@ class Core:
 
     def rel_path(self, ino: int) -> str | None:
         """Where inode `ino` is now, relative to the store's data/; None
-        when it has no name any more (or is not known)."""
+        when it has no name any more, is not known, or its path is longer
+        than the kernel can tell (PATH_MAX): no folder rule applies there."""
         node = self.nodes.get(ino)
         if node is None:
             return None
         if ino == ROOT_INODE:
             return ""
-        path = os.readlink(_proc(node.fd))
+        try:
+            path = os.readlink(_proc(node.fd))
+        except OSError as e:
+            if e.errno != errno.ENAMETOOLONG:
+                raise
+            return None  # deeper than PATH_MAX: no rule can name it
         prefix = self.data_root + "/"
         if not path.startswith(prefix) or path.endswith(" (deleted)"):
             return None
@@ -449,7 +455,7 @@ class Core:
                     target = os.stat(new, dir_fd=nfd, follow_symlinks=False)
                 except FileNotFoundError:
                     target = None
-                if target is not None and stat_m.S_ISREG(target.st_mode) and target.st_ino != st.st_ino:
+                if d is not None and target is not None and stat_m.S_ISREG(target.st_mode) and target.st_ino != st.st_ino:
                     self.policy.save_version(os.path.join(d, os.fsdecode(new)).lstrip("/"), "replace")
             self._rename(ofd, old, nfd, new, flags)
         finally:

@@ -183,11 +183,6 @@ class Policy:
     def _scope(self) -> _Scope:
         return _Scope(self)
 
-    def _dir_rel(self, ino: int) -> str:
-        rel = self.core.rel_path(ino)
-        if rel is None:
-            raise OSError(errno.ENOENT, "directory was removed")
-        return rel
 
     def _at_rule_root(self, d: str, rule: FolderRule) -> bool:
         return len(d.split("/")) == self.rules.rule_depth(rule) if d else False
@@ -197,12 +192,14 @@ class Policy:
 
     # ------------------------------------------------------------ create / open / write
 
-    def check_new_name(self, parent: int, name: bytes, kind: int) -> str:
+    def check_new_name(self, parent: int, name: bytes, kind: int) -> str | None:
         """Refuse a new entry (file, node, link, rename target) where the
-        rules forbid it; returns the directory's path."""
+        rules forbid it; returns the directory's path (None: beyond any rule)."""
         if self.is_private(parent, name):
             raise OSError(errno.EACCES, "reserved name")
-        d = self._dir_rel(parent)
+        d = self.core.rel_path(parent)
+        if d is None:
+            return None
         if d in self.quarantine_dirs:
             raise OSError(errno.EACCES, "only the filesystem moves files into quarantine")
         if kind != stat_m.S_IFDIR:
@@ -222,7 +219,7 @@ class Policy:
 
     def on_create(self, parent: int, name: bytes, pid: int) -> Tracked | None:
         d = self.check_new_name(parent, name, stat_m.S_IFREG)
-        t = self._track(d, pid)
+        t = None if d is None else self._track(d, pid)
         if t is not None:
             if t.floor:
                 self._check_floor()

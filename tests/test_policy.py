@@ -420,3 +420,26 @@ def test_policy_free_folder_behaves_like_a_disk(pmnt: Path) -> None:
     (p / "b").write_text("y")
     os.rename(p / "a.tmp", p / "c")
     assert names(p) == ["b", "c"]
+
+
+def test_paths_beyond_path_max_work_without_rules(pmnt: Path) -> None:
+    # the kernel cannot name an inode whose path is over 4096 bytes; no
+    # folder rule can apply there, and every operation still works
+    fd = os.open(pmnt / "in", os.O_RDONLY)
+    try:
+        for _ in range(17):
+            os.mkdir("d" * 250, dir_fd=fd)
+            nfd = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        f = os.open("plain.bin", os.O_CREAT | os.O_RDWR, 0o644, dir_fd=fd)
+        try:
+            os.write(f, b"abcdef")
+            os.ftruncate(f, 2)
+            assert os.pread(f, 10, 0) == b"ab"
+        finally:
+            os.close(f)
+        os.rename("plain.bin", "still.bin", src_dir_fd=fd, dst_dir_fd=fd)
+        assert os.listdir(fd) == ["still.bin"]  # not renamed: out of the rules' reach
+    finally:
+        os.close(fd)
