@@ -272,6 +272,8 @@ def verify(conn: sqlite3.Connection, key: bytes, head: dict[str, Any] | None) ->
         if h_seq is not None and p_seq > h_seq:
             return n, Break(p_seq, "inserted", f"record {p_seq} was not written by the filesystem")
         return n, Break(p_seq, "edited", f"the last record {p_seq} was changed after it was written")
+    if head is None and n:
+        return n, Break(prev_seq, "truncated", f"{HEAD_NAME} is missing: the end of the chain cannot be checked")
     if h_seq is not None and h_seq > prev_seq:
         return n, Break(prev_seq + 1, "truncated", f"records {prev_seq + 1}..{h_seq} are missing at the end")
     if h_seq and _mac_at(conn, h_seq) != bytes.fromhex(head["mac"]):  # type: ignore[index]
