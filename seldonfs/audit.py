@@ -87,9 +87,13 @@ def load_key(root: Path, keys: dict[int, bytes] | None) -> bytes:
 # ---------------------------------------------------------------- records
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def canonical(row: tuple) -> bytes:
-    """The bytes a record's MAC covers: its fields (FIELDS order) as JSON."""
-    return json.dumps(list(row), separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes a record's MAC covers: its fields (FIELDS order) as a JSON
+    array without spaces, UTF-8."""
+    return _JSON(row).encode()
 
 
 def mac_of(key: bytes, prev: bytes, row: tuple) -> bytes:

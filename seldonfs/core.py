@@ -137,6 +137,10 @@ class Core:
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
+        # Paths of directories (rel_path): only a directory's rename or
+        # removal changes one, and both clear this (every change of the tree
+        # comes through here; the policy engine renames files only).
+        self._dir_paths: dict[int, str] = {}
         self.damaged: set[tuple[int, str]] = set()  # (inode, what) already logged
         self.damage_count = 0
 
@@ -217,6 +221,10 @@ class Core:
             return None
         if ino == ROOT_INODE:
             return ""
+        if node.fmt == stat_m.S_IFDIR:
+            cached = self._dir_paths.get(ino)
+            if cached is not None:
+                return cached
         try:
             path = os.readlink(_proc(node.fd))
         except OSError as e:
@@ -226,7 +234,12 @@ class Core:
         prefix = self.data_root + "/"
         if not path.startswith(prefix) or path.endswith(" (deleted)"):
             return None
-        return path[len(prefix):]
+        rel = path[len(prefix):]
+        if node.fmt == stat_m.S_IFDIR:
+            if len(self._dir_paths) > 65536:
+                self._dir_paths.clear()
+            self._dir_paths[ino] = rel
+        return rel
 
     def ino_of(self, backing_ino: int) -> int:
         return self._ino(backing_ino)
@@ -409,6 +422,7 @@ class Core:
 
     def rmdir(self, parent: int, name: bytes) -> None:
         os.rmdir(name, dir_fd=self._node(parent).fd)
+        self._dir_paths.clear()
 
     def rename(
         self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int, pid: int = 0
@@ -420,8 +434,9 @@ class Core:
             return
         self._rename(ofd, old, nfd, new, flags)
 
-    @staticmethod
-    def _rename(ofd: int, old: bytes, nfd: int, new: bytes, flags: int) -> None:
+    def _rename(self, ofd: int, old: bytes, nfd: int, new: bytes, flags: int) -> None:
+        if self._dir_paths:
+            self._dir_paths.clear()  # cheaper than telling a file from a directory first
         if flags:
             _libc.renameat2(ofd, old, nfd, new, flags)
         else:
