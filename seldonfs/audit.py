@@ -109,6 +109,7 @@ class AuditLog:
 
     def __init__(self, root: Path, catalog_path: Path, key: bytes, reads: bool = False) -> None:
         self.root = root
+        self.catalog_path = catalog_path
         self.key = key
         self.reads = reads
         self.conn = sqlite3.connect(catalog_path, isolation_level=None, check_same_thread=False)
@@ -195,6 +196,21 @@ class AuditLog:
         finally:
             os.close(fd)
         os.replace(tmp, self.root / HEAD_NAME)
+
+    def jsonl(self) -> Iterator[bytes]:
+        """The chain as JSON lines (system/logs/audit.jsonl), up to now."""
+        self.write(durable=False)
+        conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True)
+        try:
+            for r in conn.execute(f"SELECT {', '.join(FIELDS)}, mac FROM audit ORDER BY seq"):
+                rec = dict(zip(FIELDS, r[:-1]), mac=bytes(r[-1]).hex())
+                yield _JSON(rec).encode() + b"\n"
+        finally:
+            conn.close()
+
+    @property
+    def count(self) -> int:
+        return self.seq + len(self.queue)
 
     def sync(self) -> None:
         """Every queued record on disk, durably: before a data fsync is answered."""

@@ -27,6 +27,7 @@ import errno
 import logging
 import os
 import stat as stat_m
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from .content import ContentDamaged, ContentLayer, FileContent
 
 if TYPE_CHECKING:
     from .policy import Policy, Tracked
+    from .virtual import Stream, Virtual
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,9 @@ class Core:
         self.writeback = writeback
         self.data_root = os.fspath(data_root)
         self.policy: Policy | None = None  # set by the mount when rules apply
+        self.virtual: Virtual | None = None  # read-only made-up files (virtual.py)
+        self.vhandles: dict[int, Stream] = {}
+        self._born_ns = time.time_ns()
         self.as_root = os.geteuid() == 0
         root_fd = os.open(data_root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._root_backing_ino = os.fstat(root_fd).st_ino
@@ -193,6 +198,10 @@ class Core:
             raise OSError(errno.ENOENT, "no dot lookups")
         if self.policy is not None and self.policy.is_private(parent, name):
             raise OSError(errno.ENOENT, "the filesystem's own files")
+        if self.virtual is not None and name in self.virtual.names:
+            v = self.virtual.find(self.rel_path(parent), name)
+            if v is not None:
+                return self._vstat(v.ino)
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         ino = self._ino(st.st_ino)
         node = self.nodes.get(ino)
@@ -261,6 +270,17 @@ class Core:
     def node_fd(self, ino: int) -> int:
         return self._node(ino).fd
 
+    def _vstat(self, ino: int) -> Stat:
+        from .virtual import mode
+
+        t = time.time_ns()
+        return Stat(ino, mode(), 1, 0, 0, 0, 0, 0, 4096, t, t, self._born_ns)
+
+    def _refuse_virtual(self, parent: int, name: bytes) -> None:
+        if self.virtual is not None and name in self.virtual.names:
+            if self.virtual.find(self.rel_path(parent), name) is not None:
+                raise OSError(errno.EACCES, "a read-only file of the filesystem")
+
     def forget(self, ino: int, n: int) -> None:
         node = self.nodes.get(ino)
         if node is None or ino == ROOT_INODE:
@@ -273,6 +293,8 @@ class Core:
     # ------------------------------------------------------------ attributes
 
     def getattr(self, ino: int) -> Stat:
+        if self.virtual is not None and ino in self.virtual.by_ino:
+            return self._vstat(ino)
         return self._stat(ino, os.fstat(self._node(ino).fd))
 
     def setattr(
@@ -287,6 +309,8 @@ class Core:
         mtime_ns: int | None = None,
         fh: int | None = None,
     ) -> Stat:
+        if self.virtual is not None and ino in self.virtual.by_ino:
+            raise OSError(errno.EACCES, "a read-only file of the filesystem")
         node = self._node(ino)
         handle = self.handles.get(fh) if fh is not None else None
         if size is not None and self.policy is not None and node.fmt == stat_m.S_IFREG:
@@ -329,6 +353,8 @@ class Core:
         return os.statvfs(_proc(self.nodes[ROOT_INODE].fd))
 
     def access(self, ino: int, mode: int, caller: Caller, groups: list[int]) -> bool:
+        if self.virtual is not None and ino in self.virtual.by_ino:
+            return not mode & (os.W_OK | os.X_OK)
         st = os.fstat(self._node(ino).fd)
         if caller.uid == 0:
             # root may do anything but execute a file no one may execute
@@ -418,6 +444,7 @@ class Core:
         return self.lookup(new_parent, new_name)
 
     def unlink(self, parent: int, name: bytes) -> None:
+        self._refuse_virtual(parent, name)
         os.unlink(name, dir_fd=self._node(parent).fd)
 
     def rmdir(self, parent: int, name: bytes) -> None:
@@ -429,6 +456,8 @@ class Core:
     ) -> None:
         ofd = self._node(old_parent).fd
         nfd = self._node(new_parent).fd
+        self._refuse_virtual(old_parent, old)
+        self._refuse_virtual(new_parent, new)
         if self.policy is not None:
             self._policy_rename(old_parent, ofd, old, new_parent, nfd, new, flags, pid)
             return
@@ -509,6 +538,8 @@ class Core:
         return fh
 
     def open(self, ino: int, flags: int, caller: Caller | None = None) -> int:
+        if self.virtual is not None and ino in self.virtual.by_ino:
+            return self._open_virtual(ino, flags)
         node = self._node(ino)
         track = None
         if self.policy is not None and node.fmt == stat_m.S_IFREG:
@@ -519,6 +550,17 @@ class Core:
         except BaseException:
             os.close(fd)
             raise
+
+    def _open_virtual(self, ino: int, flags: int) -> int:
+        from .virtual import Stream
+
+        assert self.virtual is not None
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise OSError(errno.EACCES, "a read-only file of the filesystem")
+        fh = self._next_fh
+        self._next_fh += 1
+        self.vhandles[fh] = Stream(self.virtual.by_ino[ino].produce)
+        return fh
 
     def open_ino(self, ino: int, flags: int) -> int:
         return self._reopen(self._node(ino), flags)
@@ -565,6 +607,8 @@ class Core:
             raise OSError(errno.EBADF, "unknown file handle") from None
 
     def read(self, fh: int, off: int, size: int) -> bytes:
+        if self.vhandles and fh in self.vhandles:
+            return self.vhandles[fh].read(off, size)
         h = self._handle(fh)
         data = self._guarded(h.ino, h.content.read, off, size)
         h.nread += len(data)
@@ -596,6 +640,9 @@ class Core:
         os.fdatasync(fd) if datasync else os.fsync(fd)
 
     def release(self, fh: int) -> Handle | None:
+        if self.vhandles and fh in self.vhandles:
+            self.vhandles.pop(fh).close()
+            return None
         handle = self.handles.pop(fh, None)
         if handle is not None:
             os.close(handle.fd)
@@ -623,6 +670,8 @@ class Core:
         d = self.dirs[fh]
         if start == 0 or d.entries is None:
             d.entries = [os.fsencode(n) for n in os.listdir(d.fd)]
+            if self.virtual is not None:
+                d.entries += list(self.virtual.by_dir.get(self.rel_path(d.ino) or "\0", {}))
         for i in range(start, len(d.entries)):
             if self.policy is not None and self.policy.is_private(d.ino, d.entries[i]):
                 continue
@@ -651,6 +700,8 @@ class Core:
         return None if node.fmt == stat_m.S_IFLNK else _proc(node.fd)
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
+        if self.virtual is not None and ino in self.virtual.by_ino:
+            raise OSError(errno.ENODATA, "no such attribute")
         node = self._node(ino)
         if self.policy is not None and name.startswith(RESERVED_XATTR_PREFIX):
             value = self.policy.getxattr(ino, name)
@@ -667,11 +718,15 @@ class Core:
             raise
 
     def listxattr(self, ino: int) -> list[bytes]:
+        if self.virtual is not None and ino in self.virtual.by_ino:
+            return []
         path = self._xattr_path(ino)
         return [] if path is None else [os.fsencode(n) for n in os.listxattr(path)]
 
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         self._check_xattr_name(name)
+        if self.virtual is not None and ino in self.virtual.by_ino:
+            raise OSError(errno.EACCES, "a read-only file of the filesystem")
         path = self._xattr_path(ino)
         if path is None:
             raise OSError(errno.EPERM, "no attributes on symlinks")

@@ -10,6 +10,7 @@ the failure's one-line message and exit code.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import logging.handlers
 import os
@@ -17,7 +18,8 @@ import resource
 import signal
 import stat as stat_m
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from .keys import KeySource
 from .policy import Policy
 from .rules import Rules
 from .store import Store, StoreLock
+from .virtual import VIRTUAL_BASE, Virtual, VirtualFile
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +183,30 @@ def open_audit(store: Store, cfg: Config, content: ContentLayer) -> AuditLog | N
     return audit.AuditLog(store.root, store.catalog_path, key, reads=cfg.audit.reads)
 
 
+def virtual_files(store: Store, mountpoint: Path, core: Core, auditlog: AuditLog | None) -> Virtual:
+    """system/logs/audit.jsonl and system/monitoring/stats.json (virtual.py)."""
+    started = time.time()
+
+    def stats() -> Iterator[bytes]:
+        doc = {
+            "store": str(store.root),
+            "mountpoint": str(mountpoint),
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - started, 3),
+            "inodes_known": len(core.nodes),
+            "open_files": len(core.handles),
+            "damaged_reads": core.damage_count,
+            "audit_records": auditlog.count if auditlog is not None else None,
+            "policy": dict(core.policy.counts) if core.policy is not None else {},
+        }
+        yield json.dumps(doc, indent=2).encode() + b"\n"
+
+    files = [VirtualFile(VIRTUAL_BASE + 2, "system/monitoring", b"stats.json", stats)]
+    if auditlog is not None:
+        files.append(VirtualFile(VIRTUAL_BASE + 1, "system/logs", b"audit.jsonl", auditlog.jsonl))
+    return Virtual(files)
+
+
 def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, debug: bool = False) -> None:
     """The whole life of one mount, in this process."""
     store, cfg, mountpoint = prep.store, prep.cfg, prep.mountpoint
@@ -206,6 +233,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         auditlog = open_audit(store, cfg, prep.content)
         if core.policy is not None:
             core.policy.audit = auditlog
+        core.virtual = virtual_files(store, mountpoint, core, auditlog)
         try:
             ops = SeldonOperations(core, cfg.mount, writeback, auditlog)
             try:

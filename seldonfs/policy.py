@@ -27,7 +27,7 @@ import re
 import secrets
 import stat as stat_m
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -168,6 +168,7 @@ class Policy:
         self._rows: list[tuple] = []  # file records waiting for their batch
         self._dirfds: dict[str, int] = {}  # directories opened in the current scope
         self.audit: AuditLog | None = None  # set by the mount when auditing
+        self.counts: Counter[str] = Counter()  # decisions, for stats.json
         self._depth = 0
         self.seq: dict[str, tuple[int, int]] = {}  # job -> (next, end of reserved block)
         self._statvfs: tuple[float, float] = (0.0, 100.0)  # (when, free percent)
@@ -586,6 +587,7 @@ class Policy:
 
     def _audit(self, op: str, path: str, path2: str = "", detail: str = "", result: str = "OK") -> None:
         """A decision of the filesystem's own, in the audit chain."""
+        self.counts[op] += 1
         if self.audit is not None:
             self.audit.record(op, 0, 0, os.getpid(), path, path2, result, 0, detail)
 
