@@ -56,6 +56,7 @@ class Template:
         if "/" in text:
             raise TemplateError("must not contain '/'")
         self.uses_seq = "seq" in names
+        self.fields = frozenset(names)
         self._regex = re.compile("".join(parts), re.DOTALL)
         try:
             self.render(datetime(2000, 1, 1, tzinfo=timezone.utc), "JOB", 1, "x.txt")
@@ -63,22 +64,26 @@ class Template:
             raise TemplateError(f"cannot be filled in: {e}") from None
 
     def render(self, now: datetime, job: str, seq: int, name: str) -> str:
-        stem, dot, ext = name.rpartition(".")
-        if not stem:  # ".bashrc" or no dot at all
-            stem, ext = name, ""
-        else:
-            ext = dot + ext
-        return self.text.format(
-            ts=now.strftime("%Y-%m-%d-%H-%M-%S-") + f"{now.microsecond // 1000:03d}",
-            stamp=now.strftime("%Y%m%d_%H%M%S"),
-            date=now.strftime("%Y-%m-%d"),
-            job=job,
-            seq=seq,
-            uuid=secrets.token_hex(4),
-            name=name,
-            stem=stem,
-            ext=ext,
-        )
+        """The managed name; only the fields the template uses are made
+        (this runs at every commit)."""
+        f = self.fields
+        values: dict[str, object] = {}
+        if "ts" in f:
+            values["ts"] = now.strftime("%Y-%m-%d-%H-%M-%S-") + f"{now.microsecond // 1000:03d}"
+        if "stamp" in f:
+            values["stamp"] = now.strftime("%Y%m%d_%H%M%S")
+        if "date" in f:
+            values["date"] = now.strftime("%Y-%m-%d")
+        if "uuid" in f:
+            values["uuid"] = secrets.token_hex(4)
+        if "stem" in f or "ext" in f:
+            stem, dot, ext = name.rpartition(".")
+            if not stem:  # ".bashrc" or no dot at all
+                stem, ext = name, ""
+            else:
+                ext = dot + ext
+            values["stem"], values["ext"] = stem, ext
+        return self.text.format(job=job, seq=seq, name=name, **values)
 
     def is_managed(self, name: str) -> bool:
         return self._regex.fullmatch(name) is not None

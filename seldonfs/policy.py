@@ -553,7 +553,8 @@ class Policy:
         for attempt in range(tries):
             if new_name is None or template is not None and not template.is_managed(new_name):
                 assert template is not None
-                candidate = template.render(datetime.now(timezone.utc), job, self._next_seq(job), name)
+                seq = self._next_seq(job) if template.uses_seq else 0
+                candidate = template.render(datetime.now(timezone.utc), job, seq, name)
             elif attempt == 0:
                 candidate = new_name
             else:

@@ -59,6 +59,8 @@ _PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
 
 
 _last_runs: tuple[bytes | None, list[bytes]] = (None, [])
+_RUN_MAP = bytes(48 if chr(b) in "0123456789 -" else 46 for b in range(256))  # run bytes -> "0"
+_RUN_MARK = b"0" * 11
 
 
 def _digit_runs(data: bytes) -> list[bytes]:
@@ -67,7 +69,12 @@ def _digit_runs(data: bytes) -> list[bytes]:
     last = _last_runs  # one read: another thread may replace it
     if last[0] is data:
         return last[1]
-    runs = [m.group() for m in _DIGIT_RUN.finditer(data)]
+    # A run is at least 11 bytes of [0-9 -]: find one at C speed first
+    # (most text and binary data has none) before the regex scans.
+    if _RUN_MARK not in data.translate(_RUN_MAP):
+        runs: list[bytes] = []
+    else:
+        runs = [m.group() for m in _DIGIT_RUN.finditer(data)]
     _last_runs = (data, runs)
     return runs
 
