@@ -11,20 +11,27 @@ sequence number and MAC, with a tag of its own) finds a cut tail. The
 threat model and the file formats are in docs/audit.md.
 
 Writers never wait for the disk: `record()` appends a tuple to a list on
-the caller's thread; a writer thread takes the list every `BATCH_S`
-seconds, MACs it and inserts it in one transaction. `sync()` does the same
-at once and makes it durable (fsync), before a data fsync is answered.
+the caller's thread; every `BATCH_S` seconds the list goes to a writer
+process that MACs it and inserts it in one transaction (`AuditLog`).
+`sync()` does the same at once and waits until it is durable (fsync),
+before a data fsync is answered.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hmac
 import json
 import logging
 import os
+import pickle
 import secrets
+import signal
 import sqlite3
+import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -104,25 +111,97 @@ def head_tag(key: bytes, seq: int, mac: bytes) -> str:
     return hmac.digest(key, b"head\0%d\0" % seq + mac, "sha256").hex()
 
 
-class AuditLog:
-    """The daemon's writer of the chain."""
+class ChainWriter:
+    """MACs records and stores them: one per store at a time (the daemon's
+    writer process, or an offline command holding the store lock)."""
 
-    def __init__(self, root: Path, catalog_path: Path, key: bytes, reads: bool = False) -> None:
+    def __init__(self, root: Path, catalog_path: Path, key: bytes) -> None:
         self.root = root
-        self.catalog_path = catalog_path
         self.key = key
-        self.reads = reads
-        self.conn = sqlite3.connect(catalog_path, isolation_level=None, check_same_thread=False)
+        self.conn = sqlite3.connect(catalog_path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         row = self.conn.execute("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         self.seq, self.mac = (row[0], row[1]) if row else (0, ZERO_MAC)
+
+    def write(self, items: list[tuple], durable: bool) -> None:
+        """Store `items` (records without seq) in one transaction; `durable`:
+        synced to disk, the head too."""
+        if not items and not durable:
+            return
+        rows = []
+        seq, mac = self.seq, self.mac
+        for item in items:
+            seq += 1
+            row = (seq, *item)
+            mac = mac_of(self.key, mac, row)
+            rows.append((*row, mac))
+        if durable:
+            self.conn.execute("PRAGMA synchronous=FULL")
+        try:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(_INSERT, rows)
+            self.conn.execute("COMMIT")
+        finally:
+            if durable:
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.seq, self.mac = seq, mac
+        self._write_head(durable)
+
+    def _write_head(self, durable: bool) -> None:
+        doc = {"seq": self.seq, "mac": self.mac.hex(), "tag": head_tag(self.key, self.seq, self.mac)}
+        tmp = self.root / (HEAD_NAME + ".part")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(doc).encode())
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.root / HEAD_NAME)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_INSERT = f"INSERT INTO audit ({', '.join(FIELDS)}, mac) VALUES ({', '.join('?' * (len(FIELDS) + 1))})"
+
+
+class AuditLog:
+    """The daemon's side of the chain.
+
+    `record()` appends a tuple to a list (about a microsecond). A thread
+    hands the list every `BATCH_S` seconds, pickled, through a pipe to a
+    writer process (`python -m seldonfs.audit`), which MACs and stores it.
+    MACs and SQLite thus run beside the request loop, not under its GIL; and
+    what reached the pipe is written even if this process is killed."""
+
+    def __init__(
+        self, root: Path, catalog_path: Path, key: bytes, reads: bool = False, lock_fd: int | None = None
+    ) -> None:
+        self.root = root
+        self.catalog_path = catalog_path
+        self.reads = reads
         self.queue: list[tuple] = []
+        self.sent = ChainWriter(root, catalog_path, key).seq  # records handed on so far
         self._qlock = threading.Lock()  # the queue
-        self._wlock = threading.Lock()  # one writer at a time, and the connection
+        self._plock = threading.Lock()  # the pipes
         self._procs: dict[int, tuple[str, float]] = {}
+        to_child, self._out = os.pipe()
+        self._in, from_child = os.pipe()
+        # The writer inherits the store lock (`lock_fd`): after a kill -9 of
+        # the daemon the store stays locked until it has stored the rest.
+        keep = (to_child, from_child) + ((lock_fd,) if lock_fd is not None else ())
+        self.child = subprocess.Popen(
+            [sys.executable, "-m", "seldonfs.audit", str(root), str(catalog_path), str(to_child), str(from_child)],
+            pass_fds=keep, stdin=subprocess.DEVNULL, close_fds=True,
+        )
+        os.close(to_child)
+        os.close(from_child)
+        self._send(key)  # the key goes by the pipe, never by argv
+        self._dead = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="audit-sender", daemon=True)
         self._thread.start()
 
     def record(
@@ -150,56 +229,37 @@ class AuditLog:
 
     def _run(self) -> None:
         while not self._stop.wait(BATCH_S):
-            try:
-                self.write(durable=False)
-            except Exception:  # keep writing later batches; say so loudly
-                log.exception("audit: writing a batch failed")
+            self.flush(durable=False)
 
-    def write(self, durable: bool) -> None:
-        """MAC and store what is queued; `durable`: fsync it too."""
-        with self._wlock:
+    def _send(self, obj: object) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        _write_all(self._out, struct.pack("<I", len(data)) + data)
+
+    def flush(self, durable: bool) -> None:
+        """Hand on what is queued; `durable`: wait until the writer has it on disk."""
+        with self._plock:
+            if self._dead:
+                return
             with self._qlock:
                 items, self.queue = self.queue, []
             if not items and not durable:
                 return
-            rows = []
-            seq, mac = self.seq, self.mac
-            for item in items:
-                seq += 1
-                row = (seq, *item)
-                mac = mac_of(self.key, mac, row)
-                rows.append((*row, mac))
-            if durable:
-                self.conn.execute("PRAGMA synchronous=FULL")
             try:
-                self.conn.execute("BEGIN")
-                self.conn.executemany(
-                    f"INSERT INTO audit ({', '.join(FIELDS)}, mac) VALUES ({', '.join('?' * (len(FIELDS) + 1))})",
-                    rows,
-                )
-                self.conn.execute("COMMIT")
-            finally:
-                if durable:
-                    self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.seq, self.mac = seq, mac
-            if rows or durable:
-                self._write_head(durable)
+                self._send((items, durable))
+                self.sent += len(items)
+                if durable and os.read(self._in, 1) != b"k":
+                    raise OSError(errno.EPIPE, "writer gone")
+            except OSError as e:
+                self._dead = True
+                log.error("audit writer process gone (%s): records from now on are lost", e)
 
-    def _write_head(self, durable: bool) -> None:
-        doc = {"seq": self.seq, "mac": self.mac.hex(), "tag": head_tag(self.key, self.seq, self.mac)}
-        tmp = self.root / (HEAD_NAME + ".part")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(doc).encode())
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.root / HEAD_NAME)
+    def sync(self) -> None:
+        """Every queued record on disk, durably: before a data fsync is answered."""
+        self.flush(durable=True)
 
     def jsonl(self) -> Iterator[bytes]:
         """The chain as JSON lines (system/logs/audit.jsonl), up to now."""
-        self.write(durable=False)
+        self.flush(durable=True)
         conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True)
         try:
             for r in conn.execute(f"SELECT {', '.join(FIELDS)}, mac FROM audit ORDER BY seq"):
@@ -210,17 +270,64 @@ class AuditLog:
 
     @property
     def count(self) -> int:
-        return self.seq + len(self.queue)
-
-    def sync(self) -> None:
-        """Every queued record on disk, durably: before a data fsync is answered."""
-        self.write(durable=True)
+        return self.sent + len(self.queue)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        self.write(durable=True)
-        self.conn.close()
+        self.flush(durable=True)
+        os.close(self._out)  # end of input: the writer exits
+        os.close(self._in)
+        try:
+            self.child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            log.error("audit writer did not exit; killing it")
+            self.child.kill()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int) -> None:
+    """The writer process: (items, durable) messages until end of input.
+    It ignores SIGINT/SIGTERM: the daemon's unmount ends it (end of input),
+    and a killed daemon still gets everything it had handed on stored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def message() -> object:
+        head = _read_exact(fd_in, 4)
+        if head is None:
+            return None
+        data = _read_exact(fd_in, struct.unpack("<I", head)[0])
+        return None if data is None else pickle.loads(data)
+
+    key = message()
+    if not isinstance(key, bytes):
+        return
+    w = ChainWriter(root, catalog_path, key)
+    try:
+        while (msg := message()) is not None:
+            items, durable = msg  # type: ignore[misc]
+            w.write(items, durable)
+            if durable:
+                os.write(fd_out, b"k")
+    finally:
+        w.write([], durable=True)
+        w.close()
 
 
 def append_offline(root: Path, catalog_path: Path, key: bytes, op: str, detail: str) -> None:
@@ -230,11 +337,12 @@ def append_offline(root: Path, catalog_path: Path, key: bytes, op: str, detail: 
     cat = Catalog(catalog_path)
     cat.migrate()  # a store not mounted since an upgrade
     cat.close()
-    a = AuditLog(root, catalog_path, key)
+    w = ChainWriter(root, catalog_path, key)
     try:
-        a.record(op, os.getuid(), os.getgid(), os.getpid(), "", detail=detail)
+        item = (time.time_ns(), os.getuid(), os.getgid(), os.getpid(), "seldonfs", op, "", "", "OK", 0, detail)
+        w.write([item], durable=True)
     finally:
-        a.close()
+        w.close()
 
 
 # ---------------------------------------------------------------- reading
@@ -357,3 +465,7 @@ def query(
         ):
             continue
         yield rec
+
+
+if __name__ == "__main__":  # the writer process of a mount (AuditLog)
+    writer_main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

@@ -170,7 +170,7 @@ def open_content(ident: dict, source: KeySource) -> ContentLayer:
     return EncryptedContent(keys.unlock(block, source), block["current_key_id"], block["block_size"])
 
 
-def open_audit(store: Store, cfg: Config, content: ContentLayer) -> AuditLog | None:
+def open_audit(store: Store, cfg: Config, content: ContentLayer, lock_fd: int) -> AuditLog | None:
     """The audit chain's writer (None when `[audit] enabled = false`); makes
     the audit key at the first mount of a store."""
     if not cfg.audit.enabled:
@@ -180,7 +180,7 @@ def open_audit(store: Store, cfg: Config, content: ContentLayer) -> AuditLog | N
     if not (store.root / audit.KEY_NAME).exists():
         audit.create_key(store.root, keys_, kid)
     key = audit.load_key(store.root, keys_)
-    return audit.AuditLog(store.root, store.catalog_path, key, reads=cfg.audit.reads)
+    return audit.AuditLog(store.root, store.catalog_path, key, reads=cfg.audit.reads, lock_fd=lock_fd)
 
 
 def virtual_files(store: Store, mountpoint: Path, core: Core, auditlog: AuditLog | None) -> Virtual:
@@ -230,7 +230,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         rules = Rules(cfg)
         if rules.any_policy:
             core.policy = Policy(core, rules, catalog, writeback)
-        auditlog = open_audit(store, cfg, prep.content)
+        auditlog = open_audit(store, cfg, prep.content, lock.fd)
         if core.policy is not None:
             core.policy.audit = auditlog
         core.virtual = virtual_files(store, mountpoint, core, auditlog)
