@@ -65,6 +65,7 @@ XATTR_JOB = b"user.seldon.job"  # the writer may set this one
 XATTR_VERSIONS = b"user.seldon.versions"  # virtual, read: JSON list
 XATTR_RESTORE = b"user.seldon.restore"  # virtual, write: version number
 XATTR_RELEASE = b"user.seldon.release"  # virtual, write: b"" or b"force"
+XATTR_VERSION_OF = b"user.seldon.version"  # on a stored version: [path, saved_ns, cause]
 
 
 @dataclass(slots=True)
@@ -714,15 +715,18 @@ class Policy:
                 return
             vdir = self._walk(VERSIONS_DIR)
             dst = os.open(stored, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=vdir)
+            saved_ns = time.time_ns()
             try:
                 _copy(src, dst)
+                # what the catalog row says, kept with the copy: fsck rebuilds from it
+                os.setxattr(dst, XATTR_VERSION_OF, json.dumps([rel, saved_ns, cause]).encode())
             finally:
                 os.close(dst)
         finally:
             os.close(src)
         self.catalog.conn.execute(
             "INSERT INTO versions (path, stored, saved_ns, size, cause) VALUES (?, ?, ?, ?, ?)",
-            (rel, stored, time.time_ns(), size, cause),
+            (rel, stored, saved_ns, size, cause),
         )
         old = self.catalog.conn.execute(
             "SELECT id, stored FROM versions WHERE path = ? ORDER BY id DESC LIMIT -1 OFFSET ?",

@@ -205,3 +205,58 @@ def test_key_changes_are_recorded(tmp_path: Path) -> None:
     assert [r["op"] for r in records(store)][-2:] == ["passwd", "rekey"]
     assert verify(store).returncode == 0
     make_chain(store, tmp_path)  # mounts and records under the new master key
+
+
+def test_fsck_rebuilds_a_deleted_catalog(store: Path, tmp_path: Path) -> None:
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        for i in range(3):
+            (m / "input" / "raw" / f"d{i}.json").write_text(json.dumps({"i": i}))
+        (m / "input" / "raw" / "bad.json").write_text("{")
+        r = m / "output" / "reports" / "r.csv"
+        r.write_text("a\n1\n")
+        r.write_text("a\n2\n")
+    before = sorted(records_of(store, "SELECT path, sha256, job FROM files WHERE verdict = 'ok'"))
+    assert len(before) == 3
+    assert seldonfs("fsck", store, *key_args(store)).returncode == 0
+    (store / "catalog.sqlite").unlink()
+    for p in store.glob("catalog.sqlite-*"):
+        p.unlink()
+    r = seldonfs("fsck", store, *key_args(store))
+    assert r.returncode == 26 and "catalog.sqlite missing" in r.stdout
+    r = seldonfs("fsck", store, "--rebuild", *key_args(store))
+    assert r.returncode == 26  # rebuilt, but the audit chain is lost for good
+    assert "cannot repair: the audit chain is gone" in r.stdout
+    assert "rebuilt: 3 files, 1 quarantine, 1 versions" in r.stdout
+    assert sorted(records_of(store, "SELECT path, sha256, job FROM files")) == before
+    (q,) = records_of(store, "SELECT origin, reason FROM quarantine")
+    assert q[0] == "input/raw/bad.json" and "not valid JSON" in q[1]
+    (audit_head := store / "audit.head").unlink()  # accept the loss: a new chain starts
+    with mounted(store, m):  # names go on after the highest one in data/
+        (m / "input" / "raw" / "d9.json").write_text("{}")
+        assert json.loads(seldonfs("versions", m / "output" / "reports" / "r.csv", "--json").stdout)[0]["size"] == 4
+    seqs = sorted(int(n.split("-")[8].split("_")[0]) for n in os.listdir(store / "data" / "input" / "raw"))
+    assert len(set(seqs)) == 4
+    assert seldonfs("fsck", store, *key_args(store)).returncode == 0
+    assert not audit_head.exists() or verify(store).returncode == 0
+
+
+def records_of(store: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(store / "catalog.sqlite")
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_fsck_finds_and_repairs_drift(store: Path, tmp_path: Path) -> None:
+    with mounted(store, tmp_path / "mnt"):
+        (tmp_path / "mnt" / "input" / "raw" / "a.json").write_text("{}")
+    (f,) = (store / "data" / "input" / "raw").iterdir()
+    f.unlink()  # behind the mount's back
+    r = seldonfs("fsck", store, *key_args(store))
+    assert r.returncode == 26 and f"files: record for input/raw/{f.name}, which is gone" in r.stdout
+    r = seldonfs("fsck", store, "--rebuild", *key_args(store))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert seldonfs("fsck", store, *key_args(store)).returncode == 0
+    assert verify(store).returncode == 0  # the chain was kept

@@ -1,0 +1,58 @@
+"""seldonfs fsck STORE [--rebuild]: check the catalog against data/.
+
+Lists what the catalog lacks or holds in excess (file records, quarantine
+and version rows, sequence numbers). `--rebuild` rebuilds all of it from
+data/ (checksums and types from the plaintext: the key of an encrypted
+store is needed), keeping the audit chain. Exit 26 when damage remains:
+any problem without --rebuild, or one --rebuild cannot repair (a lost or
+unreadable audit chain). The store must not be mounted (exit 11).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import config, fsck
+from ..content import PlainContent
+from ..errors import DamageFound
+from ..keys import unlock
+from ..store import Store, StoreLock
+from .common import add_key_args, key_source, progress
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fsck", help="check the catalog against the store, or rebuild it", description=__doc__)
+    p.add_argument("store", type=Path, metavar="STORE")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the catalog from data/ (not the audit chain)")
+    add_key_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    store = Store(args.store.resolve())
+    ident = store.identity()
+    cfg = config.load(store.config_path)
+    lock = StoreLock(store)
+    lock.acquire()
+    try:
+        block = ident.get("encryption")
+        if block is None:
+            content = PlainContent()
+        else:
+            from ..blockformat import EncryptedContent
+
+            content = EncryptedContent(unlock(block, key_source(args)), block["current_key_id"], block["block_size"])
+        rep = fsck.check(store, cfg, content, args.rebuild, lambda it, n: progress(it, n, "checking"))
+    finally:
+        lock.release()
+    for p in rep.problems:
+        print(p)
+    for p in rep.fatal:
+        print(f"cannot repair: {p}")
+    if rep.rebuilt:
+        print("rebuilt: " + ", ".join(f"{n} {t}" for t, n in rep.rebuilt.items()))
+    left = rep.fatal + ([] if args.rebuild else rep.problems)
+    if left:
+        raise DamageFound(f"{store.root}: {len(left)} problem(s)" + ("" if args.rebuild else "; --rebuild repairs the catalog"))
+    print("catalog consistent with data/" if not rep.problems else "catalog rebuilt")

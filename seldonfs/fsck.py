@@ -1,0 +1,199 @@
+"""Check the catalog against data/, and rebuild it from data/.
+
+Everything in the catalog but the audit chain can be rebuilt from the
+store (SPEC §1): file records from the files under commit rules (checksum
+and type from their plaintext), quarantine rows from the files in the
+quarantine folders and their `user.seldon.*` attributes, version rows from
+the copies in data/.seldon/versions and their `user.seldon.version`
+attribute, sequence numbers from the managed names. The audit chain cannot
+be rebuilt: a missing or unreadable one is damage fsck reports and cannot
+repair.
+
+Callers hold the store lock (the store is not mounted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import sqlite3
+import stat as stat_m
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import audit, validation
+from .catalog import Catalog
+from .config import Config
+from .content import ContentLayer
+from .naming import FIELDS, Template, is_temporary
+from .policy import PRIVATE_DIR, VERSIONS_DIR, XATTR_ORIGIN, XATTR_REASON, XATTR_VERSION_OF, _commits
+from .rules import Rules
+from .store import Store
+
+
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)  # repairable with --rebuild
+    fatal: list[str] = field(default_factory=list)  # not repairable
+    rebuilt: dict[str, int] = field(default_factory=dict)
+
+
+def _walk(data: Path) -> Iterator[str]:
+    """Regular files under data/ as paths relative to it (no symlink followed)."""
+    for dirpath, dirnames, filenames in os.walk(data, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = os.path.join(dirpath, name)
+            if stat_m.S_ISREG(os.lstat(p).st_mode):
+                yield os.path.relpath(p, data)
+
+
+def _managed_parts(template: Template, name: str) -> dict[str, str] | None:
+    """The fields of a managed name (job, seq, name), or None."""
+    rx = "".join(
+        re.escape(lit) + (f"(?P<{f}>{FIELDS[f]})" if f in ("job", "seq", "name") else (FIELDS[f] if f else ""))
+        for lit, f, _, _ in _parse(template.text)
+    )
+    m = re.fullmatch(rx, name, re.DOTALL)
+    return m.groupdict() if m else None
+
+
+def _parse(text: str) -> Iterator[tuple[str, str | None, str, str | None]]:
+    import string
+
+    for lit, f, spec, conv in string.Formatter().parse(text):
+        yield lit, f, spec or "", conv
+
+
+def check(
+    store: Store, cfg: Config, content: ContentLayer, rebuild: bool,
+    progress: Callable[[Iterator[str], int], Iterator[str]] = lambda it, n: it,
+) -> Report:
+    rep = Report()
+    rules = Rules(cfg)
+    qdirs = {cfg.policy.quarantine} | {r.quarantine for r in cfg.folders if r.quarantine}
+    head = audit.read_head(store.root)
+    try:
+        cat = Catalog(store.catalog_path) if store.catalog_path.exists() else None
+        if cat is not None:
+            cat.conn.execute("SELECT count(*) FROM meta").fetchone()
+    except sqlite3.DatabaseError as e:
+        rep.fatal.append(f"catalog.sqlite unreadable: {e}")
+        if not rebuild:
+            return rep
+        store.catalog_path.rename(store.catalog_path.with_suffix(f".broken-{time.time_ns()}"))
+        cat = None
+    if cat is None:
+        if head is not None and int(head.get("seq", 0)) > 0:
+            rep.fatal.append(f"the audit chain is gone: {audit.HEAD_NAME} names {head['seq']} records")
+        if not rebuild:
+            rep.problems.append("catalog.sqlite missing")
+            return rep
+        cat = Catalog.create(store.catalog_path)
+    cat.migrate()
+    conn = cat.conn
+    try:
+        files = [p for p in _walk(store.data) if not p.startswith(PRIVATE_DIR + "/")]
+        want_files, want_q, seqs = [], [], {}
+        for rel in progress(iter(files), len(files)):
+            d, name = posixpath.split(rel)
+            if d in qdirs:
+                want_q.append(_quarantine_row(store, rel))
+                continue
+            rule = rules.for_dir(d)
+            if not _commits(rule) or is_temporary(name, cfg.policy.temp_patterns):
+                continue
+            assert rule is not None
+            job, original = "", name
+            if rule.naming:
+                parts = _managed_parts(Template(rule.naming), name)
+                if parts is None:
+                    rep.problems.append(f"{rel}: under a naming rule but never committed")
+                    continue
+                job, original = parts.get("job") or "", parts.get("name") or name
+                if parts.get("seq"):
+                    seqs[job] = max(seqs.get(job, 0), int(parts["seq"]))
+            want_files.append((rel, original, job, _verdict(store, rel, rule, content)))
+        rep.problems += _compare(conn, "files", {r[0] for r in want_files}, "verdict = 'ok'")
+        rep.problems += _compare(conn, "quarantine", {r[0] for r in want_q}, "released_ns IS NULL")
+        vrows = _version_rows(store, content)
+        rep.problems += _compare(conn, "versions", {r[1] for r in vrows}, column="stored")
+        for job, top in seqs.items():
+            row = conn.execute("SELECT next FROM sequences WHERE job = ?", (job,)).fetchone()
+            if row is None or row[0] <= top:
+                rep.problems.append(f"sequence of job {job} behind its names (next {row[0] if row else 'none'}, seen {top})")
+        if rebuild:
+            with conn:
+                conn.execute("BEGIN")
+                conn.execute("DELETE FROM files")
+                conn.executemany(
+                    "INSERT INTO files (path, original_name, job, size, sha256, mime, verdict, reason, committed_ns)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'ok', '', ?)",
+                    [(rel, orig, job, v.size, v.sha256, v.mime, ns) for rel, orig, job, (v, ns) in want_files],
+                )
+                conn.execute("DELETE FROM quarantine WHERE released_ns IS NULL")
+                conn.executemany(
+                    "INSERT INTO quarantine (path, origin, reason, at_ns) VALUES (?, ?, ?, ?)", want_q
+                )
+                conn.execute("DELETE FROM versions")
+                conn.executemany(
+                    "INSERT INTO versions (path, stored, saved_ns, size, cause) VALUES (?, ?, ?, ?, ?)", vrows
+                )
+                for job, top in seqs.items():
+                    conn.execute(
+                        "INSERT INTO sequences VALUES (?, ?) ON CONFLICT(job) DO UPDATE"
+                        " SET next = max(next, excluded.next)", (job, top + 1),
+                    )
+            rep.rebuilt = {"files": len(want_files), "quarantine": len(want_q), "versions": len(vrows)}
+    finally:
+        cat.close()
+    return rep
+
+
+def _verdict(store: Store, rel: str, rule, content: ContentLayer):
+    fd = os.open(store.data / rel, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        size = content.plain_size(st.st_size)
+        v = validation.check_content(rule, posixpath.basename(rel), size, content.attach(fd).read)
+        return v, st.st_mtime_ns
+    finally:
+        os.close(fd)
+
+
+def _quarantine_row(store: Store, rel: str) -> tuple[str, str, str, int]:
+    p = store.data / rel
+    def attr(key: bytes) -> str:
+        try:
+            return os.getxattr(p, key, follow_symlinks=False).decode("utf-8", "replace")
+        except OSError:
+            return ""
+    return rel, attr(XATTR_ORIGIN), attr(XATTR_REASON), os.lstat(p).st_mtime_ns
+
+
+def _version_rows(store: Store, content: ContentLayer) -> list[tuple[str, str, int, int, str]]:
+    vdir = store.data / VERSIONS_DIR
+    rows = []
+    if not vdir.is_dir():
+        return rows
+    for p in sorted(vdir.iterdir()):
+        try:
+            path, saved_ns, cause = json.loads(os.getxattr(p, XATTR_VERSION_OF, follow_symlinks=False))
+        except (OSError, ValueError):
+            continue  # a copy from before the attribute: unknown origin
+        rows.append((path, p.name, int(saved_ns), content.plain_size(p.stat().st_size), cause))
+    return rows
+
+
+def _compare(conn: sqlite3.Connection, table: str, want: set[str], where: str = "1", column: str = "path") -> list[str]:
+    have = {r[0] for r in conn.execute(f"SELECT {column} FROM {table} WHERE {where}")}
+    out = [f"{table}: no record for {p}" for p in sorted(want - have)[:20]]
+    out += [f"{table}: record for {p}, which is gone" for p in sorted(have - want)[:20]]
+    extra = len(want ^ have) - len(out)
+    if extra > 0:
+        out.append(f"{table}: {extra} more")
+    return out
