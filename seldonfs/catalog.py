@@ -18,7 +18,10 @@ from . import FORMAT_VERSION
 CATALOG_NAME = "catalog.sqlite"
 
 #: Schema version of the catalog; migrations move older catalogs forward.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+#: Columns added after a table first shipped: (table, column, type).
+ADDED_COLUMNS = (("files", "ino", int), ("files", "ingest_ns", int))
 
 
 class NoSuchRowError(KeyError):
@@ -40,9 +43,13 @@ def create_tables(db: sqlite_utils.Database) -> None:
     #   verdict       - 'ok' or 'quarantined'
     #   reason        - why it was quarantined ('' when ok)
     #   committed_ns  - commit time
+    #   ino           - inode number (the backing file's; stable while it exists)
+    #   ingest_ns     - when the file was created through the mount (0 or NULL:
+    #                   unknown, e.g. renamed in, or rebuilt by fsck)
     db["files"].create(
         {"id": int, "path": str, "original_name": str, "job": str, "size": int,
-         "sha256": str, "mime": str, "verdict": str, "reason": str, "committed_ns": int},
+         "sha256": str, "mime": str, "verdict": str, "reason": str, "committed_ns": int,
+         "ino": int, "ingest_ns": int},
         pk="id", if_not_exists=True,
     )
     db["files"].create_index(["path"], if_not_exists=True)
@@ -131,9 +138,13 @@ class Catalog:
         return row[0]
 
     def migrate(self) -> None:
-        """Bring a catalog of an older schema up to this one (tables are
-        only ever added so far, so creating the missing ones is enough)."""
+        """Bring a catalog of an older schema up to this one: missing tables
+        are created, missing columns added (schema 2 -> 3: files.ino,
+        files.ingest_ns). Never drops anything."""
         create_tables(self.db)
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in self.db[table].columns_dict:
+                self.db[table].add_column(column, kind)
         self.conn.execute(
             "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )

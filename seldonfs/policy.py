@@ -166,6 +166,7 @@ class Policy:
         self.nursery: trio.Nursery | None = None  # for those; set by the mount
         self._jobs: dict[int, tuple[str | None, float]] = {}  # pid -> (job, until)
         self.job_attrs: dict[int, str] = {}  # ino -> user.seldon.job set through the mount
+        self.ingested: dict[int, int] = {}  # ino -> when created, until its commit record
         self._rows: list[tuple] = []  # file records waiting for their batch
         self._dirfds: dict[str, int] = {}  # directories opened in the current scope
         self.audit: AuditLog | None = None  # set by the mount when auditing
@@ -280,6 +281,8 @@ class Policy:
 
     def on_handle(self, ino: int, t: Tracked) -> None:
         self.writers[ino] = self.writers.get(ino, 0) + 1
+        if t.created and t.commits:
+            self.ingested[ino] = time.time_ns()
 
     def on_write(self, ino: int, t: Tracked, off: int, size: int, content: FileContent) -> None:
         end = off + size
@@ -315,6 +318,7 @@ class Policy:
             self.writers[ino] = n
         else:
             self.writers.pop(ino, None)
+            self.ingested.pop(ino, None)  # committed by now, or never will be
 
     def _check_floor(self) -> None:
         now = time.monotonic()
@@ -432,7 +436,7 @@ class Policy:
         self.dirty.discard(ino)
         if not verdict.ok:
             self.quarantine(rel, rule, verdict.reasons)
-            self._record(rel, name, "", verdict, "quarantined")
+            self._record(rel, name, "", verdict, "quarantined", ino)
             return errno.EACCES if rule.on_invalid == "reject" else None
         new_dir, new_name = d, name
         if rule.route:
@@ -454,7 +458,7 @@ class Policy:
         dest = self._place(rel, new_dir, new_name, name, template, job_id, rule)
         if dest is None:
             return errno.EACCES if rule.on_invalid == "reject" else None
-        self._record(dest, name, job_id, verdict, "ok")
+        self._record(dest, name, job_id, verdict, "ok", ino)
         self._audit("commit", rel, dest, f"sha256={verdict.sha256} mime={verdict.mime} job={job_id}".strip())
         if dest != rel:
             parent = self._dir_ino(d)
@@ -593,13 +597,16 @@ class Policy:
         if self.audit is not None:
             self.audit.record(op, 0, 0, os.getpid(), path, path2, result, 0, detail)
 
-    def _record(self, path: str, original: str, job: str, v: validation.Verdict, verdict: str) -> None:
+    def _record(
+        self, path: str, original: str, job: str, v: validation.Verdict, verdict: str, ino: int = 0
+    ) -> None:
         """A file record for the catalog, written with the next batch: one
         SQLite transaction per file would cost more than the commit itself.
         Everything in these records can be rebuilt from data/."""
-        self._rows.append(
-            (path, original, job, v.size, v.sha256, v.mime, verdict, "; ".join(v.reasons), time.time_ns())
-        )
+        self._rows.append((
+            path, original, job, v.size, v.sha256, v.mime, verdict, "; ".join(v.reasons), time.time_ns(),
+            ino, self.ingested.pop(ino, 0),
+        ))
         if len(self._rows) >= 1000:
             self.write_rows()
 
@@ -610,8 +617,8 @@ class Policy:
         with self.catalog.conn:  # one transaction
             self.catalog.conn.execute("BEGIN")
             self.catalog.conn.executemany(
-                "INSERT INTO files (path, original_name, job, size, sha256, mime, verdict, reason, committed_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO files (path, original_name, job, size, sha256, mime, verdict, reason, committed_ns,"
+                " ino, ingest_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 

@@ -260,3 +260,24 @@ def test_fsck_finds_and_repairs_drift(store: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert seldonfs("fsck", store, *key_args(store)).returncode == 0
     assert verify(store).returncode == 0  # the chain was kept
+
+
+def test_file_records_and_old_catalogs(tmp_path: Path) -> None:
+    from .conftest import init_store
+
+    store = init_store(tmp_path / "store", encrypted=False)
+    conn = sqlite3.connect(store / "catalog.sqlite")  # a schema-2 catalog: no ino, ingest_ns
+    conn.execute("DROP TABLE files")
+    conn.execute("CREATE TABLE files (id INTEGER PRIMARY KEY, path TEXT, original_name TEXT, job TEXT,"
+                 " size INTEGER, sha256 TEXT, mime TEXT, verdict TEXT, reason TEXT, committed_ns INTEGER)")
+    conn.commit()
+    conn.close()
+    t0 = time.time_ns()
+    with mounted(store, tmp_path / "mnt"):
+        (tmp_path / "mnt" / "input" / "raw" / "x.json").write_text('{"x": 1}')
+    ((path, orig, size, sha, mime, ino, ingest, committed),) = records_of(
+        store, "SELECT path, original_name, size, sha256, mime, ino, ingest_ns, committed_ns FROM files")
+    assert orig == "x.json" and size == 8 and mime == "application/json"
+    assert ino == (store / "data" / path).stat().st_ino and t0 < ingest <= committed
+    import hashlib
+    assert sha == hashlib.sha256(b'{"x": 1}').hexdigest()
