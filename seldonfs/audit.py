@@ -440,18 +440,10 @@ def query(
     path: str | None = None, uid: int | None = None, op: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     where, args = [], []
-    if since_ns is not None:
-        where.append("ns >= ?")
-        args.append(since_ns)
-    if until_ns is not None:
-        where.append("ns < ?")
-        args.append(until_ns)
-    if uid is not None:
-        where.append("uid = ?")
-        args.append(uid)
-    if op is not None:
-        where.append("op = ?")
-        args.append(op)
+    for clause, value in (("ns >= ?", since_ns), ("ns < ?", until_ns), ("uid = ?", uid), ("op = ?", op)):
+        if value is not None:
+            where.append(clause)
+            args.append(value)
     if path is not None and not any(c in path for c in "*?["):
         where.append("(path = ? OR path2 = ?)")  # indexed
         args += [path, path]
