@@ -208,7 +208,10 @@ class AuditLog:
         self, op: str, uid: int, gid: int, pid: int, path: str, path2: str = "",
         result: str = "OK", nbytes: int = 0, detail: str = "",
     ) -> None:
-        item = (time.time_ns(), uid, gid, pid, self._proc(pid), op, path, path2, result, nbytes, detail)
+        item = (
+            time.time_ns(), uid, gid, pid, self._proc(pid), op, _text(path), _text(path2), result, nbytes,
+            _text(detail),
+        )
         with self._qlock:
             self.queue.append(item)
 
@@ -285,6 +288,18 @@ class AuditLog:
             self.child.kill()
 
 
+def _text(s: str) -> str:
+    """Valid UTF-8 text for the record: a name that is not UTF-8 (its bytes
+    came in as surrogates, see os.fsdecode) shows them as \\xNN."""
+    if s.isascii():
+        return s
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -322,7 +337,11 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int) -> None
     try:
         while (msg := message()) is not None:
             items, durable = msg  # type: ignore[misc]
-            w.write(items, durable)
+            try:
+                w.write(items, durable)
+            except Exception as e:  # keep the chain going; the log says what was lost
+                print(f"seldonfs: ERROR audit writer: {len(items)} records lost: {e!r}", file=sys.stderr)
+                w.conn.rollback() if w.conn.in_transaction else None
             if durable:
                 os.write(fd_out, b"k")
     finally:
