@@ -341,7 +341,8 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int) -> None
                 w.write(items, durable)
             except Exception as e:  # keep the chain going; the log says what was lost
                 print(f"seldonfs: ERROR audit writer: {len(items)} records lost: {e!r}", file=sys.stderr)
-                w.conn.rollback() if w.conn.in_transaction else None
+                if w.conn.in_transaction:
+                    w.conn.rollback()
             if durable:
                 os.write(fd_out, b"k")
     finally:
