@@ -289,6 +289,8 @@ class Core:
         if node.nlookup <= 0:
             del self.nodes[ino]
             os.close(node.fd)
+            if self.policy is not None:
+                self.policy.forget(ino)
 
     # ------------------------------------------------------------ attributes
 

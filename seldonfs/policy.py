@@ -276,6 +276,12 @@ class Policy:
                 t.version_on_write = True
         return t
 
+    def forget(self, ino: int) -> None:
+        """The kernel let go of `ino`: drop what was kept about it."""
+        self.checked.pop(ino, None)
+        self.dirty.discard(ino)
+        self.job_attrs.pop(ino, None)
+
     def _size(self, ino: int) -> int:
         return self.core.content.plain_size(os.fstat(self.core.node_fd(ino)).st_size)
 
