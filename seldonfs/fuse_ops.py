@@ -149,7 +149,11 @@ class SeldonOperations(pyfuse3.Operations):
                 g = self.policy.grace_target(parent_inode, name, ctx.pid)
                 if g is None:
                     raise  # not for this process: say so without caching it
-                e = self._entry(self.core.lookup_path(g.rel))
+                if g.parent is not None and g.parent in self.core.nodes:
+                    st = self.core.lookup(g.parent, g.name)  # tar's utimensat after close: cheap
+                else:
+                    st = self.core.lookup_path(g.rel)
+                e = self._entry(st)
                 e.entry_timeout = 0  # others must not see the old name
                 return e
             # inode 0 is a negative entry the kernel may cache

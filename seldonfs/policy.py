@@ -93,6 +93,8 @@ class Grace:
     ino: int
     pid: int
     until: float
+    parent: int | None = None  # the kernel's inode of its new directory, if it holds it
+    name: bytes = b""  # its new name
 
 
 class _Scope:
@@ -468,15 +470,17 @@ class Policy:
         self._audit("commit", rel, dest, f"sha256={verdict.sha256} mime={verdict.mime} job={job_id}".strip())
         if dest != rel:
             parent = self._dir_ino(d)
+            new_dir = posixpath.dirname(dest)
+            new_parent = parent if new_dir == d else self._dir_ino(new_dir)
             if parent is not None:
                 self._add_grace(
                     parent, os.fsencode(name),
-                    Grace(dest, ino, pid, time.monotonic() + self.pol.grace),
+                    Grace(dest, ino, pid, time.monotonic() + self.pol.grace, new_parent,
+                          os.fsencode(posixpath.basename(dest))),
                 )
                 if notify_old:
                     self.notify_gone(parent, os.fsencode(name))
-            if posixpath.dirname(dest) != d:  # routed: the kernel may think the name free
-                new_parent = self._dir_ino(posixpath.dirname(dest))
+            if new_dir != d:  # routed: the kernel may think the name free
                 if new_parent is not None:
                     self.notify_gone(new_parent, os.fsencode(posixpath.basename(dest)))
             log.debug("committed %s as %s", rel, dest)
