@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import as_user, key_args, mounted, needs_fuse, needs_root, seldonfs, unmount, wait_for
+from .conftest import as_user, key_args, mounted, needs_fuse, needs_root, seldonfs, unmount
 
 pytestmark = needs_fuse
 
