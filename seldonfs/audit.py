@@ -84,11 +84,17 @@ def load_key(root: Path, keys: dict[int, bytes] | None) -> bytes:
         raise SeldonError(f"{root / KEY_NAME}: missing: the audit chain cannot be verified") from None
     except (OSError, ValueError) as e:
         raise SeldonError(f"{root / KEY_NAME}: unreadable: {e}") from None
-    if "key" in doc:
-        return bytes.fromhex(doc["key"])
-    if keys is None or int(doc["key_id"]) not in keys:
-        raise SeldonError(f"{root / KEY_NAME}: wrapped by a key this store no longer has")
-    return crypto.unwrap_key(keys[int(doc["key_id"])], bytes.fromhex(doc["wrapped"]), _WRAP_LABEL)
+    try:
+        if "key" in doc:
+            key = bytes.fromhex(doc["key"])
+            if len(key) != 32:
+                raise ValueError("not 32 bytes")
+            return key
+        if keys is None or int(doc["key_id"]) not in keys:
+            raise SeldonError(f"{root / KEY_NAME}: wrapped by a key this store no longer has")
+        return crypto.unwrap_key(keys[int(doc["key_id"])], bytes.fromhex(doc["wrapped"]), _WRAP_LABEL)
+    except (KeyError, ValueError, crypto.WrongKey):
+        raise SeldonError(f"{root / KEY_NAME}: damaged: the audit key does not unwrap") from None
 
 
 # ---------------------------------------------------------------- records

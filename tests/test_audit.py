@@ -281,3 +281,13 @@ def test_file_records_and_old_catalogs(tmp_path: Path) -> None:
     assert ino == (store / "data" / path).stat().st_ino and t0 < ingest <= committed
     import hashlib
     assert sha == hashlib.sha256(b'{"x": 1}').hexdigest()
+
+
+def test_damaged_audit_key_is_one_line(store: Path, tmp_path: Path) -> None:
+    make_chain(store, tmp_path)
+    doc = json.loads((store / "audit.key").read_text())
+    field = "wrapped" if "wrapped" in doc else "key"
+    doc[field] = "00" * 8 if field == "wrapped" else "zz"
+    (store / "audit.key").write_text(json.dumps(doc))
+    r = verify(store)
+    assert r.returncode == 1 and "audit.key" in r.stderr and "Traceback" not in r.stderr
