@@ -297,7 +297,7 @@ def _parse_folder(name: str, t: Any, where: str, policy: PolicyConfig) -> Folder
         move_to=r.path("move_to", None),
         archive_after=r.duration("archive_after", None),
         patterns=tuple(
-            (glob, _duration(v, where, f"{key}.patterns.{glob}")) for glob, v in patterns.items()
+            (glob, parse_duration(v, where, f"{key}.patterns.{glob}")) for glob, v in patterns.items()
         ),
         remove_empty_dirs=r.get("remove_empty_dirs", bool, False),
         orphan_sessions=r.get("orphan_sessions", bool, False),
@@ -316,7 +316,7 @@ _SIZE_B = {
 }
 
 
-def _duration(v: Any, where: str, key: str) -> float:
+def parse_duration(v: Any, where: str, key: str) -> float:
     m = _DURATION.match(v) if isinstance(v, str) else None
     if m is None:
         raise ConfigError(f"{where}: {key}: want a duration like \"90s\", \"12h\" or \"30d\", have {v!r}")
@@ -369,7 +369,7 @@ class _Reader:
         return v
 
     def duration(self, key: str, default: float | None) -> float | None:
-        return default if key not in self.t else _duration(self.t[key], self.where, self.prefix + key)
+        return default if key not in self.t else parse_duration(self.t[key], self.where, self.prefix + key)
 
     def size(self, key: str, default: int | None) -> int | None:
         if key not in self.t:

@@ -1,0 +1,141 @@
+"""Retention planning: which files the folder rules let go, and why.
+
+`plan(now, cfg, entries)` is a pure function of the time, the rules and an
+inventory of the store; it decides and never touches anything, so it is
+tested without FUSE or a clock. Rules (docs/configuration.md, "retention"):
+`patterns` (name globs with their own max age), `max_age` with `action`,
+`archive_after` (archive before `max_age` deletes), `max_total` and
+`max_files` caps enforced `evict = "oldest"` (mtime) or `"lru"` (atime)
+first, `remove_empty_dirs`. A file follows its deepest folder's table, as
+everywhere; caps count the files under each folder a table governs.
+
+Not yet: carrying the actions out inside the mount (open and locked files
+skipped, schedules, batches), archives, orphan and crash cleanup, emergency
+cleanup; see the issue notes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import stat as stat_m
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, FolderRule
+from .policy import PRIVATE_DIR
+from .rules import Rules
+
+
+@dataclass(frozen=True)
+class Entry:
+    rel: str  # relative to the mount root
+    size: int  # bytes (plaintext)
+    mtime: float
+    atime: float
+    is_dir: bool = False
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # delete, archive, move, rmdir
+    rel: str
+    reason: str
+    rule: str  # the folder table that asked for it
+    size: int = 0
+    dest: str = ""  # archive or move destination folder
+
+
+def human_age(seconds: float) -> str:
+    for unit, s in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= s and seconds % s == 0:
+            return f"{int(seconds // s)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _act(rule: FolderRule, e: Entry, reason: str, kind: str | None = None) -> Action:
+    kind = kind or rule.action
+    dest = rule.archive_to if kind == "archive" else rule.move_to if kind == "move" else None
+    if kind in ("archive", "move") and not dest:
+        kind, reason = "delete", reason + f" ({rule.action} has no destination: deleted)"
+    return Action(kind, e.rel, reason, rule.path, e.size, dest or "")
+
+
+def _governed(rule: FolderRule, rel: str) -> str:
+    """The concrete folder a (possibly glob) table governs `rel` through."""
+    depth = len(rule.path.split("/"))
+    return "/".join(rel.split("/")[:depth])
+
+
+def plan(now: float, cfg: Config, entries: Iterable[Entry]) -> list[Action]:
+    rules = Rules(cfg)
+    actions: list[Action] = []
+    kept: dict[str, list[tuple[FolderRule, Entry]]] = {}  # governed folder -> files left
+    dirs: list[tuple[FolderRule, Entry]] = []
+    children: dict[str, int] = {}
+    for e in entries:
+        if e.rel.split("/")[0] == PRIVATE_DIR:
+            continue
+        parent = posixpath.dirname(e.rel)
+        children[parent] = children.get(parent, 0) + 1
+        rule = rules.for_dir(parent if not e.is_dir else e.rel)
+        if rule is None:
+            continue
+        if e.is_dir:
+            if rule.remove_empty_dirs and e.rel != _governed(rule, e.rel):
+                dirs.append((rule, e))
+            continue
+        age = now - (e.atime if rule.age_by == "atime" else e.mtime)
+        name = posixpath.basename(e.rel)
+        pattern = next(((g, a) for g, a in rule.patterns if fnmatch.fnmatchcase(name, g)), None)
+        if pattern is not None and age > pattern[1]:
+            actions.append(_act(rule, e, f"matches {pattern[0]}, older than {human_age(pattern[1])}", "delete"))
+        elif rule.max_age is not None and age > rule.max_age:
+            actions.append(_act(rule, e, f"older than {human_age(rule.max_age)} ({rule.age_by})"))
+        elif rule.archive_after is not None and age > rule.archive_after:
+            actions.append(_act(rule, e, f"older than {human_age(rule.archive_after)}: archived", "archive"))
+        elif rule.max_total is not None or rule.max_files is not None:
+            kept.setdefault(_governed(rule, e.rel), []).append((rule, e))
+    for folder, files in sorted(kept.items()):
+        rule = files[0][0]
+        order = sorted(files, key=lambda re_: re_[1].atime if rule.evict == "lru" else re_[1].mtime)
+        total, count = sum(e.size for _, e in files), len(files)
+        for r, e in order:
+            over_size = r.max_total is not None and total > r.max_total
+            over_count = r.max_files is not None and count > r.max_files
+            if not (over_size or over_count):
+                break
+            why = f"{folder}/ over its {'size' if over_size else 'file-count'} cap, {rule.evict} first"
+            actions.append(_act(r, e, why))
+            total -= e.size
+            count -= 1
+    removed = {a.rel for a in actions}
+    for parent in (posixpath.dirname(r) for r in removed):
+        children[parent] -= 1
+    for rule, e in sorted(dirs, key=lambda re_: -re_[1].rel.count("/")):  # deepest first
+        if children.get(e.rel, 0) == 0:
+            actions.append(Action("rmdir", e.rel, "empty", rule.path))
+            children[posixpath.dirname(e.rel)] -= 1
+    return actions
+
+
+def inventory(data: Path, plain_size=lambda n: n) -> Iterator[Entry]:
+    """The store's files and directories, without following a symlink."""
+    root = os.fspath(data)
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(os.path.join(root, rel) if rel else root) as it:
+                for d in it:
+                    r = f"{rel}/{d.name}" if rel else d.name
+                    st = d.stat(follow_symlinks=False)
+                    if stat_m.S_ISDIR(st.st_mode):
+                        stack.append(r)
+                        yield Entry(r, 0, st.st_mtime, st.st_atime, is_dir=True)
+                    elif stat_m.S_ISREG(st.st_mode):
+                        yield Entry(r, plain_size(st.st_size), st.st_mtime, st.st_atime)
+        except FileNotFoundError:
+            continue
