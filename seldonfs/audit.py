@@ -358,6 +358,14 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int) -> None
 
 def append_offline(root: Path, catalog_path: Path, key: bytes, op: str, detail: str) -> None:
     """One record from an offline command (passwd, rekey), with the store locked."""
+    append_offline_many(root, catalog_path, key, [(op, "", "", "OK", 0, detail)])
+
+
+def append_offline_many(
+    root: Path, catalog_path: Path, key: bytes, records: list[tuple[str, str, str, str, int, str]]
+) -> None:
+    """Records (op, path, path2, result, bytes, detail) of an offline command
+    (passwd, rekey, janitor), with the store locked."""
     from .catalog import Catalog
 
     cat = Catalog(catalog_path)
@@ -365,8 +373,10 @@ def append_offline(root: Path, catalog_path: Path, key: bytes, op: str, detail: 
     cat.close()
     w = ChainWriter(root, catalog_path, key)
     try:
-        item = (time.time_ns(), os.getuid(), os.getgid(), os.getpid(), "seldonfs", op, "", "", "OK", 0, detail)
-        w.write([item], durable=True)
+        who = (os.getuid(), os.getgid(), os.getpid(), "seldonfs")
+        now = time.time_ns()
+        w.write([(now, *who, op, _text(p), _text(p2), res, n, _text(det)) for op, p, p2, res, n, det in records],
+                durable=True)
     finally:
         w.close()
 

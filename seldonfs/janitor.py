@@ -9,9 +9,9 @@ tested without FUSE or a clock. Rules (docs/configuration.md, "retention"):
 first, `remove_empty_dirs`. A file follows its deepest folder's table, as
 everywhere; caps count the files under each folder a table governs.
 
-Not yet: carrying the actions out inside the mount (open and locked files
-skipped, schedules, batches), archives, orphan and crash cleanup, emergency
-cleanup; see the issue notes.
+`execute()` carries a plan out on an unmounted store. Not yet: running
+inside the mount (open and locked files skipped, schedules, batches),
+orphan and crash cleanup, emergency cleanup; see the issue notes.
 """
 
 from __future__ import annotations
@@ -139,3 +139,116 @@ def inventory(data: Path, plain_size=lambda n: n) -> Iterator[Entry]:
                         yield Entry(r, plain_size(st.st_size), st.st_mtime, st.st_atime)
         except FileNotFoundError:
             continue
+
+
+@dataclass
+class Outcome:
+    done: list[Action]
+    skipped: list[tuple[Action, str]]
+
+    def summary(self) -> str:
+        by_kind: dict[str, int] = {}
+        for a in self.done:
+            by_kind[a.kind] = by_kind.get(a.kind, 0) + 1
+        freed = sum(a.size for a in self.done if a.kind in ("delete", "archive"))
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(by_kind.items())) or "nothing"
+        return f"{kinds}; {freed:,} bytes freed; {len(self.skipped)} skipped"
+
+
+def execute(data: Path, actions: list[Action], content, now_ns: int) -> Outcome:
+    """Carry out `actions` on an unmounted store (the caller holds its lock).
+
+    Every path is opened component by component without following a
+    symlink (store.walk), so nothing outside data/ is reached. An archive
+    is a gzip of the plaintext written through the content layer (encrypted
+    like any file) with a `.meta.json` beside it, and only then is the
+    original removed."""
+    from .store import walk
+
+    root = os.open(data, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    out = Outcome([], [])
+    try:
+        for a in actions:
+            d, name = posixpath.split(a.rel)
+            try:
+                dfd = walk(root, d)
+            except OSError as e:
+                out.skipped.append((a, f"cannot reach its folder: {e.strerror}"))
+                continue
+            try:
+                if a.kind == "rmdir":
+                    os.rmdir(name, dir_fd=dfd)
+                elif a.kind == "delete":
+                    os.unlink(name, dir_fd=dfd)
+                elif a.kind == "move":
+                    tfd = walk(root, posixpath.join(a.dest, d), create=True)
+                    try:
+                        _rename_noreplace(dfd, name, tfd, name)
+                    finally:
+                        os.close(tfd)
+                elif a.kind == "archive":
+                    _archive(root, dfd, a, content, now_ns)
+                out.done.append(a)
+            except OSError as e:
+                out.skipped.append((a, e.strerror or str(e)))
+            finally:
+                os.close(dfd)
+    finally:
+        os.close(root)
+    return out
+
+
+def _rename_noreplace(sfd: int, sname: str, tfd: int, tname: str) -> None:
+    from . import _libc
+
+    _libc.renameat2(sfd, os.fsencode(sname), tfd, os.fsencode(tname), _libc.RENAME_NOREPLACE)
+
+
+def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
+    import hashlib
+    import json
+    import zlib
+
+    from .store import walk
+
+    d, name = posixpath.split(a.rel)
+    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+    try:
+        st = os.fstat(src)
+        reader = content.attach(src)
+        size = content.plain_size(st.st_size)
+        tfd = walk(root, posixpath.join(a.dest, d), create=True)
+        try:
+            dst = os.open(name + ".gz", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=tfd)
+            try:
+                writer = content.attach(dst)
+                z = zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip container
+                digest = hashlib.sha256()
+                off = woff = 0
+                while off < size:
+                    chunk = reader.read(off, min(1 << 20, size - off))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    off += len(chunk)
+                    packed = z.compress(chunk)
+                    woff += writer.write(woff, packed) if packed else 0
+                writer.write(woff, z.flush())
+                os.fsync(dst)
+            finally:
+                os.close(dst)
+            meta = {
+                "original": a.rel, "size": size, "sha256": digest.hexdigest(), "mtime": st.st_mtime,
+                "archived_ns": now_ns, "rule": a.rule, "reason": a.reason, "codec": "gzip",
+            }
+            mfd = os.open(name + ".gz.meta.json", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=tfd)
+            try:
+                content.attach(mfd).write(0, json.dumps(meta, indent=2).encode() + b"\n")
+                os.fsync(mfd)
+            finally:
+                os.close(mfd)
+        finally:
+            os.close(tfd)
+    finally:
+        os.close(src)
+    os.unlink(name, dir_fd=dfd)  # only now: the archive is on disk

@@ -3,17 +3,22 @@ the dry-run command that shows it. The clock is an argument: no sleeps."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import os
+import time
 import tomllib
 from pathlib import Path
 
 from seldonfs import config
 from seldonfs.janitor import Entry, plan
 
-from .conftest import init_store, mounted, needs_fuse, seldonfs
+from .conftest import init_store, key_args, mounted, needs_fuse, seldonfs
 
 H, D = 3600.0, 86400.0
 NOW = 1_800_000_000.0
+NOW_REAL = time.time()
 
 
 def cfg(text: str) -> config.Config:
@@ -109,6 +114,40 @@ def test_dry_run_lists_and_changes_nothing(tmp_path: Path) -> None:
     assert sorted(p for p in (store / "data").rglob("*")) == before
     r = seldonfs("janitor", store, "--dry-run", "--older-than", "8d", "--folder", "temp/cache")
     assert "temp/cache/blob" in r.stdout and "job.tmp" not in r.stdout
-    r = seldonfs("janitor", store)
-    assert r.returncode == 2 and "only --dry-run" in r.stderr
     assert os.path.exists(store / "data" / "temp" / "processing" / "job.tmp")
+
+
+@needs_fuse
+def test_run_deletes_archives_and_records(store: Path, tmp_path: Path) -> None:
+    m = tmp_path / "mnt"
+    outside = tmp_path / "outside.tmp"
+    outside.write_text("not the store's")
+    old = 400 * D
+    with mounted(store, m):
+        (m / "temp" / "processing" / "old.tmp").write_text("x" * 10)
+        (m / "temp" / "processing" / "new.tmp").write_text("y")
+        (m / "output" / "reports" / "q1.csv").write_text("a,b\n1,2\n" * 100)
+        os.symlink(outside, m / "temp" / "processing" / "link.tmp")
+        for p, age in (("temp/processing/old.tmp", old), ("output/reports/q1.csv", 100 * D)):
+            os.utime(m / p, (NOW_REAL - age, NOW_REAL - age))  # reports: archived after 90 d
+        r = seldonfs("janitor", store, *key_args(store))
+        assert r.returncode == 11  # mounted: the store is locked
+    r = seldonfs("janitor", store, *key_args(store))
+    assert r.returncode == 0, r.stderr
+    assert "done: 1 archive, 1 delete" in r.stdout, r.stdout
+    with mounted(store, m):
+        assert not (m / "temp" / "processing" / "old.tmp").exists()
+        assert (m / "temp" / "processing" / "new.tmp").exists()
+        assert os.path.islink(m / "temp" / "processing" / "link.tmp")  # never followed, never removed
+        arch = m / "archive" / "output_archive" / "output" / "reports"
+        assert gzip.decompress((arch / "q1.csv.gz").read_bytes()) == b"a,b\n1,2\n" * 100
+        meta = json.loads((arch / "q1.csv.gz.meta.json").read_text())
+        assert meta["original"] == "output/reports/q1.csv" and meta["codec"] == "gzip"
+        assert meta["sha256"] == hashlib.sha256(b"a,b\n1,2\n" * 100).hexdigest()
+        assert not (m / "output" / "reports" / "q1.csv").exists()
+    assert outside.read_text() == "not the store's"
+    recs = [json.loads(l) for l in seldonfs("audit", store, "--json").stdout.splitlines()]
+    assert {(r["op"], r["path"]) for r in recs if r["op"].startswith("janitor")} == {
+        ("janitor-delete", "temp/processing/old.tmp"), ("janitor-archive", "output/reports/q1.csv"),
+    }
+    assert seldonfs("audit", "verify", store, *key_args(store)).returncode == 0

@@ -1,11 +1,14 @@
-"""seldonfs janitor STORE --dry-run: what the retention rules would do now.
+"""seldonfs janitor STORE|MOUNTPOINT [--dry-run]: apply the retention rules.
 
 Lists every file the folder rules let go (deleted, archived or moved, and
-why) and the directories left empty, with a summary of files and bytes.
-Changes nothing; carrying the actions out (inside the mount, skipping open
-and locked files) is not built yet, so --dry-run is required.
-`--folder PATH` and `--rule PATH` narrow the list; `--older-than DURATION`
-pretends the clock is that much later.
+why) and the directories left empty, then carries it out and prints a
+summary of files and bytes; `--dry-run` only lists. Carrying out works on
+an unmounted store for now (the store lock keeps a mount out meanwhile;
+exit 11 while it is mounted): running inside a mount, where open and locked
+files must be skipped, is not built yet. Archives are gzip files written
+through the store's encryption, with a .meta.json beside them. Every action
+goes into the audit chain. `--folder PATH` and `--rule PATH` narrow the
+list; `--older-than DURATION` plans as if that much time had passed.
 """
 
 from __future__ import annotations
@@ -15,27 +18,28 @@ import json
 import time
 from pathlib import Path
 
-from .. import config, janitor
-from ..blockformat import plain_size
+from .. import audit, config, janitor
+from ..blockformat import EncryptedContent, plain_size
 from ..config import parse_duration
-from ..errors import UsageError
-from .common import store_of
+from ..content import PlainContent
+from ..keys import unlock
+from ..store import StoreLock
+from .common import add_key_args, key_source, store_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("janitor", help="list what the retention rules would do (dry run)", description=__doc__)
+    p = sub.add_parser("janitor", help="apply the retention rules (or list them: --dry-run)", description=__doc__)
     p.add_argument("target", type=Path, metavar="STORE|MOUNTPOINT")
-    p.add_argument("--dry-run", action="store_true", help="list, change nothing (required for now)")
+    p.add_argument("--dry-run", action="store_true", help="list, change nothing")
     p.add_argument("--folder", metavar="PATH", help="only files under PATH (relative to the mount root)")
     p.add_argument("--rule", metavar="PATH", help="only what the folder table PATH asks for")
     p.add_argument("--older-than", metavar="DURATION", help="plan as if DURATION had passed, e.g. 30d")
     p.add_argument("--json", action="store_true", help="one JSON object per action")
+    add_key_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    if not args.dry_run:
-        raise UsageError("janitor: only --dry-run is available yet (carrying the actions out is not built)")
     store = store_of(args.target)
     block = store.identity().get("encryption")
     cfg = config.load(store.config_path)
@@ -57,7 +61,27 @@ def run(args: argparse.Namespace) -> None:
     files = [a for a in actions if a.kind != "rmdir"]
     by_kind = {k: sum(1 for a in files if a.kind == k) for k in ("delete", "archive", "move")}
     print(
-        f"dry run: {len(files)} files, {sum(a.size for a in files):,} bytes "
+        f"{'dry run' if args.dry_run else 'plan'}: {len(files)} files, {sum(a.size for a in files):,} bytes "
         f"({', '.join(f'{n} {k}' for k, n in by_kind.items() if n) or 'nothing'}); "
         f"{len(actions) - len(files)} empty directories"
     )
+    if args.dry_run or not actions:
+        return
+    lock = StoreLock(store)
+    lock.acquire()  # exit 11 while mounted
+    try:
+        keys = unlock(block, key_source(args)) if block else None
+        content = (
+            EncryptedContent(keys, block["current_key_id"], block["block_size"]) if keys else PlainContent()
+        )
+        now_ns = time.time_ns()
+        out = janitor.execute(store.data, actions, content, now_ns)
+        if (store.root / audit.KEY_NAME).exists():
+            records = [("janitor-" + a.kind, a.rel, a.dest, "OK", a.size, f"{a.reason}; rule {a.rule}") for a in out.done]
+            records += [("janitor-" + a.kind, a.rel, a.dest, "SKIPPED", 0, why) for a, why in out.skipped]
+            audit.append_offline_many(store.root, store.catalog_path, audit.load_key(store.root, keys), records)
+    finally:
+        lock.release()
+    for a, why in out.skipped:
+        print(f"skipped  {a.rel}: {why}")
+    print(f"done: {out.summary()}")
