@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +19,7 @@ import pyfuse3
 from pyfuse3 import FUSEError
 
 from .audit import AuditLog
+from .janitor import CONTROL_XATTR
 from .config import MountConfig
 from .core import Caller, Core, Stat
 
@@ -84,6 +86,8 @@ class SeldonOperations(pyfuse3.Operations):
         super().__init__()
         self.core = core
         self.audit = audit
+        self.janitor: Any = None  # janitor.MountJanitor, set by the mount
+        self.nursery: Any = None
         self.cfg = cfg
         self.enable_writeback_cache = writeback
         self.policy = core.policy
@@ -341,6 +345,15 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def setxattr(self, inode, name, value, ctx):
+        if name == CONTROL_XATTR and inode == pyfuse3.ROOT_INODE and self.janitor is not None:
+            if ctx.uid != 0:
+                raise FUSEError(errno.EPERM)
+            try:
+                later = float(json.loads(value).get("older_than", 0)) if value.strip() else 0.0
+            except (ValueError, AttributeError):
+                raise FUSEError(errno.EINVAL) from None
+            self.nursery.start_soon(self.janitor.run, later)  # runs beside the requests
+            return
         if self.policy is not None and name.startswith(b"user.seldon."):
             if self.policy.setxattr(inode, name, value, ctx.uid, ctx.pid):
                 return
@@ -349,6 +362,9 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode, name, ctx):
+        if name == CONTROL_XATTR and inode == pyfuse3.ROOT_INODE and self.janitor is not None:
+            j = self.janitor
+            return json.dumps({"running": j.running, "runs": j.runs, "last": j.last}).encode()
         return self.core.getxattr(inode, name)
 
     @_errors

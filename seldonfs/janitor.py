@@ -20,6 +20,7 @@ import fnmatch
 import os
 import posixpath
 import stat as stat_m
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,3 +253,148 @@ def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
     finally:
         os.close(src)
     os.unlink(name, dir_fd=dfd)  # only now: the archive is on disk
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """"MAJOR:MINOR" of the mount at `mountpoint`, from /proc/self/mountinfo.
+    (Not os.stat: the daemon must never make a syscall on its own mount.)"""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    dev = None
+    for line in lines:
+        fields = line.split()
+        mp = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        if mp == mountpoint:
+            dev = fields[2]  # the last one is on top
+    return dev
+
+
+def locked_inodes(device: str | None) -> set[int]:
+    """Inodes of the mount with a flock or fcntl lock, from /proc/locks
+    (the kernel keeps the locks of a FUSE mount that does not handle them)."""
+    if device is None:
+        return set()
+    major, minor = (int(x) for x in device.split(":"))
+    dev = f"{major:02x}:{minor:02x}:"
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    out = set()
+    for line in lines:
+        for field in line.split():
+            if field.startswith(dev):
+                out.add(int(field[len(dev):]))
+    return out
+
+
+CONTROL_XATTR = b"user.seldon.janitor"  # on the mount root: set to run, read for the last run
+
+
+def has_retention(cfg: Config) -> bool:
+    return any(
+        r.max_age or r.patterns or r.archive_after or r.max_total or r.max_files or r.remove_empty_dirs
+        for r in cfg.folders
+    )
+
+
+class MountJanitor:
+    """The janitor inside a mount: plans in a worker thread, acts on the
+    request loop's thread in batches (`[janitor] batch`), yielding between
+    them so file operations keep being answered. A file some handle has
+    open, or one with a flock/fcntl lock, is skipped and retried next run.
+    """
+
+    def __init__(self, core, cfg: Config, data: Path, mountpoint: str, content, audit, notify_gone) -> None:
+        self.core, self.cfg, self.data, self.mountpoint = core, cfg, data, mountpoint
+        self.content, self.audit, self.notify_gone = content, audit, notify_gone
+        self.running = False
+        self.runs = 0  # finished runs, so a caller can tell its run from earlier ones
+        self.last: dict = {}
+
+    async def loop(self) -> None:
+        import trio
+        from croniter import croniter
+
+        sched = self.cfg.janitor.schedule
+        while True:
+            if croniter.is_valid(sched):
+                wait = croniter(sched, time.time()).get_next(float) - time.time()
+            else:
+                from .config import parse_duration
+
+                wait = parse_duration(sched, "[janitor]", "schedule")
+            await trio.sleep(max(1.0, wait))
+            await self.run()
+
+    async def run(self, later: float = 0.0) -> dict:
+        import trio
+
+        if self.running:
+            return self.last
+        self.running = True
+        t0 = time.time()
+        try:
+            plain = self.content.plain_size
+            actions = await trio.to_thread.run_sync(
+                lambda: plan(time.time() + later, self.cfg, inventory(self.data, plain))
+            )
+            done: list[Action] = []
+            skipped: list[tuple[Action, str]] = []
+            batch = self.cfg.janitor.batch
+            for start in range(0, len(actions), batch):
+                open_inos = {h.ino for h in self.core.handles.values()}
+                locked = locked_inodes(mount_device(self.mountpoint))
+                part = []
+                for a in actions[start:start + batch]:
+                    why = self._busy(a, open_inos, locked)
+                    if why:
+                        skipped.append((a, why))
+                    else:
+                        part.append(a)
+                out = execute(self.data, part, self.content, time.time_ns())
+                done += out.done
+                skipped += out.skipped
+                for a in out.done:
+                    self._after(a)
+                await trio.sleep(0)  # let requests through between batches
+            for a, why in skipped:
+                self._record(a, "SKIPPED", why)
+            self.last = {
+                "started": t0, "seconds": round(time.time() - t0, 3), "planned": len(actions),
+                "summary": Outcome(done, skipped).summary(),
+                "skipped": [[a.rel, why] for a, why in skipped],
+            }
+            return self.last
+        finally:
+            self.running = False
+            self.runs += 1
+
+    def _busy(self, a: Action, open_inos: set[int], locked: set[int]) -> str | None:
+        if a.kind == "rmdir":
+            return None
+        try:
+            st = os.stat(self.data / a.rel, follow_symlinks=False)
+        except OSError:
+            return "gone"
+        ino = self.core.ino_of(st.st_ino)
+        if ino in open_inos:
+            return "open"
+        if ino in locked:
+            return "locked"
+        return None
+
+    def _after(self, a: Action) -> None:
+        self._record(a, "OK", f"{a.reason}; rule {a.rule}")
+        parent = self.core.ino_of_dir(posixpath.dirname(a.rel))
+        if parent is not None:
+            self.notify_gone(parent, os.fsencode(posixpath.basename(a.rel)))
+
+    def _record(self, a: Action, result: str, detail: str) -> None:
+        if self.audit is not None:
+            self.audit.record("janitor-" + a.kind, 0, 0, os.getpid(), a.rel, a.dest, result,
+                              a.size if result == "OK" else 0, detail)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import audit, fuseloop, keys
+from . import audit, fuseloop, janitor, keys
 from .audit import AuditLog
 from .catalog import Catalog
 from .config import Config
@@ -236,6 +236,10 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         core.virtual = virtual_files(store, mountpoint, core, auditlog)
         try:
             ops = SeldonOperations(core, cfg.mount, writeback, auditlog)
+            if janitor.has_retention(cfg):
+                ops.janitor = janitor.MountJanitor(
+                    core, cfg, store.data, str(mountpoint), prep.content, auditlog, ops._notify_gone
+                )
             try:
                 pyfuse3.init(ops, str(mountpoint), prep.fuse_opts)
             except RuntimeError as e:
@@ -249,7 +253,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
             ready()
             fuseloop.install(cfg.mount.spin_us)
             try:
-                trio.run(_serve, core.policy)
+                trio.run(_serve, core.policy, ops)
             finally:
                 fuseloop.uninstall()
                 pyfuse3.close(unmount=True)
@@ -267,9 +271,12 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         lock.release()
 
 
-async def _serve(policy: Policy | None) -> None:
+async def _serve(policy: Policy | None, ops: SeldonOperations) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals)
+        ops.nursery = nursery
+        if ops.janitor is not None:
+            nursery.start_soon(ops.janitor.loop)  # on [janitor] schedule
         if policy is not None:
             policy.nursery = nursery  # content checks of large files run here
             nursery.start_soon(policy.write_rows_every)

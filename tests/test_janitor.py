@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import time
 import tomllib
 from pathlib import Path
@@ -151,3 +152,36 @@ def test_run_deletes_archives_and_records(store: Path, tmp_path: Path) -> None:
         ("janitor-delete", "temp/processing/old.tmp"), ("janitor-archive", "output/reports/q1.csv"),
     }
     assert seldonfs("audit", "verify", store, *key_args(store)).returncode == 0
+
+
+@needs_fuse
+def test_mount_janitor_spares_open_and_locked_files(store: Path, tmp_path: Path) -> None:
+    import fcntl
+    import subprocess
+    import sys
+
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        d = m / "temp" / "processing"
+        for n in ("plain.tmp", "open.tmp", "locked.tmp"):
+            (d / n).write_text(n)
+        holder = subprocess.Popen(  # another process keeps one open
+            [sys.executable, "-c", "import sys, time; f = open(sys.argv[1]); print(1, flush=True); time.sleep(60)",
+             str(d / "open.tmp")], stdout=subprocess.PIPE, text=True)
+        try:
+            holder.stdout.readline()
+            lf = open(d / "locked.tmp")
+            fcntl.flock(lf, fcntl.LOCK_EX)  # a lock needs an open file: both reasons hold
+            r = seldonfs("janitor", m, "--older-than", "13h")
+            assert r.returncode == 0, r.stderr
+            assert "skipped  temp/processing/open.tmp: open" in r.stdout
+            assert re.search(r"skipped  temp/processing/locked.tmp: (open|locked)", r.stdout)
+            assert sorted(os.listdir(d)) == ["locked.tmp", "open.tmp"]
+            lf.close()
+        finally:
+            holder.kill()
+            holder.wait()
+            holder.stdout.close()
+        r = seldonfs("janitor", m, "--older-than", "13h")  # retried: now they go
+        assert "done in" in r.stdout and "2 delete" in r.stdout, r.stdout
+        assert os.listdir(d) == []

@@ -2,23 +2,28 @@
 
 Lists every file the folder rules let go (deleted, archived or moved, and
 why) and the directories left empty, then carries it out and prints a
-summary of files and bytes; `--dry-run` only lists. Carrying out works on
-an unmounted store for now (the store lock keeps a mount out meanwhile;
-exit 11 while it is mounted): running inside a mount, where open and locked
-files must be skipped, is not built yet. Archives are gzip files written
-through the store's encryption, with a .meta.json beside them. Every action
-goes into the audit chain. `--folder PATH` and `--rule PATH` narrow the
-list; `--older-than DURATION` plans as if that much time had passed.
+summary of files and bytes; `--dry-run` only lists. Given a MOUNTPOINT,
+the running mount's janitor does it (it skips files that are open or
+locked, and says so); given an unmounted STORE, this command does it under
+the store lock. The mount also runs it on `[janitor] schedule`. Archives
+are gzip files written through the store's encryption, with a .meta.json
+beside them. Every action goes into the audit chain. `--folder PATH` and
+`--rule PATH` narrow the list; `--older-than DURATION` plans as if that
+much time had passed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 from .. import audit, config, janitor
+from ..errors import SeldonError, UsageError
+from ..janitor import CONTROL_XATTR
+from ..mount import FSTYPE, find_mount
 from ..blockformat import EncryptedContent, plain_size
 from ..config import parse_duration
 from ..content import PlainContent
@@ -40,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    mounted = find_mount(Path(os.path.abspath(args.target)))
+    if not args.dry_run and mounted is not None and mounted[1] == FSTYPE:
+        return run_in_mount(args)
     store = store_of(args.target)
     block = store.identity().get("encryption")
     cfg = config.load(store.config_path)
@@ -85,3 +93,25 @@ def run(args: argparse.Namespace) -> None:
     for a, why in out.skipped:
         print(f"skipped  {a.rel}: {why}")
     print(f"done: {out.summary()}")
+
+
+def run_in_mount(args: argparse.Namespace) -> None:
+    """Ask the running mount to run its janitor now, wait, print the result."""
+    mp = os.path.abspath(args.target)
+    if args.folder or args.rule:
+        raise UsageError("janitor: --folder and --rule work with --dry-run or an unmounted store")
+    later = parse_duration(args.older_than, "--older-than", "value") if args.older_than else 0.0
+    try:
+        before = json.loads(os.getxattr(mp, CONTROL_XATTR))["runs"]
+        os.setxattr(mp, CONTROL_XATTR, json.dumps({"older_than": later}).encode())
+        while True:
+            state = json.loads(os.getxattr(mp, CONTROL_XATTR))
+            if not state["running"] and state["runs"] > before:
+                break
+            time.sleep(0.05)
+    except OSError as e:
+        raise SeldonError(f"{mp}: cannot run the janitor: {e.strerror}") from None
+    last = state["last"]
+    for rel, why in last["skipped"]:
+        print(f"skipped  {rel}: {why}")
+    print(f"done in {last['seconds']} s: {last['summary']}")
