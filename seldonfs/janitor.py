@@ -292,6 +292,7 @@ def locked_inodes(device: str | None) -> set[int]:
     return out
 
 
+STEP = 64  # actions between two yields to the request loop (a few ms)
 CONTROL_XATTR = b"user.seldon.janitor"  # on the mount root: set to run, read for the last run
 
 
@@ -356,12 +357,13 @@ class MountJanitor:
                         skipped.append((a, why))
                     else:
                         part.append(a)
-                out = execute(self.data, part, self.content, time.time_ns())
-                done += out.done
-                skipped += out.skipped
-                for a in out.done:
-                    self._after(a)
-                await trio.sleep(0)  # let requests through between batches
+                for i in range(0, len(part), STEP):  # a few ms each, then requests go first
+                    out = execute(self.data, part[i:i + STEP], self.content, time.time_ns())
+                    done += out.done
+                    skipped += out.skipped
+                    for a in out.done:
+                        self._after(a)
+                    await trio.sleep(0)
             for a, why in skipped:
                 self._record(a, "SKIPPED", why)
             self.last = {
