@@ -158,7 +158,6 @@ class Policy:
             r.quarantine for r in rules.cfg.folders if r.quarantine
         }
         self.extra_patterns = validation.compile_patterns(self.pol.patterns)
-        self.any_versions = any(r.versions for r in rules.cfg.folders)
         self.writers: dict[int, int] = {}  # ino -> open tracked handles
         self.dirty: set[int] = set()  # inodes written since their last commit
         self.checked: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) at last passed check
@@ -188,7 +187,6 @@ class Policy:
     def _scope(self) -> _Scope:
         return _Scope(self)
 
-
     def _at_rule_root(self, d: str, rule: FolderRule) -> bool:
         return len(d.split("/")) == self.rules.rule_depth(rule) if d else False
 
@@ -212,13 +210,10 @@ class Policy:
             text = os.fsdecode(name)
             at_root = rule is not None and self._at_rule_root(d, rule)
             # A temporary name never commits; its rename to the final name is checked.
-            why = (
-                validation.check_create(rule, at_root, text)
-                if not is_temporary(text, self.pol.temp_patterns)
-                else validation.check_create(rule, at_root, text, place_only=True)
-            )
+            temporary = is_temporary(text, self.pol.temp_patterns)
+            why = validation.check_create(rule, at_root, text, place_only=temporary)
             if why:
-                log.info("refused %s/%s: %s", d, os.fsdecode(name), why)
+                log.info("refused %s/%s: %s", d, text, why)
                 raise OSError(errno.EACCES, why)
         return d
 
@@ -248,7 +243,7 @@ class Policy:
 
     def _track(self, d: str, pid: int) -> Tracked | None:
         rule = self.rules.for_dir(d)
-        floor = self.pol.min_free > 0 and d.split("/")[0] != "temp"
+        floor = self._floor_applies(d)
         if rule is None and not floor:
             return None
         commits = _commits(rule)
@@ -313,7 +308,7 @@ class Policy:
         rule = self.rules.for_dir(d)
         if validation.too_big(rule, size):
             raise OSError(errno.EFBIG, "file size limit of the folder")
-        if size > cur_size and self.pol.min_free and d.split("/")[0] != "temp":
+        if size > cur_size and self._floor_applies(d):
             self._check_floor()
         if rule is not None and rule.versions and cur_size > 0 and size != cur_size:
             self.save_version(rel, "truncate")
@@ -327,6 +322,10 @@ class Policy:
         else:
             self.writers.pop(ino, None)
             self.ingested.pop(ino, None)  # committed by now, or never will be
+
+    def _floor_applies(self, d: str) -> bool:
+        """The space floor covers every folder but temp/ and its subtree."""
+        return self.pol.min_free > 0 and d.split("/")[0] != "temp"
 
     def _check_floor(self) -> None:
         now = time.monotonic()
@@ -511,7 +510,7 @@ class Policy:
                     assert self.nursery is not None
                     self.nursery.start_soon(self._check_later, ino, rel, rule, key, pid, job)
                 return None
-            v = self._read_and_check(ino, fd, rel, rule, key, content)
+            v = self._read_and_check(fd, rel, rule, key, content)
             if v.ok:
                 self.checked[ino] = key
             return v
@@ -524,8 +523,7 @@ class Policy:
         return st.st_mtime_ns, self.core.content.plain_size(st.st_size)
 
     def _read_and_check(
-        self, ino: int, fd: int, rel: str, rule: FolderRule, key: tuple[int, int],
-        content: FileContent | None = None,
+        self, fd: int, rel: str, rule: FolderRule, key: tuple[int, int], content: FileContent | None = None,
     ) -> validation.Verdict:
         """The checks themselves; thread-safe (they touch nothing shared)."""
         content = content or self.core.content.attach(fd)
@@ -544,7 +542,7 @@ class Policy:
         except OSError:
             return
         try:
-            v = await trio.to_thread.run_sync(self._read_and_check, ino, fd, rel, rule, key)
+            v = await trio.to_thread.run_sync(self._read_and_check, fd, rel, rule, key)
             still = self._key(fd) == key and self.core.rel_path(ino) == rel
         finally:
             os.close(fd)
@@ -600,6 +598,13 @@ class Policy:
             self.catalog.conn.execute("INSERT OR REPLACE INTO sequences VALUES (?, ?)", (job, end))
         self.seq[job] = (nxt + 1, end)
         return nxt
+
+    def _notify_moved(self, rel: str, dest: str) -> None:
+        """Tell the kernel both names changed behind its back."""
+        for path in (rel, dest):
+            parent = self._dir_ino(posixpath.dirname(path))
+            if parent is not None:
+                self.notify_gone(parent, os.fsencode(posixpath.basename(path)))
 
     def _audit(self, op: str, path: str, path2: str = "", detail: str = "", result: str = "OK") -> None:
         """A decision of the filesystem's own, in the audit chain."""
@@ -664,10 +669,7 @@ class Policy:
         )
         log.info("quarantined %s as %s: %s", rel, target, reason)
         self._audit("quarantine", rel, target, reason)
-        for d, n in ((posixpath.dirname(rel), name), (qdir, posixpath.basename(target))):
-            parent = self._dir_ino(d)
-            if parent is not None:
-                self.notify_gone(parent, os.fsencode(n))
+        self._notify_moved(rel, target)
         return target
 
     def release(self, ino: int, force: bool, uid: int, pid: int) -> None:
@@ -709,10 +711,7 @@ class Policy:
         )
         log.info("released %s to %s%s (uid %d)", rel, dest, " by force" if force else "", uid)
         self._audit("release", rel, dest, f"{'forced ' if force else ''}by uid {uid}")
-        for p, n in ((posixpath.dirname(rel), posixpath.basename(rel)), (d, posixpath.basename(dest))):
-            parent = self._dir_ino(p)
-            if parent is not None:
-                self.notify_gone(parent, os.fsencode(n))
+        self._notify_moved(rel, dest)
         # forced: the checks are skipped, the managed name is still given
         self.commit(ino, pid, None, rel=dest, verdict=validation.Verdict() if force else None, defer=False)
 
