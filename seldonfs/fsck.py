@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import re
 import sqlite3
 import stat as stat_m
 import time
@@ -29,7 +28,7 @@ from . import audit, validation
 from .catalog import Catalog
 from .config import Config
 from .content import ContentLayer
-from .naming import FIELDS, Template, is_temporary
+from .naming import Template, is_temporary
 from .policy import PRIVATE_DIR, VERSIONS_DIR, XATTR_ORIGIN, XATTR_REASON, XATTR_VERSION_OF, _commits
 from .rules import Rules
 from .store import Store
@@ -52,23 +51,6 @@ def _walk(data: Path) -> Iterator[str]:
                 yield os.path.relpath(p, data)
 
 
-def _managed_parts(template: Template, name: str) -> dict[str, str] | None:
-    """The fields of a managed name (job, seq, name), or None."""
-    rx = "".join(
-        re.escape(lit) + (f"(?P<{f}>{FIELDS[f]})" if f in ("job", "seq", "name") else (FIELDS[f] if f else ""))
-        for lit, f, _, _ in _parse(template.text)
-    )
-    m = re.fullmatch(rx, name, re.DOTALL)
-    return m.groupdict() if m else None
-
-
-def _parse(text: str) -> Iterator[tuple[str, str | None, str, str | None]]:
-    import string
-
-    for lit, f, spec, conv in string.Formatter().parse(text):
-        yield lit, f, spec or "", conv
-
-
 def check(
     store: Store, cfg: Config, content: ContentLayer, rebuild: bool,
     progress: Callable[[Iterator[str], int], Iterator[str]] = lambda it, n: it,
@@ -76,6 +58,7 @@ def check(
     rep = Report()
     rules = Rules(cfg)
     qdirs = {cfg.policy.quarantine} | {r.quarantine for r in cfg.folders if r.quarantine}
+    templates = {r.naming: Template(r.naming) for r in cfg.folders if r.naming}
     head = audit.read_head(store.root)
     try:
         cat = Catalog(store.catalog_path) if store.catalog_path.exists() else None
@@ -110,7 +93,7 @@ def check(
             assert rule is not None
             job, original = "", name
             if rule.naming:
-                parts = _managed_parts(Template(rule.naming), name)
+                parts = templates[rule.naming].parts(name)
                 if parts is None:
                     rep.problems.append(f"{rel}: under a naming rule but never committed")
                     continue

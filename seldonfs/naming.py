@@ -49,8 +49,9 @@ class Template:
                 raise TemplateError(f"unknown field {{{fname}}} (known: {', '.join(FIELDS)})")
             if spec and fname != "seq":
                 raise TemplateError(f"only {{seq}} takes a format, not {{{fname}:{spec}}}")
+            # a field's first use is a named group: `parts()` reads names back
+            parts.append(FIELDS[fname] if fname in names else f"(?P<{fname}>{FIELDS[fname]})")
             names.add(fname)
-            parts.append(FIELDS[fname])
         if not names & {"name", "stem", "uuid", "seq"}:
             raise TemplateError("names would repeat: use {name}, {stem}, {uuid} or {seq}")
         if "/" in text:
@@ -87,6 +88,11 @@ class Template:
 
     def is_managed(self, name: str) -> bool:
         return self._regex.fullmatch(name) is not None
+
+    def parts(self, name: str) -> dict[str, str] | None:
+        """The fields of a name this template made (job, seq, name...), or None."""
+        m = self._regex.fullmatch(name)
+        return m.groupdict() if m else None
 
 
 def is_temporary(name: str, patterns: tuple[str, ...]) -> bool:

@@ -155,3 +155,11 @@ def test_luhn_check_digit(digits: list[int]) -> None:
     body = bytes(48 + d for d in digits)
     hits = [c for c in range(10) if validation.luhn(body + bytes([48 + c]))]
     assert len(hits) == 1  # exactly one check digit completes any number
+
+
+def test_template_reads_its_names_back() -> None:
+    t = Template("{ts}-{job}-{seq:03d}_{name}")
+    assert t.parts("2024-12-06-14-30-45-123-INP001-007_prospect_data.json") == {
+        "ts": "2024-12-06-14-30-45-123", "job": "INP001", "seq": "007", "name": "prospect_data.json",
+    }
+    assert t.parts("prospect_data.json") is None
