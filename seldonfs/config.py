@@ -201,7 +201,7 @@ def _parse_policy(t: dict[str, Any], where: str) -> PolicyConfig:
         quarantine=r.path("quarantine", d.quarantine),
         grace=r.duration("grace", d.grace),
         patterns=tuple(patterns.items()),
-        min_free=r.percent("min_free", d.min_free),
+        min_free=r.percent("min_free", d.min_free, top=99),  # 100 % free cannot be had
     )
 
 
@@ -359,8 +359,8 @@ class _Reader:
             raise self._err(key, f"must be {lo}..{hi}, have {v}")
         return v
 
-    def percent(self, key: str, default: int | None) -> int | None:
-        return self.integer(key, default, 0, 99 if key == "min_free" else 100)
+    def percent(self, key: str, default: int | None, top: int = 100) -> int | None:
+        return self.integer(key, default, 0, top)
 
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         v = self.get(key, str, default)

@@ -271,10 +271,10 @@ class Core:
         return self._node(ino).fd
 
     def _vstat(self, ino: int) -> Stat:
-        from .virtual import mode
+        from .virtual import MODE
 
         t = time.time_ns()
-        return Stat(ino, mode(), 1, 0, 0, 0, 0, 0, 4096, t, t, self._born_ns)
+        return Stat(ino, MODE, 1, 0, 0, 0, 0, 0, 4096, t, t, self._born_ns)
 
     def _refuse_virtual(self, parent: int, name: bytes) -> None:
         if self.virtual is not None and name in self.virtual.names:

@@ -255,23 +255,6 @@ def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
     os.unlink(name, dir_fd=dfd)  # only now: the archive is on disk
 
 
-def mount_device(mountpoint: str) -> str | None:
-    """"MAJOR:MINOR" of the mount at `mountpoint`, from /proc/self/mountinfo.
-    (Not os.stat: the daemon must never make a syscall on its own mount.)"""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    dev = None
-    for line in lines:
-        fields = line.split()
-        mp = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-        if mp == mountpoint:
-            dev = fields[2]  # the last one is on top
-    return dev
-
-
 def locked_inodes(device: str | None) -> set[int]:
     """Inodes of the mount with a flock or fcntl lock, from /proc/locks
     (the kernel keeps the locks of a FUSE mount that does not handle them)."""
@@ -334,6 +317,8 @@ class MountJanitor:
 
     async def run(self, later: float = 0.0) -> dict:
         import trio
+
+        from .mount import mount_device  # mount.py imports this module
 
         if self.running:
             return self.last

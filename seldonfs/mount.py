@@ -60,6 +60,11 @@ def fuse_options(opts: list[str], store: Store) -> set[str]:
     return out
 
 
+def _unescape(field: str) -> str:
+    """A path field of /proc/self/mounts or mountinfo (octal escapes)."""
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+
+
 def find_mount(mountpoint: Path) -> tuple[str, str] | None:
     """(source, fstype) of the mount at `mountpoint`, from /proc/self/mounts."""
     target = os.path.abspath(mountpoint)
@@ -67,10 +72,25 @@ def find_mount(mountpoint: Path) -> tuple[str, str] | None:
     with open("/proc/self/mounts") as f:
         for line in f:
             src, mnt, fstype = line.split()[:3]
-            unesc = mnt.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-            if unesc == target:
-                found = (src.replace("\\040", " "), fstype)  # the last one is on top
+            if _unescape(mnt) == target:
+                found = (_unescape(src), fstype)  # the last one is on top
     return found
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """"MAJOR:MINOR" of the mount at `mountpoint`, from /proc/self/mountinfo.
+    (Not os.stat: the daemon must never make a syscall on its own mount.)"""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    dev = None
+    for line in lines:
+        fields = line.split()
+        if _unescape(fields[4]) == mountpoint:
+            dev = fields[2]  # the last one is on top
+    return dev
 
 
 def check_mountpoint(mountpoint: Path) -> None:

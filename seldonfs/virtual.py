@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 VIRTUAL_BASE = 1 << 62
+MODE = stat_m.S_IFREG | 0o444
 CHUNK = 64 << 10
 
 Producer = Callable[[], Iterator[bytes]]
@@ -87,6 +88,3 @@ class Virtual:
             return None
         return self.by_dir.get(dir_rel, {}).get(name)
 
-
-def mode() -> int:
-    return stat_m.S_IFREG | 0o444
