@@ -7,7 +7,7 @@ import argparse
 import os
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +59,19 @@ def unlocked_store(path: Path, args: argparse.Namespace) -> Iterator[Unlocked]:
         yield Unlocked(store, ident, block, keys, kek)
     finally:
         lock.release()
+
+
+def each_file(u: Unlocked, paths: list[Path], what: str, act: Callable[..., Any], note: str = "") -> int:
+    """`act(path, keys, key_id, block_size)` -> offline.Damage for every
+    file, with progress; prints each damaged one; returns how many."""
+    kid, bs = int(u.block["current_key_id"]), int(u.block["block_size"])
+    bad = 0
+    for p in progress(paths, len(paths), what):
+        damage = act(p, u.keys, kid, bs)
+        if damage.problems:
+            bad += 1
+            print(f"{p.relative_to(u.store.data)}: {'; '.join(damage.problems)}{note}")
+    return bad
 
 
 def progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:

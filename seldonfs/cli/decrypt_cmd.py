@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import offline
 from ..errors import DamageFound, UsageError
-from .common import add_key_args, progress, unlocked_store
+from .common import add_key_args, each_file, unlocked_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,14 +33,12 @@ def run(args: argparse.Namespace) -> None:
             paths = list(offline.files(u.store, args.paths))
         except FileNotFoundError as e:
             raise UsageError(f"{e.filename}: no such file in the store") from None
-        kid, bs = int(u.block["current_key_id"]), int(u.block["block_size"])
-        bad = 0
-        for p in progress(paths, len(paths), "decrypting"):
-            rel = p.relative_to(u.store.data)
-            damage = offline.decrypt_file(p, args.output / rel, u.keys, kid, bs)
-            if damage.problems:
-                bad += 1
-                print(f"{rel}: {'; '.join(damage.problems)} (written as zeros)")
+        data = u.store.data
+        bad = each_file(
+            u, paths, "decrypting",
+            lambda p, keys, kid, bs: offline.decrypt_file(p, args.output / p.relative_to(data), keys, kid, bs),
+            note=" (written as zeros)",
+        )
     print(f"{len(paths)} files decrypted into {args.output}, {bad} damaged")
     if bad:
         raise DamageFound(f"{bad} damaged file(s): the rest was recovered")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import offline
 from ..errors import DamageFound
-from .common import add_key_args, progress, unlocked_store
+from .common import add_key_args, each_file, unlocked_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,13 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     with unlocked_store(args.store, args) as u:
         paths = list(offline.files(u.store))
-        kid, bs = int(u.block["current_key_id"]), int(u.block["block_size"])
-        bad = 0
-        for p in progress(paths, len(paths), "verifying"):
-            damage = offline.check_file(p, u.keys, kid, bs)
-            if damage.problems:
-                bad += 1
-                print(f"{p.relative_to(u.store.data)}: {'; '.join(damage.problems)}")
+        bad = each_file(u, paths, "verifying", offline.check_file)
     print(f"{len(paths)} files checked, {bad} damaged")
     if bad:
         raise DamageFound(f"{bad} damaged file(s) in {u.store.root}")
