@@ -18,7 +18,7 @@ from . import FORMAT_VERSION
 CATALOG_NAME = "catalog.sqlite"
 
 #: Schema version of the catalog; migrations move older catalogs forward.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Columns added after a table first shipped: (table, column, type).
 ADDED_COLUMNS = (("files", "ino", int), ("files", "ingest_ns", int))
@@ -107,6 +107,18 @@ def create_tables(db: sqlite_utils.Database) -> None:
     db["audit"].create_index(["path"], if_not_exists=True)
     db["audit"].create_index(["path2"], if_not_exists=True)
     db["audit"].create_index(["ns"], if_not_exists=True)
+    # janitor_runs: one row per janitor run (in a mount or by the command).
+    #   started_ns - when it started; seconds - how long it took
+    #   trigger    - 'schedule', 'request' (seldonfs janitor), 'emergency',
+    #                'crash', 'offline' (on an unmounted store)
+    #   rules      - the folder tables it ran for ('*': all)
+    #   planned, done, skipped - actions; freed - bytes deleted or archived
+    #   summary    - the one-line summary the command prints
+    db["janitor_runs"].create(
+        {"id": int, "started_ns": int, "seconds": float, "trigger": str, "rules": str,
+         "planned": int, "done": int, "skipped": int, "freed": int, "summary": str},
+        pk="id", if_not_exists=True,
+    )
 
 
 class Catalog:
@@ -140,7 +152,7 @@ class Catalog:
     def migrate(self) -> None:
         """Bring a catalog of an older schema up to this one: missing tables
         are created, missing columns added (schema 2 -> 3: files.ino,
-        files.ingest_ns). Never drops anything."""
+        files.ingest_ns; 3 -> 4: janitor_runs). Never drops anything."""
         create_tables(self.db)
         for table, column, kind in ADDED_COLUMNS:
             if column not in self.db[table].columns_dict:
@@ -148,6 +160,14 @@ class Catalog:
         self.conn.execute(
             "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
+
+    def add_janitor_run(self, row: dict) -> None:
+        self.db["janitor_runs"].insert(row)
+
+    def janitor_runs(self, limit: int = 10) -> list[dict]:
+        cur = self.conn.execute("SELECT * FROM janitor_runs ORDER BY id DESC LIMIT ?", (limit,))
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, r)) for r in cur]
 
     def close(self) -> None:
         self.conn.close()

@@ -26,9 +26,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import posixpath
 import stat as stat_m
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -133,6 +134,8 @@ class Core:
         self.data_root = os.fspath(data_root)
         self.policy: Policy | None = None  # set by the mount when rules apply
         self.virtual: Virtual | None = None  # read-only made-up files (virtual.py)
+        # Told of every directory made: (its /proc path, path, caller's pid).
+        self.on_mkdir: Callable[[str, str, int], None] | None = None
         self.vhandles: dict[int, Stream] = {}
         self._born_ns = time.time_ns()
         self.as_root = os.geteuid() == 0
@@ -401,6 +404,10 @@ class Core:
         self._chown_new(pfd, name, owner, os.rmdir)
         st = self.lookup(parent, name)
         self.nodes[st.ino].absent_xattrs |= self._new_absent(parent) | _PROBED_XATTRS[b"security.capability"]
+        if self.on_mkdir is not None:
+            d = self.rel_path(parent)
+            if d is not None:
+                self.on_mkdir(_proc(self.nodes[st.ino].fd), posixpath.join(d, os.fsdecode(name)), caller.pid)
         return st
 
     def _new_absent(self, parent: int) -> int:

@@ -19,7 +19,7 @@ import pyfuse3
 from pyfuse3 import FUSEError
 
 from .audit import AuditLog
-from .janitor import CONTROL_XATTR
+from .cleanup import CONTROL_XATTR
 from .config import MountConfig
 from .core import Caller, Core, Stat
 
@@ -86,7 +86,7 @@ class SeldonOperations(pyfuse3.Operations):
         super().__init__()
         self.core = core
         self.audit = audit
-        self.janitor: Any = None  # janitor.MountJanitor, set by the mount
+        self.janitor: Any = None  # cleanup.MountJanitor, set by the mount
         self.nursery: Any = None
         self.cfg = cfg
         self.enable_writeback_cache = writeback
@@ -348,11 +348,7 @@ class SeldonOperations(pyfuse3.Operations):
         if name == CONTROL_XATTR and inode == pyfuse3.ROOT_INODE and self.janitor is not None:
             if ctx.uid != 0:
                 raise FUSEError(errno.EPERM)
-            try:
-                later = float(json.loads(value).get("older_than", 0)) if value.strip() else 0.0
-            except (ValueError, AttributeError):
-                raise FUSEError(errno.EINVAL) from None
-            self.nursery.start_soon(self.janitor.run, later)  # runs beside the requests
+            await self.janitor.request(value, self.nursery)
             return
         if self.policy is not None and name.startswith(b"user.seldon."):
             if self.policy.setxattr(inode, name, value, ctx.uid, ctx.pid):

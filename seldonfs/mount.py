@@ -26,7 +26,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import audit, fuseloop, janitor, keys
+from . import audit, cleanup, fuseloop, janitor, keys
 from .audit import AuditLog
 from .catalog import Catalog
 from .config import Config
@@ -257,9 +257,11 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         try:
             ops = SeldonOperations(core, cfg.mount, writeback, auditlog)
             if janitor.has_retention(cfg):
-                ops.janitor = janitor.MountJanitor(
-                    core, cfg, store.data, str(mountpoint), prep.content, auditlog, ops._notify_gone
+                ops.janitor = cleanup.MountJanitor(
+                    core, cfg, store.data, str(mountpoint), prep.content, auditlog, catalog, ops._notify_gone,
+                    alert=_log_alert,
                 )
+                core.on_mkdir = ops.janitor.on_mkdir
             try:
                 pyfuse3.init(ops, str(mountpoint), prep.fuse_opts)
             except RuntimeError as e:
@@ -289,6 +291,10 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
             catalog.close()
     finally:
         lock.release()
+
+
+def _log_alert(kind: str, level: str, message: str) -> None:
+    log.warning("%s alert (%s): %s", level, kind, message)
 
 
 async def _serve(policy: Policy | None, ops: SeldonOperations) -> None:

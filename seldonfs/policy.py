@@ -133,7 +133,7 @@ def _commits(rule: FolderRule | None) -> bool:
     return rule is not None and bool(rule.naming or rule.validates or rule.route)
 
 
-def _job_from_environ(pid: int) -> str | None:
+def job_from_environ(pid: int) -> str | None:
     """SELDON_JOB_ID from the environment process `pid` started with."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
@@ -237,7 +237,7 @@ class Policy:
             return hit[0]
         if len(self._jobs) > 4096:
             self._jobs.clear()
-        job = _job_from_environ(pid)
+        job = job_from_environ(pid)
         self._jobs[pid] = (job, now + JOB_CACHE_S)
         return job
 

@@ -13,13 +13,18 @@ import tomllib
 from pathlib import Path
 
 from seldonfs import config
-from seldonfs.janitor import Entry, plan
+from seldonfs import janitor
+from seldonfs.janitor import Entry
 
 from .conftest import init_store, key_args, mounted, needs_fuse, seldonfs
 
 H, D = 3600.0, 86400.0
 NOW = 1_800_000_000.0
 NOW_REAL = time.time()
+
+
+def plan(now: float, c: config.Config, entries: list[Entry]) -> list[janitor.Action]:
+    return list(janitor.plan(now, c, entries))
 
 
 def cfg(text: str) -> config.Config:

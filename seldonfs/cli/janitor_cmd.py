@@ -1,15 +1,20 @@
 """seldonfs janitor STORE|MOUNTPOINT [--dry-run]: apply the retention rules.
 
 Lists every file the folder rules let go (deleted, archived or moved, and
-why) and the directories left empty, then carries it out and prints a
-summary of files and bytes; `--dry-run` only lists. Given a MOUNTPOINT,
-the running mount's janitor does it (it skips files that are open or
-locked, and says so); given an unmounted STORE, this command does it under
-the store lock. The mount also runs it on `[janitor] schedule`. Archives
-are gzip files written through the store's encryption, with a .meta.json
-beside them. Every action goes into the audit chain. `--folder PATH` and
-`--rule PATH` narrow the list; `--older-than DURATION` plans as if that
-much time had passed.
+why), orphan session folders and the directories left empty, then carries
+it out and prints a summary of files and bytes; `--dry-run` only lists.
+Given a MOUNTPOINT, the running mount's janitor does it (it skips files
+that are open or locked, and says so); given an unmounted STORE, this
+command does it under the store lock. The mount also runs each folder's
+rules on their `schedule`. Archives are gzip files written through the
+store's encryption, with a .meta.json beside them. Every action goes into
+the audit chain, every run into the catalog (`--runs` lists the last).
+
+`--folder PATH` and `--rule PATH` narrow the list; `--older-than DURATION`
+plans as if that much time had passed. `--crash JOB_ID` removes that job's
+folders under temp/ instead (named after it, or made by a process with
+SELDON_JOB_ID=JOB_ID). `--emergency` then goes on deleting, lowest rule
+`priority` first, until the store's disk is under `[janitor] warning`.
 """
 
 from __future__ import annotations
@@ -17,61 +22,59 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import time
 from pathlib import Path
 
 from .. import audit, config, janitor
-from ..errors import SeldonError, UsageError
-from ..janitor import CONTROL_XATTR
-from ..mount import FSTYPE, find_mount
 from ..blockformat import EncryptedContent, plain_size
+from ..catalog import Catalog
+from ..cleanup import CONTROL_XATTR, Outcome, bytes_over, execute
 from ..config import parse_duration
 from ..content import PlainContent
+from ..errors import SeldonError, UsageError
 from ..keys import unlock
+from ..mount import FSTYPE, find_mount
 from ..store import StoreLock
-from .common import add_key_args, key_source, store_of
+from .common import add_key_args, catalog_readonly, key_source, progress, store_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("janitor", help="apply the retention rules (or list them: --dry-run)", description=__doc__)
+    p = sub.add_parser("janitor", help="apply the retention rules (or list them: --dry-run)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", type=Path, metavar="STORE|MOUNTPOINT")
     p.add_argument("--dry-run", action="store_true", help="list, change nothing")
     p.add_argument("--folder", metavar="PATH", help="only files under PATH (relative to the mount root)")
     p.add_argument("--rule", metavar="PATH", help="only what the folder table PATH asks for")
     p.add_argument("--older-than", metavar="DURATION", help="plan as if DURATION had passed, e.g. 30d")
+    p.add_argument("--crash", metavar="JOB_ID", help="remove the temp/ folders of a crashed job instead")
+    p.add_argument("--emergency", action="store_true", help="then delete by rule priority down to the warning level")
+    p.add_argument("--runs", action="store_true", help="list the last janitor runs and stop")
     p.add_argument("--json", action="store_true", help="one JSON object per action")
     add_key_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.runs:
+        return list_runs(args)
     mounted = find_mount(Path(os.path.abspath(args.target)))
     if not args.dry_run and mounted is not None and mounted[1] == FSTYPE:
         return run_in_mount(args)
     store = store_of(args.target)
     block = store.identity().get("encryption")
     cfg = config.load(store.config_path)
-    later = parse_duration(args.older_than, "--older-than", "value") if args.older_than else 0.0
+    later = _later(args)
     size = (lambda n: plain_size(n, int(block["block_size"]))) if block else (lambda n: n)
-    entries = janitor.inventory(store.data, size)
-    if args.folder:
-        prefix = args.folder.strip("/") + "/"
-        entries = (e for e in entries if (e.rel + "/").startswith(prefix))
-    actions = janitor.plan(time.time() + later, cfg, entries)
-    if args.rule:
-        actions = [a for a in actions if a.rule == args.rule]
+    actions = _wanted(args, _plan(args, cfg, store.data, size, time.time() + later))
     for a in actions:
-        if args.json:
-            print(json.dumps(a.__dict__))
-        else:
-            dest = f" -> {a.dest}/" if a.dest else ""
-            print(f"{a.kind:<8} {a.rel}{dest}  ({a.reason}; rule {a.rule})")
+        _show(args, a)
     files = [a for a in actions if a.kind != "rmdir"]
     by_kind = {k: sum(1 for a in files if a.kind == k) for k in ("delete", "archive", "move")}
     print(
         f"{'dry run' if args.dry_run else 'plan'}: {len(files)} files, {sum(a.size for a in files):,} bytes "
         f"({', '.join(f'{n} {k}' for k, n in by_kind.items() if n) or 'nothing'}); "
-        f"{len(actions) - len(files)} empty directories"
+        f"{len(actions) - len(files)} directories"
     )
     if args.dry_run or not actions:
         return
@@ -82,28 +85,79 @@ def run(args: argparse.Namespace) -> None:
         content = (
             EncryptedContent(keys, block["current_key_id"], block["block_size"]) if keys else PlainContent()
         )
-        now_ns = time.time_ns()
-        out = janitor.execute(store.data, actions, content, now_ns)
+        t0 = time.time()
+        out = Outcome()
+        records = []
+        for i in progress(range(0, len(actions), 256), (len(actions) + 255) // 256, "batches"):
+            done, skipped = execute(store.data, actions[i:i + 256], content, time.time_ns())
+            for a in done:
+                out.add_done(a)
+                records.append(("janitor-" + a.kind, a.rel, a.dest, "OK", a.size, f"{a.reason}; rule {a.rule}"))
+            for a, why in skipped:
+                out.add_skipped(a, why)
+                records.append(("janitor-" + a.kind, a.rel, a.dest, "SKIPPED", 0, why))
         if (store.root / audit.KEY_NAME).exists():
-            records = [("janitor-" + a.kind, a.rel, a.dest, "OK", a.size, f"{a.reason}; rule {a.rule}") for a in out.done]
-            records += [("janitor-" + a.kind, a.rel, a.dest, "SKIPPED", 0, why) for a, why in out.skipped]
             audit.append_offline_many(store.root, store.catalog_path, audit.load_key(store.root, keys), records)
+        cat = Catalog(store.catalog_path)
+        try:
+            cat.migrate()
+            cat.add_janitor_run({
+                "started_ns": int(t0 * 1e9), "seconds": round(time.time() - t0, 3),
+                "trigger": "crash" if args.crash else "emergency" if args.emergency else "offline",
+                "rules": args.rule or "*", "planned": len(actions), "done": out.done, "skipped": out.skipped,
+                "freed": out.freed, "summary": out.summary(),
+            })
+        finally:
+            cat.close()
     finally:
         lock.release()
-    for a, why in out.skipped:
-        print(f"skipped  {a.rel}: {why}")
+    for rel, why in out.skipped_sample:
+        print(f"skipped  {rel}: {why}")
     print(f"done: {out.summary()}")
 
 
+def _later(args: argparse.Namespace) -> float:
+    return parse_duration(args.older_than, "--older-than", "value") if args.older_than else 0.0
+
+
+def _plan(args: argparse.Namespace, cfg, data: Path, size, now: float) -> list[janitor.Action]:
+    if args.crash:
+        return list(janitor.crash_plan(cfg, janitor.inventory(data, size), args.crash))
+    actions = list(janitor.plan(now, cfg, janitor.inventory(data, size)))
+    if args.emergency:
+        need = bytes_over(data, cfg.janitor.warning) - sum(a.size for a in actions if a.kind == "delete")
+        if need > 0:
+            planned = {a.rel for a in actions}
+            rest = (e for e in janitor.inventory(data, size) if e.rel not in planned)
+            actions += janitor.emergency_plan(cfg, rest, need)
+    return actions
+
+
+def _wanted(args: argparse.Namespace, actions: list[janitor.Action]) -> list[janitor.Action]:
+    if args.folder:
+        prefix = args.folder.strip("/") + "/"
+        actions = [a for a in actions if (a.rel + "/").startswith(prefix)]
+    if args.rule:
+        actions = [a for a in actions if a.rule == args.rule]
+    return actions
+
+
+def _show(args: argparse.Namespace, a: janitor.Action) -> None:
+    if args.json:
+        print(json.dumps(a.__dict__))
+    else:
+        dest = f" -> {a.dest}/" if a.dest else ""
+        print(f"{a.kind:<8} {a.rel}{dest}  ({a.reason}; rule {a.rule})")
+
+
 def run_in_mount(args: argparse.Namespace) -> None:
-    """Ask the running mount to run its janitor now, wait, print the result."""
+    """Ask the running mount's janitor to run now, wait, print the result."""
     mp = os.path.abspath(args.target)
-    if args.folder or args.rule:
-        raise UsageError("janitor: --folder and --rule work with --dry-run or an unmounted store")
-    later = parse_duration(args.older_than, "--older-than", "value") if args.older_than else 0.0
+    ask = {"older_than": _later(args), "folder": args.folder or "", "rule": args.rule or "",
+           "crash": args.crash or "", "emergency": args.emergency}
     try:
         before = json.loads(os.getxattr(mp, CONTROL_XATTR))["runs"]
-        os.setxattr(mp, CONTROL_XATTR, json.dumps({"older_than": later}).encode())
+        os.setxattr(mp, CONTROL_XATTR, json.dumps(ask).encode())
         while True:
             state = json.loads(os.getxattr(mp, CONTROL_XATTR))
             if not state["running"] and state["runs"] > before:
@@ -112,6 +166,24 @@ def run_in_mount(args: argparse.Namespace) -> None:
     except OSError as e:
         raise SeldonError(f"{mp}: cannot run the janitor: {e.strerror}") from None
     last = state["last"]
-    for rel, why in last["skipped"]:
+    for rel, why in last.get("skipped", []):
         print(f"skipped  {rel}: {why}")
+    if not last:
+        raise SeldonError(f"{mp}: the janitor run failed (see the mount's log)")
     print(f"done in {last['seconds']} s: {last['summary']}")
+
+
+def list_runs(args: argparse.Namespace) -> None:
+    with catalog_readonly(args.target) as conn:
+        try:
+            cur = conn.execute("SELECT * FROM janitor_runs ORDER BY id DESC LIMIT 20")
+        except sqlite3.OperationalError:
+            raise UsageError(f"{args.target}: no janitor runs recorded yet (mount it once to upgrade the catalog)") from None
+        names = [c[0] for c in cur.description]
+        rows = [dict(zip(names, r)) for r in cur]
+    for r in rows:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started_ns"] / 1e9))
+            print(f"{when}  {r['trigger']:<9} {r['seconds']:>8.3f} s  {r['summary']}")
