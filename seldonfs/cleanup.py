@@ -33,7 +33,7 @@ from pathlib import Path
 
 from . import _libc
 from .config import Config, parse_duration
-from .janitor import TEMP, XATTR_CREATOR, Action, crash_plan, emergency_plan, inventory, plan, start_time
+from .janitor import TEMP, XATTR_CREATOR, Action, crash_plan, emergency_plan, inventory, plan
 from .store import walk
 
 log = logging.getLogger(__name__)
@@ -189,21 +189,28 @@ def next_time(schedule: str, now: float) -> float:
     return now + max(1.0, parse_duration(schedule, "schedule", "value"))
 
 
+#: Tools that make a folder and exit: the folder is their parent process's.
+HANDS_ON = frozenset({"mkdir", "install", "cp", "mv", "rsync", "tar", "unzip"})
+
+
 def creator_record(pid: int) -> bytes | None:
-    """What XATTR_CREATOR holds for a folder made by process `pid`."""
+    """What XATTR_CREATOR holds for a folder made by process `pid`: that
+    process, or for a tool in HANDS_ON the process that ran it."""
     from .policy import job_from_environ
 
-    start = start_time(pid)
-    if start is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
-    except (OSError, ValueError):
-        ppid = 0
-    rec = {"pid": pid, "start": start, "ppid": ppid, "pstart": start_time(ppid) or 0,
-           "job": job_from_environ(pid) or ""}
+    job = job_from_environ(pid) or ""
+    for _ in range(2):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return None
+        comm = stat[stat.index(b"(") + 1:stat.rindex(b")")].decode("utf-8", "replace")
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if comm not in HANDS_ON:
+            break
+        pid = int(fields[1])  # ppid
+    rec = {"pid": pid, "start": int(fields[19]), "comm": comm, "job": job}
     return json.dumps(rec, separators=(",", ":")).encode()
 
 
@@ -318,7 +325,9 @@ class MountJanitor:
             if req.crash:
                 planned += await self._carry_out(crash_plan(self.cfg, inventory(self.data, plain), req.crash), req, out)
             else:
-                planned += await self._carry_out(plan(now, self.cfg, inventory(self.data, plain)), req, out)
+                usage: dict = {}
+                planned += await self._carry_out(plan(now, self.cfg, inventory(self.data, plain), usage), req, out)
+                self._check_caps(usage)
             for _ in range(3 if req.emergency else 0):  # a pass, then usage again
                 need = bytes_over(self.data, self.cfg.janitor.warning)
                 if need == 0:
@@ -348,6 +357,13 @@ class MountJanitor:
         finally:
             self.running = False
             self.runs += 1
+
+    def _check_caps(self, usage: dict) -> None:
+        """Alert when a capped folder is `warn_percent` full (before eviction)."""
+        for folder, (total, _, rule) in sorted(usage.items()):
+            if rule.warn_percent and rule.max_total and total * 100 >= rule.max_total * rule.warn_percent:
+                self.alert("folder-full", "warning", f"{folder}/ holds {total:,} bytes, "
+                           f"{100 * total // rule.max_total} % of its {rule.max_total:,}-byte cap")
 
     async def _carry_out(self, actions: Iterator[Action], req: Request, out: Outcome) -> int:
         """Pull a batch from the planner in a worker thread, act on it a STEP

@@ -10,16 +10,17 @@ emergency plan, keep their candidates).
   `patterns` (name globs with their own max age), `max_age` with `action`,
   `archive_after` (archive before `max_age` deletes), `max_total` and
   `max_files` caps enforced `evict = "oldest"` (mtime) or `"lru"` (atime)
-  first, `remove_empty_dirs`, and orphan sessions: a direct subfolder of an
-  `orphan_sessions` folder whose creator is gone, or, with no creator on
-  record, untouched for `[janitor] orphan_age`, goes with its contents.
+  first (a cap counts its folder's whole subtree), `remove_empty_dirs`,
+  and orphan sessions: a direct subfolder of an `orphan_sessions` folder
+  whose creator is gone, or, with no creator on record, untouched for
+  `[janitor] orphan_age`, goes with its contents.
 - `crash_plan(cfg, entries, job)`: a crashed job's folders under temp/.
 - `emergency_plan(cfg, entries, need)`: what to delete, in rule priority
   order, to free `need` bytes.
 
-A file follows its deepest folder's table, as everywhere; caps count the
-files under each folder a table governs. Entries list a directory before
-what is in it, as `inventory()` does. Carrying a plan out is cleanup.py's.
+A file follows its deepest folder's table, as everywhere, except that a
+size or count cap counts every file under its folder. Entries list a
+directory before what is in it, as `inventory()` does. Carrying a plan out is cleanup.py's.
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ import posixpath
 import stat as stat_m
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from .config import Config, FolderRule
 from .policy import PRIVATE_DIR
 from .rules import Rules
 
-#: On a folder made through the mount where the creator is on record: JSON
-#: {"pid", "start" (clock ticks after boot, so a reused pid is told apart),
-#: "ppid", "pstart", "job"}. Set by the filesystem, never by users.
+#: On a folder made through the mount under temp/: JSON {"pid", "start"
+#: (clock ticks after boot, so a reused pid is told apart), "comm", "job"}
+#: of the process it belongs to (cleanup.creator_record). Set by the
+#: filesystem, never by users.
 XATTR_CREATOR = b"user.seldon.creator"
 TEMP = "temp"  # crash cleanup looks here
 
@@ -131,11 +134,16 @@ def _orphan(rule: FolderRule, e: Entry, now: float, orphan_age: float) -> str | 
     return None
 
 
-def plan(now: float, cfg: Config, entries: Iterable[Entry]) -> Iterator[Action]:
+def plan(now: float, cfg: Config, entries: Iterable[Entry], usage: dict | None = None) -> Iterator[Action]:
+    """The rules' actions; `usage`, if given, receives each capped folder's
+    (bytes, files, rule) before eviction (for `warn_percent`)."""
     rules = Rules(cfg)
     tree = _Tree()
     orphans: dict[str, str] = {}  # session folder -> reason
-    kept: dict[str, list[tuple[FolderRule, Entry]]] = {}  # governed folder -> files left
+    capped = lru_cache(maxsize=4096)(
+        lambda d: tuple((f, r) for f, r in rules.covering(d) if r.max_total is not None or r.max_files is not None)
+    )
+    kept: dict[str, tuple[FolderRule, list[Entry]]] = {}  # capped folder -> its files left
     for e in entries:
         if e.rel.split("/")[0] == PRIVATE_DIR:
             continue
@@ -156,19 +164,25 @@ def plan(now: float, cfg: Config, entries: Iterable[Entry]) -> Iterator[Action]:
         if a is not None:
             tree.took(e.rel)
             yield a
-        elif rule.max_total is not None or rule.max_files is not None:
-            kept.setdefault(_governed(rule, e.rel), []).append((rule, e))
-    for folder, files in sorted(kept.items()):
-        rule = files[0][0]
-        order = sorted(files, key=lambda re_: re_[1].atime if rule.evict == "lru" else re_[1].mtime)
-        total, count = sum(e.size for _, e in files), len(files)
-        for r, e in order:
-            over_size = r.max_total is not None and total > r.max_total
-            over_count = r.max_files is not None and count > r.max_files
+            continue
+        for folder, r in capped(posixpath.dirname(e.rel)):
+            kept.setdefault(folder, (r, []))[1].append(e)
+    # A cap counts its folder's whole subtree; inner caps go first.
+    gone: set[str] = set()
+    for folder in sorted(kept, key=lambda f: (-f.count("/"), f)):
+        rule, files = kept[folder]
+        files = [e for e in files if e.rel not in gone]
+        total, count = sum(e.size for e in files), len(files)
+        if usage is not None:
+            usage[folder] = (total, count, rule)
+        for e in sorted(files, key=lambda e: e.atime if rule.evict == "lru" else e.mtime):
+            over_size = rule.max_total is not None and total > rule.max_total
+            over_count = rule.max_files is not None and count > rule.max_files
             if not (over_size or over_count):
                 break
+            gone.add(e.rel)
             tree.took(e.rel)
-            yield _act(r, e, f"{folder}/ over its {'size' if over_size else 'file-count'} cap, {rule.evict} first")
+            yield _act(rule, e, f"{folder}/ over its {'size' if over_size else 'file-count'} cap, {rule.evict} first")
             total -= e.size
             count -= 1
     yield from tree.empty()
@@ -241,15 +255,13 @@ def has_retention(cfg: Config) -> bool:
 
 
 def creator_alive(record: bytes) -> tuple[bool | None, str]:
-    """Whether the process that made a folder (or its parent, e.g. the
-    script that ran mkdir(1)) still runs, and its job id."""
+    """Whether the process that made a folder still runs, and its job id."""
     try:
         c = json.loads(record)
-        procs = [(int(c["pid"]), int(c["start"])), (int(c.get("ppid", 0)), int(c.get("pstart", 0)))]
-        job = str(c.get("job") or "")
+        pid, start, job = int(c["pid"]), int(c["start"]), str(c.get("job") or "")
     except (ValueError, KeyError, TypeError):
         return None, ""
-    return any(pid > 1 and start_time(pid) == start for pid, start in procs), job
+    return start_time(pid) == start, job
 
 
 def start_time(pid: int) -> int | None:

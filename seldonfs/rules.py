@@ -43,6 +43,12 @@ class Rules:
                 return rule
         return None
 
+    def covering(self, rel: str) -> list[tuple[str, FolderRule]]:
+        """Every table whose folder contains directory `rel` (not only the
+        deepest), with the concrete folder: (folder, rule)."""
+        parts = tuple(rel.split("/")) if rel else ()
+        return [("/".join(parts[: len(p)]), r) for p, r in self._ordered if _matches(p, parts)]
+
     def rule_depth(self, rule: FolderRule) -> int:
         return len(rule.path.split("/"))
 

@@ -16,7 +16,9 @@ from seldonfs import config
 from seldonfs import janitor
 from seldonfs.janitor import Entry
 
-from .conftest import init_store, key_args, mounted, needs_fuse, seldonfs
+import pytest
+
+from .conftest import init_store, key_args, log_problems, mounted, needs_fuse, seldonfs, wait_for
 
 H, D = 3600.0, 86400.0
 NOW = 1_800_000_000.0
@@ -190,3 +192,167 @@ def test_mount_janitor_spares_open_and_locked_files(store: Path, tmp_path: Path)
         r = seldonfs("janitor", m, "--older-than", "13h")  # retried: now they go
         assert "done in" in r.stdout and "2 delete" in r.stdout, r.stdout
         assert os.listdir(d) == []
+
+
+def test_orphan_sessions_go_whole() -> None:
+    c = cfg('[janitor]\norphan_age = "24h"\n[folders."temp/sessions"]\norphan_sessions = true\nmax_age = "48h"\n')
+    d = lambda rel, alive=None, age=0.0, job="": Entry(rel, 0, NOW - age, NOW - age, True, alive, job)  # noqa: E731
+    entries = [
+        d("temp/sessions/gone", alive=False), f("temp/sessions/gone/a", 1 * H),
+        d("temp/sessions/gone/sub"), f("temp/sessions/gone/sub/b", 1 * H),
+        d("temp/sessions/alive", alive=True, age=30 * D), f("temp/sessions/alive/c", 1 * H),
+        d("temp/sessions/unknown-old", age=25 * H), f("temp/sessions/unknown-old/e", 1 * H),
+        d("temp/sessions/unknown-new", age=23 * H),
+        d("temp/sessions/alive/inner", alive=False),  # only direct subfolders are sessions
+    ]
+    acts = plan(NOW, c, entries)
+    assert kinds(acts) == [
+        ("delete", "temp/sessions/gone/a"), ("delete", "temp/sessions/gone/sub/b"),
+        ("delete", "temp/sessions/unknown-old/e"),
+        ("rmdir", "temp/sessions/gone"), ("rmdir", "temp/sessions/gone/sub"),
+        ("rmdir", "temp/sessions/unknown-old"),
+    ]
+    assert [a.rel for a in acts if a.kind == "rmdir"][-1] in ("temp/sessions/gone", "temp/sessions/unknown-old")
+    assert {a.reason for a in acts if "gone/" in a.rel} == {"orphan session: its creator is gone"}
+
+
+def test_crash_plan_takes_one_jobs_temp_folders() -> None:
+    c = cfg('[folders."temp/jobs"]\nmax_age = "24h"\n')
+    entries = [
+        Entry("temp/jobs/J1", 0, NOW, NOW, True), f("temp/jobs/J1/chunk-0", 60),
+        Entry("temp/jobs/J1/out", 0, NOW, NOW, True), f("temp/jobs/J1/out/x", 60),
+        Entry("temp/scratch", 0, NOW, NOW, True, True, "J1"), f("temp/scratch/y", 60),  # made by J1's process
+        Entry("temp/jobs/J2", 0, NOW, NOW, True), f("temp/jobs/J2/chunk-0", 60),
+        Entry("output/J1", 0, NOW, NOW, True), f("output/J1/result", 60),  # not temp: kept
+    ]
+    assert kinds(janitor.crash_plan(c, entries, "J1")) == [
+        ("delete", "temp/jobs/J1/chunk-0"), ("delete", "temp/jobs/J1/out/x"), ("delete", "temp/scratch/y"),
+        ("rmdir", "temp/jobs/J1"), ("rmdir", "temp/jobs/J1/out"), ("rmdir", "temp/scratch"),
+    ]
+
+
+def test_emergency_plan_by_priority_then_age_and_only_deleting_rules() -> None:
+    c = cfg(
+        '[folders."temp/cache"]\nmax_age = "7d"\npriority = 10\nevict = "lru"\n'
+        '[folders."temp/work"]\nmax_age = "3d"\npriority = 20\n'
+        '[folders."output"]\nmax_age = "1y"\naction = "archive"\narchive_to = "archive"\npriority = 1\n'
+        '[folders."keep"]\n'
+    )
+    entries = [
+        f("temp/work/old", 5 * H, 100), f("temp/cache/read-now", 9 * H, 100, atime_age=0),
+        f("temp/cache/read-long-ago", 1 * H, 100, atime_age=8 * H), f("output/r.csv", 99 * D, 10**6),
+        f("keep/k", 99 * D, 10**6), f("temp/work/new", 1 * H, 100),
+    ]
+    got = lambda need: [a.rel for a in janitor.emergency_plan(c, entries, need)]  # noqa: E731
+    assert got(0) == []
+    assert got(150) == ["temp/cache/read-long-ago", "temp/cache/read-now"]
+    assert got(10**9) == ["temp/cache/read-long-ago", "temp/cache/read-now", "temp/work/old", "temp/work/new"]
+
+
+def test_schedules_interval_and_cron() -> None:
+    from seldonfs.cleanup import next_time
+
+    t = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+    assert next_time("1h", t) == t + 3600
+    assert next_time("0 2 * * *", t) % 86400 == 2 * 3600  # the next 02:00 UTC
+    assert 0 < next_time("30 */6 * * *", t) - t <= 6 * 3600
+
+
+def _running_until_stdin_closes(*argv: str):
+    import subprocess
+
+    return subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+@needs_fuse
+def test_orphan_session_of_a_process_that_exited(tmp_path: Path) -> None:
+    """A real child makes a session folder and exits: its folder goes; one
+    made by mkdir(1) from a script that still runs stays until it ends."""
+    import subprocess
+    import sys
+
+    store = init_store(tmp_path / "store", encrypted=False)
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        s = m / "temp" / "sessions"
+        code = "import os, sys; os.makedirs(sys.argv[1] + '/sub'); open(sys.argv[1] + '/sub/f', 'w').write('x')"
+        subprocess.run([sys.executable, "-c", code, str(s / "done")], check=True)
+        script = _running_until_stdin_closes("sh", "-c", f"mkdir {s / 'running'} && echo made && read x")
+        try:
+            assert script.stdout.readline() == "made\n"
+            (s / "running" / "g").write_text("y")
+            rec = json.loads(os.getxattr(s / "running", "user.seldon.creator"))
+            assert rec["pid"] == script.pid and rec["comm"] == "sh"  # mkdir(1) handed it to the script
+            r = seldonfs("janitor", m)
+            assert r.returncode == 0, r.stderr
+            assert sorted(os.listdir(s)) == ["running"]
+        finally:
+            script.stdin.close()
+            script.wait()
+            script.stdout.close()
+        r = seldonfs("janitor", m)
+        assert "1 delete" in r.stdout and os.listdir(s) == [], r.stdout
+    recs = [json.loads(l) for l in seldonfs("audit", store, "--json").stdout.splitlines()]
+    assert ("janitor-rmdir", "temp/sessions/done/sub") in {(r["op"], r["path"]) for r in recs}
+    runs = seldonfs("janitor", store, "--runs", "--json").stdout.splitlines()
+    assert [json.loads(r)["trigger"] for r in runs] == ["request", "request"]
+
+
+@needs_fuse
+def test_crash_cleanup_through_the_mount(tmp_path: Path) -> None:
+    import subprocess
+
+    store = init_store(tmp_path / "store", "--profile", "pixcrawler", encrypted=False)
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        jobs = m / "temp" / "jobs"
+        env = {**os.environ, "SELDON_JOB_ID": "crawl-7"}
+        subprocess.run(["mkdir", "-p", str(jobs / "crawl-7" / "chunks"), str(m / "temp" / "scratch-a")], check=True, env=env)
+        (jobs / "crawl-7" / "chunks" / "0001.jpg").write_bytes(b"\xff\xd8" + b"0" * 100)
+        (m / "temp" / "scratch-a" / "part").write_text("z")
+        (jobs / "crawl-8").mkdir()
+        (jobs / "crawl-8" / "keep").write_text("k")
+        r = seldonfs("janitor", m, "--crash", "crawl-7")
+        assert r.returncode == 0, r.stderr
+        assert "2 delete" in r.stdout and "3 rmdir" in r.stdout, r.stdout
+        assert sorted(os.listdir(jobs)) == ["crawl-8"] and not (m / "temp" / "scratch-a").exists()
+
+
+@needs_fuse
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_emergency_cleanup_on_a_small_filesystem(tmp_path: Path) -> None:
+    """A 32 MiB tmpfs holds the store; filled past the profile's emergency
+    level (90 %), the mount's own disk check cleans by priority until usage
+    is under its warning level (80 %)."""
+    import subprocess
+
+    from seldonfs.cleanup import disk_usage
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    try:
+        store = init_store(small / "store", encrypted=False)
+        conf = store / "seldonfs.toml"
+        conf.write_text(conf.read_text().replace('check_every = "5m"', 'check_every = "1s"', 1))
+        assert 'check_every = "1s"' in conf.read_text()
+        m = tmp_path / "mnt"
+        with mounted(store, m, expect_log_problems=True):
+            chunk = os.urandom(1 << 20)
+            for i in range(6):  # priority 10 first (temp/cache), oldest first
+                (m / "temp" / "cache" / f"c{i}.bin").write_bytes(chunk)
+                os.utime(m / "temp" / "cache" / f"c{i}.bin", (NOW_REAL - 1000 + i, NOW_REAL - 1000 + i))
+            for i in range(6):
+                (m / "temp" / "processing" / f"p{i}.bin").write_bytes(chunk)
+            _, used, total = disk_usage(small)
+            (small / "other").write_bytes(os.urandom(total * 93 // 100 - used))  # something else fills the disk
+            wait_for(lambda: disk_usage(small)[0] < 80, timeout=30, what="emergency cleanup")
+            left = sorted(os.listdir(m / "temp" / "cache"))
+            assert (small / "other").exists()
+            assert len(left) < 6 and left == [f"c{i}.bin" for i in range(6 - len(left), 6)], left  # oldest first
+            assert len(os.listdir(m / "temp" / "processing")) == 6  # priority 20: not needed
+        assert any("emergency" in l for l in log_problems(store))  # the alert
+        recs = [json.loads(l) for l in seldonfs("audit", store, "--json").stdout.splitlines()]
+        assert any(r["op"] == "janitor-delete" and "emergency" in r["detail"] for r in recs)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

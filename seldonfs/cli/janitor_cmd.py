@@ -20,6 +20,7 @@ SELDON_JOB_ID=JOB_ID). `--emergency` then goes on deleting, lowest rule
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sqlite3
@@ -157,6 +158,12 @@ def run_in_mount(args: argparse.Namespace) -> None:
            "crash": args.crash or "", "emergency": args.emergency}
     try:
         before = json.loads(os.getxattr(mp, CONTROL_XATTR))["runs"]
+    except OSError as e:
+        if e.errno != errno.ENODATA:
+            raise SeldonError(f"{mp}: cannot run the janitor: {e.strerror}") from None
+        print("nothing to do: the store's rules keep everything (no retention keys)")
+        return
+    try:
         os.setxattr(mp, CONTROL_XATTR, json.dumps(ask).encode())
         while True:
             state = json.loads(os.getxattr(mp, CONTROL_XATTR))
