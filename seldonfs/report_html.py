@@ -139,7 +139,7 @@ def render_html(rep: dict[str, Any]) -> str:
         + (f'; mounted at {escape(s["mountpoint"])}' if s.get("mountpoint") else "")
         + f'; owner {escape(rep["permissions"]["owner"]["name"])}.</p>',
         '<ul class="totals">'
-        + "".join(f"<li><b>{escape(v)}</b>{escape(k)}</li>" for k, v in (
+        + "".join(f"<li><b>{escape(v)}</b> {escape(k)}</li>" for k, v in (
             ("files", f"{t['files']:,}"), ("bytes", human(t["bytes"])), ("stored", human(t["stored_bytes"])),
             ("directories", f"{t['dirs']:,}"), ("symlinks", f"{t['symlinks']:,}"),
             ("permission problems", f"{rep['permissions']['count']:,}"),
