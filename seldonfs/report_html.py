@@ -68,8 +68,9 @@ def bar_chart(cid: str, title: str, rows: list[tuple[str, float, str]], color: s
     return "\n".join(parts)
 
 
-def pie_chart(cid: str, title: str, rows: list[tuple[str, float, str]]) -> str:
-    """A pie with a legend: one (label, value, value as text) per slice."""
+def pie_chart(cid: str, title: str, rows: list[tuple[str, float, str]], colors: dict[str, str] | None = None) -> str:
+    """A pie with a legend: one (label, value, value as text) per slice;
+    `colors` fixes a slice's colour by label."""
     rows = [r for r in rows if r[1] > 0]
     if not rows:
         return ""
@@ -84,7 +85,7 @@ def pie_chart(cid: str, title: str, rows: list[tuple[str, float, str]]) -> str:
     ]
     angle = -math.pi / 2
     for i, (label, v, text) in enumerate(rows):
-        color = COLORS[i % len(COLORS)]
+        color = (colors or {}).get(label, COLORS[i % len(COLORS)])
         tip = f"<title>{escape(label)}: {escape(text)} ({v / total:.0%})</title>"
         if v == total:
             parts.append(f'<g>{tip}<circle cx="{cx}" cy="{cy}" r="{r}" fill="{color}"/></g>')
@@ -214,7 +215,8 @@ def _permissions(rep: dict[str, Any]) -> str:
 def _classification(rep: dict[str, Any]) -> str:
     c = rep["classification"]
     pie = pie_chart("verdicts", f"Validation verdicts of {c['commits']:,} commits",
-                    [(r["verdict"], r["files"], f"{r['files']:,} files") for r in c["by_verdict"]])
+                    [(r["verdict"], r["files"], f"{r['files']:,} files") for r in c["by_verdict"]],
+                    {"ok": COLORS[2], "quarantined": COLORS[3]})
     mimes = bar_chart("mimes", "Files by detected type (libmagic)",
                       [(r["mime"], r["files"], f"{r['files']:,} files, {human(r['bytes'])}") for r in c["by_mime"]],
                       COLORS[4])
@@ -239,10 +241,10 @@ def _janitor(rep: dict[str, Any]) -> str:
     if not j["actions"]:
         return _section("h-janitor", "Janitor: due now", '<p class="none">Nothing is due.</p>')
     chart = bar_chart("janitor", "Janitor actions due now, by kind",
-                      [(r["kind"], r["entries"], f"{r['entries']:,}, {human(r['bytes'])}") for r in j["by_kind"]],
+                      [(r["kind"], r["entries"], f"{r['entries']:,} entries, {human(r['bytes'])}") for r in j["by_kind"]],
                       COLORS[3])
     tab = html_table("Due now by rule (a dry run: nothing was changed)", ["rule", "action", "entries", "bytes"],
                      [[r["rule"], r["kind"], f"{r['entries']:,}", human(r["bytes"])] for r in j["by_rule"]], {2, 3})
-    first = html_table(f"The first {len(j['first'])} actions", ["action", "path", "bytes", "why"],
+    first = html_table(f"Actions due (the first {len(j['first'])} of {j['actions']:,})", ["action", "path", "bytes", "why"],
                        [[r["kind"], r["path"], human(r["bytes"]), r["reason"]] for r in j["first"]], {2})
     return _section("h-janitor", "Janitor: due now", chart, tab, first)
