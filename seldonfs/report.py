@@ -351,7 +351,7 @@ def janitor_due(now: float, cfg: Config, items: list[Item]) -> dict[str, Any]:
     files and bytes per action kind and per rule."""
     entries = [janitor.Entry(it.rel, it.size, it.mtime, it.atime, it.kind == "dir")
                for it in items if it.kind in ("file", "dir")]
-    actions = janitor.plan(now, cfg, entries)
+    actions = list(janitor.plan(now, cfg, entries))
     kinds: dict[str, list[int]] = {}
     rules: dict[tuple[str, str], list[int]] = {}
     for a in actions:

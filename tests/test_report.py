@@ -149,7 +149,7 @@ def test_janitor_due_is_the_plan_summed() -> None:
              f("input/processed/new.csv", 50, 1 * D), d("temp"), d("temp/cache"),
              f("temp/cache/a.tmp", 7, 13 * 3600), f("temp/cache/b.cache", 9, 4 * D), f("input/raw/x.json", 11, 40 * D)]
     j = report.janitor_due(NOW, SEED, items)
-    expect = plan(NOW, SEED, [Entry(i.rel, i.size, i.mtime, i.atime, i.kind == "dir") for i in items])
+    expect = list(plan(NOW, SEED, [Entry(i.rel, i.size, i.mtime, i.atime, i.kind == "dir") for i in items]))
     assert j["actions"] == len(expect) == 4
     assert by(j["by_kind"], "kind") == {
         "archive": {"kind": "archive", "entries": 2, "bytes": 1011},
