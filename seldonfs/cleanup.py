@@ -223,6 +223,7 @@ class Request:
     folder: str = ""  # only under this folder
     crash: str = ""  # job id: crash cleanup instead of the rules
     emergency: bool = False  # then clean down to the warning level
+    orphans: bool = False  # only orphan sessions
 
     @classmethod
     def parse(cls, value: bytes) -> "Request":
@@ -240,6 +241,8 @@ class Request:
             raise OSError(errno.EINVAL, "not a janitor request") from None
 
     def wants(self, a: Action) -> bool:
+        if self.orphans and not a.reason.startswith("orphan session"):
+            return False
         return (self.rules is None or a.rule in self.rules) and (
             not self.folder or (a.rel + "/").startswith(self.folder + "/")
         )

@@ -7,8 +7,10 @@ with exit code 13 (`ConfigError`). Profiles are TOML files shipped in
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -105,6 +107,20 @@ class JanitorConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    port: int = 0  # /metrics and the control API on 127.0.0.1:port; 0: off (the socket stays)
+    address: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    cooldown: float = 900.0  # the same alert again only after this long
+    notifications: str = "output/notifications"  # folder for JSON files; "" = none
+    webhook: str = ""  # URL that gets each alert as a JSON POST; "" = none
+    quarantine_backlog: int = 100  # files waiting in quarantine that raise an alert
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     enabled: bool = True
     reads: bool = False  # a record per handle that read, too
@@ -118,6 +134,8 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     janitor: JanitorConfig = field(default_factory=JanitorConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 def profile_names() -> list[str]:
@@ -142,11 +160,40 @@ def load(path: Path) -> Config:
         raise ConfigError(f"{path}: cannot read: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse(raw, str(path))
+    return parse(env_overrides(raw, os.environ), str(path))
+
+
+#: Seed 004's environment variables and the keys they set (`[janitor]`);
+#: values in its units (percent, hours, minutes).
+ENV_PREFIX = "TEMP_STORAGE_CLEANUP_"
+ENV_KEYS = {
+    "EMERGENCY_CLEANUP_THRESHOLD": ("emergency", lambda v: round(float(v))),
+    "WARNING_THRESHOLD": ("warning", lambda v: round(float(v))),
+    "MAX_ORPHAN_AGE_HOURS": ("orphan_age", lambda v: f"{float(v):g}h"),
+    "CLEANUP_BATCH_SIZE": ("batch", int),
+    "SCHEDULED_CLEANUP_INTERVAL_MINUTES": ("schedule", lambda v: f"{float(v):g}m"),
+    "EMERGENCY_CHECK_INTERVAL_MINUTES": ("check_every", lambda v: f"{float(v):g}m"),
+}
+
+
+def env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """`raw` with the TEMP_STORAGE_CLEANUP_* variables of `env` applied."""
+    janitor = dict(raw.get("janitor", {}))
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = ENV_KEYS.get(name[len(ENV_PREFIX):])
+        if key is None:
+            raise ConfigError(f"${name}: not a setting (known: {', '.join(ENV_PREFIX + k for k in ENV_KEYS)})")
+        try:
+            janitor[key[0]] = key[1](value)
+        except ValueError:
+            raise ConfigError(f"${name}: not a number: {value!r}") from None
+    return {**raw, "janitor": janitor} if janitor or "janitor" in raw else raw
 
 
 def parse(raw: dict[str, Any], where: str) -> Config:
-    _only_keys(raw, {"store", "mount", "policy", "janitor", "audit", "folders"}, where, "")
+    _only_keys(raw, {"store", "mount", "policy", "janitor", "audit", "monitoring", "alerts", "folders"}, where, "")
     store = _table(raw, "store", where, "")
     _only_keys(store, {"profile"}, where, "store.")
     profile = _get(store, "profile", str, where, "store.", "custom")
@@ -163,9 +210,29 @@ def parse(raw: dict[str, Any], where: str) -> Config:
         enabled=_get(a, "enabled", bool, where, "audit.", True),
         reads=_get(a, "reads", bool, where, "audit.", False),
     )
-    return Config(
-        profile=profile, mount=mount, folders=folders, policy=policy, janitor=janitor, audit=audit
+    m = _Reader(_only(raw, "monitoring", MonitoringConfig, where), where, "monitoring.")
+    monitoring = MonitoringConfig(
+        port=m.integer("port", 0, 0, 65535), address=m.get("address", str, "127.0.0.1"),
     )
+    if monitoring.address not in ("127.0.0.1", "::1", "localhost"):
+        raise ConfigError(f"{where}: monitoring.address: loopback only (127.0.0.1, ::1), have {monitoring.address!r}")
+    al = _Reader(_only(raw, "alerts", AlertsConfig, where), where, "alerts.")
+    alerts = AlertsConfig(
+        cooldown=al.duration("cooldown", 900.0), notifications=al.get("notifications", str, "output/notifications"),
+        webhook=al.get("webhook", str, ""), quarantine_backlog=al.integer("quarantine_backlog", 100, 1, 10**9),
+    )
+    if alerts.webhook and not alerts.webhook.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: alerts.webhook: want an http:// or https:// URL, have {alerts.webhook!r}")
+    return Config(
+        profile=profile, mount=mount, folders=folders, policy=policy, janitor=janitor, audit=audit,
+        monitoring=monitoring, alerts=alerts,
+    )
+
+
+def _only(raw: dict[str, Any], name: str, kind: type, where: str) -> dict[str, Any]:
+    t = _table(raw, name, where, "")
+    _only_keys(t, set(kind.__dataclass_fields__), where, name + ".")
+    return t
 
 
 def _parse_mount(t: dict[str, Any], where: str) -> MountConfig:

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+from time import perf_counter_ns
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from .audit import AuditLog
 from .cleanup import CONTROL_XATTR
 from .config import MountConfig
 from .core import Caller, Core, Stat
+from .metrics import OpStats
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +31,27 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def _errors(fn: F) -> F:
+    """Errors to errnos, and every request counted (metrics.OpStats)."""
+    op = fn.__name__
+
     @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(self: SeldonOperations, *args: Any, **kwargs: Any) -> Any:
+        t = perf_counter_ns()
+        result = "OK"
         try:
-            return await fn(*args, **kwargs)
+            return await fn(self, *args, **kwargs)
         except OSError as e:
+            result = errno.errorcode.get(e.errno or errno.EIO, "EIO")
             raise FUSEError(e.errno or errno.EIO) from None
-        except FUSEError:
+        except FUSEError as e:
+            result = errno.errorcode.get(e.errno, "EIO")
             raise
         except Exception:
-            log.exception("internal error in %s", fn.__name__)
+            result = "EIO"
+            log.exception("internal error in %s", op)
             raise FUSEError(errno.EIO) from None
+        finally:
+            self.stats.op(op, result, perf_counter_ns() - t)
 
     return wrapper  # type: ignore[return-value]
 
@@ -87,6 +99,7 @@ class SeldonOperations(pyfuse3.Operations):
         self.core = core
         self.audit = audit
         self.janitor: Any = None  # cleanup.MountJanitor, set by the mount
+        self.stats = OpStats()
         self.nursery: Any = None
         self.cfg = cfg
         self.enable_writeback_cache = writeback
@@ -273,11 +286,15 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def read(self, fh, off, size):
-        return self.core.read(fh, off, size)
+        data = self.core.read(fh, off, size)
+        self.stats.read += len(data)
+        return data
 
     @_errors
     async def write(self, fh, off, buf):
-        return self.core.write(fh, off, buf)
+        n = self.core.write(fh, off, buf)
+        self.stats.written += n
+        return n
 
     @_errors
     async def flush(self, fh):

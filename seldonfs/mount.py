@@ -10,15 +10,16 @@ the failure's one-line message and exit code.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import logging.handlers
 import os
+import posixpath
 import resource
 import signal
 import stat as stat_m
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +27,18 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import audit, cleanup, fuseloop, janitor, keys
+from . import audit, cleanup, config, fuseloop, janitor, keys
+from .alerts import Alerts, watch
 from .audit import AuditLog
 from .catalog import Catalog
 from .config import Config
 from .content import ContentLayer, PlainContent
+from .control import Control, ensure_token
 from .core import Core
 from .errors import MountPointError, SeldonError, UsageError
 from .fuse_ops import SeldonOperations
 from .keys import KeySource
+from .metrics import Sources, registry, snapshot
 from .policy import Policy
 from .rules import Rules
 from .store import Store, StoreLock
@@ -203,22 +207,12 @@ def open_audit(store: Store, cfg: Config, content: ContentLayer, lock_fd: int) -
     return audit.AuditLog(store.root, store.catalog_path, key, reads=cfg.audit.reads, lock_fd=lock_fd)
 
 
-def virtual_files(store: Store, mountpoint: Path, core: Core, auditlog: AuditLog | None) -> Virtual:
+def virtual_files(store: Store, mountpoint: Path, sources: Sources, auditlog: AuditLog | None, metrics_url: str | None) -> Virtual:
     """system/logs/audit.jsonl and system/monitoring/stats.json (virtual.py)."""
-    started = time.time()
 
     def stats() -> Iterator[bytes]:
-        doc = {
-            "store": str(store.root),
-            "mountpoint": str(mountpoint),
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - started, 3),
-            "inodes_known": len(core.nodes),
-            "open_files": len(core.handles),
-            "damaged_reads": core.damage_count,
-            "audit_records": auditlog.count if auditlog is not None else None,
-            "policy": dict(core.policy.counts) if core.policy is not None else {},
-        }
+        doc = {"store": str(store.root), "mountpoint": str(mountpoint), "pid": os.getpid(),
+               "metrics_url": metrics_url, **snapshot(sources)}
         yield json.dumps(doc, indent=2).encode() + b"\n"
 
     files = [VirtualFile(VIRTUAL_BASE + 2, "system/monitoring", b"stats.json", stats)]
@@ -253,15 +247,20 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         auditlog = open_audit(store, cfg, prep.content, lock.fd)
         if core.policy is not None:
             core.policy.audit = auditlog
-        core.virtual = virtual_files(store, mountpoint, core, auditlog)
         try:
             ops = SeldonOperations(core, cfg.mount, writeback, auditlog)
+            alerts = Alerts(cfg.alerts, store.data, prep.content, str(mountpoint), _notifier(core, ops))
             if janitor.has_retention(cfg):
                 ops.janitor = cleanup.MountJanitor(
                     core, cfg, store.data, str(mountpoint), prep.content, auditlog, catalog, ops._notify_gone,
-                    alert=_log_alert,
+                    alert=alerts.raise_,
                 )
                 core.on_mkdir = ops.janitor.on_mkdir
+            sources = Sources(ops.stats, store.data, store.catalog_path, core, auditlog, ops.janitor, alerts,
+                              prep.content, cfg.janitor)
+            port = cfg.monitoring.port
+            url = f"http://{cfg.monitoring.address}:{port}/metrics" if port else None
+            core.virtual = virtual_files(store, mountpoint, sources, auditlog, url)
             try:
                 pyfuse3.init(ops, str(mountpoint), prep.fuse_opts)
             except RuntimeError as e:
@@ -275,7 +274,8 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
             ready()
             fuseloop.install(cfg.mount.spin_us)
             try:
-                trio.run(_serve, core.policy, ops)
+                served = Served(store, cfg, sources, alerts, auditlog)
+                trio.run(_serve, core.policy, ops, served)
             finally:
                 fuseloop.uninstall()
                 pyfuse3.close(unmount=True)
@@ -293,23 +293,68 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         lock.release()
 
 
-def _log_alert(kind: str, level: str, message: str) -> None:
-    log.warning("%s alert (%s): %s", level, kind, message)
+def _notifier(core: Core, ops: SeldonOperations) -> Callable[[str], None]:
+    """Tell the kernel about a file the mount wrote behind its back."""
+
+    def new_file(rel: str) -> None:
+        parent = core.ino_of_dir(posixpath.dirname(rel))
+        if parent is not None:
+            ops._notify_gone(parent, os.fsencode(posixpath.basename(rel)))
+
+    return new_file
 
 
-async def _serve(policy: Policy | None, ops: SeldonOperations) -> None:
+@dataclass
+class Served:
+    """What the request loop's side tasks need (control API, watchers)."""
+    store: Store
+    cfg: Config
+    sources: Sources
+    alerts: Alerts
+    auditlog: AuditLog | None
+
+
+def _reload(served: Served, ops: SeldonOperations) -> dict:
+    """Re-read seldonfs.toml in a running mount: the janitor (retention,
+    thresholds) and alerts take it now; the policy's naming and validation
+    rules, mount options, audit and monitoring settings at the next mount.
+    A broken file raises ConfigError and the running settings stay."""
+    old, new = served.cfg, config.load(served.store.config_path)
+    if ops.janitor is not None:
+        ops.janitor.cfg = new
+    served.alerts.cfg = new.alerts
+    served.sources.janitor_cfg = new.janitor
+    served.cfg = new
+    later = [k for k in ("folders", "policy", "mount", "audit", "monitoring") if getattr(old, k) != getattr(new, k)]
+    return {"reloaded": True, "applied": ["janitor", "alerts"], "at_next_mount": later}
+
+
+async def _serve(policy: Policy | None, ops: SeldonOperations, served: Served) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals)
         ops.nursery = nursery
         if ops.janitor is not None:
-            nursery.start_soon(ops.janitor.loop)  # on [janitor] schedule
+            nursery.start_soon(ops.janitor.loop)  # on each folder's schedule; disk checks
         if policy is not None:
             policy.nursery = nursery  # content checks of large files run here
             nursery.start_soon(policy.write_rows_every)
-        # One worker: no handler awaits, so a second worker would only add a
-        # lock hand-off per request (see fuseloop.py). Work that must wait
-        # (large content checks) runs in tasks of its own.
-        await pyfuse3.main(min_tasks=1, max_tasks=1)
+        nursery.start_soon(watch, served.alerts, served.sources, served.cfg.alerts)
+        control = Control(
+            served.store.root, ensure_token(served.store.root), served.sources, registry(served.sources),
+            trio.lowlevel.current_trio_token(), nursery, ops.janitor, served.auditlog,
+            functools.partial(_reload, served, ops),
+        )
+        try:
+            control.start(served.cfg.monitoring.port, served.cfg.monitoring.address)
+        except OSError as e:
+            log.error("control API not served: %s", e)
+        try:
+            # One worker: no handler awaits, so a second worker would only add a
+            # lock hand-off per request (see fuseloop.py). Work that must wait
+            # (large content checks) runs in tasks of its own.
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
+        finally:
+            control.stop()
         # Unmounted from outside (fusermount3 -u, umount): stop the rest.
         nursery.cancel_scope.cancel()
 

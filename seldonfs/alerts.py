@@ -1,0 +1,122 @@
+"""Alerts: raised once, repeated only after a cool-down, delivered three ways.
+
+An alert is (kind, level, message): kinds are disk-warning, disk-emergency,
+folder-full, quarantine-backlog, janitor-failed, emergency-stuck,
+integrity-error, audit-verify. Each goes to the log, to a JSON file in
+`[alerts] notifications` (written into the store through its content
+layer, so encrypted like any file, and visible in the mount), and, if
+`[alerts] webhook` is set, as a JSON POST from a thread of its own with a
+5 s timeout: a slow or failing receiver never holds up a file operation,
+and its failure is logged, not retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import AlertsConfig
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_TIMEOUT = 5.0
+
+
+class Alerts:
+    def __init__(self, cfg: AlertsConfig, data: Path, content, mountpoint: str,
+                 notify_new: Callable[[str], None] | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.cfg, self.data, self.content, self.mountpoint = cfg, data, content, mountpoint
+        self.notify_new = notify_new  # told the path of each notification file written
+        self.clock = clock
+        self.last: dict[str, float] = {}  # kind -> when it was last delivered
+        self.current: dict[str, dict] = {}  # kind -> the alert, while it holds
+        self.delivered = 0
+
+    def raise_(self, kind: str, level: str, message: str) -> bool:
+        """Deliver unless the same kind was delivered within the cool-down;
+        True when delivered."""
+        now = self.clock()
+        alert = {"kind": kind, "level": level, "message": message, "at": now, "mount": self.mountpoint}
+        self.current[kind] = alert
+        if now - self.last.get(kind, -1e18) < self.cfg.cooldown:
+            return False
+        self.last[kind] = now
+        self.delivered += 1
+        log.warning("%s alert (%s): %s", level, kind, message)
+        if self.cfg.notifications:
+            try:
+                self._write_notification(alert)
+            except OSError as e:
+                log.error("cannot write the notification for %s: %s", kind, e)
+        if self.cfg.webhook:
+            threading.Thread(target=self._post, args=(alert,), name="webhook", daemon=True).start()
+        return True
+
+    def clear(self, kind: str) -> None:
+        self.current.pop(kind, None)
+
+    def active(self) -> list[dict]:
+        return sorted(self.current.values(), key=lambda a: a["at"])
+
+    def _write_notification(self, alert: dict) -> None:
+        from .store import walk
+
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(alert["at"]))
+        name = f"{stamp}-{alert['kind']}-{self.delivered}.json"
+        root = os.open(self.data, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            dfd = walk(root, self.cfg.notifications, create=True)
+            try:
+                fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640, dir_fd=dfd)
+                try:
+                    self.content.attach(fd).write(0, json.dumps(alert, indent=2).encode() + b"\n")
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(root)
+        if self.notify_new is not None:
+            self.notify_new(posixpath.join(self.cfg.notifications, name))
+
+    def _post(self, alert: dict) -> None:
+        req = urllib.request.Request(
+            self.cfg.webhook, data=json.dumps(alert).encode(), method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "seldonfs"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=WEBHOOK_TIMEOUT) as r:
+                r.read(1024)
+        except Exception as e:  # any failure of the receiver: said, not retried
+            log.error("webhook %s refused the %s alert: %s", self.cfg.webhook, alert["kind"], e)
+
+
+WATCH_EVERY = 10.0
+
+
+async def watch(alerts: Alerts, sources, cfg: AlertsConfig, every: float = WATCH_EVERY) -> None:
+    """Raise what no other part raises: a quarantine backlog, new
+    integrity errors (damaged blocks read)."""
+    import trio
+
+    seen_damage = 0
+    while True:
+        await trio.sleep(every)
+        waiting = await trio.to_thread.run_sync(sources.quarantine)
+        if waiting >= alerts.cfg.quarantine_backlog:
+            alerts.raise_("quarantine-backlog", "warning", f"{waiting} files wait in quarantine "
+                          f"(alert at {alerts.cfg.quarantine_backlog})")
+        else:
+            alerts.clear("quarantine-backlog")
+        damage = sources.core.damage_count if sources.core is not None else 0
+        if damage > seen_damage:
+            alerts.raise_("integrity-error", "critical", f"{damage - seen_damage} reads refused: "
+                          "blocks failed authentication (seldonfs verify STORE lists them)")
+            seen_damage = damage

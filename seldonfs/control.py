@@ -1,0 +1,236 @@
+"""The mount's HTTP endpoints: Prometheus metrics, health, and control.
+
+Served by threads of their own on STORE/control.sock (always) and, when
+`[monitoring] port` is set, on 127.0.0.1:port. Seed 004's API:
+
+    GET  /metrics                          Prometheus text format (no token)
+    GET  /api/v1/health                    ok or degraded, with active alerts
+    GET  /api/v1/stats                     the numbers of stats.json
+    POST /api/v1/cleanup/scheduled         a janitor run of every rule
+    POST /api/v1/cleanup/emergency         ... then down to the warning level
+    POST /api/v1/cleanup/orphaned          orphan sessions only
+    POST /api/v1/cleanup/crash/{job_id}    that job's temp/ folders
+    GET  /api/v1/tasks/{id}                a cleanup's state and result
+    POST /api/v1/reload                    re-read seldonfs.toml (see reload())
+
+/api/* wants `Authorization: Bearer TOKEN`, the token being STORE/control.
+token (0600, made at the first mount), or, on the socket, a peer that is
+root or the store's owner (SO_PEERCRED). Anything else gets 401, and the
+refusal goes into the audit chain. Work is handed to the request loop's
+trio thread (trio.from_thread); nothing here touches the store itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import secrets
+import socket
+import socketserver
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TOKEN_NAME = "control.token"
+SOCKET_NAME = "control.sock"
+
+
+def ensure_token(store_root: Path) -> str:
+    path = store_root / TOKEN_NAME
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        token = secrets.token_hex(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token
+
+
+class Control:
+    """What the endpoints reach: set up by the mount, run in its threads."""
+
+    def __init__(self, store_root: Path, token: str, sources, registry, trio_token, nursery,
+                 janitor, audit, reload) -> None:
+        self.root, self.token, self.sources, self.registry = store_root, token, sources, registry
+        self.trio_token, self.nursery = trio_token, nursery
+        self.janitor, self.audit, self.reload = janitor, audit, reload
+        self.tasks: dict[int, dict[str, Any]] = {}
+        self.next_task = 1
+        self.servers: list[socketserver.BaseServer] = []
+
+    # ------------------------------------------------------------ serving
+
+    def start(self, port: int, address: str) -> None:
+        sock_path = self.root / SOCKET_NAME
+        try:
+            sock_path.unlink()
+        except FileNotFoundError:
+            pass
+        unix = _UnixServer(str(sock_path), _handler(self))
+        os.chmod(sock_path, 0o660)
+        self.servers.append(unix)
+        if port:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            tcp_cls = type("TCP", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
+            self.servers.append(tcp_cls((address, port), _handler(self)))
+        for s in self.servers:
+            threading.Thread(target=s.serve_forever, name="control", daemon=True).start()
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.shutdown()
+            s.server_close()
+        try:
+            (self.root / SOCKET_NAME).unlink()
+        except FileNotFoundError:
+            pass
+
+    # ------------------------------------------------------------ in the trio thread
+
+    def on_loop(self, fn, *args):
+        import trio
+
+        return trio.from_thread.run_sync(fn, *args, trio_token=self.trio_token)
+
+    def start_cleanup(self, req) -> dict[str, Any]:
+        task_id = self.next_task
+        self.next_task += 1
+        task = self.tasks[task_id] = {"id": task_id, "kind": req.trigger, "state": "queued", "started": time.time()}
+
+        async def run() -> None:
+            if self.janitor.running:
+                task["state"] = "waiting"
+                while self.janitor.running:
+                    import trio
+
+                    await trio.sleep(0.05)
+            task["state"] = "running"
+            try:
+                result = await self.janitor.run(req)
+                task.update(state="done", result=result, finished=time.time())
+            except Exception as e:
+                task.update(state="failed", error=str(e), finished=time.time())
+
+        self.on_loop(self.nursery.start_soon, run)
+        return task
+
+    def refused(self, path: str, uid: int, pid: int, why: str) -> None:
+        if self.audit is not None:
+            self.on_loop(lambda: self.audit.record("control", uid, -1 if uid < 0 else 0, pid, "", "", "EACCES", 0,
+                                                   f"{path}: {why}"))
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def _handler(ctl: Control) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "seldonfs"
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("control: " + fmt, *args)
+
+        def address_string(self) -> str:
+            return "socket" if isinstance(self.client_address, (str, bytes)) else str(self.client_address[0])
+
+        def _peer(self) -> tuple[int, int]:
+            """(uid, pid) of a socket peer; (-1, 0) over TCP."""
+            if self.connection.family != socket.AF_UNIX:
+                return -1, 0
+            creds = self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid, uid, _gid = struct.unpack("3i", creds)
+            return uid, pid
+
+        def _send(self, code: int, body: Any, ctype: str = "application/json") -> None:
+            data = body if isinstance(body, bytes) else (json.dumps(body, indent=2) + "\n").encode()
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            if code == 401:
+                self.send_header("WWW-Authenticate", 'Bearer realm="seldonfs"')
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _authorized(self) -> bool:
+            uid, pid = self._peer()
+            given = self.headers.get("Authorization", "")
+            if given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), ctl.token.encode()):
+                return True
+            if uid >= 0 and uid in (0, os.stat(ctl.root).st_uid):
+                return True
+            why = "wrong token" if given else "no token"
+            ctl.refused(self.path, uid, pid, why)
+            self._send(401, {"error": why})
+            return False
+
+        def do_GET(self) -> None:
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            from .metrics import snapshot
+
+            if self.path == "/metrics":
+                return self._send(200, generate_latest(ctl.registry), CONTENT_TYPE_LATEST)
+            if not self.path.startswith("/api/"):
+                return self._send(404, {"error": "not found"})
+            if not self._authorized():
+                return
+            if self.path == "/api/v1/health":
+                alerts = ctl.sources.alerts.active() if ctl.sources.alerts else []
+                critical = any(a["level"] == "critical" for a in alerts)
+                return self._send(200, {"status": "degraded" if critical else "ok",
+                                        "uptime_s": round(time.time() - ctl.sources.started, 3), "alerts": alerts})
+            if self.path == "/api/v1/stats":
+                return self._send(200, ctl.on_loop(snapshot, ctl.sources))
+            if self.path.startswith("/api/v1/tasks/"):
+                task = ctl.tasks.get(_int(self.path.rsplit("/", 1)[1]))
+                return self._send(200, task) if task else self._send(404, {"error": "no such task"})
+            self._send(404, {"error": "not found"})
+
+        def do_POST(self) -> None:
+            from .cleanup import Request
+
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(min(length, 1 << 16))
+            if not self.path.startswith("/api/"):
+                return self._send(404, {"error": "not found"})
+            if not self._authorized():
+                return
+            if self.path == "/api/v1/reload":
+                try:
+                    return self._send(200, ctl.on_loop(ctl.reload))
+                except Exception as e:  # a broken config: said, the running one kept
+                    return self._send(400, {"error": str(e)})
+            kinds = {
+                "/api/v1/cleanup/scheduled": Request("request"),
+                "/api/v1/cleanup/emergency": Request("emergency", emergency=True),
+                "/api/v1/cleanup/orphaned": Request("orphaned", orphans=True),
+            }
+            req = kinds.get(self.path)
+            if req is None and self.path.startswith("/api/v1/cleanup/crash/"):
+                job = self.path[len("/api/v1/cleanup/crash/"):]
+                req = Request("crash", crash=job) if job and "/" not in job else None
+            if req is None:
+                return self._send(404, {"error": "not found"})
+            if ctl.janitor is None:
+                return self._send(409, {"error": "the store's rules have no retention: no janitor runs"})
+            self._send(202, ctl.start_cleanup(req))
+
+    return Handler
+
+
+def _int(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:
+        return -1
