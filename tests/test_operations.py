@@ -1,0 +1,147 @@
+"""Operating a mount: /metrics scraped over HTTP while files are written,
+the control API's token, alerts to a webhook and notification files,
+`seldonfs ctl`, `stats`, `status`, and seed 004's environment overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import threading
+import tomllib
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from seldonfs import config
+from seldonfs.errors import ConfigError
+
+from .conftest import as_user, init_store, mounted, needs_fuse, seldonfs, wait_for
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _samples(url: str) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+class _Hook(BaseHTTPRequestHandler):
+    got: list[dict] = []
+
+    def do_POST(self) -> None:
+        self.got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *a) -> None:
+        pass
+
+
+def test_environment_overrides_seed_004() -> None:
+    raw = tomllib.loads(config.profile_text("pixcrawler"))
+    env = {"TEMP_STORAGE_CLEANUP_EMERGENCY_CLEANUP_THRESHOLD": "90.0", "TEMP_STORAGE_CLEANUP_MAX_ORPHAN_AGE_HOURS": "12",
+           "TEMP_STORAGE_CLEANUP_EMERGENCY_CHECK_INTERVAL_MINUTES": "1", "PATH": "/bin"}
+    j = config.parse(config.env_overrides(raw, env), "x").janitor
+    assert (j.emergency, j.orphan_age, j.check_every, j.warning) == (90, 12 * 3600, 60, 85)
+    with pytest.raises(ConfigError, match="TEMP_STORAGE_CLEANUP_NOPE: not a setting"):
+        config.env_overrides(raw, {"TEMP_STORAGE_CLEANUP_NOPE": "1"})
+    with pytest.raises(ConfigError, match="janitor.emergency: must not be below"):
+        config.parse(config.env_overrides(raw, {"TEMP_STORAGE_CLEANUP_EMERGENCY_CLEANUP_THRESHOLD": "50"}), "x")
+
+
+@needs_fuse
+def test_metrics_control_and_alerts(tmp_path: Path) -> None:
+    hook = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    port = _free_port()
+    store = init_store(tmp_path / "store", encrypted=True)
+    conf = store / "seldonfs.toml"
+    conf.write_text(conf.read_text() + f'\n[monitoring]\nport = {port}\n[alerts]\nquarantine_backlog = 1\n'
+                    f'webhook = "http://127.0.0.1:{hook.server_port}/hook"\n')
+    m = tmp_path / "mnt"
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with mounted(store, m, expect_log_problems=True):
+            before = _samples(base + "/metrics")
+            for i in range(20):
+                (m / "input" / "processed" / f"f{i}.csv").write_text("a,b\n1,2\n" * 100)
+            (m / "input" / "raw" / "broken.json").write_text("{not json")  # quarantined
+            after = _samples(base + "/metrics")
+            ok = lambda s, op: s.get(("seldonfs_operations_total", (("op", op), ("result", "OK"))), 0)  # noqa: E731
+            assert ok(after, "create") >= ok(before, "create") + 21
+            assert after[("seldonfs_bytes_total", (("direction", "written"),))] >= 20 * 800
+            assert after[("seldonfs_validation_total", (("verdict", "quarantined"),))] == 1
+            assert ("seldonfs_operation_seconds_count", (("op", "write"),)) in after
+
+            # the control API: no token, a wrong one, the right one
+            for headers in ({}, {"Authorization": "Bearer nope"}):
+                with pytest.raises(urllib.error.HTTPError) as e:
+                    urllib.request.urlopen(urllib.request.Request(base + "/api/v1/health", headers=headers), timeout=10)
+                assert e.value.code == 401
+            token = (store / "control.token").read_text().strip()
+            assert (store / "control.token").stat().st_mode & 0o777 == 0o600
+            req = urllib.request.Request(base + "/api/v1/stats", headers={"Authorization": f"Bearer {token}"})
+            stats = json.loads(urllib.request.urlopen(req, timeout=10).read())
+            assert stats["bytes"]["written"] >= 20 * 800 and stats["quarantine_files"] == 1
+
+            # alerts: the quarantine backlog reaches the webhook and output/notifications
+            wait_for(lambda: any(a["kind"] == "quarantine-backlog" for a in _Hook.got), timeout=30, what="webhook")
+            notes = os.listdir(m / "output" / "notifications")
+            assert any("quarantine-backlog" in n for n in notes), notes
+            body = json.loads((m / "output" / "notifications" / notes[0]).read_text())
+            assert body["level"] == "warning" and "quarantine" in body["message"]
+
+            r = seldonfs("ctl", m, "health")  # root: let in by its credentials
+            assert r.returncode == 0 and json.loads(r.stdout)["alerts"], r.stderr
+            r = seldonfs("ctl", m, "cleanup", "scheduled")
+            assert r.returncode == 0 and json.loads(r.stdout)["state"] == "done", r.stdout + r.stderr
+            r = seldonfs("ctl", m, "reload")
+            assert r.returncode == 0 and json.loads(r.stdout)["reloaded"], r.stderr
+            r = seldonfs("stats", m, "--json")
+            assert json.loads(r.stdout)["metrics_url"] == base + "/metrics"
+            r = seldonfs("status")
+            assert str(m) in r.stdout and "quarantine" in r.stdout, r.stdout
+    finally:
+        hook.shutdown()
+        hook.server_close()
+    recs = [json.loads(l) for l in seldonfs("audit", store, "--json").stdout.splitlines()]
+    refused = [r for r in recs if r["op"] == "control"]
+    assert [r["result"] for r in refused] == ["EACCES", "EACCES"]
+    assert {r["detail"] for r in refused} == {"/api/v1/health: no token", "/api/v1/health: wrong token"}
+    assert "not mounted" in seldonfs("status", store).stdout
+    assert not (store / "control.sock").exists()
+
+
+@needs_fuse
+def test_the_socket_refuses_a_stranger_without_the_token(tmp_path: Path) -> None:
+    """Root is let in by its credentials; another user needs the token."""
+    store = init_store(tmp_path / "store", encrypted=False)
+    for p in (store, tmp_path, *tmp_path.parents):  # let the other user reach the socket
+        if p == Path(tempfile.gettempdir()) or p == p.parent:
+            break
+        p.chmod(p.stat().st_mode | 0o711)
+    m = tmp_path / "mnt"
+    code = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+        "s.sendall(b'GET /api/v1/health HTTP/1.0\\r\\n' + sys.argv[2].encode() + b'\\r\\n\\r\\n')\n"
+        "print(s.recv(100).split(b'\\r\\n')[0].decode())\n"
+    )
+    with mounted(store, m):
+        sock = str(store / "control.sock")
+        os.chmod(sock, 0o666)
+        token = (store / "control.token").read_text().strip()
+        assert as_user(65534, 65534, code, sock, "X-None: 1").stdout.split()[1] == "401"
+        assert as_user(65534, 65534, code, sock, f"Authorization: Bearer {token}").stdout.split()[1] == "200"
+        assert seldonfs("ctl", m, "health").returncode == 0
