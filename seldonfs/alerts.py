@@ -35,19 +35,20 @@ class Alerts:
         self.cfg, self.data, self.content, self.mountpoint = cfg, data, content, mountpoint
         self.notify_new = notify_new  # told the path of each notification file written
         self.clock = clock
-        self.last: dict[str, float] = {}  # kind -> when it was last delivered
-        self.current: dict[str, dict] = {}  # kind -> the alert, while it holds
+        self.last: dict[str, float] = {}  # "kind:about" -> when it was last delivered
+        self.current: dict[str, dict] = {}  # "kind:about" -> the alert, while it holds
         self.delivered = 0
 
-    def raise_(self, kind: str, level: str, message: str) -> bool:
-        """Deliver unless the same kind was delivered within the cool-down;
-        True when delivered."""
+    def raise_(self, kind: str, level: str, message: str, about: str = "") -> bool:
+        """Deliver unless the same alert (kind, and what it is `about`, e.g.
+        a folder) was delivered within the cool-down; True when delivered."""
         now = self.clock()
         alert = {"kind": kind, "level": level, "message": message, "at": now, "mount": self.mountpoint}
-        self.current[kind] = alert
-        if now - self.last.get(kind, -1e18) < self.cfg.cooldown:
+        key = f"{kind}:{about}"
+        self.current[key] = alert
+        if now - self.last.get(key, -1e18) < self.cfg.cooldown:
             return False
-        self.last[kind] = now
+        self.last[key] = now
         self.delivered += 1
         log.warning("%s alert (%s): %s", level, kind, message)
         if self.cfg.notifications:
@@ -59,8 +60,8 @@ class Alerts:
             threading.Thread(target=self._post, args=(alert,), name="webhook", daemon=True).start()
         return True
 
-    def clear(self, kind: str) -> None:
-        self.current.pop(kind, None)
+    def clear(self, kind: str, about: str = "") -> None:
+        self.current.pop(f"{kind}:{about}", None)
 
     def active(self) -> list[dict]:
         return sorted(self.current.values(), key=lambda a: a["at"])

@@ -250,7 +250,7 @@ class Request:
 
 class MountJanitor:
     def __init__(self, core, cfg: Config, data: Path, mountpoint: str, content, audit, catalog,
-                 notify_gone: Callable[[int, bytes], None], alert: Callable[[str, str, str], None]) -> None:
+                 notify_gone: Callable[[int, bytes], None], alert: Callable[..., bool]) -> None:
         self.core, self.cfg, self.data, self.mountpoint = core, cfg, data, mountpoint
         self.content, self.audit, self.catalog = content, audit, catalog
         self.notify_gone, self.alert = notify_gone, alert
@@ -366,7 +366,7 @@ class MountJanitor:
         for folder, (total, _, rule) in sorted(usage.items()):
             if rule.warn_percent and rule.max_total and total * 100 >= rule.max_total * rule.warn_percent:
                 self.alert("folder-full", "warning", f"{folder}/ holds {total:,} bytes, "
-                           f"{100 * total // rule.max_total} % of its {rule.max_total:,}-byte cap")
+                           f"{100 * total // rule.max_total} % of its {rule.max_total:,}-byte cap", about=folder)
 
     async def _carry_out(self, actions: Iterator[Action], req: Request, out: Outcome) -> int:
         """Pull a batch from the planner in a worker thread, act on it a STEP

@@ -31,7 +31,8 @@ def _free_port() -> int:
 
 
 def _samples(url: str) -> dict[tuple[str, tuple], float]:
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
@@ -89,10 +90,12 @@ def test_metrics_control_and_alerts(tmp_path: Path) -> None:
                 with pytest.raises(urllib.error.HTTPError) as e:
                     urllib.request.urlopen(urllib.request.Request(base + "/api/v1/health", headers=headers), timeout=10)
                 assert e.value.code == 401
+                e.value.close()
             token = (store / "control.token").read_text().strip()
             assert (store / "control.token").stat().st_mode & 0o777 == 0o600
             req = urllib.request.Request(base + "/api/v1/stats", headers={"Authorization": f"Bearer {token}"})
-            stats = json.loads(urllib.request.urlopen(req, timeout=10).read())
+            with urllib.request.urlopen(req, timeout=10) as r:
+                stats = json.loads(r.read())
             assert stats["bytes"]["written"] >= 20 * 800 and stats["quarantine_files"] == 1
 
             # alerts: the quarantine backlog reaches the webhook and output/notifications
