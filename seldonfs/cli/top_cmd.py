@@ -37,14 +37,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def unreadable(mp: Path, e: OSError | ValueError) -> SeldonError:
+    if isinstance(e, OSError):
+        return SeldonError(f"{mp / top.STATS}: cannot read: {e.strerror or e}")
+    return SeldonError(f"{mp / top.STATS}: not a stats document: {e}")
+
+
 def snapshot(mp: Path) -> dict:
     """One snapshot, or a one-line error."""
     try:
         return top.read_stats(mp)
-    except OSError as e:
-        raise SeldonError(f"{mp / top.STATS}: cannot read: {e.strerror or e}") from None
-    except ValueError as e:
-        raise SeldonError(f"{mp / top.STATS}: not a stats document: {e}") from None
+    except (OSError, ValueError) as e:
+        raise unreadable(mp, e) from None
 
 
 def run(args: argparse.Namespace) -> None:
@@ -64,4 +68,7 @@ def run(args: argparse.Namespace) -> None:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("top needs a terminal; use --once in scripts")
     snapshot(mp)  # fail with one line before the screen is taken
-    top.run_curses(lambda: top.read_stats(mp), args.interval)
+    try:
+        top.run_curses(lambda: top.read_stats(mp), args.interval)
+    except (OSError, ValueError) as e:  # only the first read raises; later ones go to the footer
+        raise unreadable(mp, e) from None
