@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by scripts/run and scripts/test: installs what is missing, idempotently.
-#   system: fuse3, libfuse3-dev, libmagic1, pkg-config, a C compiler, python3-venv
+#   system: fuse3, libfuse3-dev, libmagic1, pkg-config, a C compiler, python3-venv,
+#           tmux (the test of seldonfs top's terminal view)
 #   python: a virtualenv at $SELDONFS_VENV (default: .venv in the checkout)
 #           with seldonfs and its test dependencies
 #   mount(8) helper links /sbin/mount.fuse.seldonfs and /sbin/mount.seldonfs
@@ -10,7 +11,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${SELDONFS_VENV:-$REPO/.venv}
 
 need_apt=()
-for pkg in fuse3 libfuse3-dev libmagic1 pkg-config gcc python3-dev python3-venv attr rsync; do
+for pkg in fuse3 libfuse3-dev libmagic1 pkg-config gcc python3-dev python3-venv attr rsync tmux; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
