@@ -199,8 +199,9 @@ def folder_lines(b: dict) -> tuple[Line, list[Line]]:
     rows = sorted(
         ((str(k), v) for k, v in folders.items()), key=lambda kv: (-(num(get(kv[1], "bytes")) or 0), kv[0])
     )
-    files = sum(num(get(v, "files")) or 0 for _, v in rows)
-    total = sum(num(get(v, "bytes")) or 0 for _, v in rows)
+    top = [v for k, v in rows if "/" not in k]  # second-level folders are inside these
+    files = sum(num(get(v, "files")) or 0 for v in top)
+    total = sum(num(get(v, "bytes")) or 0 for v in top)
     summary = head("Folders", (f"{len(rows)} folders, {count(files)} files, {size(total)}", ""))
     lines = [
         [("  " + name.ljust(28), ""), (count(get(v, "files")).rjust(9) + " files", ""),

@@ -33,9 +33,9 @@ def snap_a() -> dict:
         "ops": {"create": {"OK": 10, "EACCES": 2}, "read": {"OK": 100}, "write": {"OK": 50},
                 "getattr": {"OK": 1000}},
         "bytes": {"read": 0, "written": 0},
-        "folders": {"input/raw": {"files": 3, "bytes": 3000},
+        "folders": {"input": {"files": 13, "bytes": 3000 + (10 << 20)}, "input/raw": {"files": 3, "bytes": 3000},
                     "input/processed": {"files": 10, "bytes": 10 << 20},
-                    "temp/cache": {"files": 1, "bytes": 5}},
+                    "temp": {"files": 1, "bytes": 5}, "temp/cache": {"files": 1, "bytes": 5}},
         "disk": {"percent": 42.0, "used": 42 << 30, "total": 100 << 30, "warning": 80, "emergency": 95},
         "validation": {"ok": 10, "quarantined": 2}, "quarantine_files": 2,
         "janitor": {"running": False, "runs": 3, "done": 10, "skipped": 1, "freed": 1 << 20,
@@ -95,7 +95,7 @@ def test_folders_disk_janitor_checks() -> None:
     out = text(top.frame(snap_a(), snap_b(), 2.0, 100, None))
     folders = [l.split()[0] for l in out.splitlines() if re.match(r"  \S+/\S+ ", l)]
     assert folders == ["input/processed", "input/raw", "temp/cache"]  # largest first
-    assert "3 folders, 14 files, 10.0 MiB" in out
+    assert "5 folders, 14 files, 10.0 MiB" in out
     assert "42.0%  42.0 GiB of 100.0 GiB  (warn 80%, emerg 95%)" in out
     assert "Janitor     idle  runs 3  done 10  skipped 1  freed 1.0 MiB" in out
     assert re.search(r"last run: deleted 4 files  \(0\.[23] s, schedule\)", out), out
