@@ -109,6 +109,7 @@ class JanitorConfig:
 @dataclass(frozen=True)
 class MonitoringConfig:
     port: int = 0  # /metrics and the control API on 127.0.0.1:port; 0: off (the socket stays)
+    metrics: bool = True  # count requests (off: the operation metrics stay empty)
     address: str = "127.0.0.1"
 
 
@@ -213,6 +214,7 @@ def parse(raw: dict[str, Any], where: str) -> Config:
     m = _Reader(_only(raw, "monitoring", MonitoringConfig, where), where, "monitoring.")
     monitoring = MonitoringConfig(
         port=m.integer("port", 0, 0, 65535), address=m.get("address", str, "127.0.0.1"),
+        metrics=m.get("metrics", bool, True),
     )
     if monitoring.address not in ("127.0.0.1", "::1", "localhost"):
         raise ConfigError(f"{where}: monitoring.address: loopback only (127.0.0.1, ::1), have {monitoring.address!r}")

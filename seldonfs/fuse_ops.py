@@ -36,7 +36,8 @@ def _errors(fn: F) -> F:
 
     @functools.wraps(fn)
     async def wrapper(self: SeldonOperations, *args: Any, **kwargs: Any) -> Any:
-        t = perf_counter_ns()
+        stats = self.stats
+        t = perf_counter_ns() if stats is not None else 0
         result = "OK"
         try:
             return await fn(self, *args, **kwargs)
@@ -51,7 +52,8 @@ def _errors(fn: F) -> F:
             log.exception("internal error in %s", op)
             raise FUSEError(errno.EIO) from None
         finally:
-            self.stats.op(op, result, perf_counter_ns() - t)
+            if stats is not None:
+                stats.op(op, result, perf_counter_ns() - t)
 
     return wrapper  # type: ignore[return-value]
 
@@ -94,12 +96,13 @@ class SeldonOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_acl = False
 
-    def __init__(self, core: Core, cfg: MountConfig, writeback: bool, audit: AuditLog | None = None) -> None:
+    def __init__(self, core: Core, cfg: MountConfig, writeback: bool, audit: AuditLog | None = None,
+                 cfg_metrics: bool = True) -> None:
         super().__init__()
         self.core = core
         self.audit = audit
         self.janitor: Any = None  # cleanup.MountJanitor, set by the mount
-        self.stats = OpStats()
+        self.stats: OpStats | None = OpStats() if cfg_metrics else None  # [monitoring] metrics
         self.nursery: Any = None
         self.cfg = cfg
         self.enable_writeback_cache = writeback
@@ -287,13 +290,15 @@ class SeldonOperations(pyfuse3.Operations):
     @_errors
     async def read(self, fh, off, size):
         data = self.core.read(fh, off, size)
-        self.stats.read += len(data)
+        if self.stats is not None:
+            self.stats.read += len(data)
         return data
 
     @_errors
     async def write(self, fh, off, buf):
         n = self.core.write(fh, off, buf)
-        self.stats.written += n
+        if self.stats is not None:
+            self.stats.written += n
         return n
 
     @_errors

@@ -67,9 +67,10 @@ class OpStats:
 
 
 class Sources:
-    """Where the numbers come from; everything but `ops` may be None."""
+    """Where the numbers come from; any but `data` and `catalog_path` may
+    be None (`ops` is, with `[monitoring] metrics = false`)."""
 
-    def __init__(self, ops: OpStats, data: Path, catalog_path: Path, core=None, audit=None,
+    def __init__(self, ops: OpStats | None, data: Path, catalog_path: Path, core=None, audit=None,
                  janitor=None, alerts=None, content=None, janitor_cfg=None) -> None:
         self.ops, self.data, self.catalog_path = ops, data, catalog_path
         self.core, self.audit, self.janitor, self.alerts = core, audit, janitor, alerts
@@ -131,8 +132,9 @@ def _walk_folders(data: Path, plain_size) -> dict[str, list[int]]:
 
 def snapshot(s: Sources) -> dict[str, Any]:
     """The numbers as one JSON-able document (stats.json's body)."""
+    counted = s.ops or OpStats()
     ops: dict[str, dict[str, int]] = {}
-    for (op, result), n in dict(s.ops.counts).items():
+    for (op, result), n in dict(counted.counts).items():
         ops.setdefault(op, {})[result] = n
     policy = dict(s.core.policy.counts) if s.core is not None and s.core.policy is not None else {}
     j = s.janitor
@@ -144,7 +146,7 @@ def snapshot(s: Sources) -> dict[str, Any]:
         "audit_records": s.audit.count if s.audit is not None else None,
         "policy": policy,
         "ops": ops,
-        "bytes": {"read": s.ops.read, "written": s.ops.written},
+        "bytes": {"read": counted.read, "written": counted.written},
         "folders": {k: {"files": v[0], "bytes": v[1]} for k, v in sorted(s.folders().items())},
         "disk": s.disk(),
         "validation": {"ok": policy.get("commit", 0), "quarantined": policy.get("quarantine", 0)},
@@ -172,12 +174,13 @@ class Collector:
 
     def collect(self):
         snap = snapshot(self.s)
+        counted = self.s.ops or OpStats()
         f = self._family("seldonfs_operations_total")
-        for (op, result), n in sorted(dict(self.s.ops.counts).items()):
+        for (op, result), n in sorted(dict(counted.counts).items()):
             f.add_metric([op, result], n)
         yield f
         f = self._family("seldonfs_operation_seconds")
-        for op, h in sorted(dict(self.s.ops.hist).items()):
+        for op, h in sorted(dict(counted.hist).items()):
             h = list(h)
             cum, buckets = 0, []
             for bound, n in zip((*map(str, BUCKETS), "+Inf"), h[:-1]):

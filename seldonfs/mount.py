@@ -248,7 +248,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         if core.policy is not None:
             core.policy.audit = auditlog
         try:
-            ops = SeldonOperations(core, cfg.mount, writeback, auditlog)
+            ops = SeldonOperations(core, cfg.mount, writeback, auditlog, cfg.monitoring.metrics)
             alerts = Alerts(cfg.alerts, store.data, prep.content, str(mountpoint), _notifier(core, ops))
             if janitor.has_retention(cfg):
                 ops.janitor = cleanup.MountJanitor(
