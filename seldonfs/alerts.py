@@ -2,7 +2,8 @@
 
 An alert is (kind, level, message): kinds are disk-warning, disk-emergency,
 folder-full, quarantine-backlog, janitor-failed, emergency-stuck,
-integrity-error, audit-verify. Each goes to the log, to a JSON file in
+integrity-error, audit-verify (the mount verifies its chain every
+`[audit] verify_every`). Each goes to the log, to a JSON file in
 `[alerts] notifications` (written into the store through its content
 layer, so encrypted like any file, and visible in the mount), and, if
 `[alerts] webhook` is set, as a JSON POST from a thread of its own with a
@@ -121,3 +122,20 @@ async def watch(alerts: Alerts, sources, cfg: AlertsConfig, every: float = WATCH
             alerts.raise_("integrity-error", "critical", f"{damage - seen_damage} reads refused: "
                           "blocks failed authentication (seldonfs verify STORE lists them)")
             seen_damage = damage
+
+
+async def verify_audit(auditlog, every: float, alerts: Alerts, sources) -> None:
+    """Verify the audit chain as stored every `every` seconds, in a worker
+    thread; a break raises the critical audit-verify alert."""
+    import trio
+
+    while True:
+        await trio.sleep(every)
+        n, brk = await trio.to_thread.run_sync(auditlog.verify_stored)
+        sources.audit_verify = {"at": time.time(), "records": n, "intact": brk is None,
+                                "break": None if brk is None else f"{brk.kind} at record {brk.seq}: {brk.detail}"}
+        if brk is not None:
+            alerts.raise_("audit-verify", "critical", f"the audit chain is broken: {brk.kind} at record "
+                          f"{brk.seq}: {brk.detail}")
+        else:
+            alerts.clear("audit-verify")

@@ -187,6 +187,7 @@ class AuditLog:
     ) -> None:
         self.root = root
         self.catalog_path = catalog_path
+        self.key = key
         self.reads = reads
         self.queue: list[tuple] = []
         self.sent = ChainWriter(root, catalog_path, key).seq  # records handed on so far
@@ -274,6 +275,17 @@ class AuditLog:
             for r in conn.execute(f"SELECT {', '.join(FIELDS)}, mac FROM audit ORDER BY seq"):
                 rec = dict(zip(FIELDS, r[:-1]), mac=bytes(r[-1]).hex())
                 yield _JSON(rec).encode() + b"\n"
+        finally:
+            conn.close()
+
+    def verify_stored(self) -> tuple[int, Break | None]:
+        """Check the chain as stored so far, beside the writer (any thread):
+        the head is read first, so every record it names is already in the
+        table."""
+        head = read_head(self.root)
+        conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True, timeout=10)
+        try:
+            return verify(conn, self.key, head)
         finally:
             conn.close()
 

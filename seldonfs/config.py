@@ -125,6 +125,7 @@ class AlertsConfig:
 class AuditConfig:
     enabled: bool = True
     reads: bool = False  # a record per handle that read, too
+    verify_every: float = 86400.0  # the mount verifies its chain this often; 0: never
 
 
 @dataclass(frozen=True)
@@ -206,10 +207,11 @@ def parse(raw: dict[str, Any], where: str) -> Config:
     )
     janitor = _parse_janitor(_table(raw, "janitor", where, ""), where)
     a = _table(raw, "audit", where, "")
-    _only_keys(a, {"enabled", "reads"}, where, "audit.")
+    _only_keys(a, {"enabled", "reads", "verify_every"}, where, "audit.")
     audit = AuditConfig(
         enabled=_get(a, "enabled", bool, where, "audit.", True),
         reads=_get(a, "reads", bool, where, "audit.", False),
+        verify_every=_Reader(a, where, "audit.").duration("verify_every", 86400.0) or 0.0,
     )
     m = _Reader(_only(raw, "monitoring", MonitoringConfig, where), where, "monitoring.")
     monitoring = MonitoringConfig(

@@ -36,6 +36,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "seldonfs_janitor_actions_total": ("counter", "Janitor actions, by result", ("result",)),
     "seldonfs_janitor_freed_bytes_total": ("counter", "Bytes the janitor deleted or archived", ()),
     "seldonfs_audit_records_total": ("counter", "Records appended to the audit chain by this mount", ()),
+    "seldonfs_audit_verified_records": ("gauge", "Records the last verify of the audit chain in the mount checked", ()),
+    "seldonfs_audit_chain_intact": ("gauge", "1 when the last verify found the chain intact, 0 when broken, -1 before any", ()),
     "seldonfs_integrity_errors_total": ("counter", "Reads refused because a block failed authentication", ()),
     "seldonfs_alerts_active": ("gauge", "Alerts raised and not yet cleared, by kind", ("kind",)),
     "seldonfs_uptime_seconds": ("gauge", "Seconds since the mount started", ()),
@@ -76,6 +78,7 @@ class Sources:
         self.core, self.audit, self.janitor, self.alerts = core, audit, janitor, alerts
         self.content, self.janitor_cfg = content, janitor_cfg
         self.started = time.time()
+        self.audit_verify: dict | None = None  # the last verify in the mount (alerts.verify_audit)
         self._folders: dict[str, list[int]] = {}
         self._folders_at = 0.0
         self._lock = threading.Lock()
@@ -144,6 +147,7 @@ def snapshot(s: Sources) -> dict[str, Any]:
         "inodes_known": len(s.core.nodes) if s.core is not None else 0,
         "damaged_reads": s.core.damage_count if s.core is not None else 0,
         "audit_records": s.audit.count if s.audit is not None else None,
+        "audit_verify": s.audit_verify,
         "policy": policy,
         "ops": ops,
         "bytes": {"read": counted.read, "written": counted.written},
@@ -217,6 +221,9 @@ class Collector:
         yield f
         yield self._one("seldonfs_janitor_freed_bytes_total", j["freed"])
         yield self._one("seldonfs_audit_records_total", snap["audit_records"] or 0)
+        v = snap["audit_verify"]
+        yield self._one("seldonfs_audit_verified_records", v["records"] if v else 0)
+        yield self._one("seldonfs_audit_chain_intact", -1 if v is None else int(v["intact"]))
         yield self._one("seldonfs_integrity_errors_total", snap["damaged_reads"])
         f = self._family("seldonfs_alerts_active")
         for a in snap["alerts"]:

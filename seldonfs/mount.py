@@ -28,7 +28,7 @@ import pyfuse3
 import trio
 
 from . import audit, cleanup, config, fuseloop, janitor, keys
-from .alerts import Alerts, watch
+from .alerts import Alerts, verify_audit, watch
 from .audit import AuditLog
 from .catalog import Catalog
 from .config import Config
@@ -339,6 +339,8 @@ async def _serve(policy: Policy | None, ops: SeldonOperations, served: Served) -
             policy.nursery = nursery  # content checks of large files run here
             nursery.start_soon(policy.write_rows_every)
         nursery.start_soon(watch, served.alerts, served.sources, served.cfg.alerts)
+        if served.auditlog is not None and served.cfg.audit.verify_every:
+            nursery.start_soon(verify_audit, served.auditlog, served.cfg.audit.verify_every, served.alerts, served.sources)
         control = Control(
             served.store.root, ensure_token(served.store.root), served.sources, registry(served.sources),
             trio.lowlevel.current_trio_token(), nursery, ops.janitor, served.auditlog,

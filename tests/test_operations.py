@@ -148,3 +148,25 @@ def test_the_socket_refuses_a_stranger_without_the_token(tmp_path: Path) -> None
         assert as_user(65534, 65534, code, sock, "X-None: 1").stdout.split()[1] == "401"
         assert as_user(65534, 65534, code, sock, f"Authorization: Bearer {token}").stdout.split()[1] == "200"
         assert seldonfs("ctl", m, "health").returncode == 0
+
+
+@needs_fuse
+def test_the_mount_verifies_its_audit_chain_and_alerts_on_a_break(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = init_store(tmp_path / "store", encrypted=False)
+    conf = store / "seldonfs.toml"
+    conf.write_text(conf.read_text() + '\n[audit]\nverify_every = "1s"\n')
+    m = tmp_path / "mnt"
+    stats = lambda: json.loads((m / "system" / "monitoring" / "stats.json").read_text())  # noqa: E731
+    with mounted(store, m, expect_log_problems=True):
+        for i in range(5):
+            (m / "input" / "processed" / f"f{i}").write_text("x")
+        wait_for(lambda: (stats()["audit_verify"] or {}).get("records", 0) >= 5, timeout=20, what="a verify")
+        assert stats()["audit_verify"]["intact"] is True
+        with sqlite3.connect(store / "catalog.sqlite") as db:  # someone edits the record of a write
+            db.execute("UPDATE audit SET path = 'input/processed/other' WHERE seq = 3")
+        wait_for(lambda: stats()["audit_verify"]["intact"] is False, timeout=20, what="the break")
+        assert "edited at record 3" in stats()["audit_verify"]["break"]
+        assert any(a["kind"] == "audit-verify" and a["level"] == "critical" for a in stats()["alerts"])
+        assert json.loads(seldonfs("ctl", m, "health").stdout)["status"] == "degraded"
