@@ -356,3 +356,25 @@ def test_emergency_cleanup_on_a_small_filesystem(tmp_path: Path) -> None:
         assert any(r["op"] == "janitor-delete" and "emergency" in r["detail"] for r in recs)
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@needs_fuse
+def test_each_folder_runs_on_its_own_schedule(tmp_path: Path) -> None:
+    """A folder with `schedule = "1s"` is cleaned by the mount by itself;
+    one on the daily default is not, until its time comes."""
+    store = init_store(tmp_path / "store", encrypted=False)
+    conf = store / "seldonfs.toml"
+    text = conf.read_text().replace('schedule = "1h"                          # a 1 h age needs an hourly run',
+                                    'schedule = "1s"')
+    assert 'schedule = "1s"' in text
+    conf.write_text(text)
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        for folder in ("temp/cleanup", "temp/working"):  # max_age 1h / 72h
+            p = m / folder / "old.bin"
+            p.write_text("x")
+            os.utime(p, (NOW_REAL - 80 * H, NOW_REAL - 80 * H))
+        wait_for(lambda: not (m / "temp" / "cleanup" / "old.bin").exists(), timeout=20, what="the 1 s schedule")
+        assert (m / "temp" / "working" / "old.bin").exists()  # its rules run at 02:00
+    runs = [json.loads(r) for r in seldonfs("janitor", store, "--runs", "--json").stdout.splitlines()]
+    assert runs and {r["trigger"] for r in runs} == {"schedule"} and "temp/cleanup" in runs[-1]["rules"]

@@ -49,6 +49,34 @@ class _Hook(BaseHTTPRequestHandler):
         pass
 
 
+def test_a_hanging_webhook_holds_nothing_up(tmp_path: Path) -> None:
+    import time
+
+    from seldonfs.alerts import Alerts
+    from seldonfs.config import AlertsConfig
+    from seldonfs.content import PlainContent
+
+    silent = socket.socket()  # accepts connections, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        (tmp_path / "data").mkdir()
+        cfg = AlertsConfig(cooldown=60, webhook=f"http://127.0.0.1:{silent.getsockname()[1]}/")
+        clock = [1000.0]
+        a = Alerts(cfg, tmp_path / "data", PlainContent(), "/mnt", clock=lambda: clock[0])
+        t = time.perf_counter()
+        assert a.raise_("disk-warning", "warning", "store disk 86 % full")
+        assert time.perf_counter() - t < 0.5  # the POST waits in a thread of its own
+        assert not a.raise_("disk-warning", "warning", "store disk 87 % full")  # cooling down
+        assert a.raise_("folder-full", "warning", "temp/cache/ 81 %", about="temp/cache")  # another alert
+        clock[0] += 61
+        assert a.raise_("disk-warning", "warning", "store disk 88 % full")
+        notes = sorted(os.listdir(tmp_path / "data" / "output" / "notifications"))
+        assert len(notes) == 3 and json.loads((tmp_path / "data" / "output" / "notifications" / notes[0]).read_text())["kind"]
+    finally:
+        silent.close()
+
+
 def test_environment_overrides_seed_004() -> None:
     raw = tomllib.loads(config.profile_text("pixcrawler"))
     env = {"TEMP_STORAGE_CLEANUP_EMERGENCY_CLEANUP_THRESHOLD": "90.0", "TEMP_STORAGE_CLEANUP_MAX_ORPHAN_AGE_HOURS": "12",
