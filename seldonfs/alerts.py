@@ -103,7 +103,7 @@ class Alerts:
 WATCH_EVERY = 10.0
 
 
-async def watch(alerts: Alerts, sources, cfg: AlertsConfig, every: float = WATCH_EVERY) -> None:
+async def watch(alerts: Alerts, sources, every: float = WATCH_EVERY) -> None:
     """Raise what no other part raises: a quarantine backlog, new
     integrity errors (damaged blocks read)."""
     import trio

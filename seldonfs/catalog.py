@@ -90,7 +90,7 @@ def create_tables(db: sqlite_utils.Database) -> None:
     #   op      - create, mkdir, mknod, symlink, link, rename, unlink, rmdir,
     #             setattr, setxattr, removexattr, write, read, commit,
     #             quarantine, release, version, restore, mount, unmount,
-    #             passwd, rekey
+    #             passwd, rekey, janitor-delete/-archive/-move/-rmdir, control
     #   path    - the object, relative to the mount root; path2 - the other
     #             one (rename and link target, commit destination)
     #   result  - 'OK' or the errno name, e.g. 'EACCES'

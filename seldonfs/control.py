@@ -106,11 +106,11 @@ class Control:
         task = self.tasks[task_id] = {"id": task_id, "kind": req.trigger, "state": "queued", "started": time.time()}
 
         async def run() -> None:
+            import trio
+
             if self.janitor.running:
                 task["state"] = "waiting"
                 while self.janitor.running:
-                    import trio
-
                     await trio.sleep(0.05)
             task["state"] = "running"
             try:
@@ -122,10 +122,10 @@ class Control:
         self.on_loop(self.nursery.start_soon, run)
         return task
 
-    def refused(self, path: str, uid: int, pid: int, why: str) -> None:
+    def refused(self, path: str, uid: int, gid: int, pid: int, why: str) -> None:
+        """An audit record of a refused request (uid, gid -1: over TCP, unknown)."""
         if self.audit is not None:
-            self.on_loop(lambda: self.audit.record("control", uid, -1 if uid < 0 else 0, pid, "", "", "EACCES", 0,
-                                                   f"{path}: {why}"))
+            self.on_loop(lambda: self.audit.record("control", uid, gid, pid, "", "", "EACCES", 0, f"{path}: {why}"))
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -143,13 +143,13 @@ def _handler(ctl: Control) -> type[BaseHTTPRequestHandler]:
         def address_string(self) -> str:
             return "socket" if isinstance(self.client_address, (str, bytes)) else str(self.client_address[0])
 
-        def _peer(self) -> tuple[int, int]:
-            """(uid, pid) of a socket peer; (-1, 0) over TCP."""
+        def _peer(self) -> tuple[int, int, int]:
+            """(uid, gid, pid) of a socket peer; (-1, -1, 0) over TCP."""
             if self.connection.family != socket.AF_UNIX:
-                return -1, 0
+                return -1, -1, 0
             creds = self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            pid, uid, _gid = struct.unpack("3i", creds)
-            return uid, pid
+            pid, uid, gid = struct.unpack("3i", creds)
+            return uid, gid, pid
 
         def _send(self, code: int, body: Any, ctype: str = "application/json") -> None:
             data = body if isinstance(body, bytes) else (json.dumps(body, indent=2) + "\n").encode()
@@ -162,14 +162,14 @@ def _handler(ctl: Control) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def _authorized(self) -> bool:
-            uid, pid = self._peer()
+            uid, gid, pid = self._peer()
             given = self.headers.get("Authorization", "")
             if given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), ctl.token.encode()):
                 return True
             if uid >= 0 and uid in (0, os.stat(ctl.root).st_uid):
                 return True
             why = "wrong token" if given else "no token"
-            ctl.refused(self.path, uid, pid, why)
+            ctl.refused(self.path, uid, gid, pid, why)
             self._send(401, {"error": why})
             return False
 

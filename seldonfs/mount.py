@@ -81,6 +81,17 @@ def find_mount(mountpoint: Path) -> tuple[str, str] | None:
     return found
 
 
+def seldonfs_mounts() -> list[tuple[str, str]]:
+    """(store, mount point) of every SeldonFS mount, from /proc/self/mounts."""
+    out = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            src, mnt, fstype = line.split()[:3]
+            if fstype == FSTYPE:
+                out.append((_unescape(src), _unescape(mnt)))
+    return out
+
+
 def mount_device(mountpoint: str) -> str | None:
     """"MAJOR:MINOR" of the mount at `mountpoint`, from /proc/self/mountinfo.
     (Not os.stat: the daemon must never make a syscall on its own mount.)"""
@@ -338,7 +349,7 @@ async def _serve(policy: Policy | None, ops: SeldonOperations, served: Served) -
         if policy is not None:
             policy.nursery = nursery  # content checks of large files run here
             nursery.start_soon(policy.write_rows_every)
-        nursery.start_soon(watch, served.alerts, served.sources, served.cfg.alerts)
+        nursery.start_soon(watch, served.alerts, served.sources)
         if served.auditlog is not None and served.cfg.audit.verify_every:
             nursery.start_soon(verify_audit, served.auditlog, served.cfg.audit.verify_every, served.alerts, served.sources)
         control = Control(

@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import config
 from ..cleanup import disk_usage
 from ..errors import SeldonError
-from ..mount import FSTYPE, _unescape
+from ..mount import seldonfs_mounts
 from .common import store_of
 from .stats_cmd import read_stats
 
@@ -25,17 +25,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def mounts() -> list[tuple[str, str]]:
-    """(store, mount point) of every SeldonFS mount."""
-    out = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            src, mnt, fstype = line.split()[:3]
-            if fstype == FSTYPE:
-                out.append((_unescape(src), _unescape(mnt)))
-    return out
-
-
 def _profile(store: Path) -> str:
     try:
         return config.load(store / "seldonfs.toml").profile
@@ -44,7 +33,7 @@ def _profile(store: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    found = mounts()
+    found = seldonfs_mounts()
     if args.target is not None:
         target = os.path.abspath(args.target)
         store = str(store_of(args.target).root)
