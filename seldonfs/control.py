@@ -36,6 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from .errors import SeldonError
+
 log = logging.getLogger(__name__)
 
 TOKEN_NAME = "control.token"
@@ -57,37 +59,51 @@ def ensure_token(store_root: Path) -> str:
 class Control:
     """What the endpoints reach: set up by the mount, run in its threads."""
 
-    def __init__(self, store_root: Path, token: str, sources, registry, trio_token, nursery,
-                 janitor, audit, reload) -> None:
+    def __init__(self, store_root: Path, token: str, sources, registry, janitor, audit, reload) -> None:
         self.root, self.token, self.sources, self.registry = store_root, token, sources, registry
-        self.trio_token, self.nursery = trio_token, nursery
         self.janitor, self.audit, self.reload = janitor, audit, reload
+        self.trio_token: Any = None  # set by serve(), inside trio.run
+        self.nursery: Any = None
         self.tasks: dict[int, dict[str, Any]] = {}
         self.next_task = 1
         self.servers: list[socketserver.BaseServer] = []
+        self.serving = False
 
     # ------------------------------------------------------------ serving
 
-    def start(self, port: int, address: str) -> None:
+    def bind(self, port: int, address: str) -> None:
+        """Make the sockets (before the mount: a busy port is an error then)."""
         sock_path = self.root / SOCKET_NAME
         try:
-            sock_path.unlink()
+            sock_path.unlink()  # left by a daemon that was killed
         except FileNotFoundError:
             pass
-        unix = _UnixServer(str(sock_path), _handler(self))
+        self.servers.append(_UnixServer(str(sock_path), _handler(self)))
         os.chmod(sock_path, 0o660)
-        self.servers.append(unix)
         if port:
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
             tcp_cls = type("TCP", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
-            self.servers.append(tcp_cls((address, port), _handler(self)))
+            try:
+                self.servers.append(tcp_cls((address, port), _handler(self)))
+            except OSError as e:
+                self.close()
+                raise SeldonError(f"monitoring.port {port}: cannot listen on {address}: {e.strerror}") from None
+
+    def serve(self, trio_token, nursery) -> None:
+        """Answer requests, from threads of their own (inside trio.run)."""
+        self.trio_token, self.nursery = trio_token, nursery
         for s in self.servers:
             threading.Thread(target=s.serve_forever, name="control", daemon=True).start()
+        self.serving = True
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        if self.serving:
+            for s in self.servers:
+                s.shutdown()
+            self.serving = False
         for s in self.servers:
-            s.shutdown()
             s.server_close()
+        self.servers.clear()
         try:
             (self.root / SOCKET_NAME).unlink()
         except FileNotFoundError:

@@ -258,6 +258,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         auditlog = open_audit(store, cfg, prep.content, lock.fd)
         if core.policy is not None:
             core.policy.audit = auditlog
+        served: Served | None = None
         try:
             ops = SeldonOperations(core, cfg.mount, writeback, auditlog, cfg.monitoring.metrics)
             alerts = Alerts(cfg.alerts, store.data, prep.content, str(mountpoint), _notifier(core, ops))
@@ -272,6 +273,12 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
             port = cfg.monitoring.port
             url = f"http://{cfg.monitoring.address}:{port}/metrics" if port else None
             core.virtual = virtual_files(store, mountpoint, sources, auditlog, url)
+            served = Served(store, cfg, sources, alerts, auditlog)
+            served.control = Control(
+                store.root, ensure_token(store.root), sources, registry(sources), ops.janitor, auditlog,
+                functools.partial(_reload, served, ops),
+            )
+            served.control.bind(port, cfg.monitoring.address)
             try:
                 pyfuse3.init(ops, str(mountpoint), prep.fuse_opts)
             except RuntimeError as e:
@@ -285,7 +292,6 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
             ready()
             fuseloop.install(cfg.mount.spin_us)
             try:
-                served = Served(store, cfg, sources, alerts, auditlog)
                 trio.run(_serve, core.policy, ops, served)
             finally:
                 fuseloop.uninstall()
@@ -294,6 +300,8 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
                 if auditlog is not None:
                     auditlog.record("unmount", os.getuid(), os.getgid(), os.getpid(), "", detail=str(mountpoint))
         finally:
+            if served is not None and served.control is not None:
+                served.control.close()
             if core.policy is not None:
                 core.policy.close()
             if auditlog is not None:
@@ -323,6 +331,7 @@ class Served:
     sources: Sources
     alerts: Alerts
     auditlog: AuditLog | None
+    control: Control | None = None
 
 
 def _reload(served: Served, ops: SeldonOperations) -> dict:
@@ -352,22 +361,15 @@ async def _serve(policy: Policy | None, ops: SeldonOperations, served: Served) -
         nursery.start_soon(watch, served.alerts, served.sources)
         if served.auditlog is not None and served.cfg.audit.verify_every:
             nursery.start_soon(verify_audit, served.auditlog, served.cfg.audit.verify_every, served.alerts, served.sources)
-        control = Control(
-            served.store.root, ensure_token(served.store.root), served.sources, registry(served.sources),
-            trio.lowlevel.current_trio_token(), nursery, ops.janitor, served.auditlog,
-            functools.partial(_reload, served, ops),
-        )
-        try:
-            control.start(served.cfg.monitoring.port, served.cfg.monitoring.address)
-        except OSError as e:
-            log.error("control API not served: %s", e)
+        assert served.control is not None
+        served.control.serve(trio.lowlevel.current_trio_token(), nursery)
         try:
             # One worker: no handler awaits, so a second worker would only add a
             # lock hand-off per request (see fuseloop.py). Work that must wait
             # (large content checks) runs in tasks of its own.
             await pyfuse3.main(min_tasks=1, max_tasks=1)
         finally:
-            control.stop()
+            served.control.close()  # before the loop goes: its threads hand work to it
         # Unmounted from outside (fusermount3 -u, umount): stop the rest.
         nursery.cancel_scope.cancel()
 

@@ -198,3 +198,21 @@ def test_the_mount_verifies_its_audit_chain_and_alerts_on_a_break(tmp_path: Path
         assert "edited at record 3" in stats()["audit_verify"]["break"]
         assert any(a["kind"] == "audit-verify" and a["level"] == "critical" for a in stats()["alerts"])
         assert json.loads(seldonfs("ctl", m, "health").stdout)["status"] == "degraded"
+
+
+@needs_fuse
+def test_a_busy_metrics_port_fails_the_mount_with_one_line(tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        store = init_store(tmp_path / "store", encrypted=False)
+        conf = store / "seldonfs.toml"
+        conf.write_text(conf.read_text() + f"\n[monitoring]\nport = {busy.getsockname()[1]}\n")
+        (tmp_path / "mnt").mkdir()
+        r = seldonfs("mount", store, tmp_path / "mnt")
+        assert r.returncode == 1 and not os.path.ismount(tmp_path / "mnt")
+        assert r.stderr.strip().count("\n") == 0 and "cannot listen on 127.0.0.1" in r.stderr, r.stderr
+        assert not (store / "control.sock").exists()
+    finally:
+        busy.close()
