@@ -30,6 +30,7 @@ class MountConfig:
     negative_timeout: float = 30.0
     writeback_cache: bool | None = None  # None: "auto", on for encrypted stores
     spin_us: int = 200  # see fuseloop.py
+    max_inodes: int = 0  # files the kernel may hold at once; 0: 70 % of the descriptor limit
 
 
 DEFAULT_TEMP_PATTERNS = (".*", "*.tmp", "*.part", "*.swp", "*~")
@@ -255,6 +256,9 @@ def _parse_mount(t: dict[str, Any], where: str) -> MountConfig:
     values["spin_us"] = _get(t, "spin_us", int, where, "mount.", d.spin_us)
     if not 0 <= values["spin_us"] <= 10_000:
         raise ConfigError(f"{where}: mount.spin_us: must be 0..10000 microseconds")
+    values["max_inodes"] = _get(t, "max_inodes", int, where, "mount.", d.max_inodes)
+    if values["max_inodes"] and not 100 <= values["max_inodes"] <= 100_000_000:
+        raise ConfigError(f"{where}: mount.max_inodes: must be 0 (automatic) or 100..100000000")
     return MountConfig(**values)
 
 

@@ -151,6 +151,14 @@ class Core:
         self._dir_paths: dict[int, str] = {}
         self.damaged: set[tuple[int, str]] = set()  # (inode, what) already logged
         self.damage_count = 0
+        # The descriptor budget: one O_PATH descriptor per inode the kernel
+        # holds. Past `max_inodes` the oldest files no handle has open are
+        # handed to `on_pressure` as (parent, name) to drop from the kernel's
+        # cache, which then forgets them (0: no budget).
+        self.max_inodes = 0
+        self.on_pressure: Callable[[list[tuple[int, bytes]]], None] | None = None
+        self._next_relief = 0
+        self._offered: set[int] = set()  # handed to on_pressure, not forgotten yet
 
     # ------------------------------------------------------------ inode table
 
@@ -189,10 +197,40 @@ class Core:
         node = self.nodes.get(ino)
         if node is None:
             self.nodes[ino] = Node(fd, 1, stat_m.S_IFMT(st.st_mode))
+            if self.max_inodes and len(self.nodes) > max(self.max_inodes, self._next_relief):
+                self._relieve()
         else:
             os.close(fd)
             node.nlookup += 1
         return self._stat(ino, st)
+
+    def _relieve(self) -> None:
+        """Ask the kernel to forget the oldest files no handle has open,
+        down to three quarters of the budget. Directories stay: the kernel
+        keeps a directory while it knows anything inside."""
+        want = len(self.nodes) - self.max_inodes * 3 // 4
+        open_inos = {h.ino for h in self.handles.values()}
+        parents: dict[str, int | None] = {}
+        victims: list[tuple[int, bytes]] = []
+        for ino, node in self.nodes.items():  # oldest first
+            if len(victims) >= want:
+                break
+            if node.fmt == stat_m.S_IFDIR or ino in open_inos or ino in self._offered:
+                continue
+            rel = self.rel_path(ino)
+            if not rel:
+                continue
+            d, name = posixpath.split(rel)
+            if d not in parents:
+                parents[d] = self.ino_of_dir(d)
+            if parents[d] is not None:
+                victims.append((parents[d], os.fsencode(name)))
+                self._offered.add(ino)
+        # Forgets arrive later; meanwhile ask again only a step further on.
+        self._next_relief = len(self.nodes) + max(100, self.max_inodes // 10)
+        log.debug("%d inodes known: asking the kernel to forget %d", len(self.nodes), len(victims))
+        if victims and self.on_pressure is not None:
+            self.on_pressure(victims)
 
     def lookup(self, parent: int, name: bytes) -> Stat:
         pfd = self._node(parent).fd
@@ -291,6 +329,9 @@ class Core:
         node.nlookup -= n
         if node.nlookup <= 0:
             del self.nodes[ino]
+            self._offered.discard(ino)
+            if len(self.nodes) < self.max_inodes:
+                self._next_relief = 0  # under budget again: the next crossing asks at once
             os.close(node.fd)
             if self.policy is not None:
                 self.policy.forget(ino)

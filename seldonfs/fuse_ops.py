@@ -109,6 +109,12 @@ class SeldonOperations(pyfuse3.Operations):
         self.policy = core.policy
         if self.policy is not None:
             self.policy.notify_gone = self._notify_gone
+        core.on_pressure = self._forget_these
+
+    @staticmethod
+    def _forget_these(entries: list[tuple[int, bytes]]) -> None:
+        for parent, name in entries:  # dropped from the kernel's cache; forgets follow
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
     @staticmethod
     def _notify_gone(parent: int, name: bytes) -> None:

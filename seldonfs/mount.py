@@ -252,6 +252,9 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         if writeback is None:  # auto: measured, see docs/design.md
             writeback = prep.content.needs_read_to_write
         core = Core(store.data, prep.content, writeback=writeback)
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        core.max_inodes = cfg.mount.max_inodes or max(100, limit * 7 // 10)
+        log.info("descriptor limit %d: at most %d inodes known at once", limit, core.max_inodes)
         rules = Rules(cfg)
         if rules.any_policy:
             core.policy = Policy(core, rules, catalog, writeback)

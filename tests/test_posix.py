@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import socket
 import stat
@@ -394,3 +395,27 @@ def test_huge_sparse_offset(plain: Path) -> None:
         fh.seek(1 << 40)
         assert fh.read() == b"!"
     os.unlink(f)
+
+
+@needs_fuse
+def test_more_files_than_the_inode_budget(tmp_path: Path) -> None:
+    """With room for 200 inodes (a descriptor each), 2,000 files are made,
+    listed, read and removed: the kernel is asked to forget the oldest."""
+    from .conftest import init_store, mounted
+
+    store = init_store(tmp_path / "store", encrypted=False)
+    conf = store / "seldonfs.toml"
+    conf.write_text(conf.read_text().replace("[mount]\n", "[mount]\nmax_inodes = 200\n", 1))
+    assert "max_inodes = 200" in conf.read_text()
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        d = m / "input" / "processed"
+        for i in range(2000):
+            (d / f"f{i:04d}").write_bytes(b"%d" % i)
+        assert sorted(os.listdir(d)) == [f"f{i:04d}" for i in range(2000)]
+        assert all((d / f"f{i:04d}").read_bytes() == b"%d" % i for i in range(2000))
+        known = json.loads((m / "system" / "monitoring" / "stats.json").read_text())["inodes_known"]
+        assert known < 600, known
+        for i in range(2000):
+            (d / f"f{i:04d}").unlink()
+        assert os.listdir(d) == []
