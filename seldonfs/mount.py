@@ -155,6 +155,20 @@ def setup_logging(store: Store, foreground: bool, debug: bool) -> None:
         sh.setFormatter(fmt)
         sh.setLevel(logging.DEBUG if debug else logging.WARNING)
         root.addHandler(sh)
+    logging.getLogger("pyfuse3").addFilter(_hint_failures_are_debug)
+
+
+def _hint_failures_are_debug(record: logging.LogRecord) -> bool:
+    """An entry invalidation is a hint to the kernel's cache (a moved file,
+    the inode budget); pyfuse3 logs one that failed, e.g. because the
+    kernel has already dropped the entry or the mount is going away, as an
+    error with a traceback. Keep it, as DEBUG without the traceback."""
+    if record.getMessage().startswith("Failed to submit invalidate_entry"):
+        exc = record.exc_info[1] if record.exc_info else None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args, record.exc_info, record.exc_text = f"{record.getMessage()}: {exc}", None, None, None
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+    return True
 
 
 @dataclass
