@@ -257,6 +257,7 @@ class MountJanitor:
         self.running = False
         self.runs = 0  # finished runs, so a caller can tell its run from earlier ones
         self.last: dict = {}
+        self.now: dict = {}  # the running run so far: planned, done, skipped
         self.disk_level = "ok"  # ok, warning, emergency
         self.totals = {"runs": 0, "done": 0, "skipped": 0, "freed": 0}
 
@@ -322,6 +323,7 @@ class MountJanitor:
         t0 = time.time()
         out = Outcome()
         planned = 0
+        self.now = {"planned": 0, "done": 0, "skipped": 0}
         try:
             now = t0 + req.later
             plain = self.content.plain_size
@@ -386,6 +388,7 @@ class MountJanitor:
             if not part:
                 return planned
             planned += len(part)
+            self.now["planned"] = self.now.get("planned", 0) + len(part)
             open_inos = {h.ino for h in self.core.handles.values()}
             locked = locked_inodes(mount_device(self.mountpoint))
             for i in range(0, len(part), STEP):  # a few ms each, then requests go first
@@ -404,6 +407,7 @@ class MountJanitor:
                 for a, why in skipped:
                     out.add_skipped(a, why)
                     self._record(a, "SKIPPED", why)
+                self.now.update(done=out.done, skipped=out.skipped)
                 await trio.sleep(0)
 
     def _busy(self, a: Action, open_inos: set[int], locked: set[int]) -> str | None:

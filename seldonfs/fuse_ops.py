@@ -388,7 +388,7 @@ class SeldonOperations(pyfuse3.Operations):
     async def getxattr(self, inode, name, ctx):
         if name == CONTROL_XATTR and inode == pyfuse3.ROOT_INODE and self.janitor is not None:
             j = self.janitor
-            return json.dumps({"running": j.running, "runs": j.runs, "last": j.last}).encode()
+            return json.dumps({"running": j.running, "runs": j.runs, "last": j.last, "now": j.now}).encode()
         return self.core.getxattr(inode, name)
 
     @_errors

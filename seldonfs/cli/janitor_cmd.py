@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -163,15 +164,22 @@ def run_in_mount(args: argparse.Namespace) -> None:
             raise SeldonError(f"{mp}: cannot run the janitor: {e.strerror}") from None
         print("nothing to do: the store's rules keep everything (no retention keys)")
         return
+    tty = sys.stderr.isatty()
     try:
         os.setxattr(mp, CONTROL_XATTR, json.dumps(ask).encode())
         while True:
             state = json.loads(os.getxattr(mp, CONTROL_XATTR))
             if not state["running"] and state["runs"] > before:
                 break
-            time.sleep(0.05)
+            now = state.get("now") or {}
+            if tty and state["running"] and now:  # progress on a terminal, quiet in scripts
+                print(f"\r{now['done']:,} done, {now['skipped']:,} skipped of {now['planned']:,} planned so far",
+                      end="", file=sys.stderr, flush=True)
+            time.sleep(0.05 if not tty else 0.2)
     except OSError as e:
         raise SeldonError(f"{mp}: cannot run the janitor: {e.strerror}") from None
+    if tty:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
     last = state["last"]
     for rel, why in last.get("skipped", []):
         print(f"skipped  {rel}: {why}")
