@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _libc
+from .alerts import Alerts
 from .config import Config, parse_duration
 from .janitor import TEMP, XATTR_CREATOR, Action, crash_plan, emergency_plan, inventory, plan
 from .store import walk
@@ -250,10 +251,10 @@ class Request:
 
 class MountJanitor:
     def __init__(self, core, cfg: Config, data: Path, mountpoint: str, content, audit, catalog,
-                 notify_gone: Callable[[int, bytes], None], alert: Callable[..., bool]) -> None:
+                 notify_gone: Callable[[int, bytes], None], alerts: Alerts) -> None:
         self.core, self.cfg, self.data, self.mountpoint = core, cfg, data, mountpoint
         self.content, self.audit, self.catalog = content, audit, catalog
-        self.notify_gone, self.alert = notify_gone, alert
+        self.notify_gone, self.alerts = notify_gone, alerts
         self.running = False
         self.runs = 0  # finished runs, so a caller can tell its run from earlier ones
         self.last: dict = {}
@@ -305,8 +306,12 @@ class MountJanitor:
         level = "emergency" if pct >= j.emergency else "warning" if pct >= j.warning else "ok"
         if level != self.disk_level:
             self.disk_level = level
+            for kind in ("disk-warning", "disk-emergency"):
+                if kind != f"disk-{level}":
+                    self.alerts.clear(kind)
             if level != "ok":
-                self.alert(f"disk-{level}", level, f"store disk {pct:.1f} % full (warning {j.warning} %, emergency {j.emergency} %)")
+                self.alerts.raise_(f"disk-{level}", "critical" if level == "emergency" else "warning",
+                                   f"store disk {pct:.1f} % full (warning {j.warning} %, emergency {j.emergency} %)")
         if level == "emergency":
             await self.run(Request("emergency", emergency=True))
 
@@ -340,7 +345,8 @@ class MountJanitor:
                 n = await self._carry_out(emergency_plan(self.cfg, inventory(self.data, plain), need), req, out)
                 planned += n
                 if n == 0:
-                    self.alert("emergency-stuck", "critical", f"emergency cleanup found nothing more to delete; {need:,} bytes over the warning level")
+                    self.alerts.raise_("emergency-stuck", "critical", "emergency cleanup found nothing more to "
+                                       f"delete; {need:,} bytes over the warning level")
                     break
             self.last = {
                 "started": t0, "seconds": round(time.time() - t0, 3), "trigger": req.trigger,
@@ -357,7 +363,7 @@ class MountJanitor:
             return self.last
         except Exception as e:
             log.exception("janitor run failed")
-            self.alert("janitor-failed", "critical", f"janitor run failed: {e}")
+            self.alerts.raise_("janitor-failed", "critical", f"janitor run failed: {e}")
             raise
         finally:
             self.running = False
@@ -367,8 +373,8 @@ class MountJanitor:
         """Alert when a capped folder is `warn_percent` full (before eviction)."""
         for folder, (total, _, rule) in sorted(usage.items()):
             if rule.warn_percent and rule.max_total and total * 100 >= rule.max_total * rule.warn_percent:
-                self.alert("folder-full", "warning", f"{folder}/ holds {total:,} bytes, "
-                           f"{100 * total // rule.max_total} % of its {rule.max_total:,}-byte cap", about=folder)
+                self.alerts.raise_("folder-full", "warning", f"{folder}/ holds {total:,} bytes, "
+                                   f"{100 * total // rule.max_total} % of its {rule.max_total:,}-byte cap", about=folder)
 
     async def _carry_out(self, actions: Iterator[Action], req: Request, out: Outcome) -> int:
         """Pull a batch from the planner in a worker thread, act on it a STEP

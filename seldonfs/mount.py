@@ -281,8 +281,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
             alerts = Alerts(cfg.alerts, store.data, prep.content, str(mountpoint), _notifier(core, ops))
             if janitor.has_retention(cfg):
                 ops.janitor = cleanup.MountJanitor(
-                    core, cfg, store.data, str(mountpoint), prep.content, auditlog, catalog, ops._notify_gone,
-                    alert=alerts.raise_,
+                    core, cfg, store.data, str(mountpoint), prep.content, auditlog, catalog, ops._notify_gone, alerts
                 )
                 core.on_mkdir = ops.janitor.on_mkdir
             sources = Sources(ops.stats, store.data, store.catalog_path, core, auditlog, ops.janitor, alerts,
