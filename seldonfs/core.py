@@ -158,7 +158,10 @@ class Core:
         self.max_inodes = 0
         self.on_pressure: Callable[[list[tuple[int, bytes]]], None] | None = None
         self._next_relief = 0
-        self._offered: set[int] = set()  # handed to on_pressure, not forgotten yet
+        # Offered in the last round and not forgotten yet: skipped once (their
+        # forget may be on its way), offered again after that (an invalidation
+        # can miss, e.g. when it overtakes the reply that made the entry).
+        self._offered: set[int] = set()
 
     # ------------------------------------------------------------ inode table
 
@@ -212,10 +215,11 @@ class Core:
         open_inos = {h.ino for h in self.handles.values()}
         parents: dict[str, int | None] = {}
         victims: list[tuple[int, bytes]] = []
+        last_round, self._offered = self._offered, set()
         for ino, node in self.nodes.items():  # oldest first
             if len(victims) >= want:
                 break
-            if node.fmt == stat_m.S_IFDIR or ino in open_inos or ino in self._offered:
+            if node.fmt == stat_m.S_IFDIR or ino in open_inos or ino in last_round:
                 continue
             rel = self.rel_path(ino)
             if not rel:
