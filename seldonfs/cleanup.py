@@ -361,10 +361,13 @@ class MountJanitor:
                 self.totals[k] += getattr(out, k)
             self.totals["runs"] += 1
             return self.last
-        except Exception as e:
+        except Exception as e:  # a failed run must not take the mount down with it
             log.exception("janitor run failed")
             self.alerts.raise_("janitor-failed", "critical", f"janitor run failed: {e}")
-            raise
+            self.last = {"started": t0, "seconds": round(time.time() - t0, 3), "trigger": req.trigger,
+                         "planned": planned, "summary": f"failed: {e}", "error": str(e),
+                         "skipped": out.skipped_sample}
+            return self.last
         finally:
             self.running = False
             self.runs += 1

@@ -129,11 +129,10 @@ class Control:
                 while self.janitor.running:
                     await trio.sleep(0.05)
             task["state"] = "running"
-            try:
-                result = await self.janitor.run(req)
-                task.update(state="done", result=result, finished=time.time())
-            except Exception as e:
-                task.update(state="failed", error=str(e), finished=time.time())
+            result = await self.janitor.run(req)  # a failed run answers with its error
+            failed = "error" in result
+            task.update(state="failed" if failed else "done", result=result, finished=time.time(),
+                        **({"error": result["error"]} if failed else {}))
 
         self.on_loop(self.nursery.start_soon, run)
         return task

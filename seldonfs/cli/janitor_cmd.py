@@ -183,8 +183,8 @@ def run_in_mount(args: argparse.Namespace) -> None:
     last = state["last"]
     for rel, why in last.get("skipped", []):
         print(f"skipped  {rel}: {why}")
-    if not last:
-        raise SeldonError(f"{mp}: the janitor run failed (see the mount's log)")
+    if not last or last.get("error"):
+        raise SeldonError(f"{mp}: the janitor run failed: {last.get('error', '?')} (see the mount's log)")
     print(f"done in {last['seconds']} s: {last['summary']}")
 
 
