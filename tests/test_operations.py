@@ -113,6 +113,20 @@ def test_metrics_control_and_alerts(tmp_path: Path) -> None:
             assert after[("seldonfs_validation_total", (("verdict", "quarantined"),))] == 1
             assert ("seldonfs_operation_seconds_count", (("op", "write"),)) in after
 
+            # scraped during a workload: the counters only move forward
+            def work() -> None:
+                for i in range(300):
+                    (m / "input" / "processed" / f"w{i}.csv").write_text("a,b\n1,2\n")
+
+            writer = threading.Thread(target=work)
+            seen = [ok(_samples(base + "/metrics"), "create")]
+            writer.start()
+            while writer.is_alive():
+                seen.append(ok(_samples(base + "/metrics"), "create"))
+            writer.join()
+            seen.append(ok(_samples(base + "/metrics"), "create"))
+            assert seen == sorted(seen) and seen[-1] >= seen[0] + 300 and len(seen) >= 3, seen
+
             # the control API: no token, a wrong one, the right one
             for headers in ({}, {"Authorization": "Bearer nope"}):
                 with pytest.raises(urllib.error.HTTPError) as e:
