@@ -34,7 +34,7 @@ from pathlib import Path
 from . import _libc
 from .alerts import Alerts
 from .config import Config, parse_duration
-from .janitor import TEMP, XATTR_CREATOR, Action, crash_plan, emergency_plan, inventory, plan
+from .janitor import TEMP, XATTR_CREATOR, Action, crash_plan, emergency_plan, inventory, plan, proc_stat
 from .store import walk
 
 log = logging.getLogger(__name__)
@@ -201,13 +201,10 @@ def creator_record(pid: int) -> bytes | None:
 
     job = job_from_environ(pid) or ""
     for _ in range(2):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
+        ps = proc_stat(pid)
+        if ps is None:
             return None
-        comm = stat[stat.index(b"(") + 1:stat.rindex(b")")].decode("utf-8", "replace")
-        fields = stat[stat.rindex(b")") + 2:].split()
+        comm, fields = ps
         if comm not in HANDS_ON:
             break
         pid = int(fields[1])  # ppid

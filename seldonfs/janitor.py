@@ -38,6 +38,7 @@ from pathlib import Path
 from .config import Config, FolderRule
 from .policy import PRIVATE_DIR
 from .rules import Rules
+from .store import tree
 
 #: On a folder made through the mount under temp/: JSON {"pid", "start"
 #: (clock ticks after boot, so a reused pid is told apart), "comm", "job"}
@@ -264,37 +265,34 @@ def creator_alive(record: bytes) -> tuple[bool | None, str]:
     return start_time(pid) == start, job
 
 
-def start_time(pid: int) -> int | None:
-    """A process's start time in clock ticks after boot (/proc/PID/stat
-    field 22); None when there is no such process."""
+def proc_stat(pid: int) -> tuple[str, list[bytes]] | None:
+    """A process's name and the fields of /proc/PID/stat after it (field 4,
+    the parent's pid, first); None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
+    comm = stat[stat.index(b"(") + 1:stat.rindex(b")")].decode("utf-8", "replace")
+    return comm, stat[stat.rindex(b")") + 2:].split()
+
+
+def start_time(pid: int) -> int | None:
+    """A process's start time in clock ticks after boot (/proc/PID/stat
+    field 22); None when there is no such process."""
+    ps = proc_stat(pid)
+    return None if ps is None else int(ps[1][19])
 
 
 def inventory(data: Path, plain_size=lambda n: n) -> Iterator[Entry]:
     """The store's files and directories, without following a symlink."""
-    root = os.fspath(data)
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        try:
-            with os.scandir(os.path.join(root, rel) if rel else root) as it:
-                for d in it:
-                    r = f"{rel}/{d.name}" if rel else d.name
-                    st = d.stat(follow_symlinks=False)
-                    if stat_m.S_ISDIR(st.st_mode):
-                        stack.append(r)
-                        alive, job = None, ""
-                        try:
-                            alive, job = creator_alive(os.getxattr(d.path, XATTR_CREATOR, follow_symlinks=False))
-                        except OSError:
-                            pass
-                        yield Entry(r, 0, st.st_mtime, st.st_atime, True, alive, job)
-                    elif stat_m.S_ISREG(st.st_mode):
-                        yield Entry(r, plain_size(st.st_size), st.st_mtime, st.st_atime)
-        except FileNotFoundError:
-            continue
+    for rel, d, st in tree(data):
+        if stat_m.S_ISDIR(st.st_mode):
+            alive, job = None, ""
+            try:
+                alive, job = creator_alive(os.getxattr(d.path, XATTR_CREATOR, follow_symlinks=False))
+            except OSError:
+                pass
+            yield Entry(rel, 0, st.st_mtime, st.st_atime, True, alive, job)
+        elif stat_m.S_ISREG(st.st_mode):
+            yield Entry(rel, plain_size(st.st_size), st.st_mtime, st.st_atime)

@@ -29,6 +29,7 @@ from typing import Any
 from . import janitor
 from .config import Config
 from .policy import PRIVATE_DIR
+from .store import tree
 
 TOP_FILES = 20  # largest files listed
 TOP_EXTENSIONS = 15  # extensions listed before "(other)"
@@ -103,33 +104,17 @@ def printable(path: str) -> str:
 def scan(data: str | os.PathLike, plain_size: Callable[[int], int] = lambda n: n) -> Iterator[Item]:
     """Every entry under `data` (not `data` itself), never following a symlink.
     A directory that cannot be listed is yielded, its contents are not."""
-    root = os.fspath(data)
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        try:
-            with os.scandir(os.path.join(root, rel) if rel else root) as it:
-                entries = list(it)
-        except (FileNotFoundError, PermissionError, NotADirectoryError):
-            continue
-        for d in entries:
-            r = f"{rel}/{d.name}" if rel else d.name
+    for r, d, st in tree(data):
+        kind = _kind(st.st_mode)
+        target = ""
+        if kind == "symlink":
             try:
-                st = d.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # gone meanwhile (a running mount)
-            kind = _kind(st.st_mode)
-            target = ""
-            if kind == "dir":
-                stack.append(r)
-            elif kind == "symlink":
-                try:
-                    target = printable(os.readlink(d.path))
-                except OSError:
-                    target = "?"
-            is_file = kind == "file"
-            yield Item(printable(r), kind, plain_size(st.st_size) if is_file else 0, st.st_size if is_file else 0,
-                       st.st_mtime, st.st_atime, stat_m.S_IMODE(st.st_mode), st.st_uid, target)
+                target = printable(os.readlink(d.path))
+            except OSError:
+                target = "?"
+        is_file = kind == "file"
+        yield Item(printable(r), kind, plain_size(st.st_size) if is_file else 0, st.st_size if is_file else 0,
+                   st.st_mtime, st.st_atime, stat_m.S_IMODE(st.st_mode), st.st_uid, target)
 
 
 def read_catalog(conn: sqlite3.Connection) -> tuple[list[Commit], list[Quarantined]]:

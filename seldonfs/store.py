@@ -21,9 +21,11 @@ import errno
 import fcntl
 import json
 import os
+import stat as stat_m
 import time
 import tomllib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +163,32 @@ def walk(root_fd: int, relpath: str, create: bool = False) -> int:
     except BaseException:
         os.close(fd)
         raise
+
+
+def tree(data: str | os.PathLike) -> Iterator[tuple[str, os.DirEntry, os.stat_result]]:
+    """(path relative to `data`, entry, its lstat) of everything under
+    `data`, never following a symlink; a directory is listed whole before
+    its entries are handed out, so the caller may change the tree meanwhile
+    (a running mount). A directory that cannot be listed is skipped, as is
+    an entry gone before its stat."""
+    root = os.fspath(data)
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(os.path.join(root, rel) if rel else root) as it:
+                entries = list(it)
+        except (FileNotFoundError, PermissionError, NotADirectoryError):
+            continue
+        for d in entries:
+            r = f"{rel}/{d.name}" if rel else d.name
+            try:
+                st = d.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat_m.S_ISDIR(st.st_mode):
+                stack.append(r)
+            yield r, d, st
 
 
 class StoreLock:
