@@ -395,9 +395,9 @@ class MountJanitor:
                 return planned
             planned += len(part)
             self.now["planned"] = self.now.get("planned", 0) + len(part)
-            open_inos = {h.ino for h in self.core.handles.values()}
             locked = locked_inodes(mount_device(self.mountpoint))
             for i in range(0, len(part), STEP):  # a few ms each, then requests go first
+                open_inos = {h.ino for h in self.core.handles.values()}  # as of now: files open meanwhile count
                 todo = []
                 for a in part[i:i + STEP]:
                     why = self._busy(a, open_inos, locked)
@@ -407,6 +407,7 @@ class MountJanitor:
                     else:
                         todo.append(a)
                 done, skipped = execute(self.data, todo, self.content, time.time_ns())
+                self.core.renames += 1  # paths changed behind the core's back (see Core.renames)
                 for a in done:
                     out.add_done(a)
                     self._after(a)

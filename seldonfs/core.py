@@ -114,6 +114,8 @@ class Handle:
     opener: Caller | None = None  # who opened it (release has no caller)
     written: int = 0  # bytes written through it, for the audit record
     nread: int = 0
+    path: str | None = None  # where it was opened, while `Core.renames` is still `path_gen`
+    path_gen: int = -1
 
 
 @dataclass(slots=True)
@@ -150,6 +152,10 @@ class Core:
         # comes through here; the policy engine renames files only).
         self._dir_paths: dict[int, str] = {}
         self.damaged: set[tuple[int, str]] = set()  # (inode, what) already logged
+        # Counts every change that can move a file to another path (renames
+        # here, by the policy engine and by the janitor): a path noted while
+        # it had one value is still true while it has it.
+        self.renames = 0
         self.damage_count = 0
         # The descriptor budget: one O_PATH descriptor per inode the kernel
         # holds. Past `max_inodes` the oldest files no handle has open are
@@ -422,11 +428,12 @@ class Core:
     def _owner(self, pfd: int, caller: Caller) -> tuple[int, int] | None:
         """(uid, gid) a new entry should get; None when we cannot chown.
         gid -1 keeps what a set-group-ID parent passed down."""
-        if not self.as_root:
+        if not self.as_root or caller.uid == caller.gid == 0:
+            return None  # root's own: it has that owner already
+        gid = -1 if os.fstat(pfd).st_mode & stat_m.S_ISGID else caller.gid
+        if caller.uid == 0 and gid == -1:
             return None
-        if os.fstat(pfd).st_mode & stat_m.S_ISGID:
-            return caller.uid, -1
-        return caller.uid, caller.gid
+        return caller.uid, gid
 
     def _chown_new(self, pfd: int, name: bytes, owner: tuple[int, int] | None, undo) -> None:
         if owner is None:
@@ -518,6 +525,7 @@ class Core:
         self._rename(ofd, old, nfd, new, flags)
 
     def _rename(self, ofd: int, old: bytes, nfd: int, new: bytes, flags: int) -> None:
+        self.renames += 1
         if self._dir_paths:
             self._dir_paths.clear()  # cheaper than telling a file from a directory first
         if flags:
@@ -670,10 +678,17 @@ class Core:
 
     def write(self, fh: int, off: int, data: bytes) -> int:
         h = self._handle(fh)
-        if h.track is not None:
+        if h.track is None:
+            n = self._guarded(h.ino, h.content.write, off, data)
+        else:
             assert self.policy is not None
             self.policy.on_write(h.ino, h.track, off, len(data), h.content)
-        n = self._guarded(h.ino, h.content.write, off, data)
+            try:
+                n = self._guarded(h.ino, h.content.write, off, data)
+            except BaseException:
+                self.policy.shadow.pop(h.ino, None)  # part of it may have landed
+                raise
+            self.policy.wrote(h.ino, off, data if n == len(data) else data[:n])
         h.written += n
         return n
 

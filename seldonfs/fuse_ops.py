@@ -62,12 +62,13 @@ class _Audited:
     """Records one operation in the audit chain when it ends, with its
     result: `with self._audited("mkdir", ctx, parent, name):`."""
 
-    __slots__ = ("ops", "op", "ctx", "parent", "name", "path2", "detail")
+    __slots__ = ("ops", "op", "ctx", "parent", "name", "path2", "detail", "path")
 
     def __init__(self, ops: SeldonOperations, op: str, ctx: Any, parent: int, name: bytes | None,
                  path2: str = "", detail: str = "") -> None:
         self.ops, self.op, self.ctx, self.parent, self.name = ops, op, ctx, parent, name
         self.path2, self.detail = path2, detail
+        self.path = ""  # set on exit
 
     def __enter__(self) -> _Audited:
         return self
@@ -84,7 +85,7 @@ class _Audited:
             result = errno.errorcode.get(e.errno, "EIO")
         else:
             result = "EIO"
-        path = self.ops._path(self.parent, self.name)
+        path = self.path = self.ops._path(self.parent, self.name)
         audit.record(self.op, self.ctx.uid, self.ctx.gid, self.ctx.pid, path, self.path2, result, 0, self.detail)
 
 
@@ -283,10 +284,13 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
-        with self._audited("create", ctx, parent_inode, name):
+        with self._audited("create", ctx, parent_inode, name) as a:
             fh, st = self.core.create(parent_inode, name, mode, flags, _caller(ctx))
         entry = self._entry(st)
-        track = self.core.handles[fh].track
+        h = self.core.handles[fh]
+        if a.path:  # the path of its write record, unless something is renamed meanwhile
+            h.path, h.path_gen = a.path, self.core.renames
+        track = h.track
         if track is not None and track.commits:
             # the name lasts until the file commits: do not let the kernel
             # cache it (saves telling it later that the name is gone)
@@ -324,10 +328,12 @@ class SeldonOperations(pyfuse3.Operations):
         h = self.core.release(fh)
         if self.audit is not None and h is not None and h.opener is not None:
             who = h.opener
+            if h.written or h.nread and self.audit.reads:
+                path = h.path if h.path is not None and h.path_gen == self.core.renames else self._path(h.ino)
             if h.written:
-                self.audit.record("write", who.uid, who.gid, who.pid, self._path(h.ino), nbytes=h.written)
+                self.audit.record("write", who.uid, who.gid, who.pid, path, nbytes=h.written)
             if h.nread and self.audit.reads:
-                self.audit.record("read", who.uid, who.gid, who.pid, self._path(h.ino), nbytes=h.nread)
+                self.audit.record("read", who.uid, who.gid, who.pid, path, nbytes=h.nread)
 
     @_errors
     async def fsync(self, fh, datasync):

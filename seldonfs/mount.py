@@ -59,6 +59,14 @@ def fuse_options(opts: list[str], store: Store) -> set[str]:
         if o in _FSTAB_ONLY or o.startswith(("x-", "comment=")):
             continue
         out.add(o)
+    if not out & {"allow_other", "allow_root"} and "default_permissions" not in opts:
+        # Only processes of the mounting user may enter (the kernel's rule
+        # without allow_other), and the daemon acts on the store as that
+        # user: the store's own permission checks are the same checks. The
+        # kernel's copy of them would re-read a directory's attributes after
+        # every create and unlink in it (a GETATTR each), as gocryptfs also
+        # avoids by mounting without it.
+        out.discard("default_permissions")
     out.add(f"fsname={store.root}")
     out.add("subtype=seldonfs")
     return out

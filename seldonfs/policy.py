@@ -55,6 +55,7 @@ VERSIONS_DIR = PRIVATE_DIR + "/versions"
 #: Files up to this size are checked on the request loop; larger ones in a
 #: worker thread, so a large file never stalls other operations.
 INLINE_CHECK_BYTES = 1 << 20
+SHADOWS = 64  # new files whose written bytes are kept for their commit check, at most
 SEQ_BLOCK = 100  # sequence numbers reserved per catalog write
 JOB_CACHE_S = 2.0
 ROWS_FLUSH_S = 0.5  # file records wait at most this long for their catalog batch
@@ -82,6 +83,7 @@ class Tracked:
     floor: bool = False  # the space floor applies
     direct_io: bool = False
     readable: bool = False  # its descriptor can read (commit checks through it)
+    parent: int = 0  # the kernel's inode of the directory it was created in
 
 
 Source = tuple[int, FileContent]  # an open handle's descriptor and content
@@ -113,9 +115,11 @@ class _Scope:
         p = self.policy
         p._depth -= 1
         if p._depth == 0 and p._dirfds:
-            for fd in p._dirfds.values():
-                os.close(fd)
+            for d, fd in p._dirfds.items():
+                if d not in p._lent:
+                    os.close(fd)
             p._dirfds.clear()
+            p._lent.clear()
 
 
 def _scoped(method):
@@ -161,6 +165,11 @@ class Policy:
         self.writers: dict[int, int] = {}  # ino -> open tracked handles
         self.dirty: set[int] = set()  # inodes written since their last commit
         self.checked: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) at last passed check
+        # ino -> the plaintext of a new file as its one writer wrote it (up
+        # to INLINE_CHECK_BYTES): its commit check reads this instead of the
+        # store. Any other way the contents can change (another open for
+        # writing, a truncate, a failed write) drops it.
+        self.shadow: dict[int, bytearray] = {}
         self.grace: OrderedDict[tuple[int, bytes], Grace] = OrderedDict()
         self.grace_of_ino: dict[int, tuple[int, bytes]] = {}  # its newest entry
         self.deferred: set[tuple[int, tuple[int, int]]] = set()  # checks running in the background
@@ -170,6 +179,7 @@ class Policy:
         self.ingested: dict[int, int] = {}  # ino -> when created, until its commit record
         self._rows: list[tuple] = []  # file records waiting for their batch
         self._dirfds: dict[str, int] = {}  # directories opened in the current scope
+        self._lent: set[str] = set()  # those of them that are core's node descriptors
         self.audit: AuditLog | None = None  # set by the mount when auditing
         self.counts: Counter[str] = Counter()  # decisions, for stats.json
         self._depth = 0
@@ -224,6 +234,7 @@ class Policy:
             if t.floor:
                 self._check_floor()
             t.created = True
+            t.parent = parent
             if t.commits and t.rule is not None and t.rule.naming and "{job}" in t.rule.naming:
                 t.job = self._job_of(pid)
         return t
@@ -262,6 +273,7 @@ class Policy:
             raise OSError(errno.ESTALE, "pre-commit name opened anew")
         if flags & os.O_ACCMODE == os.O_RDONLY:
             return None
+        self.shadow.pop(ino, None)  # another writer: its bytes would not be seen
         rel = self.core.rel_path(ino)
         if rel is None:
             return None
@@ -276,6 +288,7 @@ class Policy:
     def forget(self, ino: int) -> None:
         """The kernel let go of `ino`: drop what was kept about it."""
         self.checked.pop(ino, None)
+        self.shadow.pop(ino, None)
         self.dirty.discard(ino)
         self.job_attrs.pop(ino, None)
 
@@ -286,6 +299,8 @@ class Policy:
         self.writers[ino] = self.writers.get(ino, 0) + 1
         if t.created and t.commits:
             self.ingested[ino] = time.time_ns()
+            if len(self.shadow) < SHADOWS:
+                self.shadow[ino] = bytearray()
 
     def on_write(self, ino: int, t: Tracked, off: int, size: int, content: FileContent) -> None:
         end = off + size
@@ -300,6 +315,19 @@ class Policy:
                 self.save_version(rel, "overwrite")
         self.dirty.add(ino)
 
+    def wrote(self, ino: int, off: int, data: bytes) -> None:
+        """`data` reached the file at `off`: keep the shadow in step."""
+        buf = self.shadow.get(ino)
+        if buf is None:
+            return
+        end = off + len(data)
+        if end > INLINE_CHECK_BYTES:
+            del self.shadow[ino]
+            return
+        if off > len(buf):
+            buf.extend(bytes(off - len(buf)))  # a hole reads as zeros
+        buf[off:end] = data
+
     def on_truncate(self, ino: int, size: int, cur_size: int) -> None:
         rel = self.core.rel_path(ino)
         if rel is None:
@@ -310,6 +338,14 @@ class Policy:
             raise OSError(errno.EFBIG, "file size limit of the folder")
         if size > cur_size and self._floor_applies(d):
             self._check_floor()
+        buf = self.shadow.get(ino)
+        if buf is not None:
+            if size > INLINE_CHECK_BYTES:
+                del self.shadow[ino]
+            elif size < len(buf):
+                del buf[size:]
+            else:
+                buf.extend(bytes(size - len(buf)))
         if rule is not None and rule.versions and cur_size > 0 and size != cur_size:
             self.save_version(rel, "truncate")
         if _commits(rule):
@@ -322,6 +358,7 @@ class Policy:
         else:
             self.writers.pop(ino, None)
             self.ingested.pop(ino, None)  # committed by now, or never will be
+            self.shadow.pop(ino, None)
 
     def _floor_applies(self, d: str) -> bool:
         """The space floor covers every folder but temp/ and its subtree."""
@@ -392,7 +429,8 @@ class Policy:
             return None
         t.done = True
         return self.commit(
-            ino, t.pid, t.job, notify_old=not t.created, source=source if t.readable else None
+            ino, t.pid, t.job, notify_old=not t.created, source=source if t.readable else None,
+            parent=t.parent,
         )
 
     @_scoped
@@ -414,7 +452,7 @@ class Policy:
     def commit(
         self, ino: int, pid: int, job: str | None, rel: str | None = None,
         verdict: validation.Verdict | None = None, defer: bool = True, notify_old: bool = True,
-        source: Source | None = None,
+        source: Source | None = None, parent: int = 0,
     ) -> int | None:
         """Check, name, route or quarantine file `ino` (at `rel`). Returns
         an errno for the writer (EACCES: rejected), None otherwise.
@@ -426,7 +464,10 @@ class Policy:
         wait for the verdict anyway, and the check runs right here.
 
         `notify_old` False: the kernel does not cache the old name (a file
-        created under a commit rule is answered with entry_timeout 0)."""
+        created under a commit rule is answered with entry_timeout 0).
+        `parent`: the kernel's inode of the directory the file was created
+        in; while the file is still there, the commit works through its
+        descriptor instead of walking the store from the root."""
         rel = rel or self.core.rel_path(ino)
         if rel is None:
             return None  # unlinked while open
@@ -435,6 +476,12 @@ class Policy:
         if not _commits(rule) or is_temporary(name, self.pol.temp_patterns) or d in self.quarantine_dirs:
             return None
         assert rule is not None
+        if parent and parent in self.core.nodes and self.core.rel_path(parent) == d:
+            if d not in self._dirfds:
+                self._dirfds[d] = self.core.node_fd(parent)
+                self._lent.add(d)
+        else:
+            parent = 0
         if verdict is None:
             defer = defer and rule.on_invalid != "reject" and self.nursery is not None
             verdict = self._check(ino, rel, rule, defer, pid, job, source)
@@ -468,10 +515,10 @@ class Policy:
         self._record(dest, name, job_id, verdict, "ok", ino)
         self._audit("commit", rel, dest, f"sha256={verdict.sha256} mime={verdict.mime} job={job_id}".strip())
         if dest != rel:
-            parent = self._dir_ino(d)
+            parent = parent or self._dir_ino(d)  # type: ignore[assignment]
             new_dir = posixpath.dirname(dest)
             new_parent = parent if new_dir == d else self._dir_ino(new_dir)
-            if parent is not None:
+            if parent:
                 self._add_grace(
                     parent, os.fsencode(name),
                     Grace(dest, ino, pid, time.monotonic() + self.pol.grace, new_parent,
@@ -504,6 +551,9 @@ class Policy:
             key = self._key(fd)
             if self.checked.get(ino) == key:
                 return validation.Verdict(size=key[1])  # unchanged since it passed
+            buf = self.shadow.pop(ino, None)
+            if buf is not None and len(buf) == key[1]:
+                content = _Shadow(buf)
             if defer and key[1] > INLINE_CHECK_BYTES:
                 if (ino, key) not in self.deferred:
                     self.deferred.add((ino, key))
@@ -868,9 +918,22 @@ class Policy:
         sd, sn = posixpath.split(rel)
         td, tn = posixpath.split(target)
         flags = 0 if replace else _libc.RENAME_NOREPLACE
+        self.core.renames += 1
         _libc.renameat2(
             self._walk(sd), os.fsencode(sn), self._walk(td, create=create_dirs), os.fsencode(tn), flags
         )
+
+
+class _Shadow:
+    """A kept plaintext read like a file's content."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self, buf: bytearray) -> None:
+        self.buf = buf
+
+    def read(self, off: int, size: int) -> bytes:
+        return bytes(self.buf[off:off + size])
 
 
 def _copy(src: int, dst: int) -> None:

@@ -86,7 +86,7 @@ def mounted(store: Path, mnt: Path, opts: str = "allow_other", expect_log_proble
     mnt.mkdir(exist_ok=True)
     errlog = open(store.parent / f"mount-{mnt.name}.stderr", "w+")
     proc = subprocess.Popen(
-        SELDONFS + ["mount", "-f", "-o", opts, *key_args(store), str(store), str(mnt)],
+        SELDONFS + ["mount", "-f", *(["-o", opts] if opts else []), *key_args(store), str(store), str(mnt)],
         stdin=subprocess.DEVNULL, stdout=errlog, stderr=subprocess.STDOUT,
     )
     try:

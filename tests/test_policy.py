@@ -275,11 +275,40 @@ def test_valid_look_alikes_pass(pmnt: Path) -> None:
         "nums.txt": b"order 4111 1111 1111 1112 total 078-05",  # fails Luhn; no SSN
         "data.csv": b"a,b\n1,2\n",
         "doc.json": b'{"akia": "AKIA-not-a-key"}',
+        "ids.txt": b"row 1234567812345670 ok",  # passes Luhn, but no card issuer starts so
     }
     for n, d in ok.items():
         (pmnt / "in" / n).write_bytes(d)
     assert sorted(MANAGED.match(n)["name"] for n in names(pmnt / "in")) == sorted(ok)
     assert names(pmnt / "q") == []
+
+
+def test_the_check_sees_every_change_to_the_content(pmnt: Path) -> None:
+    """A new file's check reads what its writer wrote as it was kept in
+    memory; every other way its bytes can change must show in the check."""
+    ssn = b"id 078-05-1120"
+    d = pmnt / "in"
+    with open(d / "second.txt", "wb") as a:  # a second writer adds the number
+        a.write(b"hello " + b"." * 20)
+        a.flush()
+        with open(d / "second.txt", "r+b") as b:
+            b.seek(6)
+            b.write(ssn)
+    with open(d / "cut.txt", "wb") as f:  # cut off before close: clean
+        f.write(b"x" * 5000 + ssn)
+        f.flush()
+        f.truncate(5000)
+    with open(d / "hole.txt", "wb") as f:  # written past a hole
+        f.write(b"abc")
+        f.seek(10_000)
+        f.write(ssn)
+    assert [MANAGED.match(n)["name"] for n in names(d)] == ["cut.txt"]
+    assert managed(d, "cut.txt").read_bytes() == b"x" * 5000
+    q = {p.name.split("_", 2)[-1]: p for p in (pmnt / "q").iterdir()}
+    assert sorted(q) == ["hole.txt", "second.txt"]
+    assert all("social security number" in reason(p) for p in q.values())
+    assert q["hole.txt"].read_bytes() == b"abc" + bytes(10_000 - 3) + ssn
+    assert q["second.txt"].read_bytes() == b"hello " + ssn + b"." * (20 - len(ssn))
 
 
 def test_reject_fails_close_and_still_keeps_the_file(pmnt: Path) -> None:

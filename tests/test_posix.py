@@ -17,7 +17,7 @@ import pytest
 
 from seldonfs import _libc
 
-from .conftest import as_user, needs_fuse, needs_root, stored
+from .conftest import as_user, mounted, needs_fuse, needs_root, stored
 
 pytestmark = [needs_fuse]
 
@@ -342,6 +342,37 @@ def test_access(plain: Path) -> None:
     os.chmod(f, 0o644)
     assert os.access(f, os.R_OK | os.W_OK)
     assert not os.access(f, os.X_OK)
+
+
+def mount_options(m: Path) -> list[str]:
+    lines = Path("/proc/self/mounts").read_text().splitlines()
+    return [l.split()[3].split(",") for l in lines if l.split()[1] == str(m)]
+
+
+@needs_root
+def test_without_allow_other_only_the_owner_enters_and_the_store_checks(store: Path, tmp_path: Path) -> None:
+    """Without allow_other the kernel lets only the mounting user in, and
+    SeldonFS leaves out default_permissions: the backing store checks the
+    same user. What a user can do stays the same."""
+    m = tmp_path / "own"
+    with mounted(store, m, opts=""):
+        (opts,) = mount_options(m)
+        assert "default_permissions" not in opts and "allow_other" not in opts
+        f = m / "input" / "processed" / "run.sh"
+        f.write_text("#!/bin/sh\necho hi\n")
+        f.chmod(0o644)
+        with pytest.raises(PermissionError):  # no x bit: not even root may run it
+            subprocess.run([str(f)])
+        assert not os.access(f, os.X_OK) and os.access(f, os.R_OK | os.W_OK)
+        f.chmod(0o700)
+        assert subprocess.run([str(f)], capture_output=True, text=True).stdout == "hi\n"
+        f.chmod(0o444)
+        f.write_text("root writes anyway\n")  # as on any filesystem
+        r = as_user(NOBODY, NOBODY, "import os,sys; os.stat(sys.argv[1])", str(f))
+        assert "Permission denied" in r.stderr  # the kernel keeps everyone else out
+    with mounted(store, m):  # allow_other: the kernel checks for them
+        (opts,) = mount_options(m)
+        assert "default_permissions" in opts and "allow_other" in opts
 
 
 def test_o_direct_read_write(plain: Path) -> None:
