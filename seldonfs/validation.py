@@ -67,6 +67,7 @@ _CARD_ISSUER = re.compile(
     rb"4(?:[0-9]{12}|[0-9]{15}|[0-9]{18})|5[1-5][0-9]{14}|2(?:22[1-9]|2[3-9][0-9]|[3-6][0-9]{2}|7[01][0-9]|720)[0-9]{12}"
     rb"|3[47][0-9]{13}|3(?:0[0-5]|[689][0-9])[0-9]{11}|6(?:011|5[0-9]{2})[0-9]{12,15}|35(?:2[89]|[3-8][0-9])[0-9]{12,15}"
 )
+_ISSUER_FIRST = frozenset(b"23456")
 _AWS_HINT = re.compile(rb"A[KS]IA")  # one pass; `in` twice costs five times more
 _AWS = re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
 _PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
@@ -101,7 +102,9 @@ def _has_card(data: bytes) -> bool:
     if b"0000" not in shape:  # every card number format has a group of 4 digits
         return False
     for m in _CARD_SHAPE.finditer(shape):
-        digits = re.sub(rb"[ -]", b"", data[m.start():m.end()])
+        if data[m.start()] not in _ISSUER_FIRST:
+            continue  # most digit runs in data and code: no issuer starts so
+        digits = data[m.start():m.end()].replace(b" ", b"").replace(b"-", b"")
         if _CARD_ISSUER.fullmatch(digits) and luhn(digits):
             return True
     return False

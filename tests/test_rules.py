@@ -157,6 +157,29 @@ def test_luhn_check_digit(digits: list[int]) -> None:
     assert len(hits) == 1  # exactly one check digit completes any number
 
 
+@pytest.mark.parametrize(
+    "text, card",
+    [
+        (b"visa 4111 1111 1111 1111", True),
+        (b"visa 4111-1111-1111-1111.", True),
+        (b"amex 3782 822463 10005", True),
+        (b"mc 5555555555554444", True),
+        (b"mc 2223003122003222", True),
+        (b"discover 6011111111111117", True),
+        (b"diners 30569309025904", True),
+        (b"jcb 3530111333300000", True),
+        (b"visa13 4222222222222", True),
+        (b"no issuer 1234567812345670", False),  # passes Luhn
+        (b"visa, fails luhn 4111111111111112", False),
+        (b"visa, 17 digits 41111111111111113", False),  # passes Luhn
+        (b"timestamp 20241206143045128", False),  # passes Luhn
+    ],
+)
+def test_card_numbers_need_an_issuer_and_luhn(text: bytes, card: bool) -> None:
+    rule = FolderRule("x", sensitive=("card",))
+    assert (check(rule, "x.txt", text).reasons == ["contains a payment card number"]) is card
+
+
 def test_template_reads_its_names_back() -> None:
     t = Template("{ts}-{job}-{seq:03d}_{name}")
     assert t.parts("2024-12-06-14-30-45-123-INP001-007_prospect_data.json") == {
