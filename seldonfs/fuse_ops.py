@@ -316,15 +316,21 @@ class SeldonOperations(pyfuse3.Operations):
         # close(2): the moment a written file commits (see policy.py)
         h = self.core.handles.get(fh)
         if h is not None and h.track is not None and self.policy is not None:
-            err = self.policy.flush(h.ino, h.track, (h.fd, h.content))
+            err = self._commit(h)
             if err:
                 raise FUSEError(err)
+
+    def _commit(self, h: Any, last: bool = False) -> int | None:
+        err = self.policy.flush(h.ino, h.track, (h.fd, h.content), last=last)
+        if h.track.dest is not None:  # moved by its commit: the write record names where to
+            h.path, h.path_gen, h.track.dest = h.track.dest, self.core.renames, None
+        return err
 
     @_errors
     async def release(self, fh):
         h = self.core.handles.get(fh)
         if h is not None and h.track is not None and self.policy is not None:
-            self.policy.flush(h.ino, h.track, (h.fd, h.content), last=True)  # no one to tell of an error now
+            self._commit(h, last=True)  # no one to tell of an error now
         h = self.core.release(fh)
         if self.audit is not None and h is not None and h.opener is not None:
             who = h.opener
