@@ -335,8 +335,15 @@ class MountJanitor:
                 usage: dict = {}
                 planned += await self._carry_out(plan(now, self.cfg, inventory(self.data, plain), usage), req, out)
                 self._check_caps(usage)
+            _, used0, _ = disk_usage(self.data)
+            freed0 = out.freed
             for _ in range(3 if req.emergency else 0):  # a pass, then usage again
-                need = bytes_over(self.data, self.cfg.janitor.warning)
+                # A deleted file's space comes back only when the kernel
+                # forgets it (the mount pins every inode it knows): what was
+                # deleted but has not shown yet counts as free already.
+                _, used, total = disk_usage(self.data)
+                pinned = max(0, out.freed - freed0 - (used0 - used))
+                need = max(0, used - pinned - total * self.cfg.janitor.warning // 100)
                 if need == 0:
                     break
                 n = await self._carry_out(emergency_plan(self.cfg, inventory(self.data, plain), need), req, out)
