@@ -335,7 +335,7 @@ class MountJanitor:
                 usage: dict = {}
                 planned += await self._carry_out(plan(now, self.cfg, inventory(self.data, plain), usage), req, out)
                 self._check_caps(usage)
-            _, used0, _ = disk_usage(self.data)
+            used0 = disk_usage(self.data)[1] if req.emergency else 0
             freed0 = out.freed
             for _ in range(3 if req.emergency else 0):  # a pass, then usage again
                 # A deleted file's space comes back only when the kernel

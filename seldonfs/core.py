@@ -686,7 +686,7 @@ class Core:
             try:
                 n = self._guarded(h.ino, h.content.write, off, data)
             except BaseException:
-                self.policy.shadow.pop(h.ino, None)  # part of it may have landed
+                self.policy.write_failed(h.ino)
                 raise
             self.policy.wrote(h.ino, off, data if n == len(data) else data[:n])
         h.written += n

@@ -329,6 +329,10 @@ class Policy:
             buf.extend(bytes(off - len(buf)))  # a hole reads as zeros
         buf[off:end] = data
 
+    def write_failed(self, ino: int) -> None:
+        """A write failed part way: what reached the file is not known."""
+        self.shadow.pop(ino, None)
+
     def on_truncate(self, ino: int, size: int, cur_size: int) -> None:
         rel = self.core.rel_path(ino)
         if rel is None:
