@@ -27,7 +27,9 @@ import errno
 import logging
 import os
 import posixpath
+import queue
 import stat as stat_m
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -129,6 +131,40 @@ def _proc(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+class _Closer:
+    """Closes the descriptors of forgotten inodes in a thread of its own.
+
+    The last close of an unlinked file is where the backing filesystem
+    frees it: about 120 us a file on ext4 here, half of what `rm -rf`
+    waits for. The requests after a FORGET need not wait for that; the
+    thread holds the GIL only between closes."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def close(self, fds: list[int]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="seldonfs-closer", daemon=True)
+            self._thread.start()
+        self._queue.put(fds)
+
+    def _run(self) -> None:
+        while (fds := self._queue.get()) is not None:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError as e:  # the backing filesystem's own late error (EIO)
+                    log.error("closing a forgotten inode's descriptor: %s", e)
+
+    def stop(self) -> None:
+        """Wait for every close asked for so far."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+
 class Core:
     def __init__(self, data_root: Path, content: ContentLayer, writeback: bool = False) -> None:
         self.content = content
@@ -146,6 +182,7 @@ class Core:
         self.nodes: dict[int, Node] = {ROOT_INODE: Node(root_fd, 1, stat_m.S_IFDIR)}
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, DirHandle] = {}
+        self._closer = _Closer()
         self._next_fh = 1
         # Paths of directories (rel_path): only a directory's rename or
         # removal changes one, and both clear this (every change of the tree
@@ -332,19 +369,25 @@ class Core:
             if self.virtual.find(self.rel_path(parent), name) is not None:
                 raise OSError(errno.EACCES, "a read-only file of the filesystem")
 
-    def forget(self, ino: int, n: int) -> None:
-        node = self.nodes.get(ino)
-        if node is None or ino == ROOT_INODE:
-            return
-        node.nlookup -= n
-        if node.nlookup <= 0:
-            del self.nodes[ino]
-            self._offered.discard(ino)
+    def forget(self, entries: list[tuple[int, int]]) -> None:
+        """The kernel dropped `n` lookups of each (ino, n): unpin what it
+        no longer knows. The descriptors close in `_Closer`'s thread."""
+        fds = []
+        for ino, n in entries:
+            node = self.nodes.get(ino)
+            if node is None or ino == ROOT_INODE:
+                continue
+            node.nlookup -= n
+            if node.nlookup <= 0:
+                del self.nodes[ino]
+                self._offered.discard(ino)
+                fds.append(node.fd)
+                if self.policy is not None:
+                    self.policy.forget(ino)
+        if fds:
             if len(self.nodes) < self.max_inodes:
                 self._next_relief = 0  # under budget again: the next crossing asks at once
-            os.close(node.fd)
-            if self.policy is not None:
-                self.policy.forget(ino)
+            self._closer.close(fds)
 
     # ------------------------------------------------------------ attributes
 
@@ -825,3 +868,4 @@ class Core:
         for node in self.nodes.values():
             os.close(node.fd)
         self.nodes.clear()
+        self._closer.stop()

@@ -190,8 +190,7 @@ class SeldonOperations(pyfuse3.Operations):
             return e
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        for ino, n in inode_list:
-            self.core.forget(ino, n)
+        self.core.forget(inode_list)
 
     @_errors
     async def getattr(self, inode, ctx):
@@ -355,7 +354,7 @@ class SeldonOperations(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         for name, st, next_id in self.core.readdir(fh, start_id):
             if not pyfuse3.readdir_reply(token, name, self._entry(st), next_id):
-                self.core.forget(st.ino, 1)  # the kernel did not take it
+                self.core.forget([(st.ino, 1)])  # the kernel did not take it
                 break
 
     @_errors

@@ -41,11 +41,19 @@ def test_lookup_counts_and_forget(core: Core) -> None:
     core.release(fh)
     assert core.lookup(ROOT_INODE, b"f").ino == st.ino
     assert core.nodes[st.ino].nlookup == 2
-    core.forget(st.ino, 2)
+    fd = core.nodes[st.ino].fd
+    core.forget([(st.ino, 1)])
+    assert core.nodes[st.ino].nlookup == 1
+    core.unlink(ROOT_INODE, b"f")
+    core.forget([(st.ino, 1)])
     assert st.ino not in core.nodes
     with pytest.raises(OSError) as e:
         core.getattr(st.ino)
     assert e.value.errno == errno.ESTALE
+    core.close()  # waits for the closer thread: the pinned descriptor is gone
+    with pytest.raises(OSError) as e:
+        os.fstat(fd)
+    assert e.value.errno == errno.EBADF
 
 
 def test_node_follows_rename_of_parent(core: Core, tmp_path: Path) -> None:
