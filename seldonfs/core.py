@@ -105,6 +105,8 @@ class Node:
     # all xattr changes come through setxattr/removexattr here, which clear
     # the bit, so a miss can be answered without a syscall.
     absent_xattrs: int = 0
+    path: str | None = None  # a file's rel_path, while `Core.renames` is still `path_gen`
+    path_gen: int = -1
 
 
 @dataclass(slots=True)
@@ -116,8 +118,6 @@ class Handle:
     opener: Caller | None = None  # who opened it (release has no caller)
     written: int = 0  # bytes written through it, for the audit record
     nread: int = 0
-    path: str | None = None  # where it was opened, while `Core.renames` is still `path_gen`
-    path_gen: int = -1
 
 
 @dataclass(slots=True)
@@ -211,9 +211,10 @@ class Core:
         # comes through here; the policy engine renames files only).
         self._dir_paths: dict[int, str] = {}
         self.damaged: set[tuple[int, str]] = set()  # (inode, what) already logged
-        # Counts every change that can move a file to another path (renames
-        # here, by the policy engine and by the janitor): a path noted while
-        # it had one value is still true while it has it.
+        # Counts every change that can move a file to another path or take
+        # its name away (renames and unlinks here, renames by the policy
+        # engine, the janitor's steps): a path noted while it had one value
+        # is still true while it has it (`Node.path`).
         self.renames = 0
         self.damage_count = 0
         # The descriptor budget: one O_PATH descriptor per inode the kernel
@@ -344,6 +345,8 @@ class Core:
             cached = self._dir_paths.get(ino)
             if cached is not None:
                 return cached
+        elif node.path_gen == self.renames:
+            return node.path
         try:
             path = os.readlink(_proc(node.fd))
         except OSError as e:
@@ -358,7 +361,16 @@ class Core:
             if len(self._dir_paths) > 65536:
                 self._dir_paths.clear()
             self._dir_paths[ino] = rel
+        else:
+            node.path, node.path_gen = rel, self.renames
         return rel
+
+    def note_path(self, ino: int, rel: str) -> None:
+        """File `ino` is at `rel` now (known from a create or a move made
+        here): `rel_path` need not ask the kernel until something moves."""
+        node = self.nodes.get(ino)
+        if node is not None and node.fmt != stat_m.S_IFDIR:
+            node.path, node.path_gen = rel, self.renames
 
     def ino_of(self, backing_ino: int) -> int:
         return self._ino(backing_ino)
@@ -572,6 +584,7 @@ class Core:
     def unlink(self, parent: int, name: bytes) -> None:
         self._refuse_virtual(parent, name)
         os.unlink(name, dir_fd=self._node(parent).fd)
+        self.renames += 1  # a file pinned through this name has no path now
 
     def rmdir(self, parent: int, name: bytes) -> None:
         os.rmdir(name, dir_fd=self._node(parent).fd)

@@ -286,10 +286,9 @@ class SeldonOperations(pyfuse3.Operations):
         with self._audited("create", ctx, parent_inode, name) as a:
             fh, st = self.core.create(parent_inode, name, mode, flags, _caller(ctx))
         entry = self._entry(st)
-        h = self.core.handles[fh]
-        if a.path:  # the path of its write record, unless something is renamed meanwhile
-            h.path, h.path_gen = a.path, self.core.renames
-        track = h.track
+        if a.path:
+            self.core.note_path(st.ino, a.path)
+        track = self.core.handles[fh].track
         if track is not None and track.commits:
             # the name lasts until the file commits: do not let the kernel
             # cache it (saves telling it later that the name is gone)
@@ -320,10 +319,7 @@ class SeldonOperations(pyfuse3.Operations):
                 raise FUSEError(err)
 
     def _commit(self, h: Any, last: bool = False) -> int | None:
-        err = self.policy.flush(h.ino, h.track, (h.fd, h.content), last=last)
-        if h.track.dest is not None:  # moved by its commit: the write record names where to
-            h.path, h.path_gen, h.track.dest = h.track.dest, self.core.renames, None
-        return err
+        return self.policy.flush(h.ino, h.track, (h.fd, h.content), last=last)
 
     @_errors
     async def release(self, fh):
@@ -334,7 +330,7 @@ class SeldonOperations(pyfuse3.Operations):
         if self.audit is not None and h is not None and h.opener is not None:
             who = h.opener
             if h.written or h.nread and self.audit.reads:
-                path = h.path if h.path is not None and h.path_gen == self.core.renames else self._path(h.ino)
+                path = self._path(h.ino)
             if h.written:
                 self.audit.record("write", who.uid, who.gid, who.pid, path, nbytes=h.written)
             if h.nread and self.audit.reads:

@@ -84,7 +84,6 @@ class Tracked:
     direct_io: bool = False
     readable: bool = False  # its descriptor can read (commit checks through it)
     parent: int = 0  # the kernel's inode of the directory it was created in
-    dest: str | None = None  # where its commit put it (for the write record), until read
 
 
 Source = tuple[int, FileContent]  # an open handle's descriptor and content
@@ -435,7 +434,7 @@ class Policy:
         t.done = True
         return self.commit(
             ino, t.pid, t.job, notify_old=not t.created, source=source if t.readable else None,
-            parent=t.parent, track=t,
+            parent=t.parent,
         )
 
     @_scoped
@@ -457,7 +456,7 @@ class Policy:
     def commit(
         self, ino: int, pid: int, job: str | None, rel: str | None = None,
         verdict: validation.Verdict | None = None, defer: bool = True, notify_old: bool = True,
-        source: Source | None = None, parent: int = 0, track: Tracked | None = None,
+        source: Source | None = None, parent: int = 0,
     ) -> int | None:
         """Check, name, route or quarantine file `ino` (at `rel`). Returns
         an errno for the writer (EACCES: rejected), None otherwise.
@@ -494,9 +493,7 @@ class Policy:
                 return None  # vanished, or checked in the background
         self.dirty.discard(ino)
         if not verdict.ok:
-            target = self.quarantine(rel, rule, verdict.reasons)
-            if track is not None:
-                track.dest = target
+            self.core.note_path(ino, self.quarantine(rel, rule, verdict.reasons))
             self._record(rel, name, "", verdict, "quarantined", ino)
             return errno.EACCES if rule.on_invalid == "reject" else None
         new_dir, new_name = d, name
@@ -520,8 +517,7 @@ class Policy:
         if dest is None:
             return errno.EACCES if rule.on_invalid == "reject" else None
         self._record(dest, name, job_id, verdict, "ok", ino)
-        if track is not None:
-            track.dest = dest
+        self.core.note_path(ino, dest)
         self._audit("commit", rel, dest, f"sha256={verdict.sha256} mime={verdict.mime} job={job_id}".strip())
         if dest != rel:
             parent = parent or self._dir_ino(d)  # type: ignore[assignment]

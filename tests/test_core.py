@@ -155,3 +155,18 @@ def test_past_the_budget_the_oldest_unopened_files_are_offered_to_forget(core: C
     assert names[0] == b"f000" and b"open-one" not in names  # oldest first, never an open file
     assert {p for p, _ in asked[0]} == {d} and len(names) == 101 - 75  # asked at the 101st inode, down to 3/4
     core.release(fh)
+
+
+def test_a_files_path_is_remembered_until_something_moves(core: Core) -> None:
+    fh, st = core.create(ROOT_INODE, b"f", 0o644, os.O_WRONLY, ME)
+    core.release(fh)
+    core.note_path(st.ino, "f")
+    assert core.rel_path(st.ino) == "f"
+    d = core.mkdir(ROOT_INODE, b"d", 0o755, ME)
+    core.rename(ROOT_INODE, b"f", d.ino, b"g", 0)
+    assert core.rel_path(st.ino) == "d/g"
+    core.rename(ROOT_INODE, b"d", ROOT_INODE, b"e", 0)  # a parent moves
+    assert core.rel_path(st.ino) == "e/g"
+    core.link(st.ino, ROOT_INODE, b"h")
+    core.unlink(d.ino, b"g")  # the name the inode is pinned by is gone
+    assert core.rel_path(st.ino) is None
