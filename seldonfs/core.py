@@ -405,7 +405,7 @@ class Core:
 
     def forget(self, entries: list[tuple[int, int]]) -> None:
         """The kernel dropped `n` lookups of each (ino, n): unpin what it
-        no longer knows. The descriptors close in `_Closer`'s thread."""
+        no longer knows (`_Closer` closes the descriptors)."""
         fds = []
         for ino, n in entries:
             node = self.nodes.get(ino)
