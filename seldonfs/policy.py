@@ -938,7 +938,7 @@ class _Shadow:
         self.buf = buf
 
     def read(self, off: int, size: int) -> bytes:
-        return bytes(self.buf[off:off + size])
+        return bytes(memoryview(self.buf)[off:off + size])  # one copy, not a slice and then a copy
 
 
 def _copy(src: int, dst: int) -> None:
