@@ -161,6 +161,69 @@ class Catalog:
             "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
 
+    # ------------------------------------------------------------ files, sequences
+
+    def add_files(self, rows: list[tuple]) -> None:
+        """File records (the columns of `files` after id, in order), one transaction."""
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(
+                "INSERT INTO files (path, original_name, job, size, sha256, mime, verdict, reason, committed_ns,"
+                " ino, ingest_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def reserve_sequence(self, job: str, count: int) -> int:
+        """Reserve `count` sequence numbers of `job`; returns the first."""
+        row = self.conn.execute("SELECT next FROM sequences WHERE job = ?", (job,)).fetchone()
+        first = row[0] if row else 1
+        self.conn.execute("INSERT OR REPLACE INTO sequences VALUES (?, ?)", (job, first + count))
+        return first
+
+    # ------------------------------------------------------------ quarantine
+
+    def add_quarantined(self, path: str, origin: str, reason: str, at_ns: int) -> None:
+        self.conn.execute(
+            "INSERT INTO quarantine (path, origin, reason, at_ns) VALUES (?, ?, ?, ?)", (path, origin, reason, at_ns)
+        )
+
+    def quarantined(self, path: str) -> tuple[int, str]:
+        """(id, origin) of the unreleased quarantine row of `path`."""
+        row = self.conn.execute(
+            "SELECT id, origin FROM quarantine WHERE path = ? AND released_ns IS NULL", (path,)
+        ).fetchone()
+        if row is None:
+            raise NoSuchRowError(path)
+        return row
+
+    def set_quarantine_reason(self, qid: int, reason: str) -> None:
+        self.conn.execute("UPDATE quarantine SET reason = ? WHERE id = ?", (reason, qid))
+
+    def mark_released(self, qid: int, dest: str, forced: bool, uid: int) -> None:
+        self.conn.execute(
+            "UPDATE quarantine SET released_ns = ?, released_to = ?, forced = ?, released_by = ? WHERE id = ?",
+            (time.time_ns(), dest, int(forced), uid, qid),
+        )
+
+    # ------------------------------------------------------------ versions
+
+    def add_version(self, path: str, stored: str, saved_ns: int, size: int, cause: str) -> None:
+        self.conn.execute(
+            "INSERT INTO versions (path, stored, saved_ns, size, cause) VALUES (?, ?, ?, ?, ?)",
+            (path, stored, saved_ns, size, cause),
+        )
+
+    def versions(self, path: str) -> list[tuple[int, str, int, int, str]]:
+        """(id, stored, saved_ns, size, cause) of `path`'s versions, newest first."""
+        return self.conn.execute(
+            "SELECT id, stored, saved_ns, size, cause FROM versions WHERE path = ? ORDER BY id DESC", (path,)
+        ).fetchall()
+
+    def delete_version(self, vid: int) -> None:
+        self.conn.execute("DELETE FROM versions WHERE id = ?", (vid,))
+
+    # ------------------------------------------------------------ janitor
+
     def add_janitor_run(self, row: dict) -> None:
         self.db["janitor_runs"].insert(row)
 

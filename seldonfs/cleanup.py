@@ -13,7 +13,9 @@ keep being answered and memory does not grow with the tree. A file some
 handle has open, or one with a flock/fcntl lock, is skipped and retried on
 the next run. It runs each folder's rules on their `schedule`, checks the
 disk every `[janitor] check_every`, and past `emergency` cleans (janitor.
-emergency_plan) until usage is back under `warning`.
+emergency_plan) until usage is back under `warning`. It serves the
+`user.seldon.janitor` attribute of the mount root (a run asked for, its
+state) and records who made each folder under temp/ (orphan cleanup).
 """
 
 from __future__ import annotations
@@ -27,21 +29,27 @@ import os
 import posixpath
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _libc
+import trio
+
+from . import _libc, xattrs
 from .alerts import Alerts
-from .config import Config, parse_duration
-from .janitor import TEMP, XATTR_CREATOR, Action, crash_plan, emergency_plan, inventory, plan, proc_stat
+from .audit import AuditLog
+from .catalog import Catalog
+from .config import Config
+from .content import reader
+from .core import ROOT_INODE, Core
+from .host import disk_usage, job_from_environ, locked_inodes, mount_device, proc_stat
+from .janitor import TEMP, Action, Request, crash_plan, emergency_plan, inventory, next_time, plan
 from .store import walk
 
 log = logging.getLogger(__name__)
 
 STEP = 64  # actions between two yields to the request loop (a few ms)
 KEEP_SKIPPED = 100  # skipped actions kept for the report of a run (all are audited)
-CONTROL_XATTR = b"user.seldon.janitor"  # on the mount root: set to run, read for the last run
 
 
 @dataclass
@@ -109,7 +117,7 @@ def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
     src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
     try:
         st = os.fstat(src)
-        reader = content.attach(src)
+        read = reader(content.attach(src))  # damage: content.Unreadable, an OSError: skipped
         size = content.plain_size(st.st_size)
         tfd = walk(root, posixpath.join(a.dest, d), create=True)
         try:
@@ -120,7 +128,7 @@ def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
                 digest = hashlib.sha256()
                 off = woff = 0
                 while off < size:
-                    chunk = reader.read(off, min(1 << 20, size - off))
+                    chunk = read(off, min(1 << 20, size - off))
                     if not chunk:
                         break
                     digest.update(chunk)
@@ -148,48 +156,6 @@ def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
     os.unlink(name, dir_fd=dfd)  # only now: the archive is on disk
 
 
-def locked_inodes(device: str | None) -> set[int]:
-    """Inodes of the mount with a flock or fcntl lock, from /proc/locks
-    (the kernel keeps the locks of a FUSE mount that does not handle them)."""
-    if device is None:
-        return set()
-    major, minor = (int(x) for x in device.split(":"))
-    dev = f"{major:02x}:{minor:02x}:"
-    try:
-        with open("/proc/locks") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return set()
-    out = set()
-    for line in lines:
-        for field_ in line.split():
-            if field_.startswith(dev):
-                out.add(int(field_[len(dev):]))
-    return out
-
-
-def disk_usage(path: Path) -> tuple[float, int, int]:
-    """(percent used as df shows it, bytes used, bytes used + available)."""
-    v = os.statvfs(path)
-    used = (v.f_blocks - v.f_bfree) * v.f_frsize
-    total = used + v.f_bavail * v.f_frsize
-    return (100.0 * used / total if total else 0.0), used, total
-
-
-def bytes_over(path: Path, percent: int) -> int:
-    """How many bytes must go for usage to drop to `percent`."""
-    _, used, total = disk_usage(path)
-    return max(0, used - total * percent // 100)
-
-
-def next_time(schedule: str, now: float) -> float:
-    from croniter import croniter
-
-    if croniter.is_valid(schedule):
-        return croniter(schedule, now).get_next(float)
-    return now + max(1.0, parse_duration(schedule, "schedule", "value"))
-
-
 #: Tools that make a folder and exit: the folder is their parent process's.
 HANDS_ON = frozenset({"mkdir", "install", "cp", "mv", "rsync", "tar", "unzip"})
 
@@ -197,8 +163,6 @@ HANDS_ON = frozenset({"mkdir", "install", "cp", "mv", "rsync", "tar", "unzip"})
 def creator_record(pid: int) -> bytes | None:
     """What XATTR_CREATOR holds for a folder made by process `pid`: that
     process, or for a tool in HANDS_ON the process that ran it."""
-    from .policy import job_from_environ
-
     job = job_from_environ(pid) or ""
     for _ in range(2):
         ps = proc_stat(pid)
@@ -212,52 +176,25 @@ def creator_record(pid: int) -> bytes | None:
     return json.dumps(rec, separators=(",", ":")).encode()
 
 
-@dataclass(frozen=True)
-class Request:
-    """One run asked for: by the schedule, a command or the disk check."""
-    trigger: str  # schedule, request, emergency, crash
-    rules: frozenset[str] | None = None  # only these folder tables (None: all)
-    later: float = 0.0  # plan as if this much time had passed
-    folder: str = ""  # only under this folder
-    crash: str = ""  # job id: crash cleanup instead of the rules
-    emergency: bool = False  # then clean down to the warning level
-    orphans: bool = False  # only orphan sessions
-
-    @classmethod
-    def parse(cls, value: bytes) -> "Request":
-        """The JSON a command writes into CONTROL_XATTR."""
-        try:
-            d = json.loads(value) if value.strip() else {}
-            rule = d.get("rule")
-            return cls(
-                "crash" if d.get("crash") else "emergency" if d.get("emergency") else "request",
-                frozenset([str(rule)]) if rule else None,
-                float(d.get("older_than", 0)), str(d.get("folder", "")).strip("/"),
-                str(d.get("crash") or ""), bool(d.get("emergency", False)),
-            )
-        except (ValueError, AttributeError, TypeError):
-            raise OSError(errno.EINVAL, "not a janitor request") from None
-
-    def wants(self, a: Action) -> bool:
-        if self.orphans and not a.reason.startswith("orphan session"):
-            return False
-        return (self.rules is None or a.rule in self.rules) and (
-            not self.folder or (a.rel + "/").startswith(self.folder + "/")
-        )
-
-
 class MountJanitor:
-    def __init__(self, core, cfg: Config, data: Path, mountpoint: str, content, audit, catalog,
-                 notify_gone: Callable[[int, bytes], None], alerts: Alerts) -> None:
-        self.core, self.cfg, self.data, self.mountpoint = core, cfg, data, mountpoint
-        self.content, self.audit, self.catalog = content, audit, catalog
-        self.notify_gone, self.alerts = notify_gone, alerts
+    """Made by the mount when some folder retains; attaches itself to `core`
+    (folder creators, the control attribute). `run_forever` in the mount's
+    nursery, `stop` at unmount."""
+
+    def __init__(self, core: Core, cfg: Config, mountpoint: str, audit: AuditLog | None, catalog: Catalog,
+                 alerts: Alerts) -> None:
+        self.core, self.cfg, self.mountpoint = core, cfg, mountpoint
+        self.data, self.content = Path(core.data_root), core.content
+        self.audit, self.catalog, self.alerts = audit, catalog, alerts
+        self.nursery: trio.Nursery | None = None  # runs asked for go here; set by run_forever
         self.running = False
         self.runs = 0  # finished runs, so a caller can tell its run from earlier ones
         self.last: dict = {}
         self.now: dict = {}  # the running run so far: planned, done, skipped
         self.disk_level = "ok"  # ok, warning, emergency
         self.totals = {"runs": 0, "done": 0, "skipped": 0, "freed": 0}
+        core.on_mkdir = self.on_mkdir
+        core.attrs.serve(xattrs.JANITOR, get=self._state_attr, set=self._request_attr)
 
     # --------------------------------------------------------- creators
 
@@ -268,16 +205,24 @@ class MountJanitor:
         rec = creator_record(pid)
         if rec is not None:
             try:
-                os.setxattr(proc_path, XATTR_CREATOR, rec)
+                os.setxattr(proc_path, xattrs.CREATOR, rec)
             except OSError as e:  # e.g. a backing filesystem without user xattrs
                 log.debug("cannot record the creator of %s: %s", rel, e)
 
     # --------------------------------------------------------- when
 
-    async def loop(self) -> None:
-        """Runs each folder table on its schedule; checks the disk."""
-        import trio
+    async def run_forever(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Runs each folder table on its schedule, checks the disk, and
+        carries out the runs asked for, until `stop`."""
+        async with trio.open_nursery() as self.nursery:
+            self.nursery.start_soon(self._schedule)
+            task_status.started()
 
+    def stop(self) -> None:
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    async def _schedule(self) -> None:
         by_schedule: dict[str, set[str]] = {}
         for r in self.cfg.folders:
             by_schedule.setdefault(r.schedule or self.cfg.janitor.schedule, set()).add(r.path)
@@ -314,9 +259,17 @@ class MountJanitor:
 
     # --------------------------------------------------------- what
 
-    async def request(self, value: bytes, nursery) -> None:
-        """A run asked for through CONTROL_XATTR; runs beside the requests."""
-        nursery.start_soon(self.run, Request.parse(value))
+    def _request_attr(self, ino: int, value: bytes, uid: int, pid: int) -> None:
+        """A run asked for through xattrs.JANITOR on the mount root; runs
+        beside the requests."""
+        if ino != ROOT_INODE or self.nursery is None:
+            raise OSError(errno.EPERM, "reserved attribute prefix")
+        self.nursery.start_soon(self.run, Request.parse(value))
+
+    def _state_attr(self, ino: int) -> bytes | None:
+        if ino != ROOT_INODE:
+            return None
+        return json.dumps({"running": self.running, "runs": self.runs, "last": self.last, "now": self.now}).encode()
 
     async def run(self, req: Request = Request("request")) -> dict:
         if self.running:
@@ -386,10 +339,6 @@ class MountJanitor:
     async def _carry_out(self, actions: Iterator[Action], req: Request, out: Outcome) -> int:
         """Pull a batch from the planner in a worker thread, act on it a STEP
         at a time; returns how many actions were planned."""
-        import trio
-
-        from .mount import mount_device  # mount.py imports this module
-
         batch = self.cfg.janitor.batch
 
         def take() -> list[Action]:
@@ -414,7 +363,7 @@ class MountJanitor:
                     else:
                         todo.append(a)
                 done, skipped = execute(self.data, todo, self.content, time.time_ns())
-                self.core.renames += 1  # paths changed behind the core's back (see Core.renames)
+                self.core.moved()  # paths changed behind the core's back
                 for a in done:
                     out.add_done(a)
                     self._after(a)
@@ -440,9 +389,7 @@ class MountJanitor:
 
     def _after(self, a: Action) -> None:
         self._record(a, "OK", f"{a.reason}; rule {a.rule}")
-        parent = self.core.ino_of_dir(posixpath.dirname(a.rel))
-        if parent is not None:
-            self.notify_gone(parent, os.fsencode(posixpath.basename(a.rel)))
+        self.core.invalidate(a.rel)
 
     def _record(self, a: Action, result: str, detail: str) -> None:
         if self.audit is not None:

@@ -8,13 +8,42 @@ identity layout: backing bytes are the file's bytes.
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 
 class ContentDamaged(Exception):
     """Stored content failed authentication or is malformed. The filesystem
     answers EIO (never wrong bytes), logs it once and counts it."""
+
+
+class Unreadable(OSError):
+    """A file's plaintext could not be read for a check, an archive or a
+    copy: its content is damaged (`damaged`) or the backing read failed.
+    An OSError (EIO, or the backing errno), so whoever handles I/O errors
+    handles it; `strerror` says why."""
+
+    def __init__(self, err: int, why: str, damaged: bool) -> None:
+        super().__init__(err, why)
+        self.damaged = damaged
+
+
+def reader(file: FileContent) -> Callable[[int, int], bytes]:
+    """`file.read` for a reader of plaintext other than a FUSE request (the
+    commit checks, the janitor's archive, fsck): damage and read errors
+    both come out as `Unreadable`."""
+
+    def read(off: int, size: int) -> bytes:
+        try:
+            return file.read(off, size)
+        except ContentDamaged as e:
+            raise Unreadable(errno.EIO, f"damaged content: {e}", True) from None
+        except OSError as e:
+            raise Unreadable(e.errno or errno.EIO, e.strerror or str(e), False) from None
+
+    return read
 
 
 class FileContent(Protocol):

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SeldonError
+from .janitor import Request
+from .metrics import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +193,6 @@ def _handler(ctl: Control) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-            from .metrics import snapshot
-
             if self.path == "/metrics":
                 return self._send(200, generate_latest(ctl.registry), CONTENT_TYPE_LATEST)
             if not self.path.startswith("/api/"):
@@ -212,8 +212,6 @@ def _handler(ctl: Control) -> type[BaseHTTPRequestHandler]:
             self._send(404, {"error": "not found"})
 
         def do_POST(self) -> None:
-            from .cleanup import Request
-
             length = int(self.headers.get("Content-Length") or 0)
             if length:
                 self.rfile.read(min(length, 1 << 16))

@@ -16,6 +16,13 @@ passthrough_ll does:
 
 Errors are raised as OSError with the errno the caller should see.
 
+Whoever watches the tree (the policy engine) is told through `hooks`
+(hooks.py) at the moments that matter, and answers the control attributes
+it serves through `attrs` (xattrs.py); both do nothing by default. What a
+hook needs of the tree it gets through the methods under "for hooks":
+where an inode is, its descriptor, the root's, and how to tell the kernel
+that a name changed behind its back (`notify`, set by the FUSE glue).
+
 Concurrency: the mount runs every method on the trio thread and none of them
 awaits, so each call is atomic with respect to the others; the tables below
 rely on that.
@@ -34,19 +41,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import _libc
+from . import _libc, xattrs
 from .content import ContentDamaged, ContentLayer, FileContent
-
-if TYPE_CHECKING:
-    from .policy import Policy, Tracked
-    from .virtual import Stream, Virtual
+from .hooks import Hooks, Track
+from .store import walk
+from .virtual import MODE as VIRTUAL_MODE, Stream, Virtual
 
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
-RESERVED_XATTR_PREFIX = b"user.seldon."
 _PROBED_XATTRS = {
     b"security.capability": 1,
     b"security.selinux": 2,
@@ -93,6 +97,7 @@ class Stat:
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
+    volatile: bool = False  # a name the kernel must not cache (it lasts until a commit)
 
 
 @dataclass(slots=True)
@@ -114,7 +119,7 @@ class Handle:
     ino: int
     fd: int  # read/write descriptor of the backing file
     content: FileContent
-    track: Tracked | None = None  # policy state, for files under a rule
+    track: Track | None = None  # the hooks' state, for files they follow
     opener: Caller | None = None  # who opened it (release has no caller)
     written: int = 0  # bytes written through it, for the audit record
     nread: int = 0
@@ -192,10 +197,15 @@ class Core:
         self.content = content
         self.writeback = writeback
         self.data_root = os.fspath(data_root)
-        self.policy: Policy | None = None  # set by the mount when rules apply
-        self.virtual: Virtual | None = None  # read-only made-up files (virtual.py)
+        self.hooks = Hooks()  # the policy engine, when rules apply (engine.py)
+        self.attrs = xattrs.Namespace()  # control attributes and who serves them
+        self.hidden: frozenset[bytes] = frozenset()  # names at the root no one sees (the private folder)
+        self.virtual = Virtual([])  # read-only made-up files (virtual.py)
         # Told of every directory made: (its /proc path, path, caller's pid).
-        self.on_mkdir: Callable[[str, str, int], None] | None = None
+        self.on_mkdir: Callable[[str, str, int], None] = lambda proc_path, rel, pid: None
+        # Tell the kernel that a name in a directory changed behind its back
+        # (it drops its cached entry); set by the FUSE glue.
+        self.notify: Callable[[int, bytes], None] = lambda parent, name: None
         self.vhandles: dict[int, Stream] = {}
         self._born_ns = time.time_ns()
         self.as_root = os.geteuid() == 0
@@ -219,10 +229,9 @@ class Core:
         self.damage_count = 0
         # The descriptor budget: one O_PATH descriptor per inode the kernel
         # holds. Past `max_inodes` the oldest files no handle has open are
-        # handed to `on_pressure` as (parent, name) to drop from the kernel's
-        # cache, which then forgets them (0: no budget).
+        # dropped from the kernel's cache (`notify`), which then forgets them
+        # (0: no budget).
         self.max_inodes = 0
-        self.on_pressure: Callable[[list[tuple[int, bytes]]], None] | None = None
         self._next_relief = 0
         # Offered in the last round and not forgotten yet: skipped once (their
         # forget may be on its way), offered again after that (an invalidation
@@ -299,21 +308,33 @@ class Core:
         # Forgets arrive later; meanwhile ask again only a step further on.
         self._next_relief = len(self.nodes) + max(100, self.max_inodes // 10)
         log.debug("%d inodes known: asking the kernel to forget %d", len(self.nodes), len(victims))
-        if victims and self.on_pressure is not None:
-            self.on_pressure(victims)
+        for parent, name in victims:  # dropped from the kernel's cache; forgets follow
+            self.notify(parent, name)
 
-    def lookup(self, parent: int, name: bytes) -> Stat:
+    def lookup(self, parent: int, name: bytes, pid: int = 0) -> Stat:
+        """One more lookup of `name` in `parent`. A name a commit moved a
+        moment ago resolves to where it went for the process that wrote it
+        (hooks.moved; the result is `volatile`); hooks.Absent when it
+        resolves for another process only."""
         pfd = self._node(parent).fd
         if name in (b".", b".."):
             # the kernel resolves these itself; ".." at the root would leave the store
             raise OSError(errno.ENOENT, "no dot lookups")
-        if self.policy is not None and self.policy.is_private(parent, name):
+        if parent == ROOT_INODE and name in self.hidden:
             raise OSError(errno.ENOENT, "the filesystem's own files")
-        if self.virtual is not None and name in self.virtual.names:
+        if name in self.virtual.names:
             v = self.virtual.find(self.rel_path(parent), name)
             if v is not None:
                 return self._vstat(v.ino)
-        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            moved = self.hooks.moved(parent, name, pid)
+            if moved is None:
+                raise
+            found = self.lookup(moved.parent, moved.name) if moved.parent is not None else self.lookup_path(moved.rel)
+            found.volatile = True  # others must not see the old name
+            return found
         ino = self._ino(st.st_ino)
         node = self.nodes.get(ino)
         if node is not None:  # known: no new descriptor needed
@@ -323,8 +344,6 @@ class Core:
 
     def lookup_path(self, rel: str) -> Stat:
         """A lookup by path below the root (never following a symlink)."""
-        from .store import walk
-
         d, name = os.path.split(rel)
         dfd = walk(self.nodes[ROOT_INODE].fd, d)
         try:
@@ -372,13 +391,33 @@ class Core:
         if node is not None and node.fmt != stat_m.S_IFDIR:
             node.path, node.path_gen = rel, self.renames
 
+    # ------------------------------------------------------------ for hooks
+
+    @property
+    def root_fd(self) -> int:
+        """The O_PATH descriptor of data/ (store.walk starts here)."""
+        return self.nodes[ROOT_INODE].fd
+
+    def known(self, ino: int) -> bool:
+        """The kernel holds `ino` (it has a descriptor here)."""
+        return ino in self.nodes
+
+    def moved(self) -> None:
+        """Something was moved or removed behind the core's back (the
+        engine's renames, the janitor): noted paths may be stale."""
+        self.renames += 1
+
+    def invalidate(self, rel: str) -> None:
+        """Tell the kernel the name `rel` changed behind its back."""
+        parent = self.ino_of_dir(posixpath.dirname(rel))
+        if parent is not None:
+            self.notify(parent, os.fsencode(posixpath.basename(rel)))
+
     def ino_of(self, backing_ino: int) -> int:
         return self._ino(backing_ino)
 
     def ino_of_dir(self, rel: str) -> int | None:
         """The inode number the kernel knows directory `rel` by, if it holds it."""
-        from .store import walk
-
         try:
             fd = walk(self.nodes[ROOT_INODE].fd, rel)
         except OSError:
@@ -393,15 +432,14 @@ class Core:
         return self._node(ino).fd
 
     def _vstat(self, ino: int) -> Stat:
-        from .virtual import MODE
-
         t = time.time_ns()
-        return Stat(ino, MODE, 1, 0, 0, 0, 0, 0, 4096, t, t, self._born_ns)
+        return Stat(ino, VIRTUAL_MODE, 1, 0, 0, 0, 0, 0, 4096, t, t, self._born_ns)
 
     def _refuse_virtual(self, parent: int, name: bytes) -> None:
-        if self.virtual is not None and name in self.virtual.names:
-            if self.virtual.find(self.rel_path(parent), name) is not None:
-                raise OSError(errno.EACCES, "a read-only file of the filesystem")
+        if name in self.virtual.names and self.virtual.find(self.rel_path(parent), name) is not None:
+            raise OSError(errno.EACCES, "a read-only file of the filesystem")
+        if parent == ROOT_INODE and name in self.hidden:
+            raise OSError(errno.EACCES, "the filesystem's own files")
 
     def forget(self, entries: list[tuple[int, int]]) -> None:
         """The kernel dropped `n` lookups of each (ino, n): unpin what it
@@ -416,8 +454,7 @@ class Core:
                 del self.nodes[ino]
                 self._offered.discard(ino)
                 fds.append(node.fd)
-                if self.policy is not None:
-                    self.policy.forget(ino)
+                self.hooks.forgot(ino)
         if fds:
             if len(self.nodes) < self.max_inodes:
                 self._next_relief = 0  # under budget again: the next crossing asks at once
@@ -426,7 +463,7 @@ class Core:
     # ------------------------------------------------------------ attributes
 
     def getattr(self, ino: int) -> Stat:
-        if self.virtual is not None and ino in self.virtual.by_ino:
+        if ino in self.virtual.by_ino:
             return self._vstat(ino)
         return self._stat(ino, os.fstat(self._node(ino).fd))
 
@@ -442,12 +479,12 @@ class Core:
         mtime_ns: int | None = None,
         fh: int | None = None,
     ) -> Stat:
-        if self.virtual is not None and ino in self.virtual.by_ino:
+        if ino in self.virtual.by_ino:
             raise OSError(errno.EACCES, "a read-only file of the filesystem")
         node = self._node(ino)
         handle = self.handles.get(fh) if fh is not None else None
-        if size is not None and self.policy is not None and node.fmt == stat_m.S_IFREG:
-            self.policy.on_truncate(ino, size, self.content.plain_size(os.fstat(node.fd).st_size))
+        if size is not None and node.fmt == stat_m.S_IFREG:
+            self.hooks.truncating(ino, size, self.content.plain_size(os.fstat(node.fd).st_size))
         if size is not None:
             if handle is not None:
                 self._guarded(ino, handle.content.truncate, size)
@@ -486,7 +523,7 @@ class Core:
         return os.statvfs(_proc(self.nodes[ROOT_INODE].fd))
 
     def access(self, ino: int, mode: int, caller: Caller, groups: list[int]) -> bool:
-        if self.virtual is not None and ino in self.virtual.by_ino:
+        if ino in self.virtual.by_ino:
             return not mode & (os.W_OK | os.X_OK)
         st = os.fstat(self._node(ino).fd)
         if caller.uid == 0:
@@ -522,8 +559,9 @@ class Core:
             raise
 
     def _check_new(self, parent: int, name: bytes, kind: int) -> None:
-        if self.policy is not None:
-            self.policy.check_new_name(parent, name, kind)
+        if parent == ROOT_INODE and name in self.hidden:
+            raise OSError(errno.EACCES, "reserved name")
+        self.hooks.new_entry(parent, name, kind)
 
     def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Stat:
         pfd = self._node(parent).fd
@@ -533,10 +571,9 @@ class Core:
         self._chown_new(pfd, name, owner, os.rmdir)
         st = self.lookup(parent, name)
         self.nodes[st.ino].absent_xattrs |= self._new_absent(parent) | _PROBED_XATTRS[b"security.capability"]
-        if self.on_mkdir is not None:
-            d = self.rel_path(parent)
-            if d is not None:
-                self.on_mkdir(_proc(self.nodes[st.ino].fd), posixpath.join(d, os.fsdecode(name)), caller.pid)
+        d = self.rel_path(parent)
+        if d is not None:
+            self.on_mkdir(_proc(self.nodes[st.ino].fd), posixpath.join(d, os.fsdecode(name)), caller.pid)
         return st
 
     def _new_absent(self, parent: int) -> int:
@@ -593,14 +630,32 @@ class Core:
     def rename(
         self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int, pid: int = 0
     ) -> None:
+        """rename(2); the hooks may refuse the target or keep the file it
+        replaces, and hear of the rename after it. A name a commit moved a
+        moment ago is renamed from where it went, for the process that
+        wrote it (a tool renames its output after close)."""
         ofd = self._node(old_parent).fd
         nfd = self._node(new_parent).fd
         self._refuse_virtual(old_parent, old)
         self._refuse_virtual(new_parent, new)
-        if self.policy is not None:
-            self._policy_rename(old_parent, ofd, old, new_parent, nfd, new, flags, pid)
-            return
-        self._rename(ofd, old, nfd, new, flags)
+        opened = -1
+        try:
+            try:
+                src = os.stat(old, dir_fd=ofd, follow_symlinks=False)
+            except FileNotFoundError:
+                moved = self.hooks.moved(old_parent, old, pid)
+                if moved is None:
+                    raise
+                d, n = posixpath.split(moved.rel)
+                ofd = opened = walk(self.root_fd, d)
+                old = os.fsencode(n)
+                src = os.stat(old, dir_fd=ofd, follow_symlinks=False)
+            self.hooks.renaming(new_parent, new, src, flags)
+            self._rename(ofd, old, nfd, new, flags)
+        finally:
+            if opened >= 0:
+                os.close(opened)
+        self.hooks.renamed(new_parent, new, pid)
 
     def _rename(self, ofd: int, old: bytes, nfd: int, new: bytes, flags: int) -> None:
         self.renames += 1
@@ -610,41 +665,6 @@ class Core:
             _libc.renameat2(ofd, old, nfd, new, flags)
         else:
             os.rename(old, new, src_dir_fd=ofd, dst_dir_fd=nfd)
-
-    def _policy_rename(
-        self, old_parent: int, ofd: int, old: bytes, new_parent: int, nfd: int, new: bytes,
-        flags: int, pid: int,
-    ) -> None:
-        from .store import walk
-
-        assert self.policy is not None
-        opened = -1
-        try:
-            st = os.stat(old, dir_fd=ofd, follow_symlinks=False)
-        except FileNotFoundError:
-            # a name committed a moment ago, renamed by the process that wrote it
-            g = self.policy.grace_target(old_parent, old, pid)
-            if g is None:
-                raise
-            d, n = os.path.split(g.rel)
-            ofd = opened = walk(self.nodes[ROOT_INODE].fd, d)
-            old = os.fsencode(n)
-            st = os.stat(old, dir_fd=ofd, follow_symlinks=False)
-        try:
-            if self.policy.is_private(old_parent, old):
-                raise OSError(errno.EACCES, "the filesystem's own files")
-            d = self.policy.check_new_name(new_parent, new, stat_m.S_IFMT(st.st_mode))
-            if not flags & _libc.RENAME_NOREPLACE:
-                try:
-                    target = os.stat(new, dir_fd=nfd, follow_symlinks=False)
-                except FileNotFoundError:
-                    target = None
-                if d is not None and target is not None and stat_m.S_ISREG(target.st_mode) and target.st_ino != st.st_ino:
-                    self.policy.save_version(os.path.join(d, os.fsdecode(new)).lstrip("/"), "replace")
-            self._rename(ofd, old, nfd, new, flags)
-        finally:
-            if opened >= 0:
-                os.close(opened)
 
     # ------------------------------------------------------------ files
 
@@ -663,7 +683,8 @@ class Core:
         return os.open(_proc(node.fd), flags | os.O_CLOEXEC)
 
     def _new_handle(
-        self, ino: int, fd: int, flags: int, track: Tracked | None = None, opener: Caller | None = None
+        self, ino: int, fd: int, flags: int, track: Track | None = None, opener: Caller | None = None,
+        created: bool = False,
     ) -> int:
         fh = self._next_fh
         self._next_fh += 1
@@ -672,18 +693,26 @@ class Core:
             self._guarded(ino, handle.content.truncate, 0)
         self.handles[fh] = handle
         if track is not None:
-            assert self.policy is not None
             track.readable = self._open_flags(flags) & os.O_ACCMODE != os.O_WRONLY
-            self.policy.on_handle(ino, track)
+            self.hooks.opened(ino, track, created)
         return fh
 
+    def direct_io(self, fh: int) -> bool:
+        """The handle bypasses the kernel's page cache (a virtual file; a
+        size limit under the writeback cache, whose crossing write must
+        reach us to fail with EFBIG)."""
+        if fh in self.vhandles:  # made up at open, size 0: read to the end
+            return True
+        track = self.handles[fh].track
+        return track is not None and track.direct_io
+
     def open(self, ino: int, flags: int, caller: Caller | None = None) -> int:
-        if self.virtual is not None and ino in self.virtual.by_ino:
+        if ino in self.virtual.by_ino:
             return self._open_virtual(ino, flags)
         node = self._node(ino)
         track = None
-        if self.policy is not None and node.fmt == stat_m.S_IFREG:
-            track = self.policy.on_open(ino, flags, caller.pid if caller else 0)
+        if node.fmt == stat_m.S_IFREG:
+            track = self.hooks.opening(ino, flags, caller.pid if caller else 0)
         fd = self._reopen(node, self._open_flags(flags))
         try:
             return self._new_handle(ino, fd, flags, track, caller)
@@ -692,9 +721,6 @@ class Core:
             raise
 
     def _open_virtual(self, ino: int, flags: int) -> int:
-        from .virtual import Stream
-
-        assert self.virtual is not None
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise OSError(errno.EACCES, "a read-only file of the filesystem")
         fh = self._next_fh
@@ -707,7 +733,9 @@ class Core:
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[int, Stat]:
         pfd = self._node(parent).fd
-        track = None if self.policy is None else self.policy.on_create(parent, name, caller.pid)
+        if parent == ROOT_INODE and name in self.hidden:
+            raise OSError(errno.EACCES, "reserved name")
+        track = self.hooks.creating(parent, name, caller.pid)
         owner = self._owner(pfd, caller)
         oflags = self._open_flags(flags) | os.O_NOFOLLOW
         try:
@@ -733,9 +761,11 @@ class Core:
                     _PROBED_XATTRS[b"security.capability"] | self._new_absent(parent)
                 )
                 flags &= ~os.O_TRUNC  # empty already
-            elif track is not None:
-                track.created = False
-            return self._new_handle(st.ino, fd, flags, track, caller), st
+                d = self.rel_path(parent)
+                if d is not None:
+                    self.note_path(st.ino, posixpath.join(d, os.fsdecode(name)))
+            st.volatile = track is not None and track.volatile
+            return self._new_handle(st.ino, fd, flags, track, caller, created), st
         except BaseException:
             os.close(fd)
             raise
@@ -759,14 +789,13 @@ class Core:
         if h.track is None:
             n = self._guarded(h.ino, h.content.write, off, data)
         else:
-            assert self.policy is not None
-            self.policy.on_write(h.ino, h.track, off, len(data), h.content)
+            self.hooks.writing(h.ino, h.track, off, len(data), h.content)
             try:
                 n = self._guarded(h.ino, h.content.write, off, data)
             except BaseException:
-                self.policy.write_failed(h.ino)
+                self.hooks.write_failed(h.ino)
                 raise
-            self.policy.wrote(h.ino, off, data if n == len(data) else data[:n])
+            self.hooks.wrote(h.ino, off, data if n == len(data) else data[:n])
         h.written += n
         return n
 
@@ -786,16 +815,33 @@ class Core:
         fd = self._handle(fh).fd
         os.fdatasync(fd) if datasync else os.fsync(fd)
 
+    def flush(self, fh: int) -> None:
+        """close(2) of a descriptor: the moment a written file commits (the
+        hooks' verdict is the writer's error, e.g. EACCES: rejected)."""
+        h = self.handles.get(fh)
+        if h is not None and h.track is not None:
+            err = self.hooks.flushed(h.ino, h.track, h.fd, h.content, False)
+            if err:
+                raise OSError(err, os.strerror(err))
+
     def release(self, fh: int) -> Handle | None:
+        """The last descriptor of a handle is gone; returns it (None: a
+        virtual file's or an unknown one)."""
         if self.vhandles and fh in self.vhandles:
             self.vhandles.pop(fh).close()
             return None
-        handle = self.handles.pop(fh, None)
-        if handle is not None:
-            os.close(handle.fd)
-            if handle.track is not None:
-                assert self.policy is not None
-                self.policy.on_release(handle.ino, handle.track)
+        handle = self.handles.get(fh)
+        if handle is None:
+            return None
+        if handle.track is not None:
+            try:
+                self.hooks.flushed(handle.ino, handle.track, handle.fd, handle.content, True)
+            except OSError as e:  # no one to tell of an error now; the handle must still go
+                log.error("inode %d: commit at release failed: %s", handle.ino, e)
+        del self.handles[fh]
+        os.close(handle.fd)
+        if handle.track is not None:
+            self.hooks.released(handle.ino, handle.track)
         return handle
 
     # ------------------------------------------------------------ directories
@@ -817,10 +863,11 @@ class Core:
         d = self.dirs[fh]
         if start == 0 or d.entries is None:
             d.entries = [os.fsencode(n) for n in os.listdir(d.fd)]
-            if self.virtual is not None:
+            if self.virtual.by_dir:
                 d.entries += list(self.virtual.by_dir.get(self.rel_path(d.ino) or "\0", {}))
+        hidden = self.hidden if d.ino == ROOT_INODE else ()
         for i in range(start, len(d.entries)):
-            if self.policy is not None and self.policy.is_private(d.ino, d.entries[i]):
+            if d.entries[i] in hidden:
                 continue
             try:
                 st = self.lookup(d.ino, d.entries[i])
@@ -847,11 +894,11 @@ class Core:
         return None if node.fmt == stat_m.S_IFLNK else _proc(node.fd)
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        if self.virtual is not None and ino in self.virtual.by_ino:
+        if ino in self.virtual.by_ino:
             raise OSError(errno.ENODATA, "no such attribute")
         node = self._node(ino)
-        if self.policy is not None and name.startswith(RESERVED_XATTR_PREFIX):
-            value = self.policy.getxattr(ino, name)
+        if xattrs.reserved(name):
+            value = self.attrs.get(ino, name)
             if value is not None:
                 return value
         bit = _PROBED_XATTRS.get(name, 0)
@@ -865,14 +912,18 @@ class Core:
             raise
 
     def listxattr(self, ino: int) -> list[bytes]:
-        if self.virtual is not None and ino in self.virtual.by_ino:
+        if ino in self.virtual.by_ino:
             return []
         path = self._xattr_path(ino)
         return [] if path is None else [os.fsencode(n) for n in os.listxattr(path)]
 
-    def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
-        self._check_xattr_name(name)
-        if self.virtual is not None and ino in self.virtual.by_ino:
+    def setxattr(self, ino: int, name: bytes, value: bytes, caller: Caller | None = None) -> None:
+        """Set an attribute; a `user.seldon.*` one is a control attribute
+        (xattrs.Namespace) or refused."""
+        if xattrs.reserved(name):
+            self.attrs.set(ino, name, value, caller.uid if caller else 0, caller.pid if caller else 0)
+            return
+        if ino in self.virtual.by_ino:
             raise OSError(errno.EACCES, "a read-only file of the filesystem")
         path = self._xattr_path(ino)
         if path is None:
@@ -881,17 +932,13 @@ class Core:
         os.setxattr(path, name, value)
 
     def removexattr(self, ino: int, name: bytes) -> None:
-        self._check_xattr_name(name)
+        if xattrs.reserved(name):
+            # The filesystem's own records (quarantine reason, origin...).
+            raise OSError(errno.EPERM, "reserved attribute prefix")
         path = self._xattr_path(ino)
         if path is None:
             raise OSError(errno.ENODATA, "no such attribute")
         os.removexattr(path, name)
-
-    @staticmethod
-    def _check_xattr_name(name: bytes) -> None:
-        if name.startswith(RESERVED_XATTR_PREFIX):
-            # The filesystem's own records (quarantine reason, origin...).
-            raise OSError(errno.EPERM, "reserved attribute prefix")
 
     # ------------------------------------------------------------ teardown
 

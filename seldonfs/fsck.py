@@ -29,7 +29,9 @@ from .catalog import Catalog
 from .config import Config
 from .content import ContentLayer
 from .naming import Template, is_temporary
-from .policy import PRIVATE_DIR, VERSIONS_DIR, XATTR_ORIGIN, XATTR_REASON, XATTR_VERSION_OF, _commits
+from . import xattrs
+from .policy import commits
+from .store import PRIVATE_DIR, VERSIONS_DIR
 from .rules import Rules
 from .store import Store
 
@@ -88,7 +90,7 @@ def check(
                 want_q.append(_quarantine_row(store, rel))
                 continue
             rule = rules.for_dir(d)
-            if not _commits(rule) or is_temporary(name, cfg.policy.temp_patterns):
+            if not commits(rule) or is_temporary(name, cfg.policy.temp_patterns):
                 continue
             assert rule is not None
             job, original = "", name
@@ -155,7 +157,7 @@ def _quarantine_row(store: Store, rel: str) -> tuple[str, str, str, int]:
             return os.getxattr(p, key, follow_symlinks=False).decode("utf-8", "replace")
         except OSError:
             return ""
-    return rel, attr(XATTR_ORIGIN), attr(XATTR_REASON), os.lstat(p).st_mtime_ns
+    return rel, attr(xattrs.ORIGIN), attr(xattrs.REASON), os.lstat(p).st_mtime_ns
 
 
 def _version_rows(store: Store, content: ContentLayer) -> list[tuple[str, str, int, int, str]]:
@@ -165,7 +167,7 @@ def _version_rows(store: Store, content: ContentLayer) -> list[tuple[str, str, i
         return rows
     for p in sorted(vdir.iterdir()):
         try:
-            path, saved_ns, cause = json.loads(os.getxattr(p, XATTR_VERSION_OF, follow_symlinks=False))
+            path, saved_ns, cause = json.loads(os.getxattr(p, xattrs.VERSION_OF, follow_symlinks=False))
         except (OSError, ValueError):
             continue  # a copy from before the attribute: unknown origin
         rows.append((path, p.name, int(saved_ns), content.plain_size(p.stat().st_size), cause))

@@ -1,6 +1,8 @@
 """pyfuse3.Operations over `core.Core`: arguments in, core call, FUSEError out.
 
-Nothing here decides anything. Only FUSEError may leave a handler (pyfuse3's
+Nothing here decides anything: a handler converts its arguments, makes one
+core call and answers; the audit record and the request count are taken on
+the way (`_Audited`, `_errors`). Only FUSEError may leave a handler (pyfuse3's
 `Operations` docstring): OSError becomes its errno, anything else is a bug,
 logged with its traceback and answered with EIO so the mount stays up.
 """
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
 import os
 from time import perf_counter_ns
@@ -20,9 +21,9 @@ import pyfuse3
 from pyfuse3 import FUSEError
 
 from .audit import AuditLog
-from .cleanup import CONTROL_XATTR
 from .config import MountConfig
 from .core import Caller, Core, Stat
+from .hooks import Absent
 from .metrics import OpStats
 
 log = logging.getLogger(__name__)
@@ -102,20 +103,10 @@ class SeldonOperations(pyfuse3.Operations):
         super().__init__()
         self.core = core
         self.audit = audit
-        self.janitor: Any = None  # cleanup.MountJanitor, set by the mount
         self.stats: OpStats | None = OpStats() if cfg_metrics else None  # [monitoring] metrics
-        self.nursery: Any = None
         self.cfg = cfg
         self.enable_writeback_cache = writeback
-        self.policy = core.policy
-        if self.policy is not None:
-            self.policy.notify_gone = self._notify_gone
-        core.on_pressure = self._forget_these
-
-    @staticmethod
-    def _forget_these(entries: list[tuple[int, bytes]]) -> None:
-        for parent, name in entries:  # dropped from the kernel's cache; forgets follow
-            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        core.notify = self._notify_gone
 
     @staticmethod
     def _notify_gone(parent: int, name: bytes) -> None:
@@ -138,7 +129,7 @@ class SeldonOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = st.ino
         e.generation = 0
-        e.entry_timeout = self.cfg.entry_timeout
+        e.entry_timeout = 0 if st.volatile else self.cfg.entry_timeout
         e.attr_timeout = self.cfg.attr_timeout
         e.st_mode = st.mode
         e.st_nlink = st.nlink
@@ -160,29 +151,17 @@ class SeldonOperations(pyfuse3.Operations):
         # (fuse_direct_IO) bypasses and invalidates the cache correctly.
         # Except under a size limit with the writeback cache: the write that
         # crosses the limit must reach us to fail with EFBIG.
-        if fh in self.core.vhandles:  # made up at open, size 0: read to the end
-            return pyfuse3.FileInfo(fh=fh, direct_io=True)
-        track = self.core.handles[fh].track
-        if track is not None and track.direct_io:
+        if self.core.direct_io(fh):
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @_errors
     async def lookup(self, parent_inode, name, ctx):
         try:
-            return self._entry(self.core.lookup(parent_inode, name))
+            return self._entry(self.core.lookup(parent_inode, name, ctx.pid))
+        except Absent:
+            raise  # for this process only: say so without caching it
         except FileNotFoundError:
-            if self.policy is not None and (parent_inode, name) in self.policy.grace:
-                g = self.policy.grace_target(parent_inode, name, ctx.pid)
-                if g is None:
-                    raise  # not for this process: say so without caching it
-                if g.parent is not None and g.parent in self.core.nodes:
-                    st = self.core.lookup(g.parent, g.name)  # tar's utimensat after close: cheap
-                else:
-                    st = self.core.lookup_path(g.rel)
-                e = self._entry(st)
-                e.entry_timeout = 0  # others must not see the old name
-                return e
             # inode 0 is a negative entry the kernel may cache
             e = pyfuse3.EntryAttributes()
             e.st_ino = 0
@@ -268,8 +247,6 @@ class SeldonOperations(pyfuse3.Operations):
         new = self._path(parent_inode_new, name_new) if self.audit is not None else ""
         with self._audited("rename", ctx, parent_inode_old, name_old, path2=new):
             self.core.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx.pid)
-        if self.policy is not None:
-            self.policy.after_rename(parent_inode_new, name_new, ctx.pid)
 
     @_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
@@ -283,17 +260,9 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
-        with self._audited("create", ctx, parent_inode, name) as a:
+        with self._audited("create", ctx, parent_inode, name):
             fh, st = self.core.create(parent_inode, name, mode, flags, _caller(ctx))
-        entry = self._entry(st)
-        if a.path:
-            self.core.note_path(st.ino, a.path)
-        track = self.core.handles[fh].track
-        if track is not None and track.commits:
-            # the name lasts until the file commits: do not let the kernel
-            # cache it (saves telling it later that the name is gone)
-            entry.entry_timeout = 0
-        return self._file_info(fh), entry
+        return self._file_info(fh), self._entry(st)
 
     @_errors
     async def read(self, fh, off, size):
@@ -311,21 +280,10 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def flush(self, fh):
-        # close(2): the moment a written file commits (see policy.py)
-        h = self.core.handles.get(fh)
-        if h is not None and h.track is not None and self.policy is not None:
-            err = self._commit(h)
-            if err:
-                raise FUSEError(err)
-
-    def _commit(self, h: Any, last: bool = False) -> int | None:
-        return self.policy.flush(h.ino, h.track, (h.fd, h.content), last=last)
+        self.core.flush(fh)  # close(2): the moment a written file commits (engine.py)
 
     @_errors
     async def release(self, fh):
-        h = self.core.handles.get(fh)
-        if h is not None and h.track is not None and self.policy is not None:
-            self._commit(h, last=True)  # no one to tell of an error now
         h = self.core.release(fh)
         if self.audit is not None and h is not None and h.opener is not None:
             who = h.opener
@@ -380,22 +338,11 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def setxattr(self, inode, name, value, ctx):
-        if name == CONTROL_XATTR and inode == pyfuse3.ROOT_INODE and self.janitor is not None:
-            if ctx.uid != 0:
-                raise FUSEError(errno.EPERM)
-            await self.janitor.request(value, self.nursery)
-            return
-        if self.policy is not None and name.startswith(b"user.seldon."):
-            if self.policy.setxattr(inode, name, value, ctx.uid, ctx.pid):
-                return
         with self._audited("setxattr", ctx, inode, detail=os.fsdecode(name)):
-            self.core.setxattr(inode, name, value)
+            self.core.setxattr(inode, name, value, _caller(ctx))
 
     @_errors
     async def getxattr(self, inode, name, ctx):
-        if name == CONTROL_XATTR and inode == pyfuse3.ROOT_INODE and self.janitor is not None:
-            j = self.janitor
-            return json.dumps({"running": j.running, "runs": j.runs, "last": j.last, "now": j.now}).encode()
         return self.core.getxattr(inode, name)
 
     @_errors

@@ -17,6 +17,9 @@ emergency plan, keep their candidates).
 - `crash_plan(cfg, entries, job)`: a crashed job's folders under temp/.
 - `emergency_plan(cfg, entries, need)`: what to delete, in rule priority
   order, to free `need` bytes.
+- `Request`: one run asked for (schedule, command, disk check, control
+  API) and which planned actions it wants; `next_time`: when a schedule
+  fires next.
 
 A file follows its deepest folder's table, as everywhere, except that a
 size or count cap counts every file under its folder. Entries list a
@@ -25,6 +28,7 @@ directory before what is in it, as `inventory()` does. Carrying a plan out is cl
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import os
@@ -35,16 +39,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .config import Config, FolderRule
-from .policy import PRIVATE_DIR
+from . import xattrs
+from .config import Config, FolderRule, parse_duration
+from .host import start_time
 from .rules import Rules
-from .store import tree
+from .store import PRIVATE_DIR, tree
 
-#: On a folder made through the mount under temp/: JSON {"pid", "start"
-#: (clock ticks after boot, so a reused pid is told apart), "comm", "job"}
-#: of the process it belongs to (cleanup.creator_record). Set by the
-#: filesystem, never by users.
-XATTR_CREATOR = b"user.seldon.creator"
+#: xattrs.CREATOR on a folder made through the mount under temp/: JSON
+#: {"pid", "start" (clock ticks after boot, so a reused pid is told apart),
+#: "comm", "job"} of the process it belongs to (cleanup.creator_record).
 TEMP = "temp"  # crash cleanup looks here
 
 
@@ -265,23 +268,6 @@ def creator_alive(record: bytes) -> tuple[bool | None, str]:
     return start_time(pid) == start, job
 
 
-def proc_stat(pid: int) -> tuple[str, list[bytes]] | None:
-    """A process's name and the fields of /proc/PID/stat after it (field 4,
-    the parent's pid, first); None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    comm = stat[stat.index(b"(") + 1:stat.rindex(b")")].decode("utf-8", "replace")
-    return comm, stat[stat.rindex(b")") + 2:].split()
-
-
-def start_time(pid: int) -> int | None:
-    """A process's start time in clock ticks after boot (/proc/PID/stat
-    field 22); None when there is no such process."""
-    ps = proc_stat(pid)
-    return None if ps is None else int(ps[1][19])
 
 
 def inventory(data: Path, plain_size=lambda n: n) -> Iterator[Entry]:
@@ -290,9 +276,52 @@ def inventory(data: Path, plain_size=lambda n: n) -> Iterator[Entry]:
         if stat_m.S_ISDIR(st.st_mode):
             alive, job = None, ""
             try:
-                alive, job = creator_alive(os.getxattr(d.path, XATTR_CREATOR, follow_symlinks=False))
+                alive, job = creator_alive(os.getxattr(d.path, xattrs.CREATOR, follow_symlinks=False))
             except OSError:
                 pass
             yield Entry(rel, 0, st.st_mtime, st.st_atime, True, alive, job)
         elif stat_m.S_ISREG(st.st_mode):
             yield Entry(rel, plain_size(st.st_size), st.st_mtime, st.st_atime)
+
+
+def next_time(schedule: str, now: float) -> float:
+    """When `schedule` (a cron line or an interval such as "1h") fires after `now`."""
+    from croniter import croniter
+
+    if croniter.is_valid(schedule):
+        return croniter(schedule, now).get_next(float)
+    return now + max(1.0, parse_duration(schedule, "schedule", "value"))
+
+
+@dataclass(frozen=True)
+class Request:
+    """One run asked for: by the schedule, a command or the disk check."""
+    trigger: str  # schedule, request, emergency, crash
+    rules: frozenset[str] | None = None  # only these folder tables (None: all)
+    later: float = 0.0  # plan as if this much time had passed
+    folder: str = ""  # only under this folder
+    crash: str = ""  # job id: crash cleanup instead of the rules
+    emergency: bool = False  # then clean down to the warning level
+    orphans: bool = False  # only orphan sessions
+
+    @classmethod
+    def parse(cls, value: bytes) -> Request:
+        """The JSON a command writes into xattrs.JANITOR."""
+        try:
+            d = json.loads(value) if value.strip() else {}
+            rule = d.get("rule")
+            return cls(
+                "crash" if d.get("crash") else "emergency" if d.get("emergency") else "request",
+                frozenset([str(rule)]) if rule else None,
+                float(d.get("older_than", 0)), str(d.get("folder", "")).strip("/"),
+                str(d.get("crash") or ""), bool(d.get("emergency", False)),
+            )
+        except (ValueError, AttributeError, TypeError):
+            raise OSError(errno.EINVAL, "not a janitor request") from None
+
+    def wants(self, a: Action) -> bool:
+        if self.orphans and not a.reason.startswith("orphan session"):
+            return False
+        return (self.rules is None or a.rule in self.rules) and (
+            not self.folder or (a.rel + "/").startswith(self.folder + "/")
+        )

@@ -20,6 +20,10 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
+from .host import disk_usage
+from .janitor import inventory
+from .store import PRIVATE_DIR
+
 #: name -> (kind, help, labels)
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "seldonfs_operations_total": ("counter", "Filesystem requests answered, by operation and result (OK or errno name)", ("op", "result")),
@@ -73,8 +77,9 @@ class Sources:
     be None (`ops` is, with `[monitoring] metrics = false`)."""
 
     def __init__(self, ops: OpStats | None, data: Path, catalog_path: Path, core=None, audit=None,
-                 janitor=None, alerts=None, content=None, janitor_cfg=None) -> None:
+                 janitor=None, alerts=None, content=None, janitor_cfg=None, decisions=None) -> None:
         self.ops, self.data, self.catalog_path = ops, data, catalog_path
+        self.decisions = decisions  # the policy engine's counts of its decisions
         self.core, self.audit, self.janitor, self.alerts = core, audit, janitor, alerts
         self.content, self.janitor_cfg = content, janitor_cfg
         self.started = time.time()
@@ -107,8 +112,6 @@ class Sources:
             return 0
 
     def disk(self) -> dict[str, Any]:
-        from .cleanup import disk_usage
-
         pct, used, total = disk_usage(self.data)
         j = self.janitor_cfg
         return {"percent": round(pct, 2), "used": used, "total": total,
@@ -116,9 +119,6 @@ class Sources:
 
 
 def _walk_folders(data: Path, plain_size) -> dict[str, list[int]]:
-    from .janitor import inventory
-    from .policy import PRIVATE_DIR
-
     out: dict[str, list[int]] = {}
     for e in inventory(data, plain_size):
         if e.is_dir:
@@ -139,7 +139,7 @@ def snapshot(s: Sources) -> dict[str, Any]:
     ops: dict[str, dict[str, int]] = {}
     for (op, result), n in dict(counted.counts).items():
         ops.setdefault(op, {})[result] = n
-    policy = dict(s.core.policy.counts) if s.core is not None and s.core.policy is not None else {}
+    policy = dict(s.decisions) if s.decisions is not None else {}
     j = s.janitor
     return {
         "uptime_s": round(time.time() - s.started, 3),

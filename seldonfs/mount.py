@@ -2,20 +2,22 @@
 and an orderly close (unmount, catalog closed, lock released).
 
 `prepare()` checks and unlocks in the foreground process; `serve()` is the
-whole life of one mount in the calling process; `run_daemon()` forks it
-into the background and returns once the mount is ready or has failed, with
-the failure's one-line message and exit code.
+whole life of one mount in the calling process: its resources are opened
+in order on an ExitStack (lock, catalog, core, audit, engine, control,
+the FUSE session) and closed in reverse, also when one fails to open;
+`run_daemon()` forks it into the background and returns once the mount is
+ready or has failed, with the failure's one-line message and exit code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
 import logging
 import logging.handlers
 import os
-import posixpath
 import resource
 import signal
 import stat as stat_m
@@ -27,16 +29,19 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import audit, cleanup, config, fuseloop, janitor, keys
+from . import audit, config, fuseloop, janitor, keys
 from .alerts import Alerts, verify_audit, watch
 from .audit import AuditLog
 from .catalog import Catalog
+from .cleanup import MountJanitor
 from .config import Config
 from .content import ContentLayer, PlainContent
 from .control import Control, ensure_token
 from .core import Core
+from .engine import Engine
 from .errors import MountPointError, SeldonError, UsageError
 from .fuse_ops import SeldonOperations
+from .host import find_mount
 from .keys import KeySource
 from .metrics import Sources, registry, snapshot
 from .policy import Policy
@@ -45,8 +50,6 @@ from .store import Store, StoreLock
 from .virtual import VIRTUAL_BASE, Virtual, VirtualFile
 
 log = logging.getLogger(__name__)
-
-FSTYPE = "fuse.seldonfs"
 
 # Options mount(8) and fstab pass that mean nothing to FUSE (libfuse would
 # refuse them as unknown).
@@ -70,50 +73,6 @@ def fuse_options(opts: list[str], store: Store) -> set[str]:
     out.add(f"fsname={store.root}")
     out.add("subtype=seldonfs")
     return out
-
-
-def _unescape(field: str) -> str:
-    """A path field of /proc/self/mounts or mountinfo (octal escapes)."""
-    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-
-
-def find_mount(mountpoint: Path) -> tuple[str, str] | None:
-    """(source, fstype) of the mount at `mountpoint`, from /proc/self/mounts."""
-    target = os.path.abspath(mountpoint)
-    found = None
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            src, mnt, fstype = line.split()[:3]
-            if _unescape(mnt) == target:
-                found = (_unescape(src), fstype)  # the last one is on top
-    return found
-
-
-def seldonfs_mounts() -> list[tuple[str, str]]:
-    """(store, mount point) of every SeldonFS mount, from /proc/self/mounts."""
-    out = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            src, mnt, fstype = line.split()[:3]
-            if fstype == FSTYPE:
-                out.append((_unescape(src), _unescape(mnt)))
-    return out
-
-
-def mount_device(mountpoint: str) -> str | None:
-    """"MAJOR:MINOR" of the mount at `mountpoint`, from /proc/self/mountinfo.
-    (Not os.stat: the daemon must never make a syscall on its own mount.)"""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    dev = None
-    for line in lines:
-        fields = line.split()
-        if _unescape(fields[4]) == mountpoint:
-            dev = fields[2]  # the last one is on top
-    return dev
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -260,91 +219,87 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
     # Again: unlocking took up to a second, and a daemon starts later still;
     # pyfuse3 would mount on top of a mount made meanwhile.
     check_mountpoint(mountpoint)
-    lock = StoreLock(store)
-    lock.acquire()
-    try:
+    with contextlib.ExitStack() as stack:
+        lock = StoreLock(store)
+        lock.acquire()
+        stack.callback(lock.release)
         setup_logging(store, foreground, debug)
         _raise_nofile_limit()
         # Modes arrive already masked by the caller's umask; ours must not
         # mask them again.
         os.umask(0)
         catalog = Catalog(store.catalog_path)
+        stack.callback(catalog.close)
         catalog.migrate()
         writeback = cfg.mount.writeback_cache
         if writeback is None:  # auto: measured, see docs/design.md
             writeback = prep.content.needs_read_to_write
         core = Core(store.data, prep.content, writeback=writeback)
+        stack.callback(core.close)
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         core.max_inodes = cfg.mount.max_inodes or max(100, limit * 7 // 10)
         log.info("descriptor limit %d: at most %d inodes known at once", limit, core.max_inodes)
-        rules = Rules(cfg)
-        if rules.any_policy:
-            core.policy = Policy(core, rules, catalog, writeback)
         auditlog = open_audit(store, cfg, prep.content, lock.fd)
-        if core.policy is not None:
-            core.policy.audit = auditlog
-        served: Served | None = None
-        try:
-            ops = SeldonOperations(core, cfg.mount, writeback, auditlog, cfg.monitoring.metrics)
-            alerts = Alerts(cfg.alerts, store.data, prep.content, str(mountpoint), _notifier(core, ops))
-            if janitor.has_retention(cfg):
-                ops.janitor = cleanup.MountJanitor(
-                    core, cfg, store.data, str(mountpoint), prep.content, auditlog, catalog, ops._notify_gone, alerts
-                )
-                core.on_mkdir = ops.janitor.on_mkdir
-            sources = Sources(ops.stats, store.data, store.catalog_path, core, auditlog, ops.janitor, alerts,
-                              prep.content, cfg.janitor)
-            port = cfg.monitoring.port
-            url = f"http://{cfg.monitoring.address}:{port}/metrics" if port else None
-            core.virtual = virtual_files(store, mountpoint, sources, auditlog, url)
-            served = Served(store, cfg, sources, alerts, auditlog)
-            served.control = Control(
-                store.root, ensure_token(store.root), sources, registry(sources), ops.janitor, auditlog,
-                functools.partial(_reload, served, ops),
-            )
-            served.control.bind(port, cfg.monitoring.address)
-            try:
-                pyfuse3.init(ops, str(mountpoint), prep.fuse_opts)
-            except RuntimeError as e:
-                where = "above" if foreground else f"in {store.log_path}"
-                if "session_new" in str(e):  # libfuse refused an option
-                    raise UsageError(f"FUSE refused the mount options (libfuse's reason is {where})") from None
-                raise MountPointError(f"{mountpoint}: cannot mount: {e} (see {where})") from None
-            log.info("mounted %s at %s", store.root, mountpoint)
-            if auditlog is not None:
-                auditlog.record("mount", os.getuid(), os.getgid(), os.getpid(), "", detail=str(mountpoint))
-            ready()
-            fuseloop.install(cfg.mount.spin_us)
-            try:
-                trio.run(_serve, core.policy, ops, served)
-            finally:
-                fuseloop.uninstall()
-                pyfuse3.close(unmount=True)
-                log.info("unmounted %s", mountpoint)
-                if auditlog is not None:
-                    auditlog.record("unmount", os.getuid(), os.getgid(), os.getpid(), "", detail=str(mountpoint))
-        finally:
-            if served is not None and served.control is not None:
-                served.control.close()
-            if core.policy is not None:
-                core.policy.close()
-            if auditlog is not None:
-                auditlog.close()
-            core.close()
-            catalog.close()
-    finally:
-        lock.release()
+        if auditlog is not None:
+            stack.callback(auditlog.close)
+        rules = Rules(cfg)
+        engine = Engine(core, Policy(rules), catalog, writeback, auditlog) if rules.any_policy else None
+        if engine is not None:
+            stack.callback(engine.close)  # its last file records
+        served = _side_tasks(store, cfg, mountpoint, core, engine, catalog, auditlog, prep.content)
+        stack.callback(served.control.close)
+        ops = SeldonOperations(core, cfg.mount, writeback, auditlog, cfg.monitoring.metrics)
+        served.sources.ops = ops.stats
+        _fuse_init(ops, mountpoint, prep.fuse_opts, foreground, store)
+        stack.callback(_unmount, mountpoint, auditlog)
+        log.info("mounted %s at %s", store.root, mountpoint)
+        if auditlog is not None:
+            auditlog.record("mount", os.getuid(), os.getgid(), os.getpid(), "", detail=str(mountpoint))
+        ready()
+        fuseloop.install(cfg.mount.spin_us)
+        stack.callback(fuseloop.uninstall)
+        trio.run(_serve, engine, served)
 
 
-def _notifier(core: Core, ops: SeldonOperations) -> Callable[[str], None]:
-    """Tell the kernel about a file the mount wrote behind its back."""
+def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine: Engine | None, catalog: Catalog,
+                auditlog: AuditLog | None, content: ContentLayer) -> Served:
+    """The janitor, alerts, the numbers, the virtual files and the control
+    API (bound here, so a busy port fails the mount before it mounts)."""
+    alerts = Alerts(cfg.alerts, store.data, content, str(mountpoint), core.invalidate)
+    janitor_ = MountJanitor(core, cfg, str(mountpoint), auditlog, catalog, alerts) if janitor.has_retention(cfg) else None
+    sources = Sources(None, store.data, store.catalog_path, core, auditlog, janitor_, alerts, content, cfg.janitor,
+                      engine.counts if engine is not None else None)
+    port = cfg.monitoring.port
+    url = f"http://{cfg.monitoring.address}:{port}/metrics" if port else None
+    core.virtual = virtual_files(store, mountpoint, sources, auditlog, url)
+    served = Served(store, cfg, sources, alerts, auditlog, janitor_)
+    served.control = Control(
+        store.root, ensure_token(store.root), sources, registry(sources), janitor_, auditlog,
+        functools.partial(_reload, served),
+    )
+    try:
+        served.control.bind(port, cfg.monitoring.address)
+    except BaseException:
+        served.control.close()
+        raise
+    return served
 
-    def new_file(rel: str) -> None:
-        parent = core.ino_of_dir(posixpath.dirname(rel))
-        if parent is not None:
-            ops._notify_gone(parent, os.fsencode(posixpath.basename(rel)))
 
-    return new_file
+def _fuse_init(ops: SeldonOperations, mountpoint: Path, fuse_opts: set[str], foreground: bool, store: Store) -> None:
+    try:
+        pyfuse3.init(ops, str(mountpoint), fuse_opts)
+    except RuntimeError as e:
+        where = "above" if foreground else f"in {store.log_path}"
+        if "session_new" in str(e):  # libfuse refused an option
+            raise UsageError(f"FUSE refused the mount options (libfuse's reason is {where})") from None
+        raise MountPointError(f"{mountpoint}: cannot mount: {e} (see {where})") from None
+
+
+def _unmount(mountpoint: Path, auditlog: AuditLog | None) -> None:
+    pyfuse3.close(unmount=True)
+    log.info("unmounted %s", mountpoint)
+    if auditlog is not None:
+        auditlog.record("unmount", os.getuid(), os.getgid(), os.getpid(), "", detail=str(mountpoint))
 
 
 @dataclass
@@ -355,17 +310,18 @@ class Served:
     sources: Sources
     alerts: Alerts
     auditlog: AuditLog | None
-    control: Control | None = None
+    janitor: MountJanitor | None = None
+    control: Control = None  # type: ignore[assignment]
 
 
-def _reload(served: Served, ops: SeldonOperations) -> dict:
+def _reload(served: Served) -> dict:
     """Re-read seldonfs.toml in a running mount: the janitor (retention,
     thresholds) and alerts take it now; the policy's naming and validation
     rules, mount options, audit and monitoring settings at the next mount.
     A broken file raises ConfigError and the running settings stay."""
     old, new = served.cfg, config.load(served.store.config_path)
-    if ops.janitor is not None:
-        ops.janitor.cfg = new
+    if served.janitor is not None:
+        served.janitor.cfg = new
     served.alerts.cfg = new.alerts
     served.sources.janitor_cfg = new.janitor
     served.cfg = new
@@ -373,19 +329,16 @@ def _reload(served: Served, ops: SeldonOperations) -> dict:
     return {"reloaded": True, "applied": ["janitor", "alerts"], "at_next_mount": later}
 
 
-async def _serve(policy: Policy | None, ops: SeldonOperations, served: Served) -> None:
+async def _serve(engine: Engine | None, served: Served) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals)
-        ops.nursery = nursery
-        if ops.janitor is not None:
-            nursery.start_soon(ops.janitor.loop)  # on each folder's schedule; disk checks
-        if policy is not None:
-            policy.nursery = nursery  # content checks of large files run here
-            nursery.start_soon(policy.write_rows_every)
+        if served.janitor is not None:
+            await nursery.start(served.janitor.run_forever)  # each folder's schedule; disk checks
+        if engine is not None:
+            await nursery.start(engine.run)  # content checks of large files; catalog batches
         nursery.start_soon(watch, served.alerts, served.sources)
         if served.auditlog is not None and served.cfg.audit.verify_every:
             nursery.start_soon(verify_audit, served.auditlog, served.cfg.audit.verify_every, served.alerts, served.sources)
-        assert served.control is not None
         served.control.serve(trio.lowlevel.current_trio_token(), nursery)
         try:
             # One worker: no handler awaits, so a second worker would only add a

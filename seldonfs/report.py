@@ -28,7 +28,7 @@ from typing import Any
 
 from . import janitor
 from .config import Config
-from .policy import PRIVATE_DIR
+from .store import PRIVATE_DIR
 from .store import tree
 
 TOP_FILES = 20  # largest files listed

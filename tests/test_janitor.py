@@ -250,7 +250,7 @@ def test_emergency_plan_by_priority_then_age_and_only_deleting_rules() -> None:
 
 
 def test_schedules_interval_and_cron() -> None:
-    from seldonfs.cleanup import next_time
+    from seldonfs.janitor import next_time
 
     t = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
     assert next_time("1h", t) == t + 3600
@@ -326,7 +326,7 @@ def test_emergency_cleanup_on_a_small_filesystem(tmp_path: Path) -> None:
     is under its warning level (80 %)."""
     import subprocess
 
-    from seldonfs.cleanup import disk_usage
+    from seldonfs.host import disk_usage
 
     small = tmp_path / "small"
     small.mkdir()

@@ -90,7 +90,7 @@ def progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:
 
 def store_of(target: Path) -> Store:
     """The store behind STORE|MOUNTPOINT."""
-    from ..mount import FSTYPE, find_mount
+    from ..host import FSTYPE, find_mount
 
     found = find_mount(target)
     if found is not None and found[1] == FSTYPE:
@@ -113,7 +113,7 @@ def catalog_readonly(target: Path) -> Iterator[sqlite3.Connection]:
 
 def mounted_file(path: Path) -> str:
     """`path` if it is a file inside a SeldonFS mount, else a usage error."""
-    from ..mount import FSTYPE, find_mount
+    from ..host import FSTYPE, find_mount
 
     if not path.exists():
         raise UsageError(f"{path}: no such file")

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..control import SOCKET_NAME, TOKEN_NAME
 from ..errors import SeldonError, UsageError
-from ..mount import FSTYPE, find_mount
+from ..host import FSTYPE, find_mount
 
 COMMANDS = ("health", "stats", "metrics", "reload", "cleanup", "crash", "task")
 

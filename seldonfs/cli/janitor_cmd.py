@@ -31,12 +31,14 @@ from pathlib import Path
 from .. import audit, config, janitor
 from ..blockformat import EncryptedContent, plain_size
 from ..catalog import Catalog
-from ..cleanup import CONTROL_XATTR, Outcome, bytes_over, execute
+from .. import xattrs
+from ..cleanup import Outcome, execute
+from ..host import bytes_over
 from ..config import parse_duration
 from ..content import PlainContent
 from ..errors import SeldonError, UsageError
 from ..keys import unlock
-from ..mount import FSTYPE, find_mount
+from ..host import FSTYPE, find_mount
 from ..store import StoreLock
 from .common import add_key_args, catalog_readonly, key_source, progress, store_of
 
@@ -158,7 +160,7 @@ def run_in_mount(args: argparse.Namespace) -> None:
     ask = {"older_than": _later(args), "folder": args.folder or "", "rule": args.rule or "",
            "crash": args.crash or "", "emergency": args.emergency}
     try:
-        before = json.loads(os.getxattr(mp, CONTROL_XATTR))["runs"]
+        before = json.loads(os.getxattr(mp, xattrs.JANITOR))["runs"]
     except OSError as e:
         if e.errno != errno.ENODATA:
             raise SeldonError(f"{mp}: cannot run the janitor: {e.strerror}") from None
@@ -166,9 +168,9 @@ def run_in_mount(args: argparse.Namespace) -> None:
         return
     tty = sys.stderr.isatty()
     try:
-        os.setxattr(mp, CONTROL_XATTR, json.dumps(ask).encode())
+        os.setxattr(mp, xattrs.JANITOR, json.dumps(ask).encode())
         while True:
-            state = json.loads(os.getxattr(mp, CONTROL_XATTR))
+            state = json.loads(os.getxattr(mp, xattrs.JANITOR))
             if not state["running"] and state["runs"] > before:
                 break
             now = state.get("now") or {}

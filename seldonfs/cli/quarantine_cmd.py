@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import SeldonError, UsageError
-from ..policy import XATTR_REASON, XATTR_RELEASE
+from .. import xattrs
 from .common import catalog_readonly, mounted_file
 
 
@@ -64,11 +64,11 @@ def run_list(args: argparse.Namespace) -> None:
 def run_release(args: argparse.Namespace) -> None:
     path = mounted_file(args.file)
     try:
-        os.setxattr(path, XATTR_RELEASE, b"force" if args.force else b"", follow_symlinks=False)
+        os.setxattr(path, xattrs.RELEASE, b"force" if args.force else b"", follow_symlinks=False)
     except OSError as e:
         if e.errno == errno.EACCES:
             try:
-                reason = os.getxattr(path, XATTR_REASON).decode()
+                reason = os.getxattr(path, xattrs.REASON).decode()
             except OSError:
                 reason = "it failed its checks"
             raise SeldonError(f"{args.file}: still invalid: {reason} (--force to release anyway)") from None

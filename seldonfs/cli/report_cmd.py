@@ -25,7 +25,7 @@ from pathlib import Path
 from .. import config, report
 from ..blockformat import plain_size
 from ..errors import SeldonError
-from ..mount import FSTYPE, find_mount
+from ..host import FSTYPE, find_mount
 from .common import catalog_readonly, store_of
 
 

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 from .. import config
-from ..cleanup import disk_usage
+from ..host import disk_usage
 from ..errors import SeldonError
-from ..mount import seldonfs_mounts
+from ..host import seldonfs_mounts
 from .common import store_of
 from .stats_cmd import read_stats
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import top
 from ..errors import SeldonError, UsageError
-from ..mount import FSTYPE, find_mount
+from ..host import FSTYPE, find_mount
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

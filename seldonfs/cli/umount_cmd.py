@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import MountPointError, SeldonError
-from ..mount import FSTYPE, find_mount
+from ..host import FSTYPE, find_mount
 from ..store import Store, StoreLock
 
 #: How long to wait for the daemon to release the store after the unmount.

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import SeldonError, UsageError
-from ..policy import XATTR_RESTORE, XATTR_VERSIONS
+from .. import xattrs
 from .common import mounted_file
 
 
@@ -31,14 +31,14 @@ def run(args: argparse.Namespace) -> None:
     path = mounted_file(args.file)
     if args.restore is not None:
         try:
-            os.setxattr(path, XATTR_RESTORE, str(args.restore).encode(), follow_symlinks=False)
+            os.setxattr(path, xattrs.RESTORE, str(args.restore).encode(), follow_symlinks=False)
         except OSError as e:
             if e.errno == errno.EINVAL:
                 raise UsageError(f"{args.file}: no version {args.restore}") from None
             raise SeldonError(f"{args.file}: cannot restore: {e.strerror}") from None
         print(f"{args.file}: version {args.restore} restored")
         return
-    versions = json.loads(os.getxattr(path, XATTR_VERSIONS, follow_symlinks=False))
+    versions = json.loads(os.getxattr(path, xattrs.VERSIONS, follow_symlinks=False))
     if args.json:
         print(json.dumps(versions))
         return

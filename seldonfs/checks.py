@@ -1,0 +1,118 @@
+"""The commit checks of written files: what they read and what they remember.
+
+A new file's one writer leaves its plaintext here as it writes it (up to
+INLINE_CHECK_BYTES; `Written`), so its commit check needs no read of the
+store; any other way its contents can change (another open for writing, a
+truncate past the limit, a failed write) drops the copy. A file that passed
+is remembered by (mtime, size) until it changes, so a second close without
+a change is not checked again.
+
+`Checks.verdict` runs on the caller's thread; `run` touches nothing shared
+and is what a worker thread calls for a large file. Damage and read errors
+become an "unreadable" verdict (content.Unreadable), never an exception.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from . import validation
+from .config import FolderRule
+from .content import ContentLayer, FileContent, Unreadable, reader
+
+#: Files up to this size are checked on the request loop; larger ones in a
+#: worker thread, so a large file never stalls other operations.
+INLINE_CHECK_BYTES = 1 << 20
+SHADOWS = 64  # new files whose written bytes are kept for their commit check, at most
+
+Key = tuple[int, int]  # (mtime_ns, plaintext size): the file as it was checked
+
+
+class _Shadow:
+    """A kept plaintext read like a file's content."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self, buf: bytearray) -> None:
+        self.buf = buf
+
+    def read(self, off: int, size: int) -> bytes:
+        return bytes(memoryview(self.buf)[off:off + size])  # one copy, not a slice and then a copy
+
+
+class Checks:
+    def __init__(self, layer: ContentLayer, extra_patterns: dict) -> None:
+        self.layer = layer
+        self.extra_patterns = extra_patterns
+        self.passed: dict[int, Key] = {}  # ino -> key at its last passed check
+        self.written: dict[int, bytearray] = {}  # ino -> its one writer's bytes
+
+    # ------------------------------------------------------------ the written copy
+
+    def keep_written(self, ino: int) -> None:
+        if len(self.written) < SHADOWS:
+            self.written[ino] = bytearray()
+
+    def wrote(self, ino: int, off: int, data: bytes) -> None:
+        """`data` reached the file at `off`: keep the copy in step."""
+        buf = self.written.get(ino)
+        if buf is None:
+            return
+        end = off + len(data)
+        if end > INLINE_CHECK_BYTES:
+            del self.written[ino]
+            return
+        if off > len(buf):
+            buf.extend(bytes(off - len(buf)))  # a hole reads as zeros
+        buf[off:end] = data
+
+    def truncated(self, ino: int, size: int) -> None:
+        buf = self.written.get(ino)
+        if buf is None:
+            return
+        if size > INLINE_CHECK_BYTES:
+            del self.written[ino]
+        elif size < len(buf):
+            del buf[size:]
+        else:
+            buf.extend(bytes(size - len(buf)))
+
+    def drop_written(self, ino: int) -> None:
+        """The contents may have changed another way: the copy is unsafe."""
+        self.written.pop(ino, None)
+
+    def forget(self, ino: int) -> None:
+        self.passed.pop(ino, None)
+        self.written.pop(ino, None)
+
+    # ------------------------------------------------------------ checking
+
+    def key(self, fd: int) -> Key:
+        st = os.fstat(fd)
+        return st.st_mtime_ns, self.layer.plain_size(st.st_size)
+
+    def unchanged(self, ino: int, key: Key) -> bool:
+        return self.passed.get(ino) == key
+
+    def source(self, ino: int, key: Key, content: FileContent | None) -> FileContent | None:
+        """What the check of file `ino` reads: the written copy when it is
+        whole, else `content` (None: the check attaches its descriptor)."""
+        buf = self.written.pop(ino, None)
+        if buf is not None and len(buf) == key[1]:
+            return _Shadow(buf)  # type: ignore[return-value]
+        return content
+
+    def run(
+        self, fd: int, rel: str, rule: FolderRule, key: Key, content: FileContent | None = None,
+    ) -> validation.Verdict:
+        """The checks themselves; thread-safe (they touch nothing shared)."""
+        read = reader(content or self.layer.attach(fd))
+        try:
+            return validation.check_content(rule, posixpath.basename(rel), key[1], read, self.extra_patterns)
+        except Unreadable as e:
+            return validation.Verdict(reasons=[f"unreadable: {e.strerror}"], size=key[1])
+
+    def passed_now(self, ino: int, key: Key, v: validation.Verdict) -> None:
+        if v.ok:
+            self.passed[ino] = key

@@ -1,0 +1,312 @@
+"""Commits: a written file checked, then named, routed or quarantined.
+
+The commit of a file (engine.py says when) reads its plaintext for the
+folder's checks (checks.py; a large file's in a worker thread, in a task
+of its own), asks policy.py where it goes, and moves it there under a
+name no other file has (sequence numbers come from the catalog in
+blocks), or to quarantine (quarantine.py). The old name gets its grace
+period (grace.py) and the kernel is told which names changed. File
+records reach the catalog in batches. Releasing a quarantined file is a
+commit at its origin.
+
+Concurrency: trio thread; every method runs inside the engine's
+`store.Dirs` scope. `_check_later` awaits the worker thread and re-reads
+the file's key and path afterwards, since the tree may have changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import posixpath
+import time
+from datetime import datetime, timezone
+
+import trio
+
+from . import validation
+from .catalog import Catalog
+from .checks import INLINE_CHECK_BYTES, Checks
+from .config import FolderRule
+from .content import FileContent
+from .core import Core
+from .grace import Grace, GraceTable
+from .naming import clean_job
+from .policy import NAME_TRIES, Place, Policy, Quarantine as ToQuarantine, candidates
+from .quarantine import Quarantine
+from .store import Dirs
+from .versions import Note
+
+log = logging.getLogger(__name__)
+
+SEQ_BLOCK = 100  # sequence numbers reserved per catalog write
+ROWS_FLUSH_S = 0.5  # file records wait at most this long for their catalog batch
+
+Source = tuple[int, FileContent]  # an open handle's descriptor and content
+
+
+class Committer:
+    def __init__(
+        self, core: Core, policy: Policy, dirs: Dirs, checks: Checks, catalog: Catalog, note: Note,
+    ) -> None:
+        self.core, self.policy, self.dirs, self.checks, self.catalog = core, policy, dirs, checks, catalog
+        self.note = note
+        self.quarantine = Quarantine(dirs, catalog, note)
+        self.grace = GraceTable()
+        self.dirty: set[int] = set()  # inodes written since their last commit
+        self.deferred: set[tuple[int, tuple[int, int]]] = set()  # checks running in the background
+        self.nursery: trio.Nursery | None = None  # for those; set by `run`
+        self.job_attrs: dict[int, str] = {}  # ino -> user.seldon.job set through the mount
+        self.ingested: dict[int, int] = {}  # ino -> when created, until its commit record
+        self._rows: list[tuple] = []  # file records waiting for their batch
+        self.seq: dict[str, tuple[int, int]] = {}  # job -> (next, end of reserved block)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """In the mount's nursery: large files' checks start here; file
+        records reach the catalog at least every ROWS_FLUSH_S."""
+        async with trio.open_nursery() as self.nursery:
+            task_status.started()
+            while True:
+                await trio.sleep(ROWS_FLUSH_S)
+                self.write_rows()
+
+    def forget(self, ino: int) -> None:
+        self.dirty.discard(ino)
+        self.job_attrs.pop(ino, None)
+
+    def commit(
+        self, ino: int, pid: int, job: str | None, rel: str | None = None,
+        verdict: validation.Verdict | None = None, defer: bool = True, notify_old: bool = True,
+        source: Source | None = None, parent: int = 0,
+    ) -> int | None:
+        """Check, name, route or quarantine file `ino` (at `rel`), inside a
+        `self.dirs` scope. Returns an errno for the writer (EACCES:
+        rejected), None otherwise.
+
+        A large file in a folder that does not reject is checked by a task
+        of its own (`_check_later`): its writer's close returns at once and
+        the file commits when the check is done. In a folder that rejects,
+        close(2) has to wait for the verdict anyway.
+
+        `notify_old` False: the kernel does not cache the old name (a file
+        created under a commit rule is answered with entry_timeout 0).
+        `parent`: the kernel's inode of the directory the file was created
+        in; while the file is still there, the commit works through its
+        descriptor instead of walking the store from the root."""
+        rel = rel or self.core.rel_path(ino)
+        if rel is None:
+            return None  # unlinked while open
+        d, name = posixpath.split(rel)
+        rule = self.policy.for_dir(d)
+        if not self.policy.commit_applies(rule, d, name):
+            return None
+        assert rule is not None
+        if parent and self.core.known(parent) and self.core.rel_path(parent) == d:
+            self.dirs.lend(d, self.core.node_fd(parent))
+        else:
+            parent = 0
+        if verdict is None:
+            defer = defer and rule.on_invalid != "reject" and self.nursery is not None
+            verdict = self._check(ino, rel, rule, defer, pid, job, source)
+            if verdict is None:
+                return None  # vanished, or checked in the background
+        self.dirty.discard(ino)
+        reject = errno.EACCES if rule.on_invalid == "reject" else None
+        where = self.policy.destination(rule, d, name, verdict)
+        if isinstance(where, ToQuarantine):
+            self.core.note_path(ino, self._quarantine(rel, rule, where.reasons))
+            if where.checked:
+                self._record(rel, name, "", verdict, "quarantined", ino)
+            return reject
+        job_id = clean_job(job or self.job_attrs.pop(ino, None), rule.job) if where.name is None else ""
+        dest = self._place(rel, where, name, job_id, rule)
+        if dest is None:
+            return reject
+        self._record(dest, name, job_id, verdict, "ok", ino)
+        self.core.note_path(ino, dest)
+        self.note("commit", rel, dest, f"sha256={verdict.sha256} mime={verdict.mime} job={job_id}".strip())
+        if dest != rel:
+            self._after_move(ino, pid, rel, dest, parent, notify_old)
+        return None
+
+    def _after_move(self, ino: int, pid: int, rel: str, dest: str, parent: int, notify_old: bool) -> None:
+        """Give the old name its grace; tell the kernel what it may cache wrongly."""
+        d, name = posixpath.split(rel)
+        parent = parent or self._dir_ino(d)  # type: ignore[assignment]
+        new_dir = posixpath.dirname(dest)
+        new_parent = parent if new_dir == d else self._dir_ino(new_dir)
+        if parent:
+            self.grace.add(
+                parent, os.fsencode(name),
+                Grace(dest, ino, pid, time.monotonic() + self.policy.pol.grace, new_parent,
+                      os.fsencode(posixpath.basename(dest))),
+                time.monotonic(),
+            )
+            if notify_old:
+                self.core.notify(parent, os.fsencode(name))
+        if new_dir != d and new_parent is not None:  # routed: the kernel may think the name free
+            self.core.notify(new_parent, os.fsencode(posixpath.basename(dest)))
+        log.debug("committed %s as %s", rel, dest)
+
+    def _place(self, rel: str, place: Place, name: str, job: str, rule: FolderRule) -> str | None:
+        """Move `rel` where `place` says, never over an existing file.
+        Returns where it is now (None: it went to quarantine instead)."""
+        template = self.policy.template(rule)
+
+        def fresh() -> str:
+            assert template is not None
+            seq = self._next_seq(job) if template.uses_seq else 0
+            return template.render(datetime.now(timezone.utc), job, seq, name)
+
+        for target in candidates(place, fresh):
+            if target == rel:
+                return rel
+            try:
+                self.dirs.rename(rel, target, create_dirs=place.dir != posixpath.dirname(rel))
+                return target
+            except FileExistsError:
+                continue
+            except OSError as e:
+                log.warning("cannot move %s to %s: %s", rel, target, e)
+                if not rule.route:
+                    return rel
+        self._quarantine(rel, rule, [f"could not be moved to {place.dir}/ after {place.tries} attempts"])
+        return None
+
+    def _quarantine(self, rel: str, rule: FolderRule, reasons: list[str] | tuple[str, ...]) -> str:
+        target = self.quarantine.move_in(rel, self.policy.quarantine_dir(rule), reasons)
+        self._notify_moved(rel, target)
+        return target
+
+    def _next_seq(self, job: str) -> int:
+        nxt, end = self.seq.get(job, (0, 0))
+        if nxt >= end:
+            nxt = self.catalog.reserve_sequence(job, SEQ_BLOCK)
+            end = nxt + SEQ_BLOCK
+        self.seq[job] = (nxt + 1, end)
+        return nxt
+
+    # ------------------------------------------------------------ checks
+
+    def _check(
+        self, ino: int, rel: str, rule: FolderRule, defer: bool = False, pid: int = 0,
+        job: str | None = None, source: Source | None = None,
+    ) -> validation.Verdict | None:
+        """Read the file's plaintext for the folder's content checks (and
+        its checksum); None when the file vanished, or when the check went
+        to the background (`defer`, large files)."""
+        if source is None:
+            try:
+                fd = self.dirs.open(rel, os.O_RDONLY)
+            except OSError:
+                return None
+            content = None
+        else:
+            fd, content = source
+        try:
+            key = self.checks.key(fd)
+            if self.checks.unchanged(ino, key):
+                return validation.Verdict(size=key[1])  # unchanged since it passed
+            content = self.checks.source(ino, key, content)
+            if defer and key[1] > INLINE_CHECK_BYTES:
+                if (ino, key) not in self.deferred:
+                    self.deferred.add((ino, key))
+                    assert self.nursery is not None
+                    self.nursery.start_soon(self._check_later, ino, rel, rule, key, pid, job)
+                return None
+            v = self.checks.run(fd, rel, rule, key, content)
+            self.checks.passed_now(ino, key, v)
+            return v
+        finally:
+            if source is None:
+                os.close(fd)
+
+    async def _check_later(
+        self, ino: int, rel: str, rule: FolderRule, key: tuple[int, int], pid: int, job: str | None
+    ) -> None:
+        try:
+            await self._check_and_commit(ino, rel, rule, key, pid, job)
+        except Exception:  # a task of the mount's nursery: it must not end the mount
+            log.exception("background check of %s failed", rel)
+
+    async def _check_and_commit(
+        self, ino: int, rel: str, rule: FolderRule, key: tuple[int, int], pid: int, job: str | None
+    ) -> None:
+        try:
+            with self.dirs:
+                fd = self.dirs.open(rel, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            v = await trio.to_thread.run_sync(self.checks.run, fd, rel, rule, key)
+            still = self.checks.key(fd) == key and self.core.rel_path(ino) == rel
+        finally:
+            os.close(fd)
+            self.deferred.discard((ino, key))
+        if not still:
+            return  # changed meanwhile: its next close checks it again
+        self.checks.passed_now(ino, key, v)
+        try:
+            with self.dirs:
+                self.commit(ino, pid, job, rel=rel, verdict=v)
+        except OSError as e:
+            log.error("commit of %s after its check failed: %s", rel, e)
+
+    def release(self, ino: int, force: bool, uid: int, pid: int) -> None:
+        """`seldonfs quarantine release`: re-validate (unless forced) and
+        move the file back to where it was written, committing it there."""
+        with self.dirs:
+            rel = self.core.rel_path(ino)
+            qid, origin = self.quarantine.origin(rel)
+            assert rel is not None
+            d, name = posixpath.split(origin)
+            rule = self.policy.for_dir(d)
+            if not force and rule is not None:
+                v = self._check(ino, rel, rule)
+                if v is None:
+                    raise OSError(errno.ENOENT, "file vanished")
+                if not v.ok:
+                    raise self.quarantine.still_invalid(rel, qid, v.reasons)
+            dest = self._place(rel, Place(d, name, NAME_TRIES), name, "", FolderRule(path=d))
+            if dest is None:
+                raise OSError(errno.EEXIST, "cannot move back")
+            self.quarantine.released(rel, dest, qid, force, uid)
+            self._notify_moved(rel, dest)
+            # forced: the checks are skipped, the managed name is still given
+            self.commit(ino, pid, None, rel=dest, verdict=validation.Verdict() if force else None, defer=False)
+
+    # ------------------------------------------------------------ records
+
+    def _record(
+        self, path: str, original: str, job: str, v: validation.Verdict, verdict: str, ino: int = 0
+    ) -> None:
+        """A file record for the catalog, written with the next batch: one
+        SQLite transaction per file would cost more than the commit itself.
+        Everything in these records can be rebuilt from data/."""
+        self._rows.append((
+            path, original, job, v.size, v.sha256, v.mime, verdict, "; ".join(v.reasons), time.time_ns(),
+            ino, self.ingested.pop(ino, 0),
+        ))
+        if len(self._rows) >= 1000:
+            self.write_rows()
+
+    def write_rows(self) -> None:
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self.catalog.add_files(rows)
+
+    def _dir_ino(self, d: str) -> int | None:
+        """The inode number the kernel knows directory `d` by, if it holds it."""
+        try:
+            ino = self.core.ino_of(os.fstat(self.dirs.get(d)).st_ino)
+        except OSError:
+            return None
+        return ino if self.core.known(ino) else None
+
+    def _notify_moved(self, rel: str, dest: str) -> None:
+        """Tell the kernel both names changed behind its back."""
+        for path in (rel, dest):
+            parent = self._dir_ino(posixpath.dirname(path))
+            if parent is not None:
+                self.core.notify(parent, os.fsencode(posixpath.basename(path)))

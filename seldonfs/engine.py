@@ -1,0 +1,352 @@
+"""The policy engine: carries the folder rules' decisions out on the store.
+
+`Engine` is the `Hooks` of a mount with rules (core.py calls it; it never
+calls the FUSE glue). What to do is decided by policy.py; this module
+does it: refuses entries, follows the handles that write under a rule
+(size limits, the space floor, versions: versions.py), says when a file
+commits and hands it to commit.py, and answers the control attributes
+(versions, restore, release, job). Every decision goes into the audit
+chain and the counts of stats.json.
+
+Commit: a file commits when the last handle that wrote it is flushed
+(close(2), so the writer sees a rejection and `ls` after close sees the
+final name) or when it is renamed into a folder with a commit rule.
+
+Concurrency: every hook runs on the trio thread and none awaits.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import posixpath
+import stat as stat_m
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import trio
+
+from . import _libc, xattrs
+from .audit import AuditLog
+from .catalog import Catalog
+from .checks import Checks
+from .commit import Committer
+from .config import FolderRule
+from .content import FileContent
+from .core import Core
+from .hooks import Absent, Hooks, Moved, Track
+from .host import job_from_environ
+from .policy import Policy, commits, version_at_open, version_at_replace, version_at_truncate
+from .store import PRIVATE_DIR, VERSIONS_DIR, Dirs
+from .versions import Versions
+
+log = logging.getLogger(__name__)
+
+JOB_CACHE_S = 2.0
+STATVFS_TTL = 0.1
+
+
+@dataclass(slots=True)
+class Tracked(Track):
+    """The engine's state of one open handle under a rule."""
+
+    rule: FolderRule | None = None
+    commits: bool = False  # a commit rule applies to the folder it was opened in
+    pid: int = 0  # the process that opened it: its follow-ups get the grace period
+    job: str | None = None  # from the writer's environment at create
+    created: bool = False
+    done: bool = False  # committed at an earlier flush
+    version_on_write: bool = False  # keep the old content before the first write
+    floor: bool = False  # the space floor applies
+    parent: int = 0  # the kernel's inode of the directory it was created in
+
+
+class Engine(Hooks):
+    """Made by the mount for a store with rules; attaches itself to `core`
+    (its hooks, its control attributes, the hidden private folder)."""
+
+    def __init__(
+        self, core: Core, policy: Policy, catalog: Catalog, writeback: bool, audit: AuditLog | None = None,
+    ) -> None:
+        self.core, self.policy, self.catalog, self.writeback, self.audit = core, policy, catalog, writeback, audit
+        self.counts: Counter[str] = Counter()  # decisions, for stats.json
+        self.dirs = Dirs(core.root_fd, core.moved)
+        self.checks = Checks(core.content, policy.extra_patterns)
+        self.versions = Versions(self.dirs, catalog, core.content.plain_size, self._note)
+        self.committer = Committer(core, policy, self.dirs, self.checks, catalog, self._note)
+        self.writers: dict[int, int] = {}  # ino -> open tracked handles
+        self._jobs: dict[int, tuple[str | None, float]] = {}  # pid -> (job, until)
+        self._statvfs: tuple[float, float] = (0.0, 100.0)  # (when, free percent)
+        with self.dirs:
+            self.dirs.get(VERSIONS_DIR, create=True)
+        os.chmod(PRIVATE_DIR, 0o700, dir_fd=core.root_fd)
+        core.hooks = self
+        core.hidden = frozenset({PRIVATE_DIR.encode()})
+        core.attrs.serve(xattrs.VERSIONS, get=self._versions_attr)
+        core.attrs.serve(xattrs.RESTORE, set=self._restore_attr)
+        core.attrs.serve(xattrs.RELEASE, set=self._release_attr)
+        core.attrs.serve(xattrs.JOB, set=self._job_attr)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The background part (large files' checks, catalog batches), in the mount's nursery."""
+        await self.committer.run(task_status=task_status)
+
+    def close(self) -> None:
+        self.committer.write_rows()
+
+    # ------------------------------------------------------------ new entries
+
+    def _refuse(self, parent: int, name: bytes, kind: int) -> str | None:
+        """Refuse a new entry where the rules forbid it; returns the
+        directory's path (None: beyond any rule)."""
+        d = self.core.rel_path(parent)
+        if d is None:
+            return None
+        why = self.policy.refusal(d, name, kind == stat_m.S_IFDIR)
+        if why:
+            log.info("refused %s/%s: %s", d, os.fsdecode(name), why)
+            raise OSError(errno.EACCES, why)
+        return d
+
+    def new_entry(self, parent: int, name: bytes, kind: int) -> None:
+        self._refuse(parent, name, kind)
+
+    def _track(self, d: str, pid: int) -> Tracked | None:
+        rule = self.policy.for_dir(d)
+        floor = self.policy.floor_applies(d)
+        if not self.policy.tracks(rule, floor):
+            return None
+        limited = rule is not None and rule.max_size is not None
+        return Tracked(direct_io=limited and self.writeback, rule=rule, commits=commits(rule), pid=pid, floor=floor)
+
+    def creating(self, parent: int, name: bytes, pid: int) -> Tracked | None:
+        d = self._refuse(parent, name, stat_m.S_IFREG)
+        t = None if d is None else self._track(d, pid)
+        if t is not None:
+            if t.floor:
+                self._check_floor()
+            t.created = True
+            t.volatile = t.commits
+            t.parent = parent
+            if t.commits and t.rule is not None and t.rule.naming and "{job}" in t.rule.naming:
+                t.job = self._job_of(pid)
+        return t
+
+    def _job_of(self, pid: int) -> str | None:
+        # A process's starting environment never changes: read it once per
+        # writer (a pid reused within JOB_CACHE_S seconds could inherit it).
+        now = time.monotonic()
+        hit = self._jobs.get(pid)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        if len(self._jobs) > 4096:
+            self._jobs.clear()
+        job = job_from_environ(pid)
+        self._jobs[pid] = (job, now + JOB_CACHE_S)
+        return job
+
+    # ------------------------------------------------------------ open / write
+
+    def opening(self, ino: int, flags: int, pid: int) -> Tracked | None:
+        if flags & os.O_TRUNC and self.committer.grace.take_reopened(ino, pid):
+            # The writer opens its pre-commit name again to write it anew
+            # (a loop writing data.json 200 times): that is a new file, not
+            # the committed one. ESTALE makes the kernel look the name up
+            # again (do_filp_open retries with LOOKUP_REVAL); the grace entry
+            # is gone, so the lookup fails and the open creates a new file.
+            raise OSError(errno.ESTALE, "pre-commit name opened anew")
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            return None
+        self.checks.drop_written(ino)  # another writer: its bytes would not be seen
+        rel = self.core.rel_path(ino)
+        if rel is None:
+            return None
+        t = self._track(posixpath.dirname(rel), pid)
+        if t is not None and t.rule is not None and t.rule.versions:
+            cause = version_at_open(t.rule, self._size(ino), bool(flags & os.O_TRUNC))
+            if cause == "truncate":
+                self._save_version(rel, cause)
+            elif cause is not None:
+                t.version_on_write = True
+        return t
+
+    def _size(self, ino: int) -> int:
+        return self.core.content.plain_size(os.fstat(self.core.node_fd(ino)).st_size)
+
+    def opened(self, ino: int, track: Track, created: bool) -> None:
+        t: Tracked = track  # type: ignore[assignment]
+        t.created = t.created and created
+        self.writers[ino] = self.writers.get(ino, 0) + 1
+        if t.created and t.commits:
+            self.committer.ingested[ino] = time.time_ns()
+            self.checks.keep_written(ino)
+
+    def writing(self, ino: int, track: Track, off: int, size: int, content: FileContent) -> None:
+        t: Tracked = track  # type: ignore[assignment]
+        end = off + size
+        if self.policy.too_big(t.rule, end):
+            raise OSError(errno.EFBIG, "file size limit of the folder")
+        if t.floor and end > content.size():
+            self._check_floor()
+        if t.version_on_write:
+            t.version_on_write = False
+            rel = self.core.rel_path(ino)
+            if rel is not None:
+                self._save_version(rel, "overwrite")
+        self.committer.dirty.add(ino)
+
+    def wrote(self, ino: int, off: int, data: bytes) -> None:
+        self.checks.wrote(ino, off, data)
+
+    def write_failed(self, ino: int) -> None:
+        self.checks.drop_written(ino)
+
+    def truncating(self, ino: int, size: int, cur_size: int) -> None:
+        rel = self.core.rel_path(ino)
+        if rel is None:
+            return
+        d = posixpath.dirname(rel)
+        rule = self.policy.for_dir(d)
+        if self.policy.too_big(rule, size):
+            raise OSError(errno.EFBIG, "file size limit of the folder")
+        if size > cur_size and self.policy.floor_applies(d):
+            self._check_floor()
+        self.checks.truncated(ino, size)
+        if version_at_truncate(rule, cur_size, size):
+            self._save_version(rel, "truncate")
+        if commits(rule):
+            self.committer.dirty.add(ino)
+
+    def released(self, ino: int, track: Track) -> None:
+        n = self.writers.get(ino, 0) - 1
+        if n > 0:
+            self.writers[ino] = n
+        else:
+            self.writers.pop(ino, None)
+            self.committer.ingested.pop(ino, None)  # committed by now, or never will be
+            self.checks.drop_written(ino)
+
+    def forgot(self, ino: int) -> None:
+        self.checks.forget(ino)
+        self.committer.forget(ino)
+
+    def _check_floor(self) -> None:
+        now = time.monotonic()
+        when, free = self._statvfs
+        if now - when > STATVFS_TTL:
+            v = self.core.statfs()
+            free = 100.0 * v.f_bavail / v.f_blocks if v.f_blocks else 100.0
+            self._statvfs = (now, free)
+        if self.policy.below_floor(free):
+            raise OSError(errno.ENOSPC, "store below its free-space floor")
+
+    # ------------------------------------------------------------ names
+
+    def moved(self, parent: int, name: bytes, pid: int) -> Moved | None:
+        grace = self.committer.grace
+        if (parent, name) not in grace:
+            return None
+        g = grace.target(parent, name, pid, time.monotonic())
+        if g is None:
+            raise Absent(errno.ENOENT, "committed under another name")  # not for this process
+        known = g.parent is not None and self.core.known(g.parent)
+        return Moved(g.rel, g.parent if known else None, g.name)
+
+    def renaming(self, new_parent: int, new: bytes, src: os.stat_result, flags: int) -> None:
+        d = self._refuse(new_parent, new, stat_m.S_IFMT(src.st_mode))
+        rule = None if d is None else self.policy.for_dir(d)
+        if rule is None or not rule.versions or flags & _libc.RENAME_NOREPLACE:
+            return
+        try:
+            target = os.stat(new, dir_fd=self.core.node_fd(new_parent), follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if version_at_replace(rule, stat_m.S_ISREG(target.st_mode), target.st_ino == src.st_ino):
+            self.versions.save(posixpath.join(d, os.fsdecode(new)) if d else os.fsdecode(new), rule.versions, "replace")
+
+    def renamed(self, new_parent: int, new: bytes, pid: int) -> None:
+        """A rename into a folder with a commit rule commits the file."""
+        d = self.core.rel_path(new_parent)
+        if d is None or not commits(self.policy.for_dir(d)):
+            return
+        try:
+            st = os.stat(new, dir_fd=self.core.node_fd(new_parent), follow_symlinks=False)
+        except OSError:
+            return
+        ino = self.core.ino_of(st.st_ino)
+        if not stat_m.S_ISREG(st.st_mode) or self.writers.get(ino):
+            return  # not a file, or its writer's last close commits it
+        with self.dirs:
+            self.committer.commit(ino, pid, None, rel=posixpath.join(d, os.fsdecode(new)))
+
+    # ------------------------------------------------------------ commit
+
+    def flushed(self, ino: int, track: Track, fd: int, content: FileContent, last: bool) -> int | None:
+        """At close(2) (FLUSH) of the last handle that writes the file:
+        commit when it was written since its last commit. Returns an errno
+        for the writer (EACCES: rejected).
+
+        A FLUSH comes for every close of a descriptor, dup()s included: a
+        shell's `cmd > file` opens, dup2()s and closes the original before
+        anything is written. So a FLUSH without new data commits nothing;
+        RELEASE (`last`, when the final descriptor is gone) commits a file
+        that was created but never written, such as touch makes. The check
+        reads through the handle (the last block written is likely still
+        decrypted)."""
+        t: Tracked = track  # type: ignore[assignment]
+        if not t.commits or self.writers.get(ino, 0) > 1:
+            return None
+        if ino not in self.committer.dirty and not (last and t.created and not t.done):
+            return None
+        t.done = True
+        with self.dirs:
+            return self.committer.commit(
+                ino, t.pid, t.job, notify_old=not t.created, source=(fd, content) if t.readable else None,
+                parent=t.parent,
+            )
+
+    # ------------------------------------------------------------ control attributes
+
+    def _versions_attr(self, ino: int) -> bytes:
+        rel = self.core.rel_path(ino)
+        return json.dumps(self.versions.listing(rel) if rel else []).encode()
+
+    def _restore_attr(self, ino: int, value: bytes, uid: int, pid: int) -> None:
+        try:
+            n = int(value)
+        except ValueError:
+            raise OSError(errno.EINVAL, "want a version number") from None
+        rel = self.core.rel_path(ino)
+        if rel is None:
+            raise OSError(errno.EINVAL, "no such version")
+        rule = self.policy.for_dir(posixpath.dirname(rel))
+        self.versions.restore(rel, n, rule.versions if rule else 0, os.fstat(self.core.node_fd(ino)))
+        self.core.invalidate(rel)
+
+    def _release_attr(self, ino: int, value: bytes, uid: int, pid: int) -> None:
+        self.committer.release(ino, value.strip() == b"force", uid, pid)
+
+    def _job_attr(self, ino: int, value: bytes, uid: int, pid: int) -> None:
+        rel = self.core.rel_path(ino)
+        if rel is None:
+            raise OSError(errno.ENOENT, "removed")
+        with self.dirs:
+            self.dirs.setxattr(rel, xattrs.JOB, value)  # kept with the file, for the record
+        self.committer.job_attrs[ino] = value.decode("utf-8", "replace")
+
+    # ------------------------------------------------------------ records
+
+    def _save_version(self, rel: str, cause: str) -> None:
+        rule = self.policy.for_dir(posixpath.dirname(rel))
+        if rule is not None and rule.versions:
+            self.versions.save(rel, rule.versions, cause)
+
+    def _note(self, op: str, path: str, path2: str = "", detail: str = "", result: str = "OK") -> None:
+        """A decision of the filesystem's own, in the audit chain."""
+        self.counts[op] += 1
+        if self.audit is not None:
+            self.audit.record(op, 0, 0, os.getpid(), path, path2, result, 0, detail)
+

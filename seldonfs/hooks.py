@@ -1,0 +1,92 @@
+"""What `Core` tells whoever watches the tree: the `Hooks` protocol.
+
+Core owns the POSIX semantics and calls these at the moments that matter
+(an entry is about to be made, a file opened, written, flushed, released,
+renamed, forgotten, a name looked up and missing). This base class is the
+do-nothing watcher, so Core needs no checks; the policy engine
+(engine.Engine) overrides what it uses. A hook that refuses raises OSError
+with the errno the caller should see.
+
+Every hook runs on the trio thread, inside the request, and must not await.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .content import FileContent
+
+
+class Absent(FileNotFoundError):
+    """The name is missing for this caller only (another process's grace
+    name): the kernel must not cache its absence."""
+
+
+@dataclass(slots=True)
+class Track:
+    """A watcher's state of one open handle; Core reads these three."""
+
+    direct_io: bool = False  # the handle bypasses the page cache (a size limit must see every write)
+    volatile: bool = False  # the new file's name lasts until it commits: the kernel must not cache it
+    readable: bool = False  # set by Core: the handle's descriptor can read
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """Where a name's file went (a commit renamed it a moment ago)."""
+
+    rel: str
+    parent: int | None  # the kernel's inode of its new directory, if Core holds it
+    name: bytes
+
+
+class Hooks:
+    def new_entry(self, parent: int, name: bytes, kind: int) -> None:
+        """Before an entry of `kind` (stat.S_IFMT) is made: mkdir, mknod,
+        symlink, link, and a rename's target."""
+
+    def creating(self, parent: int, name: bytes, pid: int) -> Track | None:
+        """Before open(O_CREAT) makes a file; a Track follows the handle."""
+        return None
+
+    def opening(self, ino: int, flags: int, pid: int) -> Track | None:
+        """Before a regular file is opened."""
+        return None
+
+    def opened(self, ino: int, track: Track) -> None:
+        """A tracked handle exists (after `creating` or `opening`)."""
+
+    def writing(self, ino: int, track: Track, off: int, size: int, content: FileContent) -> None:
+        """Before a write through a tracked handle."""
+
+    def wrote(self, ino: int, off: int, data: bytes) -> None:
+        """`data` reached the file at `off`."""
+
+    def write_failed(self, ino: int) -> None:
+        """A write failed part way: what reached the file is not known."""
+
+    def truncating(self, ino: int, size: int, cur_size: int) -> None:
+        """Before a regular file's size changes from `cur_size` to `size`."""
+
+    def flushed(self, ino: int, track: Track, fd: int, content: FileContent, last: bool) -> int | None:
+        """close(2) of a tracked handle (FLUSH), or its RELEASE (`last`);
+        returns an errno for the writer (close fails with it)."""
+        return None
+
+    def released(self, ino: int, track: Track) -> None:
+        """A tracked handle is gone."""
+
+    def renaming(self, new_parent: int, new: bytes, src: os.stat_result, flags: int) -> None:
+        """Before `src` is renamed to `new` in `new_parent`."""
+
+    def renamed(self, new_parent: int, new: bytes, pid: int) -> None:
+        """After a rename to `new` in `new_parent`."""
+
+    def moved(self, parent: int, name: bytes, pid: int) -> Moved | None:
+        """A name is missing: where its file went, for process `pid`; raise
+        Absent when it went somewhere `pid` may not follow."""
+        return None
+
+    def forgot(self, ino: int) -> None:
+        """The kernel let go of `ino`."""
