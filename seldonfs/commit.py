@@ -33,7 +33,8 @@ from .content import FileContent
 from .core import Core
 from .grace import Grace, GraceTable
 from .naming import clean_job
-from .policy import NAME_TRIES, Place, Policy, Quarantine as ToQuarantine, candidates
+from .policy import NAME_TRIES, Place, Policy, candidates
+from .policy import Quarantine as ToQuarantine
 from .quarantine import Quarantine
 from .store import Dirs
 from .versions import Note

@@ -24,16 +24,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import audit, validation
+from . import audit, validation, xattrs
 from .catalog import Catalog
 from .config import Config
 from .content import ContentLayer
 from .naming import Template, is_temporary
-from . import xattrs
 from .policy import commits
-from .store import PRIVATE_DIR, VERSIONS_DIR
 from .rules import Rules
-from .store import Store
+from .store import PRIVATE_DIR, VERSIONS_DIR, Store
 
 
 @dataclass

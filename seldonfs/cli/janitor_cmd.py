@@ -28,17 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-from .. import audit, config, janitor
+from .. import audit, config, janitor, xattrs
 from ..blockformat import EncryptedContent, plain_size
 from ..catalog import Catalog
-from .. import xattrs
 from ..cleanup import Outcome, execute
-from ..host import bytes_over
 from ..config import parse_duration
 from ..content import PlainContent
 from ..errors import SeldonError, UsageError
+from ..host import FSTYPE, bytes_over, find_mount
 from ..keys import unlock
-from ..host import FSTYPE, find_mount
 from ..store import StoreLock
 from .common import add_key_args, catalog_readonly, key_source, progress, store_of
 

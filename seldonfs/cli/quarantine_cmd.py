@@ -20,8 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import SeldonError, UsageError
 from .. import xattrs
+from ..errors import SeldonError, UsageError
 from .common import catalog_readonly, mounted_file
 
 

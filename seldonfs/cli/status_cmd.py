@@ -12,9 +12,8 @@ import os
 from pathlib import Path
 
 from .. import config
-from ..host import disk_usage
 from ..errors import SeldonError
-from ..host import seldonfs_mounts
+from ..host import disk_usage, seldonfs_mounts
 from .common import store_of
 from .stats_cmd import read_stats
 

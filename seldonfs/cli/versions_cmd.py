@@ -14,8 +14,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import SeldonError, UsageError
 from .. import xattrs
+from ..errors import SeldonError, UsageError
 from .common import mounted_file
 
 

@@ -1,0 +1,97 @@
+"""policy.py: the folder rules' decisions as pure functions, without a mount."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from seldonfs import config
+from seldonfs.policy import (
+    Place, Policy, Quarantine, candidates, commits, quarantine_names, version_at_open, version_at_replace,
+    version_at_truncate,
+)
+from seldonfs.rules import Rules
+from seldonfs.validation import Verdict
+
+
+def policy_of(profile: str = "seldon", extra: str = "") -> Policy:
+    raw = tomllib.loads(config.profile_text(profile) + extra)
+    return Policy(Rules(config.parse(raw, "test.toml")))
+
+
+@pytest.fixture(scope="module")
+def seldon() -> Policy:
+    return policy_of()
+
+
+def test_only_the_filesystem_enters_quarantine(seldon: Policy) -> None:
+    assert "only the filesystem" in seldon.refusal("input/quarantine", b"x.json", is_dir=False)
+    assert seldon.refusal("input/quarantine", b"sub", is_dir=True)
+
+
+def test_no_files_at_the_root_of_temp_but_temporary_names_elsewhere(seldon: Policy) -> None:
+    assert "no files directly in temp/" in seldon.refusal("temp", b"x.txt", is_dir=False)
+    assert seldon.refusal("temp", b"sub", is_dir=True) is None
+    assert seldon.refusal("temp/working", b"x.txt", is_dir=False) is None
+    assert seldon.refusal("input/processed", b"\xff\xfe.bin", is_dir=False) is None  # bytes, not UTF-8
+
+
+def test_which_writes_are_followed(seldon: Policy) -> None:
+    raw, processed, reports = (seldon.for_dir(d) for d in ("input/raw", "input/processed", "output/reports"))
+    assert commits(raw) and seldon.tracks(raw, floor=False)
+    assert not commits(processed) and not seldon.tracks(processed, floor=False)
+    assert seldon.tracks(processed, floor=True)  # the space floor follows every write
+    assert not commits(reports) and seldon.tracks(reports, floor=False)  # versions
+    assert not seldon.floor_applies("temp/working")
+
+
+def test_temporary_names_and_the_quarantine_never_commit(seldon: Policy) -> None:
+    raw = seldon.for_dir("input/raw")
+    assert seldon.commit_applies(raw, "input/raw", "data.json")
+    for name in ("data.json.tmp", ".data.json", "data.json~", "data.json.part", "x.swp"):
+        assert not seldon.commit_applies(raw, "input/raw", name), name
+    assert not seldon.commit_applies(seldon.for_dir("input/quarantine"), "input/quarantine", "x.json")
+
+
+def test_a_failed_check_goes_to_quarantine_a_passed_one_gets_a_managed_name(seldon: Policy) -> None:
+    raw = seldon.for_dir("input/raw")
+    assert seldon.destination(raw, "input/raw", "d.json", Verdict(reasons=["ssn"])) == Quarantine(("ssn",))
+    assert seldon.destination(raw, "input/raw", "d.json", Verdict()) == Place("input/raw", None, 1000)
+    managed = "2024-12-06-14-30-45-123-INP001-001_d.json"
+    assert seldon.destination(raw, "input/raw", managed, Verdict()) == Place("input/raw", managed, 1000)
+    assert seldon.quarantine_dir(raw) == "input/quarantine"
+
+
+def test_routing_by_the_date_in_the_name() -> None:
+    reorg = policy_of("reorg")
+    inbox = reorg.for_dir("inbox")
+    assert reorg.destination(inbox, "inbox", "2024-03-05_scan.pdf", Verdict()) == Place(
+        "organized/2024/03/05", "scan.pdf", 3)
+    assert reorg.destination(inbox, "inbox", "scan.pdf", Verdict()) == Place("inbox", "scan.pdf", 3)  # left
+    strict = policy_of("reorg", '\n[folders."strict"]\nroute = "^(?P<y>\\\\d{4})_(?P<name>.+)$"\n'
+                                'route_to = "done/{y}/{name}"\nroute_unmatched = "quarantine"\n')
+    rule = strict.for_dir("strict")
+    got = strict.destination(rule, "strict", "scan.pdf", Verdict())
+    assert isinstance(got, Quarantine) and not got.checked and "routing pattern" in got.reasons[0]
+
+
+def test_candidates_number_before_the_extension_or_render_afresh() -> None:
+    assert list(candidates(Place("a", "x.json", 3), lambda: "never")) == ["a/x.json", "a/x-1.json", "a/x-2.json"]
+    assert list(candidates(Place("", "README", 2), lambda: "never")) == ["README", "README-1"]
+    fresh = iter(["n1", "n2"])
+    assert list(candidates(Place("a", None, 2), lambda: next(fresh))) == ["a/n1", "a/n2"]
+    names = quarantine_names("q", "20241206_143045", "x.json")
+    assert [next(names), next(names)] == ["q/20241206_143045_x.json", "q/20241206_143045_1_x.json"]
+
+
+def test_when_versions_are_kept(seldon: Policy) -> None:
+    reports, processed = seldon.for_dir("output/reports"), seldon.for_dir("input/processed")
+    assert version_at_open(reports, 10, truncating=True) == "truncate"
+    assert version_at_open(reports, 10, truncating=False) == "overwrite"
+    assert version_at_open(reports, 0, truncating=True) is None  # nothing to keep
+    assert version_at_open(processed, 10, truncating=True) is None
+    assert version_at_truncate(reports, 10, 0) and not version_at_truncate(reports, 10, 10)
+    assert not version_at_truncate(reports, 0, 5)
+    assert version_at_replace(reports, True, False)
+    assert not version_at_replace(reports, True, True) and not version_at_replace(reports, False, False)
