@@ -103,6 +103,28 @@ class Alerts:
 WATCH_EVERY = 10.0
 
 
+class Failures:
+    """Failures of the mount's background work (file records, checks, the
+    janitor, watchers, the folder count): none may end the mount. Each is
+    counted by task, logged with its traceback once per task and error,
+    and raised as the critical task-failed alert (when alerts are wired)."""
+
+    def __init__(self, alerts: Alerts | None = None) -> None:
+        self.alerts = alerts
+        self.counts: dict[str, int] = {}
+        self._logged: set[tuple[str, str]] = set()
+
+    def __call__(self, task: str, e: BaseException) -> None:
+        self.counts[task] = self.counts.get(task, 0) + 1
+        key = (task, f"{type(e).__name__}: {e}")
+        if key not in self._logged:
+            if len(self._logged) < 1000:
+                self._logged.add(key)
+            log.error("%s failed (the mount goes on): %s", task, key[1], exc_info=e)
+        if self.alerts is not None:
+            self.alerts.raise_("task-failed", "critical", f"{task} failed: {key[1]}", about=task)
+
+
 async def watch(alerts: Alerts, sources, every: float = WATCH_EVERY) -> None:
     """Raise what no other part raises: a quarantine backlog, new
     integrity errors (damaged blocks read)."""
@@ -111,17 +133,28 @@ async def watch(alerts: Alerts, sources, every: float = WATCH_EVERY) -> None:
     seen_damage = 0
     while True:
         await trio.sleep(every)
-        waiting = await trio.to_thread.run_sync(sources.quarantine)
-        if waiting >= alerts.cfg.quarantine_backlog:
-            alerts.raise_("quarantine-backlog", "warning", f"{waiting} files wait in quarantine "
-                          f"(alert at {alerts.cfg.quarantine_backlog})")
-        else:
-            alerts.clear("quarantine-backlog")
-        damage = sources.core.damage_count if sources.core is not None else 0
-        if damage > seen_damage:
-            alerts.raise_("integrity-error", "critical", f"{damage - seen_damage} reads refused: "
-                          "blocks failed authentication (seldonfs verify STORE lists them)")
-            seen_damage = damage
+        try:
+            seen_damage = await _watch_once(alerts, sources, seen_damage)
+        except Exception as e:
+            sources.failures("alert watch", e)
+
+
+async def _watch_once(alerts: Alerts, sources, seen_damage: int) -> int:
+    """One look; returns the damage count now seen."""
+    import trio
+
+    waiting = await trio.to_thread.run_sync(sources.quarantine)
+    if waiting >= alerts.cfg.quarantine_backlog:
+        alerts.raise_("quarantine-backlog", "warning", f"{waiting} files wait in quarantine "
+                      f"(alert at {alerts.cfg.quarantine_backlog})")
+    else:
+        alerts.clear("quarantine-backlog")
+    damage = sources.core.damage_count if sources.core is not None else 0
+    if damage > seen_damage:
+        alerts.raise_("integrity-error", "critical", f"{damage - seen_damage} reads refused: "
+                      "blocks failed authentication (seldonfs verify STORE lists them)")
+        seen_damage = damage
+    return seen_damage
 
 
 async def verify_audit(auditlog, every: float, alerts: Alerts, sources) -> None:
@@ -131,7 +164,11 @@ async def verify_audit(auditlog, every: float, alerts: Alerts, sources) -> None:
 
     while True:
         await trio.sleep(every)
-        n, brk = await trio.to_thread.run_sync(auditlog.verify_stored)
+        try:
+            n, brk = await trio.to_thread.run_sync(auditlog.verify_stored)
+        except Exception as e:
+            sources.failures("audit verify", e)
+            continue
         sources.audit_verify = {"at": time.time(), "records": n, "intact": brk is None,
                                 "break": None if brk is None else f"{brk.kind} at record {brk.seq}: {brk.detail}"}
         if brk is not None:

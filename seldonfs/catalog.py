@@ -1,12 +1,16 @@
 """The catalog: STORE/catalog.sqlite (SQLite in WAL mode).
 
 `create_tables()` is the canonical schema; every table and column carries a
-comment on its meaning. Thread safety: a `Catalog` belongs to the thread that
+comment on its meaning. Names are bytes: a path or name is stored as TEXT
+when it is UTF-8 and as a BLOB of its raw bytes when it is not (`db_name`,
+`name_of`), so every name the kernel accepts is kept losslessly and equal
+names compare equal. Thread safety: a `Catalog` belongs to the thread that
 opened it (the mount's trio thread).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -26,6 +30,25 @@ ADDED_COLUMNS = (("files", "ino", int), ("files", "ingest_ns", int))
 
 class NoSuchRowError(KeyError):
     pass
+
+
+def db_name(name: str) -> str | bytes:
+    """How a path or name (str, its undecodable bytes as surrogates, as
+    os.fsdecode makes them) is stored: text when it is UTF-8, else a BLOB."""
+    if name.isascii():
+        return name
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+
+
+def name_of(value: str | bytes | None) -> str:
+    """A stored path or name back as str (the inverse of `db_name`)."""
+    if value is None:
+        return ""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 def create_tables(db: sqlite_utils.Database) -> None:
@@ -165,6 +188,7 @@ class Catalog:
 
     def add_files(self, rows: list[tuple]) -> None:
         """File records (the columns of `files` after id, in order), one transaction."""
+        rows = [(db_name(r[0]), db_name(r[1]), *r[2:7], db_name(r[7]), *r[8:]) for r in rows]
         with self.conn:
             self.conn.execute("BEGIN")
             self.conn.executemany(
@@ -184,25 +208,26 @@ class Catalog:
 
     def add_quarantined(self, path: str, origin: str, reason: str, at_ns: int) -> None:
         self.conn.execute(
-            "INSERT INTO quarantine (path, origin, reason, at_ns) VALUES (?, ?, ?, ?)", (path, origin, reason, at_ns)
+            "INSERT INTO quarantine (path, origin, reason, at_ns) VALUES (?, ?, ?, ?)",
+            (db_name(path), db_name(origin), db_name(reason), at_ns),
         )
 
     def quarantined(self, path: str) -> tuple[int, str]:
         """(id, origin) of the unreleased quarantine row of `path`."""
         row = self.conn.execute(
-            "SELECT id, origin FROM quarantine WHERE path = ? AND released_ns IS NULL", (path,)
+            "SELECT id, origin FROM quarantine WHERE path = ? AND released_ns IS NULL", (db_name(path),)
         ).fetchone()
         if row is None:
             raise NoSuchRowError(path)
-        return row
+        return row[0], name_of(row[1])
 
     def set_quarantine_reason(self, qid: int, reason: str) -> None:
-        self.conn.execute("UPDATE quarantine SET reason = ? WHERE id = ?", (reason, qid))
+        self.conn.execute("UPDATE quarantine SET reason = ? WHERE id = ?", (db_name(reason), qid))
 
     def mark_released(self, qid: int, dest: str, forced: bool, uid: int) -> None:
         self.conn.execute(
             "UPDATE quarantine SET released_ns = ?, released_to = ?, forced = ?, released_by = ? WHERE id = ?",
-            (time.time_ns(), dest, int(forced), uid, qid),
+            (time.time_ns(), db_name(dest), int(forced), uid, qid),
         )
 
     # ------------------------------------------------------------ versions
@@ -210,13 +235,13 @@ class Catalog:
     def add_version(self, path: str, stored: str, saved_ns: int, size: int, cause: str) -> None:
         self.conn.execute(
             "INSERT INTO versions (path, stored, saved_ns, size, cause) VALUES (?, ?, ?, ?, ?)",
-            (path, stored, saved_ns, size, cause),
+            (db_name(path), stored, saved_ns, size, cause),
         )
 
     def versions(self, path: str) -> list[tuple[int, str, int, int, str]]:
         """(id, stored, saved_ns, size, cause) of `path`'s versions, newest first."""
         return self.conn.execute(
-            "SELECT id, stored, saved_ns, size, cause FROM versions WHERE path = ? ORDER BY id DESC", (path,)
+            "SELECT id, stored, saved_ns, size, cause FROM versions WHERE path = ? ORDER BY id DESC", (db_name(path),)
         ).fetchall()
 
     def delete_version(self, vid: int) -> None:

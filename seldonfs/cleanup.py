@@ -36,7 +36,7 @@ from pathlib import Path
 import trio
 
 from . import _libc, xattrs
-from .alerts import Alerts
+from .alerts import Alerts, Failures
 from .audit import AuditLog
 from .catalog import Catalog
 from .config import Config
@@ -44,6 +44,7 @@ from .content import reader
 from .core import ROOT_INODE, Core
 from .host import disk_usage, job_from_environ, locked_inodes, mount_device, proc_stat
 from .janitor import TEMP, Action, Request, crash_plan, emergency_plan, inventory, next_time, plan
+from .naming import NAME_MAX, fit
 from .store import walk
 
 log = logging.getLogger(__name__)
@@ -112,48 +113,86 @@ def execute(data: Path, actions: list[Action], content, now_ns: int) -> tuple[li
     return done, skipped
 
 
+META_SUFFIX = ".meta.json"
+
+
+def archive_names(name: str) -> tuple[str, str]:
+    """The archive of file `name` and its metadata record, both within
+    NAME_MAX (a long name is shortened; "original" in the record keeps it)."""
+    gz = fit(name + ".gz", NAME_MAX - len(META_SUFFIX))
+    return gz, gz + META_SUFFIX
+
+
 def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
+    """Compress `a.rel` into a.dest/ through the content layer, then write
+    its metadata record, then remove the original. A failure on the way
+    removes what this call made, so a later run tries again."""
     d, name = posixpath.split(a.rel)
+    gz, meta_name = archive_names(name)
     src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
     try:
         st = os.fstat(src)
         read = reader(content.attach(src))  # damage: content.Unreadable, an OSError: skipped
         size = content.plain_size(st.st_size)
         tfd = walk(root, posixpath.join(a.dest, d), create=True)
+        made: list[str] = []
         try:
-            dst = os.open(name + ".gz", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=tfd)
-            try:
-                writer = content.attach(dst)
-                z = zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip container
-                digest = hashlib.sha256()
-                off = woff = 0
-                while off < size:
-                    chunk = read(off, min(1 << 20, size - off))
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    off += len(chunk)
-                    packed = z.compress(chunk)
-                    woff += writer.write(woff, packed) if packed else 0
-                writer.write(woff, z.flush())
-                os.fsync(dst)
-            finally:
-                os.close(dst)
+            digest = _compress(read, size, content, tfd, gz, made)
             meta = {
-                "original": a.rel, "size": size, "sha256": digest.hexdigest(), "mtime": st.st_mtime,
-                "archived_ns": now_ns, "rule": a.rule, "reason": a.reason, "codec": "gzip",
+                "original": a.rel, "size": size, "sha256": digest, "mtime": st.st_mtime, "archived_ns": now_ns,
+                "rule": a.rule, "reason": a.reason, "codec": "gzip",
             }
-            mfd = os.open(name + ".gz.meta.json", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=tfd)
-            try:
-                content.attach(mfd).write(0, json.dumps(meta, indent=2).encode() + b"\n")
-                os.fsync(mfd)
-            finally:
-                os.close(mfd)
+            _write_new(content, tfd, meta_name, json.dumps(meta, indent=2).encode() + b"\n", made)
+        except BaseException:
+            for n in made:
+                try:
+                    os.unlink(n, dir_fd=tfd)
+                except OSError:
+                    pass
+            raise
         finally:
             os.close(tfd)
     finally:
         os.close(src)
     os.unlink(name, dir_fd=dfd)  # only now: the archive is on disk
+
+
+def _open_new(tfd: int, name: str, made: list[str]) -> int:
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=tfd)
+    made.append(name)
+    return fd
+
+
+def _compress(read, size: int, content, tfd: int, gz: str, made: list[str]) -> str:
+    """Write the gzip of `size` plaintext bytes from `read` as `gz`; its sha256."""
+    dst = _open_new(tfd, gz, made)
+    try:
+        writer = content.attach(dst)
+        z = zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip container
+        digest = hashlib.sha256()
+        off = woff = 0
+        while off < size:
+            chunk = read(off, min(1 << 20, size - off))
+            if not chunk:
+                break
+            digest.update(chunk)
+            off += len(chunk)
+            packed = z.compress(chunk)
+            woff += writer.write(woff, packed) if packed else 0
+        writer.write(woff, z.flush())
+        os.fsync(dst)
+    finally:
+        os.close(dst)
+    return digest.hexdigest()
+
+
+def _write_new(content, tfd: int, name: str, data: bytes, made: list[str]) -> None:
+    fd = _open_new(tfd, name, made)
+    try:
+        content.attach(fd).write(0, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 #: Tools that make a folder and exit: the folder is their parent process's.
@@ -182,8 +221,9 @@ class MountJanitor:
     nursery, `stop` at unmount."""
 
     def __init__(self, core: Core, cfg: Config, mountpoint: str, audit: AuditLog | None, catalog: Catalog,
-                 alerts: Alerts) -> None:
+                 alerts: Alerts, failed: Failures | None = None) -> None:
         self.core, self.cfg, self.mountpoint = core, cfg, mountpoint
+        self.failed = failed or Failures(alerts)
         self.data, self.content = Path(core.data_root), core.content
         self.audit, self.catalog, self.alerts = audit, catalog, alerts
         self.nursery: trio.Nursery | None = None  # runs asked for go here; set by run_forever
@@ -234,7 +274,10 @@ class MountJanitor:
             now = time.time()
             if now >= check:
                 check = now + self.cfg.janitor.check_every
-                await self.check_disk()
+                try:
+                    await self.check_disk()
+                except Exception as e:  # e.g. statvfs failed: the next check tries again
+                    self.failed("janitor disk check", e)
             fired = [s for s, t in due.items() if t <= now]
             if fired:
                 for s in fired:

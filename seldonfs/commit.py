@@ -21,11 +21,12 @@ import logging
 import os
 import posixpath
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import trio
 
-from . import validation
+from . import validation, xattrs
 from .catalog import Catalog
 from .checks import INLINE_CHECK_BYTES, Checks
 from .config import FolderRule
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SEQ_BLOCK = 100  # sequence numbers reserved per catalog write
 ROWS_FLUSH_S = 0.5  # file records wait at most this long for their catalog batch
+MAX_ROWS = 100_000  # file records kept while the catalog cannot take them (fsck --rebuild restores the rest)
 
 Source = tuple[int, FileContent]  # an open handle's descriptor and content
 
@@ -50,9 +52,10 @@ Source = tuple[int, FileContent]  # an open handle's descriptor and content
 class Committer:
     def __init__(
         self, core: Core, policy: Policy, dirs: Dirs, checks: Checks, catalog: Catalog, note: Note,
+        failed: Callable[[str, BaseException], None],
     ) -> None:
         self.core, self.policy, self.dirs, self.checks, self.catalog = core, policy, dirs, checks, catalog
-        self.note = note
+        self.note, self.failed = note, failed
         self.quarantine = Quarantine(dirs, catalog, note)
         self.grace = GraceTable()
         self.dirty: set[int] = set()  # inodes written since their last commit
@@ -70,7 +73,10 @@ class Committer:
             task_status.started()
             while True:
                 await trio.sleep(ROWS_FLUSH_S)
-                self.write_rows()
+                try:
+                    self.write_rows()
+                except Exception as e:  # e.g. the disk is full: the rows wait for the next batch
+                    self.failed("catalog batch", e)
 
     def forget(self, ino: int) -> None:
         self.dirty.discard(ino)
@@ -160,11 +166,13 @@ class Committer:
             seq = self._next_seq(job) if template.uses_seq else 0
             return template.render(datetime.now(timezone.utc), job, seq, name)
 
-        for target in candidates(place, fresh):
+        for target, shortened in candidates(place, fresh):
             if target == rel:
                 return rel
             try:
                 self.dirs.rename(rel, target, create_dirs=place.dir != posixpath.dirname(rel))
+                if shortened:  # the whole name, beside the catalog's record of it
+                    self.dirs.setxattr(target, xattrs.ORIGINAL, os.fsencode(name))
                 return target
             except FileExistsError:
                 continue
@@ -228,8 +236,8 @@ class Committer:
     ) -> None:
         try:
             await self._check_and_commit(ino, rel, rule, key, pid, job)
-        except Exception:  # a task of the mount's nursery: it must not end the mount
-            log.exception("background check of %s failed", rel)
+        except Exception as e:  # a task of the mount's nursery: it must not end the mount
+            self.failed("background check", e)
 
     async def _check_and_commit(
         self, ino: int, rel: str, rule: FolderRule, key: tuple[int, int], pid: int, job: str | None
@@ -293,9 +301,15 @@ class Committer:
             self.write_rows()
 
     def write_rows(self) -> None:
+        """The waiting file records, in one transaction; when that fails
+        they wait for the next batch (at most MAX_ROWS are kept)."""
         if self._rows:
             rows, self._rows = self._rows, []
-            self.catalog.add_files(rows)
+            try:
+                self.catalog.add_files(rows)
+            except BaseException:
+                self._rows = (rows + self._rows)[-MAX_ROWS:]
+                raise
 
     def _dir_ino(self, d: str) -> int | None:
         """The inode number the kernel knows directory `d` by, if it holds it."""

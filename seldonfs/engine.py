@@ -25,11 +25,13 @@ import posixpath
 import stat as stat_m
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from . import _libc, xattrs
+from .alerts import Failures
 from .audit import AuditLog
 from .catalog import Catalog
 from .checks import Checks
@@ -70,13 +72,14 @@ class Engine(Hooks):
 
     def __init__(
         self, core: Core, policy: Policy, catalog: Catalog, writeback: bool, audit: AuditLog | None = None,
+        failed: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.core, self.policy, self.catalog, self.writeback, self.audit = core, policy, catalog, writeback, audit
         self.counts: Counter[str] = Counter()  # decisions, for stats.json
         self.dirs = Dirs(core.root_fd, core.moved)
         self.checks = Checks(core.content, policy.extra_patterns)
         self.versions = Versions(self.dirs, catalog, core.content.plain_size, self._note)
-        self.committer = Committer(core, policy, self.dirs, self.checks, catalog, self._note)
+        self.committer = Committer(core, policy, self.dirs, self.checks, catalog, self._note, failed or Failures())
         self.writers: dict[int, int] = {}  # ino -> open tracked handles
         self._jobs: dict[int, tuple[str | None, float]] = {}  # pid -> (job, until)
         self._statvfs: tuple[float, float] = (0.0, 100.0)  # (when, free percent)
@@ -95,7 +98,10 @@ class Engine(Hooks):
         await self.committer.run(task_status=task_status)
 
     def close(self) -> None:
-        self.committer.write_rows()
+        try:
+            self.committer.write_rows()
+        except Exception as e:  # at unmount: fsck --rebuild restores what is lost here
+            log.error("%d file records could not be written: %s", len(self.committer._rows), e)
 
     # ------------------------------------------------------------ new entries
 
@@ -105,7 +111,7 @@ class Engine(Hooks):
         d = self.core.rel_path(parent)
         if d is None:
             return None
-        why = self.policy.refusal(d, name, kind == stat_m.S_IFDIR)
+        why = self.policy.refusal(d, name, kind)
         if why:
             log.info("refused %s/%s: %s", d, os.fsdecode(name), why)
             raise OSError(errno.EACCES, why)
@@ -267,8 +273,9 @@ class Engine(Hooks):
         if version_at_replace(rule, stat_m.S_ISREG(target.st_mode), target.st_ino == src.st_ino):
             self.versions.save(posixpath.join(d, os.fsdecode(new)) if d else os.fsdecode(new), rule.versions, "replace")
 
-    def renamed(self, new_parent: int, new: bytes, pid: int) -> None:
-        """A rename into a folder with a commit rule commits the file."""
+    def arrived(self, new_parent: int, new: bytes, pid: int) -> None:
+        """A file renamed or hard-linked into a folder with a commit rule
+        commits there (a link is checked like a copy)."""
         d = self.core.rel_path(new_parent)
         if d is None or not commits(self.policy.for_dir(d)):
             return

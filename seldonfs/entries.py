@@ -153,14 +153,18 @@ class Entries(InodeTable):
         self._chown_new(pfd, name, owner, os.unlink)
         return self.lookup(parent, name)
 
-    def link(self, ino: int, new_parent: int, new_name: bytes) -> Stat:
+    def link(self, ino: int, new_parent: int, new_name: bytes, pid: int = 0) -> Stat:
         node = self._node(ino)
         pfd = self._node(new_parent).fd
         self._check_new(new_parent, new_name, node.fmt)
         # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW) links the
         # object the descriptor pins (a symlink included), as passthrough_ll does.
         os.link(_proc(node.fd), new_name, dst_dir_fd=pfd, follow_symlinks=True)
-        return self.lookup(new_parent, new_name)
+        st = self.lookup(new_parent, new_name)
+        # A commit may move the new name at once; the kernel is told (the
+        # engine invalidates the name) and keeps the inode it has.
+        self.hooks.arrived(new_parent, new_name, pid)
+        return st
 
     def unlink(self, parent: int, name: bytes) -> None:
         self._refuse_virtual(parent, name)
@@ -199,7 +203,7 @@ class Entries(InodeTable):
         finally:
             if opened >= 0:
                 os.close(opened)
-        self.hooks.renamed(new_parent, new, pid)
+        self.hooks.arrived(new_parent, new, pid)
 
     def _rename(self, ofd: int, old: bytes, nfd: int, new: bytes, flags: int) -> None:
         self.renames += 1

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import audit, validation, xattrs
-from .catalog import Catalog
+from .catalog import Catalog, db_name, name_of
 from .config import Config
 from .content import ContentLayer
 from .naming import Template, is_temporary
@@ -116,15 +116,18 @@ def check(
                 conn.executemany(
                     "INSERT INTO files (path, original_name, job, size, sha256, mime, verdict, reason, committed_ns)"
                     " VALUES (?, ?, ?, ?, ?, ?, 'ok', '', ?)",
-                    [(rel, orig, job, v.size, v.sha256, v.mime, ns) for rel, orig, job, (v, ns) in want_files],
+                    [(db_name(rel), db_name(orig), job, v.size, v.sha256, v.mime, ns)
+                     for rel, orig, job, (v, ns) in want_files],
                 )
                 conn.execute("DELETE FROM quarantine WHERE released_ns IS NULL")
                 conn.executemany(
-                    "INSERT INTO quarantine (path, origin, reason, at_ns) VALUES (?, ?, ?, ?)", want_q
+                    "INSERT INTO quarantine (path, origin, reason, at_ns) VALUES (?, ?, ?, ?)",
+                    [(db_name(p), db_name(o), db_name(r), ns) for p, o, r, ns in want_q],
                 )
                 conn.execute("DELETE FROM versions")
                 conn.executemany(
-                    "INSERT INTO versions (path, stored, saved_ns, size, cause) VALUES (?, ?, ?, ?, ?)", vrows
+                    "INSERT INTO versions (path, stored, saved_ns, size, cause) VALUES (?, ?, ?, ?, ?)",
+                    [(db_name(p), *rest) for p, *rest in vrows],
                 )
                 for job, top in seqs.items():
                     conn.execute(
@@ -152,7 +155,7 @@ def _quarantine_row(store: Store, rel: str) -> tuple[str, str, str, int]:
     p = store.data / rel
     def attr(key: bytes) -> str:
         try:
-            return os.getxattr(p, key, follow_symlinks=False).decode("utf-8", "replace")
+            return os.fsdecode(os.getxattr(p, key, follow_symlinks=False))
         except OSError:
             return ""
     return rel, attr(xattrs.ORIGIN), attr(xattrs.REASON), os.lstat(p).st_mtime_ns
@@ -173,7 +176,7 @@ def _version_rows(store: Store, content: ContentLayer) -> list[tuple[str, str, i
 
 
 def _compare(conn: sqlite3.Connection, table: str, want: set[str], where: str = "1", column: str = "path") -> list[str]:
-    have = {r[0] for r in conn.execute(f"SELECT {column} FROM {table} WHERE {where}")}
+    have = {name_of(r[0]) for r in conn.execute(f"SELECT {column} FROM {table} WHERE {where}")}
     out = [f"{table}: no record for {p}" for p in sorted(want - have)[:20]]
     out += [f"{table}: record for {p}, which is gone" for p in sorted(have - want)[:20]]
     extra = len(want ^ have) - len(out)

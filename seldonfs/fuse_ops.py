@@ -252,7 +252,7 @@ class SeldonOperations(pyfuse3.Operations):
     async def link(self, inode, new_parent_inode, new_name, ctx):
         new = self._path(new_parent_inode, new_name) if self.audit is not None else ""
         with self._audited("link", ctx, inode, path2=new):
-            return self._entry(self.core.link(inode, new_parent_inode, new_name))
+            return self._entry(self.core.link(inode, new_parent_inode, new_name, ctx.pid))
 
     @_errors
     async def open(self, inode, flags, ctx):

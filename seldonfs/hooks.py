@@ -80,8 +80,8 @@ class Hooks:
     def renaming(self, new_parent: int, new: bytes, src: os.stat_result, flags: int) -> None:
         """Before `src` is renamed to `new` in `new_parent`."""
 
-    def renamed(self, new_parent: int, new: bytes, pid: int) -> None:
-        """After a rename to `new` in `new_parent`."""
+    def arrived(self, new_parent: int, new: bytes, pid: int) -> None:
+        """After a rename or a hard link to `new` in `new_parent`."""
 
     def moved(self, parent: int, name: bytes, pid: int) -> Moved | None:
         """A name is missing: where its file went, for process `pid`; raise

@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
+from .alerts import Failures
 from .host import disk_usage
 from .janitor import inventory
 from .store import PRIVATE_DIR
@@ -80,6 +81,7 @@ class Sources:
                  janitor=None, alerts=None, content=None, janitor_cfg=None, decisions=None) -> None:
         self.ops, self.data, self.catalog_path = ops, data, catalog_path
         self.decisions = decisions  # the policy engine's counts of its decisions
+        self.failures = Failures()  # of background work; the mount wires it to its alerts
         self.core, self.audit, self.janitor, self.alerts = core, audit, janitor, alerts
         self.content, self.janitor_cfg = content, janitor_cfg
         self.started = time.time()
@@ -99,7 +101,10 @@ class Sources:
             return self._folders
 
     def _count_folders(self) -> None:
-        self._folders = _walk_folders(self.data, self.content.plain_size if self.content else (lambda n: n))
+        try:
+            self._folders = _walk_folders(self.data, self.content.plain_size if self.content else (lambda n: n))
+        except Exception as e:  # a thread of its own: logged and counted, the last count stays
+            self.failures("folder count", e)
 
     def quarantine(self) -> int:
         try:
@@ -149,6 +154,7 @@ def snapshot(s: Sources) -> dict[str, Any]:
         "audit_records": s.audit.count if s.audit is not None else None,
         "audit_verify": s.audit_verify,
         "policy": policy,
+        "task_failures": dict(s.failures.counts),
         "ops": ops,
         "bytes": {"read": counted.read, "written": counted.written},
         "folders": {k: {"files": v[0], "bytes": v[1]} for k, v in sorted(s.folders().items())},

@@ -30,7 +30,7 @@ import pyfuse3
 import trio
 
 from . import audit, config, fuseloop, janitor, keys
-from .alerts import Alerts, verify_audit, watch
+from .alerts import Alerts, Failures, verify_audit, watch
 from .audit import AuditLog
 from .catalog import Catalog
 from .cleanup import MountJanitor
@@ -114,7 +114,9 @@ def setup_logging(store: Store, foreground: bool, debug: bool) -> None:
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    fh = logging.handlers.RotatingFileHandler(store.log_path, maxBytes=10 << 20, backupCount=3)
+    # A name that is not UTF-8 is logged with its bytes as \xNN, never lost to an encoding error.
+    fh = logging.handlers.RotatingFileHandler(store.log_path, maxBytes=10 << 20, backupCount=3,
+                                              errors="backslashreplace")
     fh.setFormatter(fmt)
     root.addHandler(fh)
     if foreground:
@@ -243,10 +245,11 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         if auditlog is not None:
             stack.callback(auditlog.close)
         rules = Rules(cfg)
-        engine = Engine(core, Policy(rules), catalog, writeback, auditlog) if rules.any_policy else None
+        failures = Failures()  # background work that failed: logged, counted, alerted; the mount goes on
+        engine = Engine(core, Policy(rules), catalog, writeback, auditlog, failures) if rules.any_policy else None
         if engine is not None:
             stack.callback(engine.close)  # its last file records
-        served = _side_tasks(store, cfg, mountpoint, core, engine, catalog, auditlog, prep.content)
+        served = _side_tasks(store, cfg, mountpoint, core, engine, catalog, auditlog, prep.content, failures)
         stack.callback(served.control.close)
         ops = SeldonOperations(core, cfg.mount, writeback, auditlog, cfg.monitoring.metrics)
         served.sources.ops = ops.stats
@@ -262,13 +265,16 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
 
 
 def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine: Engine | None, catalog: Catalog,
-                auditlog: AuditLog | None, content: ContentLayer) -> Served:
+                auditlog: AuditLog | None, content: ContentLayer, failures: Failures) -> Served:
     """The janitor, alerts, the numbers, the virtual files and the control
     API (bound here, so a busy port fails the mount before it mounts)."""
-    alerts = Alerts(cfg.alerts, store.data, content, str(mountpoint), core.invalidate)
-    janitor_ = MountJanitor(core, cfg, str(mountpoint), auditlog, catalog, alerts) if janitor.has_retention(cfg) else None
+    alerts = failures.alerts = Alerts(cfg.alerts, store.data, content, str(mountpoint), core.invalidate)
+    janitor_ = None
+    if janitor.has_retention(cfg):
+        janitor_ = MountJanitor(core, cfg, str(mountpoint), auditlog, catalog, alerts, failures)
     sources = Sources(None, store.data, store.catalog_path, core, auditlog, janitor_, alerts, content, cfg.janitor,
                       engine.counts if engine is not None else None)
+    sources.failures = failures
     port = cfg.monitoring.port
     url = f"http://{cfg.monitoring.address}:{port}/metrics" if port else None
     core.virtual = virtual_files(store, mountpoint, sources, auditlog, url)

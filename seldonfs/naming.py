@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import hashlib
+import os
 import re
 import secrets
 import string
@@ -110,3 +112,45 @@ def clean_job(job: str | None, default: str) -> str:
     if job and _JOB.match(job):
         return job
     return default
+
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(name: str | bytes) -> str:
+    """A name or path as text safe to print or put in JSON: bytes that are
+    not UTF-8 and control characters (newline, ESC...) as \\xNN, as the
+    audit chain writes undecodable bytes. Rich tables take it as `Text`,
+    never as markup."""
+    if isinstance(name, str):
+        if name.isascii() and name.isprintable():
+            return name
+        name = os.fsencode(name)
+    text = name.decode("utf-8", "backslashreplace")
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+NAME_MAX = 255  # bytes in one name (Linux)
+_EXT_MAX = 16  # bytes of an extension kept when a name is shortened
+
+
+def fit(name: str, limit: int = NAME_MAX) -> str:
+    """`name` if it fits in `limit` bytes, else shortened deterministically:
+    its start (cut at a character boundary), "~", 8 hex digits of a hash of
+    the whole name (so two long names that share a start stay apart), and
+    its extension. Names that grow at commit (managed names, quarantine
+    stamps, archive suffixes) go through here; the full name is kept in
+    the catalog and an attribute."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    tag = b"~" + hashlib.sha256(raw).hexdigest()[:8].encode()
+    stem, dot, ext = raw.rpartition(b".")
+    if not stem or len(ext) + 1 > _EXT_MAX:
+        stem, dot, ext = raw, b"", b""
+    head = stem[: limit - len(tag) - len(dot) - len(ext)]
+    while head and head[-1] & 0xC0 == 0x80:  # inside a UTF-8 sequence: back to its start
+        head = head[:-1]
+    if head and head[-1] >= 0xC0:
+        head = head[:-1]
+    return os.fsdecode(head + tag + dot + ext)

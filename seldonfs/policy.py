@@ -22,12 +22,13 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat as stat_m
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import validation
 from .config import FolderRule
-from .naming import Template, is_temporary
+from .naming import NAME_MAX, Template, fit, is_temporary
 from .rules import Rules
 
 #: A commit's name tries before it gives up (managed names: a new sequence
@@ -75,13 +76,16 @@ class Policy:
 
     # ------------------------------------------------------------ new entries
 
-    def refusal(self, d: str, name: bytes, is_dir: bool) -> str | None:
-        """Why an entry `name` may not be made in folder `d` (None: it may)."""
+    def refusal(self, d: str, name: bytes, kind: int) -> str | None:
+        """Why an entry `name` of `kind` (stat.S_IFMT) may not be made in
+        folder `d` (None: it may)."""
         if d in self.quarantine_dirs:
             return "only the filesystem moves files into quarantine"
-        if is_dir:
+        if kind == stat_m.S_IFDIR:
             return None
         rule = self.rules.for_dir(d)
+        if kind not in (stat_m.S_IFREG, stat_m.S_IFLNK) and commits(rule):
+            return "no fifos, sockets or devices in a checked folder"
         text = os.fsdecode(name)
         at_root = rule is not None and bool(d) and len(d.split("/")) == self.rules.rule_depth(rule)
         # A temporary name never commits; its rename to the final name is checked.
@@ -144,9 +148,11 @@ class Policy:
         return rule.quarantine or self.pol.quarantine
 
 
-def candidates(place: Place, fresh: Callable[[], str]) -> Iterator[str]:
-    """The paths a placed file tries, in order: its name, then the name with
-    -1, -2... before the extension; or a fresh managed name each time."""
+def candidates(place: Place, fresh: Callable[[], str]) -> Iterator[tuple[str, bool]]:
+    """The paths a placed file tries, in order, each with whether its name
+    had to be shortened to fit NAME_MAX (naming.fit): its name, then the
+    name with -1, -2... before the extension; or a fresh managed name each
+    time."""
     for attempt in range(place.tries):
         if place.name is None:
             name = fresh()
@@ -155,13 +161,14 @@ def candidates(place: Place, fresh: Callable[[], str]) -> Iterator[str]:
         else:
             stem, dot, ext = place.name.rpartition(".")
             name = f"{stem}-{attempt}{dot}{ext}" if stem else f"{place.name}-{attempt}"
-        yield posixpath.join(place.dir, name) if place.dir else name
+        short = fit(name)
+        yield (posixpath.join(place.dir, short) if place.dir else short), short != name
 
 
 def quarantine_names(qdir: str, stamp: str, name: str) -> Iterator[str]:
     """Where a quarantined file may go: `stamp`_name, then `stamp`_N_name."""
     for n in range(NAME_TRIES):
-        yield posixpath.join(qdir, f"{stamp}_{name}" if n == 0 else f"{stamp}_{n}_{name}")
+        yield posixpath.join(qdir, fit(f"{stamp}_{name}" if n == 0 else f"{stamp}_{n}_{name}", NAME_MAX))
 
 
 # ------------------------------------------------------------ versions

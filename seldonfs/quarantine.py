@@ -41,8 +41,8 @@ class Quarantine:
                     continue
             else:
                 raise OSError(errno.EEXIST, "no free quarantine name")
-            self.dirs.setxattr(target, xattrs.REASON, reason.encode())
-            self.dirs.setxattr(target, xattrs.ORIGIN, rel.encode())
+            self.dirs.setxattr(target, xattrs.REASON, os.fsencode(reason))
+            self.dirs.setxattr(target, xattrs.ORIGIN, os.fsencode(rel))
         self.catalog.add_quarantined(target, rel, reason, time.time_ns())
         log.info("quarantined %s as %s: %s", rel, target, reason)
         self.note("quarantine", rel, target, reason)
@@ -61,7 +61,7 @@ class Quarantine:
         """A release whose checks failed again: the new reason is kept."""
         reason = "; ".join(reasons)
         with self.dirs:
-            self.dirs.setxattr(rel, xattrs.REASON, reason.encode())
+            self.dirs.setxattr(rel, xattrs.REASON, os.fsencode(reason))
         self.catalog.set_quarantine_reason(qid, reason)
         return OSError(errno.EACCES, reason)
 

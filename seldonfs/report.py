@@ -27,7 +27,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import janitor
+from .catalog import name_of
 from .config import Config
+from .naming import shown
 from .store import PRIVATE_DIR
 from .store import tree
 
@@ -97,8 +99,9 @@ def _kind(mode: int) -> str:
 
 
 def printable(path: str) -> str:
-    """A path as text: bytes that are not UTF-8 as \\xNN, as the audit writes them."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path as text: bytes that are not UTF-8 and control characters as
+    \\xNN, as the audit writes undecodable bytes (naming.shown)."""
+    return shown(path)
 
 
 def scan(data: str | os.PathLike, plain_size: Callable[[int], int] = lambda n: n) -> Iterator[Item]:
@@ -120,11 +123,11 @@ def scan(data: str | os.PathLike, plain_size: Callable[[int], int] = lambda n: n
 def read_catalog(conn: sqlite3.Connection) -> tuple[list[Commit], list[Quarantined]]:
     """The validation results and the quarantine backlog."""
     commits = [
-        Commit(p, s or 0, m or "", v or "", r or "")
+        Commit(shown(name_of(p)), s or 0, m or "", v or "", shown(name_of(r)))
         for p, s, m, v, r in conn.execute("SELECT path, size, mime, verdict, reason FROM files ORDER BY id")
     ]
     backlog = [
-        Quarantined(p, o or "", r or "", a or 0)
+        Quarantined(shown(name_of(p)), shown(name_of(o)), shown(name_of(r)), a or 0)
         for p, o, r, a in conn.execute(
             "SELECT path, origin, reason, at_ns FROM quarantine WHERE released_ns IS NULL ORDER BY id"
         )

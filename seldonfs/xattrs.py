@@ -1,7 +1,8 @@
 """The `user.seldon.*` attribute namespace: every name, and who may set what.
 
 Stored attributes (kept on backing files, written by the filesystem only):
-REASON and ORIGIN on a quarantined file, VERSION_OF on a kept version,
+REASON and ORIGIN on a quarantined file, ORIGINAL on a file whose managed
+name had to be shortened to fit 255 bytes, VERSION_OF on a kept version,
 CREATOR on a folder under temp/, JOB on a file (the one name a writer may
 set, through the mount). Control attributes are answered, never stored:
 VERSIONS (read: a file's versions), RESTORE and RELEASE (write: act on a
@@ -21,6 +22,7 @@ PREFIX = b"user.seldon."
 REASON = b"user.seldon.reason"  # why a file is in quarantine
 ORIGIN = b"user.seldon.origin"  # where it was written
 JOB = b"user.seldon.job"  # the writer's job id (a writer may set it)
+ORIGINAL = b"user.seldon.original"  # a committed file's whole name, where its new name had to be shortened
 VERSION_OF = b"user.seldon.version"  # on a stored version: [path, saved_ns, cause]
 CREATOR = b"user.seldon.creator"  # on a folder under temp/: the process that made it
 VERSIONS = b"user.seldon.versions"  # control, read: JSON list

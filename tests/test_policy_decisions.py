@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 
 import pytest
@@ -26,15 +28,22 @@ def seldon() -> Policy:
 
 
 def test_only_the_filesystem_enters_quarantine(seldon: Policy) -> None:
-    assert "only the filesystem" in seldon.refusal("input/quarantine", b"x.json", is_dir=False)
-    assert seldon.refusal("input/quarantine", b"sub", is_dir=True)
+    assert "only the filesystem" in seldon.refusal("input/quarantine", b"x.json", kind=stat.S_IFREG)
+    assert seldon.refusal("input/quarantine", b"sub", kind=stat.S_IFDIR)
 
 
 def test_no_files_at_the_root_of_temp_but_temporary_names_elsewhere(seldon: Policy) -> None:
-    assert "no files directly in temp/" in seldon.refusal("temp", b"x.txt", is_dir=False)
-    assert seldon.refusal("temp", b"sub", is_dir=True) is None
-    assert seldon.refusal("temp/working", b"x.txt", is_dir=False) is None
-    assert seldon.refusal("input/processed", b"\xff\xfe.bin", is_dir=False) is None  # bytes, not UTF-8
+    assert "no files directly in temp/" in seldon.refusal("temp", b"x.txt", kind=stat.S_IFREG)
+    assert seldon.refusal("temp", b"sub", kind=stat.S_IFDIR) is None
+    assert seldon.refusal("temp/working", b"x.txt", kind=stat.S_IFREG) is None
+    assert seldon.refusal("input/processed", b"\xff\xfe.bin", kind=stat.S_IFREG) is None  # bytes, not UTF-8
+
+
+def test_no_fifos_sockets_or_devices_where_files_are_checked(seldon: Policy) -> None:
+    for kind in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+        assert "no fifos" in seldon.refusal("input/raw", b"p", kind=kind)
+        assert seldon.refusal("input/processed", b"p", kind=kind) is None  # a plain folder is a plain disk
+    assert seldon.refusal("input/raw", b"l.json", kind=stat.S_IFLNK) is None
 
 
 def test_which_writes_are_followed(seldon: Policy) -> None:
@@ -77,10 +86,13 @@ def test_routing_by_the_date_in_the_name() -> None:
 
 
 def test_candidates_number_before_the_extension_or_render_afresh() -> None:
-    assert list(candidates(Place("a", "x.json", 3), lambda: "never")) == ["a/x.json", "a/x-1.json", "a/x-2.json"]
-    assert list(candidates(Place("", "README", 2), lambda: "never")) == ["README", "README-1"]
+    def paths(place, fresh=lambda: "never"):
+        return [p for p, _ in candidates(place, fresh)]
+
+    assert paths(Place("a", "x.json", 3)) == ["a/x.json", "a/x-1.json", "a/x-2.json"]
+    assert paths(Place("", "README", 2)) == ["README", "README-1"]
     fresh = iter(["n1", "n2"])
-    assert list(candidates(Place("a", None, 2), lambda: next(fresh))) == ["a/n1", "a/n2"]
+    assert paths(Place("a", None, 2), lambda: next(fresh)) == ["a/n1", "a/n2"]
     names = quarantine_names("q", "20241206_143045", "x.json")
     assert [next(names), next(names)] == ["q/20241206_143045_x.json", "q/20241206_143045_1_x.json"]
 
@@ -95,3 +107,15 @@ def test_when_versions_are_kept(seldon: Policy) -> None:
     assert not version_at_truncate(reports, 0, 5)
     assert version_at_replace(reports, True, False)
     assert not version_at_replace(reports, True, True) and not version_at_replace(reports, False, False)
+
+
+def test_names_that_grow_past_255_bytes_are_shortened_the_same_way_every_time() -> None:
+    long = "x" * 250 + ".json"
+    (path, short), = candidates(Place("in", "2024-12-06-14-30-45-123-INP001-001_" + long, 1), lambda: "")
+    name = path.split("/")[1]
+    assert short and len(name.encode()) <= 255 and name.endswith(".json") and name.startswith("2024-12-06")
+    assert [p for p, _ in candidates(Place("in", "2024-12-06-14-30-45-123-INP001-001_" + long, 1), str)] == [path]
+    other = "2024-12-06-14-30-45-123-INP001-001_" + "x" * 249 + "y.json"
+    assert next(candidates(Place("in", other, 1), str))[0] != path  # a hash of the whole name keeps them apart
+    q = next(quarantine_names("input/quarantine", "20241206_143045", "\udcff" * 250))
+    assert len(os.fsencode(q.split("/")[-1])) <= 255

@@ -22,10 +22,12 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 from rich.table import Table
 
 from .. import audit, keys
 from ..errors import DamageFound, UsageError
+from ..naming import shown
 from .common import add_key_args, catalog_readonly, key_source, store_of
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
@@ -77,8 +79,8 @@ def run(args: argparse.Namespace) -> None:
         for r in records:
             when = datetime.fromtimestamp(r["ns"] / 1e9).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
             path = r["path"] + (f" -> {r['path2']}" if r["path2"] else "")
-            table.add_row(str(r["seq"]), when, str(r["uid"]), str(r["pid"]), r["proc"], r["op"], path,
-                          r["result"], str(r["bytes"] or ""), r["detail"] or "")
+            table.add_row(str(r["seq"]), when, str(r["uid"]), str(r["pid"]), Text(shown(r["proc"])), r["op"],
+                          Text(shown(path)), r["result"], str(r["bytes"] or ""), Text(shown(r["detail"] or "")))
             n += 1
     Console(width=220 if not os.isatty(1) else None).print(table)
     print(f"{n} record(s)")

@@ -17,6 +17,7 @@ from .. import config, fsck
 from ..content import PlainContent
 from ..errors import DamageFound
 from ..keys import unlock
+from ..naming import shown
 from ..store import Store, StoreLock
 from .common import add_key_args, key_source, progress
 
@@ -47,9 +48,9 @@ def run(args: argparse.Namespace) -> None:
     finally:
         lock.release()
     for p in rep.problems:
-        print(p)
+        print(shown(p))
     for p in rep.fatal:
-        print(f"cannot repair: {p}")
+        print(f"cannot repair: {shown(p)}")
     if rep.rebuilt:
         print("rebuilt: " + ", ".join(f"{n} {t}" for t, n in rep.rebuilt.items()))
     left = rep.fatal + ([] if args.rebuild else rep.problems)

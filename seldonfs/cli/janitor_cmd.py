@@ -37,6 +37,7 @@ from ..content import PlainContent
 from ..errors import SeldonError, UsageError
 from ..host import FSTYPE, bytes_over, find_mount
 from ..keys import unlock
+from ..naming import shown
 from ..store import StoreLock
 from .common import add_key_args, catalog_readonly, key_source, progress, store_of
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> None:
     finally:
         lock.release()
     for rel, why in out.skipped_sample:
-        print(f"skipped  {rel}: {why}")
+        print(f"skipped  {shown(rel)}: {why}")
     print(f"done: {out.summary()}")
 
 
@@ -146,10 +147,10 @@ def _wanted(args: argparse.Namespace, actions: list[janitor.Action]) -> list[jan
 
 def _show(args: argparse.Namespace, a: janitor.Action) -> None:
     if args.json:
-        print(json.dumps(a.__dict__))
+        print(json.dumps({**a.__dict__, "rel": shown(a.rel)}))
     else:
         dest = f" -> {a.dest}/" if a.dest else ""
-        print(f"{a.kind:<8} {a.rel}{dest}  ({a.reason}; rule {a.rule})")
+        print(f"{a.kind:<8} {shown(a.rel)}{dest}  ({shown(a.reason)}; rule {a.rule})")
 
 
 def run_in_mount(args: argparse.Namespace) -> None:
@@ -182,7 +183,7 @@ def run_in_mount(args: argparse.Namespace) -> None:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
     last = state["last"]
     for rel, why in last.get("skipped", []):
-        print(f"skipped  {rel}: {why}")
+        print(f"skipped  {shown(rel)}: {why}")
     if not last or last.get("error"):
         raise SeldonError(f"{mp}: the janitor run failed: {last.get('error', '?')} (see the mount's log)")
     print(f"done in {last['seconds']} s: {last['summary']}")

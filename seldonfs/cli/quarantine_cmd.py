@@ -18,10 +18,13 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 from rich.table import Table
 
 from .. import xattrs
+from ..catalog import name_of
 from ..errors import SeldonError, UsageError
+from ..naming import shown
 from .common import catalog_readonly, mounted_file
 
 
@@ -46,6 +49,9 @@ def run_list(args: argparse.Namespace) -> None:
             "SELECT path, origin, reason, at_ns, released_ns, released_to, forced FROM quarantine"
             + where + " ORDER BY id"
         ).fetchall()
+    # names as stored (bytes where they are not UTF-8), shown escaped
+    rows = [(shown(name_of(p)), shown(name_of(o)), shown(name_of(r)), at, rel, shown(name_of(to)), f)
+            for p, o, r, at, rel, to, f in rows]
     if args.json:
         keys = ("path", "origin", "reason", "at_ns", "released_ns", "released_to", "forced")
         for row in rows:
@@ -56,7 +62,7 @@ def run_list(args: argparse.Namespace) -> None:
         when = datetime.fromtimestamp(at_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
         if released_ns:
             reason += f" (released{' by force' if forced else ''} to {released_to})"
-        table.add_row(when, path, origin, reason)
+        table.add_row(when, Text(path), Text(origin), Text(reason))
     Console(width=200 if not os.isatty(1) else None).print(table)
     print(f"{len(rows)} file(s)")
 
