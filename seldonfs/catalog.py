@@ -22,10 +22,10 @@ from . import FORMAT_VERSION
 CATALOG_NAME = "catalog.sqlite"
 
 #: Schema version of the catalog; migrations move older catalogs forward.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Columns added after a table first shipped: (table, column, type).
-ADDED_COLUMNS = (("files", "ino", int), ("files", "ingest_ns", int))
+ADDED_COLUMNS = (("files", "ino", int), ("files", "ingest_ns", int), ("versions", "ino", int))
 
 
 class NoSuchRowError(KeyError):
@@ -101,8 +101,12 @@ def create_tables(db: sqlite_utils.Database) -> None:
     #              format as any file, so verify, decrypt and rekey cover it)
     #   saved_ns - when it was taken; size - its plaintext size
     #   cause    - 'truncate', 'overwrite', 'replace' or 'restore'
+    #   ino      - the backing inode of the file they belong to: a version
+    #              is listed and restored only for that file, never for a
+    #              new file at the same path; 0 once the file is deleted;
+    #              NULL: from before schema 5
     db["versions"].create(
-        {"id": int, "path": str, "stored": str, "saved_ns": int, "size": int, "cause": str},
+        {"id": int, "path": str, "stored": str, "saved_ns": int, "size": int, "cause": str, "ino": int},
         pk="id", if_not_exists=True,
     )
     db["versions"].create_index(["path"], if_not_exists=True)
@@ -175,7 +179,8 @@ class Catalog:
     def migrate(self) -> None:
         """Bring a catalog of an older schema up to this one: missing tables
         are created, missing columns added (schema 2 -> 3: files.ino,
-        files.ingest_ns; 3 -> 4: janitor_runs). Never drops anything."""
+        files.ingest_ns; 3 -> 4: janitor_runs; 4 -> 5: versions.ino). Never
+        drops anything."""
         create_tables(self.db)
         for table, column, kind in ADDED_COLUMNS:
             if column not in self.db[table].columns_dict:
@@ -232,17 +237,26 @@ class Catalog:
 
     # ------------------------------------------------------------ versions
 
-    def add_version(self, path: str, stored: str, saved_ns: int, size: int, cause: str) -> None:
+    def add_version(self, path: str, stored: str, saved_ns: int, size: int, cause: str, ino: int) -> None:
         self.conn.execute(
-            "INSERT INTO versions (path, stored, saved_ns, size, cause) VALUES (?, ?, ?, ?, ?)",
-            (db_name(path), stored, saved_ns, size, cause),
+            "INSERT INTO versions (path, stored, saved_ns, size, cause, ino) VALUES (?, ?, ?, ?, ?, ?)",
+            (db_name(path), stored, saved_ns, size, cause, ino),
         )
 
-    def versions(self, path: str) -> list[tuple[int, str, int, int, str]]:
-        """(id, stored, saved_ns, size, cause) of `path`'s versions, newest first."""
+    def versions(self, path: str, ino: int) -> list[tuple[int, str, int, int, str]]:
+        """(id, stored, saved_ns, size, cause) of the versions of the file
+        `ino` at `path`, newest first."""
         return self.conn.execute(
-            "SELECT id, stored, saved_ns, size, cause FROM versions WHERE path = ? ORDER BY id DESC", (db_name(path),)
+            "SELECT id, stored, saved_ns, size, cause FROM versions WHERE path = ? AND (ino = ? OR ino IS NULL)"
+            " ORDER BY id DESC", (db_name(path), ino),
         ).fetchall()
+
+    def move_versions(self, path: str, ino: int, new_ino: int) -> None:
+        """The versions of file `ino` at `path` now belong to `new_ino` (0:
+        the file is gone, no new file may take them)."""
+        self.conn.execute(
+            "UPDATE versions SET ino = ? WHERE path = ? AND (ino = ? OR ino IS NULL)", (new_ino, db_name(path), ino)
+        )
 
     def delete_version(self, vid: int) -> None:
         self.conn.execute("DELETE FROM versions WHERE id = ?", (vid,))

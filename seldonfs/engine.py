@@ -271,7 +271,25 @@ class Engine(Hooks):
         except FileNotFoundError:
             return
         if version_at_replace(rule, stat_m.S_ISREG(target.st_mode), target.st_ino == src.st_ino):
-            self.versions.save(posixpath.join(d, os.fsdecode(new)) if d else os.fsdecode(new), rule.versions, "replace")
+            # an editor's save (a new file renamed over the old): the history goes on with the new file
+            rel = posixpath.join(d, os.fsdecode(new)) if d else os.fsdecode(new)
+            self.versions.save(rel, rule.versions, "replace")
+            self.catalog.move_versions(rel, target.st_ino, src.st_ino)
+
+    def removing(self, parent: int, name: bytes) -> None:
+        """The last name of a file in a folder with versions goes: its
+        versions stay (for the janitor) but belong to no file, so a new
+        file at the path never sees them."""
+        d = self.core.rel_path(parent)
+        rule = None if d is None else self.policy.for_dir(d)
+        if rule is None or not rule.versions:
+            return
+        try:
+            st = os.stat(name, dir_fd=self.core.node_fd(parent), follow_symlinks=False)
+        except OSError:
+            return
+        if stat_m.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            self.catalog.move_versions(posixpath.join(d, os.fsdecode(name)) if d else os.fsdecode(name), st.st_ino, 0)
 
     def arrived(self, new_parent: int, new: bytes, pid: int) -> None:
         """A file renamed or hard-linked into a folder with a commit rule
@@ -319,7 +337,8 @@ class Engine(Hooks):
 
     def _versions_attr(self, ino: int) -> bytes:
         rel = self.core.rel_path(ino)
-        return json.dumps(self.versions.listing(rel) if rel else []).encode()
+        listing = self.versions.listing(rel, os.fstat(self.core.node_fd(ino)).st_ino) if rel else []
+        return json.dumps(listing).encode()
 
     def _restore_attr(self, ino: int, value: bytes, uid: int, pid: int) -> None:
         try:

@@ -168,6 +168,7 @@ class Entries(InodeTable):
 
     def unlink(self, parent: int, name: bytes) -> None:
         self._refuse_virtual(parent, name)
+        self.hooks.removing(parent, name)
         os.unlink(name, dir_fd=self._node(parent).fd)
         self.renames += 1  # a file pinned through this name has no path now
 

@@ -126,7 +126,7 @@ def check(
                 )
                 conn.execute("DELETE FROM versions")
                 conn.executemany(
-                    "INSERT INTO versions (path, stored, saved_ns, size, cause) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO versions (path, stored, saved_ns, size, cause, ino) VALUES (?, ?, ?, ?, ?, ?)",
                     [(db_name(p), *rest) for p, *rest in vrows],
                 )
                 for job, top in seqs.items():
@@ -161,17 +161,17 @@ def _quarantine_row(store: Store, rel: str) -> tuple[str, str, str, int]:
     return rel, attr(xattrs.ORIGIN), attr(xattrs.REASON), os.lstat(p).st_mtime_ns
 
 
-def _version_rows(store: Store, content: ContentLayer) -> list[tuple[str, str, int, int, str]]:
+def _version_rows(store: Store, content: ContentLayer) -> list[tuple[str, str, int, int, str, int | None]]:
     vdir = store.data / VERSIONS_DIR
     rows = []
     if not vdir.is_dir():
         return rows
     for p in sorted(vdir.iterdir()):
         try:
-            path, saved_ns, cause = json.loads(os.getxattr(p, xattrs.VERSION_OF, follow_symlinks=False))
+            path, saved_ns, cause, *ino = json.loads(os.getxattr(p, xattrs.VERSION_OF, follow_symlinks=False))
         except (OSError, ValueError):
             continue  # a copy from before the attribute: unknown origin
-        rows.append((path, p.name, int(saved_ns), content.plain_size(p.stat().st_size), cause))
+        rows.append((path, p.name, int(saved_ns), content.plain_size(p.stat().st_size), cause, *(ino or [None])))
     return rows
 
 

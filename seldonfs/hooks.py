@@ -83,6 +83,9 @@ class Hooks:
     def arrived(self, new_parent: int, new: bytes, pid: int) -> None:
         """After a rename or a hard link to `new` in `new_parent`."""
 
+    def removing(self, parent: int, name: bytes) -> None:
+        """Before `name` in `parent` is unlinked."""
+
     def moved(self, parent: int, name: bytes, pid: int) -> Moved | None:
         """A name is missing: where its file went, for process `pid`; raise
         Absent when it went somewhere `pid` may not follow."""

@@ -34,7 +34,8 @@ class Versions:
             stored = secrets.token_hex(16)
             src = self.dirs.open(rel, os.O_RDONLY)
             try:
-                size = self.plain_size(os.fstat(src).st_size)
+                st = os.fstat(src)
+                size = self.plain_size(st.st_size)
                 if size == 0:
                     return
                 dst = os.open(stored, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
@@ -43,14 +44,14 @@ class Versions:
                 try:
                     copy(src, dst)
                     # what the catalog row says, kept with the copy: fsck rebuilds from it
-                    os.setxattr(dst, xattrs.VERSION_OF, json.dumps([rel, saved_ns, cause]).encode())
+                    os.setxattr(dst, xattrs.VERSION_OF, json.dumps([rel, saved_ns, cause, st.st_ino]).encode())
                 finally:
                     os.close(dst)
             finally:
                 os.close(src)
-            self.catalog.add_version(rel, stored, saved_ns, size, cause)
+            self.catalog.add_version(rel, stored, saved_ns, size, cause, st.st_ino)
             self.note("version", rel, detail=f"{cause}, {size} bytes kept")
-            for vid, name, *_ in self.catalog.versions(rel)[keep:]:
+            for vid, name, *_ in self.catalog.versions(rel, st.st_ino)[keep:]:
                 self._unlink(name)
                 self.catalog.delete_version(vid)
 
@@ -60,17 +61,19 @@ class Versions:
         except FileNotFoundError:
             pass
 
-    def listing(self, rel: str) -> list[dict]:
-        """What `user.seldon.versions` shows: n (1 = newest), saved_ns, size, cause."""
+    def listing(self, rel: str, ino: int) -> list[dict]:
+        """What `user.seldon.versions` shows of file `ino` (its backing
+        inode) at `rel`: n (1 = newest), saved_ns, size, cause."""
         return [
             {"n": i + 1, "saved_ns": ns, "size": size, "cause": cause}
-            for i, (_, _, ns, size, cause) in enumerate(self.catalog.versions(rel))
+            for i, (_, _, ns, size, cause) in enumerate(self.catalog.versions(rel, ino))
         ]
 
     def restore(self, rel: str, n: int, keep: int, owner: os.stat_result) -> None:
-        """Put version `n` (1 = newest) of `rel` back, with the current
-        file's owner and mode; the current content becomes a version."""
-        rows = self.catalog.versions(rel)
+        """Put version `n` (1 = newest) of the file `owner` (its stat) at
+        `rel` back, with its owner and mode; the current content becomes a
+        version. The restored file is a new inode: the versions follow it."""
+        rows = self.catalog.versions(rel, owner.st_ino)
         if not 1 <= n <= len(rows):
             raise OSError(errno.EINVAL, "no such version")
         stored = rows[n - 1][1]
@@ -81,15 +84,18 @@ class Versions:
             # inode, so no cache has to be dropped under anyone's feet.
             tmp = f"{PRIVATE_DIR}/restore-{secrets.token_hex(8)}"
             try:
-                self.save(rel, keep, "restore")
+                if keep:
+                    self.save(rel, keep, "restore")
                 dst = self.dirs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
                 try:
                     copy(src, dst)
                     os.fchown(dst, owner.st_uid, owner.st_gid)
                     os.fchmod(dst, stat_m.S_IMODE(owner.st_mode))
+                    new_ino = os.fstat(dst).st_ino
                 finally:
                     os.close(dst)
                 self.dirs.rename(tmp, rel, create_dirs=False, replace=True)
+                self.catalog.move_versions(rel, owner.st_ino, new_ino)
             finally:
                 os.close(src)
         self.note("restore", rel, detail=f"version {n}")

@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.text import Text
 from rich.table import Table
+from rich.text import Text
 
 from .. import xattrs
 from ..catalog import name_of
@@ -74,11 +74,11 @@ def run_release(args: argparse.Namespace) -> None:
     except OSError as e:
         if e.errno == errno.EACCES:
             try:
-                reason = os.getxattr(path, xattrs.REASON).decode()
+                reason = shown(os.getxattr(path, xattrs.REASON))
             except OSError:
                 reason = "it failed its checks"
-            raise SeldonError(f"{args.file}: still invalid: {reason} (--force to release anyway)") from None
+            raise SeldonError(f"{shown(str(args.file))}: still invalid: {reason} (--force to release anyway)") from None
         if e.errno == errno.EINVAL:
-            raise UsageError(f"{args.file}: not a quarantined file") from None
-        raise SeldonError(f"{args.file}: cannot release: {e.strerror}") from None
-    print(f"{args.file}: released")
+            raise UsageError(f"{shown(str(args.file))}: not a quarantined file") from None
+        raise SeldonError(f"{shown(str(args.file))}: cannot release: {e.strerror}") from None
+    print(f"{shown(str(args.file))}: released")

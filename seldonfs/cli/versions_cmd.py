@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import xattrs
 from ..errors import SeldonError, UsageError
+from ..naming import shown
 from .common import mounted_file
 
 
@@ -34,9 +35,9 @@ def run(args: argparse.Namespace) -> None:
             os.setxattr(path, xattrs.RESTORE, str(args.restore).encode(), follow_symlinks=False)
         except OSError as e:
             if e.errno == errno.EINVAL:
-                raise UsageError(f"{args.file}: no version {args.restore}") from None
-            raise SeldonError(f"{args.file}: cannot restore: {e.strerror}") from None
-        print(f"{args.file}: version {args.restore} restored")
+                raise UsageError(f"{shown(str(args.file))}: no version {args.restore}") from None
+            raise SeldonError(f"{shown(str(args.file))}: cannot restore: {e.strerror}") from None
+        print(f"{shown(str(args.file))}: version {args.restore} restored")
         return
     versions = json.loads(os.getxattr(path, xattrs.VERSIONS, follow_symlinks=False))
     if args.json:
@@ -46,4 +47,4 @@ def run(args: argparse.Namespace) -> None:
         when = datetime.fromtimestamp(v["saved_ns"] / 1e9).strftime("%Y-%m-%d %H:%M:%S")
         print(f"{v['n']:>3}  {when}  {v['size']:>12}  {v['cause']}")
     if not versions:
-        print(f"{args.file}: no versions kept")
+        print(f"{shown(str(args.file))}: no versions kept")

@@ -1,0 +1,138 @@
+"""Hostile names and many users, through the real mount (issue 16's repros).
+
+Each test is one repro of what a second local user could do: names that
+are not UTF-8, names that grow past 255 bytes at commit, a hard link or a
+fifo into a checked folder, a new file at a deleted file's path, markup in
+a name shown by the CLI. After each the mount still serves and what was
+written is committed, quarantined or refused, never lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from seldonfs import xattrs
+from seldonfs.catalog import name_of
+
+from .conftest import needs_fuse, seldonfs
+
+pytestmark = needs_fuse
+
+SSN = b'{"ssn": "123-45-6789"}'
+
+
+def catalog_rows(store: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{store / 'catalog.sqlite'}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def settle(mnt: Path) -> None:
+    """Wait for the file records' batch (at most 0.5 s) through a request that proves the mount alive."""
+    import time
+
+    time.sleep(0.8)
+    os.listdir(mnt)
+
+
+def test_names_that_are_not_utf8_are_kept_byte_for_byte(mnt: Path, store: Path) -> None:
+    raw = os.fsencode(mnt / "input" / "raw")
+    with open(raw + b"/\xff\xfebad.json", "wb") as f:
+        f.write(b"{}")
+    with open(raw + b"/ssn\xff.json", "wb") as f:
+        f.write(SSN)
+    reports = os.fsencode(mnt / "output" / "reports")
+    for text in (b"one", b"two"):
+        with open(reports + b"/rep\xff.txt", "wb") as f:  # an overwrite keeps a version
+            f.write(text)
+    settle(mnt)
+    (committed,) = [n for n in os.listdir(raw) if n.endswith(b"bad.json")]
+    assert committed.endswith(b"_\xff\xfebad.json")
+    paths = [name_of(p) for (p,) in catalog_rows(store, "SELECT path FROM files")]
+    assert "input/raw/" + os.fsdecode(committed) in paths
+    qdir = os.fsencode(mnt / "input" / "quarantine")
+    (q,) = os.listdir(qdir)
+    assert q.endswith(b"_ssn\xff.json")
+    assert os.getxattr(qdir + b"/" + q, xattrs.ORIGIN) == b"input/raw/ssn\xff.json"
+    listed = seldonfs("quarantine", "list", mnt, "--json")
+    assert listed.returncode == 0 and "ssn\\xff.json" in json.loads(listed.stdout.splitlines()[0])["origin"]
+    seldonfs("quarantine", "release", os.fsdecode(qdir + b"/" + q), "--force", check=True)
+    assert any(n.endswith(b"_ssn\xff.json") for n in os.listdir(raw))
+    versions = json.loads(os.getxattr(reports + b"/rep\xff.txt", xattrs.VERSIONS))
+    assert [v["size"] for v in versions] == [3]
+    with open(reports + b"/rep\xff.txt", "rb") as f:
+        assert f.read() == b"two"
+
+
+def test_names_that_grow_past_255_bytes_are_shortened_not_refused(mnt: Path, store: Path) -> None:
+    raw = mnt / "input" / "raw"
+    long_ok, long_bad = "k" * 245 + ".json", "s" * 245 + ".json"
+    (raw / long_ok).write_bytes(b'{"a": 1}')  # close(2) succeeds: no ENAMETOOLONG
+    (raw / long_bad).write_bytes(SSN)
+    settle(mnt)
+    (committed,) = os.listdir(raw)
+    assert len(committed.encode()) <= 255 and committed.endswith(".json") and committed.startswith("20")
+    assert os.getxattr(raw / committed, xattrs.ORIGINAL) == long_ok.encode()
+    (q,) = os.listdir(mnt / "input" / "quarantine")
+    assert len(q.encode()) <= 255 and os.getxattr(mnt / "input" / "quarantine" / q, xattrs.ORIGIN).endswith(
+        long_bad.encode())
+    originals = {o for (o,) in catalog_rows(store, "SELECT original_name FROM files")}
+    assert {long_ok, long_bad} <= originals
+
+
+def test_a_hard_link_into_a_checked_folder_is_checked_and_fifos_are_refused(mnt: Path) -> None:
+    src = mnt / "input" / "processed" / "src.json"
+    src.write_bytes(SSN)
+    os.link(src, mnt / "input" / "raw" / "linked.json")
+    settle(mnt)
+    assert os.listdir(mnt / "input" / "raw") == []  # not left there unchecked
+    (q,) = os.listdir(mnt / "input" / "quarantine")
+    assert q.endswith("_linked.json") and src.read_bytes() == SSN
+    with pytest.raises(OSError) as e:
+        os.mkfifo(mnt / "input" / "raw" / "pipe.json")
+    assert e.value.errno == errno.EACCES
+    os.mkfifo(mnt / "input" / "processed" / "pipe")  # a plain folder is a plain disk
+
+
+def test_a_new_file_never_inherits_a_deleted_files_versions(mnt: Path) -> None:
+    f = mnt / "output" / "reports" / "q3.txt"
+    f.write_bytes(b"alice's first")
+    f.write_bytes(b"alice's second")
+    assert len(json.loads(os.getxattr(f, xattrs.VERSIONS))) == 1
+    f.unlink()
+    f.write_bytes(b"bob's")
+    assert json.loads(os.getxattr(f, xattrs.VERSIONS)) == []
+    with pytest.raises(OSError) as e:
+        os.setxattr(f, xattrs.RESTORE, b"1")
+    assert e.value.errno == errno.EINVAL and f.read_bytes() == b"bob's"
+    tmp = mnt / "output" / "reports" / ".q3.txt.swp"  # an editor's save: the history goes on
+    f.write_bytes(b"bob's second")
+    tmp.write_bytes(b"bob's third")
+    os.rename(tmp, f)
+    assert [v["size"] for v in json.loads(os.getxattr(f, xattrs.VERSIONS))] == [12, 5]
+
+
+def test_markup_and_escapes_in_names_are_shown_escaped(mnt: Path) -> None:
+    raw = mnt / "input" / "raw"
+    (raw / "a[").mkdir()
+    for name in ("a[/x].json", "[reverse]pwn.json", "esc\x1b[31m.json"):  # rich markup, an escape sequence
+        (raw / name).write_bytes(SSN)
+    settle(mnt)
+    out = seldonfs("quarantine", "list", mnt)
+    assert out.returncode == 0, out.stderr
+    assert "a[/x].json" in out.stdout and "[reverse]pwn.json" in out.stdout
+    assert "\x1b" not in out.stdout and "esc\\x1b[31m.json" in out.stdout
+    audit = seldonfs("audit", mnt, "--op", "quarantine")
+    assert audit.returncode == 0 and "\x1b" not in audit.stdout and "a[/x].json" in audit.stdout
+    dry = seldonfs("janitor", mnt, "--dry-run", "--older-than", "400d")
+    assert dry.returncode == 0 and "\x1b" not in dry.stdout
+    assert subprocess.run(["ls", mnt / "input" / "quarantine"], capture_output=True).returncode == 0
