@@ -32,6 +32,18 @@ class NoSuchRowError(KeyError):
     pass
 
 
+def _owner_only(path: Path) -> None:
+    """The catalog names every user's files, their checks' findings and
+    checksums: mode 0600, and so its -wal and -shm (SQLite gives them the
+    database's mode when it makes them)."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 def db_name(name: str) -> str | bytes:
     """How a path or name (str, its undecodable bytes as surrogates, as
     os.fsdecode makes them) is stored: text when it is UTF-8, else a BLOB."""
@@ -152,6 +164,7 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.conn = sqlite3.connect(path, isolation_level=None)
+        _owner_only(path)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.db = sqlite_utils.Database(self.conn)

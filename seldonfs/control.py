@@ -44,18 +44,30 @@ log = logging.getLogger(__name__)
 
 TOKEN_NAME = "control.token"
 SOCKET_NAME = "control.sock"
+MIN_TOKEN = 32  # characters: a shorter token (an emptied file) is replaced, never accepted
+REFUSED_PATH_MAX = 200  # characters of a refused request's path kept in its audit record
+REFUSED_PER_MINUTE = 30  # audit records of refusals per peer per minute; the rest are counted only
 
 
 def ensure_token(store_root: Path) -> str:
+    """The API token of STORE/control.token (mode 0600); one of fewer than
+    MIN_TOKEN characters (an empty or truncated file) is replaced by a new
+    one, never accepted."""
     path = store_root / TOKEN_NAME
     try:
-        return path.read_text().strip()
+        token = path.read_text().strip()
+        if len(token) >= MIN_TOKEN:
+            return token
+        log.warning("%s: a token of %d characters is too short: made a new one", path, len(token))
     except FileNotFoundError:
-        token = secrets.token_hex(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        return token
+        pass
+    token = secrets.token_hex(32)
+    tmp = path.with_name(f".{TOKEN_NAME}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)
+    return token
 
 
 class Control:
@@ -67,6 +79,9 @@ class Control:
         self.trio_token: Any = None  # set by serve(), inside trio.run
         self.nursery: Any = None
         self.tasks: dict[int, dict[str, Any]] = {}
+        self.refusals = 0  # refused requests, all of them (the audit chain keeps a bounded share)
+        self._refused_by: dict[int, tuple[int, int]] = {}  # peer uid -> (minute, refusals in it)
+        self._refused_lock = threading.Lock()
         self.next_task = 1
         self.servers: list[socketserver.BaseServer] = []
         self.serving = False
@@ -140,9 +155,26 @@ class Control:
         return task
 
     def refused(self, path: str, uid: int, gid: int, pid: int, why: str) -> None:
-        """An audit record of a refused request (uid, gid -1: over TCP, unknown)."""
+        """An audit record of a refused request (uid, gid -1: over TCP,
+        unknown), its path cut to REFUSED_PATH_MAX, at most
+        REFUSED_PER_MINUTE per peer: no outsider can grow the chain
+        without bound. Every refusal is counted (`refusals`)."""
+        with self._refused_lock:
+            self.refusals += 1
+            minute = int(time.monotonic() // 60)
+            seen = self._refused_by.get(uid, (minute, 0))
+            n = seen[1] + 1 if seen[0] == minute else 1
+            if len(self._refused_by) > 10_000:
+                self._refused_by.clear()
+            self._refused_by[uid] = (minute, n)
+        if n > REFUSED_PER_MINUTE:
+            if n == REFUSED_PER_MINUTE + 1:
+                log.warning("control: more than %d refused requests a minute from uid %d; counting only",
+                            REFUSED_PER_MINUTE, uid)
+            return
+        short = path if len(path) <= REFUSED_PATH_MAX else path[:REFUSED_PATH_MAX] + f"... ({len(path)} chars)"
         if self.audit is not None:
-            self.on_loop(lambda: self.audit.record("control", uid, gid, pid, "", "", "EACCES", 0, f"{path}: {why}"))
+            self.on_loop(lambda: self.audit.record("control", uid, gid, pid, "", "", "EACCES", 0, f"{short}: {why}"))
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -181,7 +213,8 @@ def _handler(ctl: Control) -> type[BaseHTTPRequestHandler]:
         def _authorized(self) -> bool:
             uid, gid, pid = self._peer()
             given = self.headers.get("Authorization", "")
-            if given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), ctl.token.encode()):
+            if (given.startswith("Bearer ") and len(ctl.token) >= MIN_TOKEN
+                    and hmac.compare_digest(given[7:].strip().encode(), ctl.token.encode())):
                 return True
             if uid >= 0 and uid in (0, os.stat(ctl.root).st_uid):
                 return True

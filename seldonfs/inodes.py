@@ -384,7 +384,7 @@ class InodeTable:
 
     def _vstat(self, ino: int) -> Stat:
         t = time.time_ns()
-        return Stat(ino, VIRTUAL_MODE, 1, 0, 0, 0, 0, 0, 4096, t, t, self._born_ns)
+        return Stat(ino, VIRTUAL_MODE, 1, os.geteuid(), os.getegid(), 0, 0, 0, 4096, t, t, self._born_ns)
 
     def forget(self, entries: list[tuple[int, int]]) -> None:
         """The kernel dropped `n` lookups of each (ino, n): unpin what it

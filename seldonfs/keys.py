@@ -53,6 +53,8 @@ class KeySource:
         if env_file := os.environ.get("SELDONFS_PASSPHRASE_FILE"):
             return _read_secret(Path(env_file), "passphrase file").rstrip(b"\r\n")
         if (env := os.environ.get("SELDONFS_PASSPHRASE")) is not None:
+            if not env:
+                raise UsageError("SELDONFS_PASSPHRASE is empty: an empty passphrase protects nothing")
             return env.encode()
         return _prompt(confirm)
 

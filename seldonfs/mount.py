@@ -117,6 +117,7 @@ def setup_logging(store: Store, foreground: bool, debug: bool) -> None:
     # A name that is not UTF-8 is logged with its bytes as \xNN, never lost to an encoding error.
     fh = logging.handlers.RotatingFileHandler(store.log_path, maxBytes=10 << 20, backupCount=3,
                                               errors="backslashreplace")
+    os.chmod(store.log_path, 0o600)  # it names every user's files
     fh.setFormatter(fmt)
     root.addHandler(fh)
     if foreground:

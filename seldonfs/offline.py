@@ -20,8 +20,9 @@ from typing import Any
 from . import crypto
 from .blockformat import HEADER_SIZE, EncryptedFile, FormatError, parse_header
 from .content import ContentDamaged
+from .errors import UsageError
 from .keys import with_keys
-from .store import Store
+from .store import Store, walk
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,10 @@ REKEY_SCRATCH = "rekey.tmp"
 
 
 def files(store: Store, paths: list[str] | None = None) -> Iterator[Path]:
-    """Regular files under data/ (or under the given relative paths), sorted."""
-    roots = [store.data / p for p in paths] if paths else [store.data]
+    """Regular files under data/ (or under the given relative paths), sorted,
+    never through a symlink: a path whose folders include one is refused
+    (UsageError), so nothing outside the store is read."""
+    roots = [_inside(store, p) for p in paths] if paths else [store.data]
     for root in roots:
         st = os.lstat(root)
         if stat_m.S_ISREG(st.st_mode):
@@ -75,6 +78,21 @@ def check_file(path: Path, keys: dict[int, bytes], key_id: int, block_size: int)
     finally:
         os.close(fd)
     return damage
+
+
+def _inside(store: Store, rel: str) -> Path:
+    """data/`rel`, once every folder on the way is known to be a real folder."""
+    d = os.path.dirname(os.path.normpath(rel))
+    root = os.open(store.data, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.close(walk(root, d))
+    except FileNotFoundError:
+        raise
+    except OSError:  # ELOOP, ENOTDIR: a symlink where a folder should be
+        raise UsageError(f"{rel}: leads through a symlink or a non-folder; not followed out of the store") from None
+    finally:
+        os.close(root)
+    return store.data / rel
 
 
 def decrypt_file(src: Path, dest: Path, keys: dict[int, bytes], key_id: int, block_size: int) -> Damage:

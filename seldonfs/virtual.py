@@ -2,7 +2,9 @@
 system/monitoring/stats.json.
 
 A virtual file has a fixed inode number far above any the backing
-filesystem hands out here, size 0 and mode 0444; it is opened with direct
+filesystem hands out here, size 0, mode 0400 and the daemon's owner (they
+name files of every user, so they are the store owner's and root's to read);
+it is opened with direct
 I/O, so readers (cat, tail, grep, jq) read until the end of what a
 producer yields, generated at open and streamed in order. Writing,
 truncating, renaming, removing it fail with EACCES.
@@ -15,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 VIRTUAL_BASE = 1 << 62
-MODE = stat_m.S_IFREG | 0o444
+MODE = stat_m.S_IFREG | 0o400  # the daemon's user (the store's owner) reads them; no one else
 CHUNK = 64 << 10
 
 Producer = Callable[[], Iterator[bytes]]

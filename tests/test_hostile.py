@@ -21,7 +21,7 @@ import pytest
 from seldonfs import xattrs
 from seldonfs.catalog import name_of
 
-from .conftest import needs_fuse, seldonfs
+from .conftest import needs_fuse, needs_root, seldonfs
 
 pytestmark = needs_fuse
 
@@ -136,3 +136,85 @@ def test_markup_and_escapes_in_names_are_shown_escaped(mnt: Path) -> None:
     dry = seldonfs("janitor", mnt, "--dry-run", "--older-than", "400d")
     assert dry.returncode == 0 and "\x1b" not in dry.stdout
     assert subprocess.run(["ls", mnt / "input" / "quarantine"], capture_output=True).returncode == 0
+
+
+# ---------------------------------------------------------------- a second user
+
+
+def _open_the_way(store: Path, tmp_path: Path) -> None:
+    """Let another user reach the mount and the control socket (traversal only)."""
+    import tempfile
+
+    for p in (store, tmp_path, *tmp_path.parents):
+        if p == Path(tempfile.gettempdir()) or p == p.parent:
+            break
+        p.chmod(p.stat().st_mode | 0o711)
+
+
+SOCKET_GET = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+    "s.sendall(sys.argv[2].encode() + b' HTTP/1.0\\r\\n' + sys.argv[3].encode() + b'\\r\\n\\r\\n')\n"
+    "print(s.recv(100).split(b'\\r\\n')[0].decode())\n"
+)
+
+
+@needs_root
+def test_what_the_policy_knows_is_not_for_other_users(store: Path, tmp_path: Path) -> None:
+    from .conftest import as_user, mounted
+
+    _open_the_way(store, tmp_path)
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        (m / "input" / "raw" / "ssn.json").write_bytes(SSN)
+        settle(m)
+        for f in ("catalog.sqlite", "seldonfs.log", "control.token"):
+            assert (store / f).stat().st_mode & 0o077 == 0, f
+        code = "import sys\ntry:\n    open(sys.argv[1], 'rb').read(); print('read')\nexcept OSError as e:\n    print(e.errno)"
+        for f in (m / "system/logs/audit.jsonl", m / "system/monitoring/stats.json", store / "catalog.sqlite"):
+            assert as_user(65534, 65534, code, str(f)).stdout.strip() == str(errno.EACCES), f
+        assert (m / "system/logs/audit.jsonl").read_bytes()  # the store's owner reads it
+
+
+@needs_root
+def test_the_control_api_never_takes_an_empty_token_and_bounds_what_refusals_cost(
+        store: Path, tmp_path: Path) -> None:
+    from .conftest import as_user, mounted
+
+    _open_the_way(store, tmp_path)
+    (store / "control.token").write_text("")  # emptied by accident or by malice
+    m = tmp_path / "mnt"
+    with mounted(store, m, expect_log_problems=True):
+        token = (store / "control.token").read_text().strip()
+        assert len(token) >= 32  # a new one was made
+        sock = str(store / "control.sock")
+        os.chmod(sock, 0o666)
+        post = "POST /api/v1/cleanup/emergency"
+        assert as_user(65534, 65534, SOCKET_GET, sock, post, "Authorization: Bearer ").stdout.split()[1] == "401"
+        long_get = "GET /api/v1/" + "x" * 60_000
+        for _ in range(60):
+            as_user(65534, 65534, SOCKET_GET, sock, long_get, "X-None: 1")
+        settle(m)
+        refused = seldonfs("audit", store, "--op", "control", "--json")
+        records = [json.loads(line) for line in refused.stdout.splitlines()]
+        assert 0 < len(records) <= 31 and max(len(r["detail"]) for r in records) < 300
+
+
+def test_an_empty_passphrase_is_refused_from_every_source(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    for env, args in (({"SELDONFS_PASSPHRASE": ""}, []), ({}, ["--passphrase-file", empty])):
+        r = seldonfs("init", tmp_path / f"s{len(args)}", *args, env={**os.environ, **env})
+        assert r.returncode == 2 and "empty" in r.stderr, r.stderr
+
+
+def test_decrypt_never_follows_a_symlink_out_of_the_store(tmp_path: Path) -> None:
+    from .conftest import init_store, key_args
+
+    store = init_store(tmp_path / "store")
+    secret = tmp_path / "outside"
+    secret.mkdir()
+    (secret / "f").write_text("not the store's")
+    os.symlink(secret, store / "data" / "input" / "processed" / "link")
+    r = seldonfs("decrypt", store, "input/processed/link/f", "-o", tmp_path / "out", *key_args(store))
+    assert r.returncode == 2 and "symlink" in r.stderr and not (tmp_path / "out").exists()
