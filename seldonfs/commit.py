@@ -47,6 +47,7 @@ ROWS_FLUSH_S = 0.5  # file records wait at most this long for their catalog batc
 MAX_ROWS = 100_000  # file records kept while the catalog cannot take them (fsck --rebuild restores the rest)
 
 Source = tuple[int, FileContent]  # an open handle's descriptor and content
+After = tuple[int, "str | None", bool]  # a background check's commit: (pid, job, left_over)
 
 
 class Committer:
@@ -85,7 +86,7 @@ class Committer:
     def commit(
         self, ino: int, pid: int, job: str | None, rel: str | None = None,
         verdict: validation.Verdict | None = None, defer: bool = True, notify_old: bool = True,
-        source: Source | None = None, parent: int = 0,
+        source: Source | None = None, parent: int = 0, left_over: bool = False,
     ) -> int | None:
         """Check, name, route or quarantine file `ino` (at `rel`), inside a
         `self.dirs` scope. Returns an errno for the writer (EACCES:
@@ -100,13 +101,14 @@ class Committer:
         created under a commit rule is answered with entry_timeout 0).
         `parent`: the kernel's inode of the directory the file was created
         in; while the file is still there, the commit works through its
-        descriptor instead of walking the store from the root."""
+        descriptor instead of walking the store from the root. `left_over`:
+        a temporary name left too long (leftovers.py) commits too."""
         rel = rel or self.core.rel_path(ino)
         if rel is None:
             return None  # unlinked while open
         d, name = posixpath.split(rel)
         rule = self.policy.for_dir(d)
-        if not self.policy.commit_applies(rule, d, name):
+        if not self.policy.commit_applies(rule, d, name, left_over):
             return None
         assert rule is not None
         if parent and self.core.known(parent) and self.core.rel_path(parent) == d:
@@ -115,7 +117,7 @@ class Committer:
             parent = 0
         if verdict is None:
             defer = defer and rule.on_invalid != "reject" and self.nursery is not None
-            verdict = self._check(ino, rel, rule, defer, pid, job, source)
+            verdict = self._check(ino, rel, rule, defer, (pid, job, left_over), source)
             if verdict is None:
                 return None  # vanished, or checked in the background
         self.dirty.discard(ino)
@@ -199,12 +201,12 @@ class Committer:
     # ------------------------------------------------------------ checks
 
     def _check(
-        self, ino: int, rel: str, rule: FolderRule, defer: bool = False, pid: int = 0,
-        job: str | None = None, source: Source | None = None,
+        self, ino: int, rel: str, rule: FolderRule, defer: bool = False, then: After = (0, None, False),
+        source: Source | None = None,
     ) -> validation.Verdict | None:
         """Read the file's plaintext for the folder's content checks (and
         its checksum); None when the file vanished, or when the check went
-        to the background (`defer`, large files)."""
+        to the background (`defer`, large files; it commits `then`)."""
         if source is None:
             try:
                 fd = self.dirs.open(rel, os.O_RDONLY)
@@ -222,7 +224,7 @@ class Committer:
                 if (ino, key) not in self.deferred:
                     self.deferred.add((ino, key))
                     assert self.nursery is not None
-                    self.nursery.start_soon(self._check_later, ino, rel, rule, key, pid, job)
+                    self.nursery.start_soon(self._check_later, ino, rel, rule, key, then)
                 return None
             v = self.checks.run(fd, rel, rule, key, content)
             self.checks.passed_now(ino, key, v)
@@ -231,17 +233,13 @@ class Committer:
             if source is None:
                 os.close(fd)
 
-    async def _check_later(
-        self, ino: int, rel: str, rule: FolderRule, key: tuple[int, int], pid: int, job: str | None
-    ) -> None:
+    async def _check_later(self, ino: int, rel: str, rule: FolderRule, key: tuple[int, int], then: After) -> None:
         try:
-            await self._check_and_commit(ino, rel, rule, key, pid, job)
+            await self._check_and_commit(ino, rel, rule, key, then)
         except Exception as e:  # a task of the mount's nursery: it must not end the mount
             self.failed("background check", e)
 
-    async def _check_and_commit(
-        self, ino: int, rel: str, rule: FolderRule, key: tuple[int, int], pid: int, job: str | None
-    ) -> None:
+    async def _check_and_commit(self, ino: int, rel: str, rule: FolderRule, key: tuple[int, int], then: After) -> None:
         try:
             with self.dirs:
                 fd = self.dirs.open(rel, os.O_RDONLY)
@@ -258,7 +256,7 @@ class Committer:
         self.checks.passed_now(ino, key, v)
         try:
             with self.dirs:
-                self.commit(ino, pid, job, rel=rel, verdict=v)
+                self.commit(ino, then[0], then[1], rel=rel, verdict=v, left_over=then[2])
         except OSError as e:
             log.error("commit of %s after its check failed: %s", rel, e)
 

@@ -93,6 +93,7 @@ class PolicyConfig:
     temp_patterns: tuple[str, ...] = DEFAULT_TEMP_PATTERNS
     quarantine: str = "input/quarantine"
     grace: float = 10.0
+    temp_max_age: float = 3600.0  # a temporary name left this long in a checked folder commits like any
     patterns: tuple[tuple[str, str], ...] = ()  # extra sensitive patterns: name, regex
     min_free: int = 0  # percent
 
@@ -275,6 +276,7 @@ def _parse_policy(t: dict[str, Any], where: str) -> PolicyConfig:
         temp_patterns=r.strings("temp_patterns", d.temp_patterns),
         quarantine=r.path("quarantine", d.quarantine),
         grace=r.duration("grace", d.grace),
+        temp_max_age=r.duration("temp_max_age", d.temp_max_age),
         patterns=tuple(patterns.items()),
         min_free=r.percent("min_free", d.min_free, top=99),  # 100 % free cannot be had
     )

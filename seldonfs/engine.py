@@ -41,6 +41,7 @@ from .content import FileContent
 from .core import Core
 from .hooks import Absent, Hooks, Moved, Track
 from .host import job_from_environ
+from .leftovers import Leftovers
 from .policy import Policy, commits, version_at_open, version_at_replace, version_at_truncate
 from .store import PRIVATE_DIR, VERSIONS_DIR, Dirs
 from .versions import Versions
@@ -64,6 +65,7 @@ class Tracked(Track):
     version_on_write: bool = False  # keep the old content before the first write
     floor: bool = False  # the space floor applies
     parent: int = 0  # the kernel's inode of the directory it was created in
+    left_at: str | None = None  # created under a temporary name here, in a folder that commits
 
 
 class Engine(Hooks):
@@ -81,6 +83,7 @@ class Engine(Hooks):
         self.versions = Versions(self.dirs, catalog, core.content.plain_size, self._note)
         self.committer = Committer(core, policy, self.dirs, self.checks, catalog, self._note, failed or Failures())
         self.writers: dict[int, int] = {}  # ino -> open tracked handles
+        self.leftovers = Leftovers(policy.pol.temp_max_age)
         self._jobs: dict[int, tuple[str | None, float]] = {}  # pid -> (job, until)
         self._statvfs: tuple[float, float] = (0.0, 100.0)  # (when, free percent)
         with self.dirs:
@@ -94,8 +97,41 @@ class Engine(Hooks):
         core.attrs.serve(xattrs.JOB, set=self._job_attr)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """The background part (large files' checks, catalog batches), in the mount's nursery."""
-        await self.committer.run(task_status=task_status)
+        """The background part (large files' checks, catalog batches,
+        left-over temporary names), in the mount's nursery."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.committer.run)
+            nursery.start_soon(self._commit_leftovers)
+            task_status.started()
+
+    async def _commit_leftovers(self) -> None:
+        every = min(60.0, max(0.5, self.policy.pol.temp_max_age / 4))
+        while True:
+            await trio.sleep(every)
+            if not self.leftovers:
+                continue
+            try:
+                with self.dirs:
+                    for ino, rel, pid in self.leftovers.due(time.time(), self._where, self.writers.__contains__):
+                        log.info("%s: a temporary name left for %s: committed like any file", rel,
+                                 self.policy.pol.temp_max_age)
+                        self.committer.commit(ino, pid, None, rel=rel, left_over=True)
+            except Exception as e:
+                self.committer.failed("left-over temporary names", e)
+
+    def _where(self, ino: int, rel: str) -> tuple[str, float] | None:
+        """Where file `ino` is now (and its mtime), while it keeps a temporary name in a folder that commits."""
+        now = self.core.rel_path(ino) if self.core.known(ino) else rel
+        if now is None:
+            return None
+        d, name = posixpath.split(now)
+        if not (self.policy.temporary(name) and commits(self.policy.for_dir(d))):
+            return None
+        try:
+            st = os.stat(name, dir_fd=self.dirs.get(d), follow_symlinks=False)
+        except OSError:
+            return None
+        return (now, st.st_mtime) if self.core.ino_of(st.st_ino) == ino else None
 
     def close(self) -> None:
         try:
@@ -137,6 +173,8 @@ class Engine(Hooks):
             t.created = True
             t.volatile = t.commits
             t.parent = parent
+            if t.commits and self.policy.temporary(os.fsdecode(name)):
+                t.left_at = posixpath.join(d, os.fsdecode(name)) if d else os.fsdecode(name)
             if t.commits and t.rule is not None and t.rule.naming and "{job}" in t.rule.naming:
                 t.job = self._job_of(pid)
         return t
@@ -189,6 +227,8 @@ class Engine(Hooks):
         if t.created and t.commits:
             self.committer.ingested[ino] = time.time_ns()
             self.checks.keep_written(ino)
+            if t.left_at is not None:
+                self.leftovers.seen(ino, t.left_at, t.pid)
 
     def writing(self, ino: int, track: Track, off: int, size: int, content: FileContent) -> None:
         t: Tracked = track  # type: ignore[assignment]
@@ -304,6 +344,9 @@ class Engine(Hooks):
         ino = self.core.ino_of(st.st_ino)
         if not stat_m.S_ISREG(st.st_mode) or self.writers.get(ino):
             return  # not a file, or its writer's last close commits it
+        if self.policy.temporary(os.fsdecode(new)):
+            self.leftovers.seen(ino, posixpath.join(d, os.fsdecode(new)), pid)
+            return
         with self.dirs:
             self.committer.commit(ino, pid, None, rel=posixpath.join(d, os.fsdecode(new)))
 

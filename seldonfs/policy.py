@@ -113,13 +113,16 @@ class Policy:
 
     # ------------------------------------------------------------ commit
 
-    def commit_applies(self, rule: FolderRule | None, d: str, name: str) -> bool:
-        """A file `name` in folder `d` commits (temporary names and the
-        quarantine never do)."""
+    def commit_applies(self, rule: FolderRule | None, d: str, name: str, left_over: bool = False) -> bool:
+        """A file `name` in folder `d` commits (the quarantine never does; a
+        temporary name only when it was `left_over`: see leftovers.py)."""
         return (
-            commits(rule) and not is_temporary(name, self.pol.temp_patterns)
+            commits(rule) and (left_over or not self.temporary(name))
             and d not in self.quarantine_dirs
         )
+
+    def temporary(self, name: str) -> bool:
+        return is_temporary(name, self.pol.temp_patterns)
 
     def destination(self, rule: FolderRule, d: str, name: str, verdict: validation.Verdict) -> Place | Quarantine:
         """Where a checked file goes: quarantine when a check failed or its

@@ -166,3 +166,43 @@ async def test_a_large_file_is_checked_in_the_background(engine: Engine, tmp_pat
     engine.close()
     assert conn.execute("SELECT verdict FROM files").fetchall() == [("quarantined",)]
     conn.close()
+
+
+@pytest.mark.trio
+async def test_a_failing_catalog_batch_never_ends_the_mount_and_loses_no_record(engine: Engine, tmp_path: Path) -> None:
+    from seldonfs.alerts import Failures
+
+    failures = Failures()
+    engine.committer.failed = failures
+    real = engine.catalog.add_files
+    calls = []
+
+    def full_disk(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        real(rows)
+
+    engine.catalog.add_files = full_disk
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        write(engine.core, "input/raw", b"a.json", b"{}")
+        with trio.fail_after(10):
+            while len(calls) < 2:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert failures.counts == {"catalog batch": 1}
+    assert engine.catalog.conn.execute("SELECT original_name FROM files").fetchall() == [("a.json",)]
+
+
+def test_failures_are_counted_each_time_and_alerted(tmp_path: Path) -> None:
+    from seldonfs.alerts import Alerts, Failures
+    from seldonfs.config import AlertsConfig
+
+    alerts = Alerts(AlertsConfig(notifications=""), tmp_path, PlainContent(), "/mnt")
+    failures = Failures(alerts)
+    for _ in range(3):
+        failures("janitor disk check", OSError(errno.EIO, "Input/output error"))
+    assert failures.counts == {"janitor disk check": 3}
+    (alert,) = alerts.active()
+    assert alert["kind"] == "task-failed" and alert["level"] == "critical" and "janitor disk check" in alert["message"]

@@ -121,6 +121,30 @@ def test_a_new_file_never_inherits_a_deleted_files_versions(mnt: Path) -> None:
     assert [v["size"] for v in json.loads(os.getxattr(f, xattrs.VERSIONS))] == [12, 5]
 
 
+def test_a_temporary_name_left_in_a_checked_folder_is_checked_after_temp_max_age(store: Path, tmp_path: Path) -> None:
+    import time
+
+    from .conftest import mounted
+
+    cfg = store / "seldonfs.toml"
+    cfg.write_text(cfg.read_text().replace('grace = "10s"', 'grace = "10s"\ntemp_max_age = "1s"'))
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        raw = m / "input" / "raw"
+        for name in ("evil.tmp", ".hidden", "evil.json~", "evil.part"):
+            (raw / name).write_bytes(SSN)
+        (m / "input" / "processed" / "moved.tmp").write_bytes(SSN)
+        os.rename(m / "input" / "processed" / "moved.tmp", raw / "moved.tmp")
+        (raw / "fine.json.part").write_bytes(b"{}")
+        os.rename(raw / "fine.json.part", raw / "fine.json")  # a download that finished: commits at once
+        deadline = time.monotonic() + 20
+        while len(os.listdir(m / "input" / "quarantine")) < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = os.listdir(raw)
+        assert len(left) == 1 and left[0].endswith("_fine.json"), left
+        assert len(os.listdir(m / "input" / "quarantine")) == 5
+
+
 def test_markup_and_escapes_in_names_are_shown_escaped(mnt: Path) -> None:
     raw = mnt / "input" / "raw"
     (raw / "a[").mkdir()
