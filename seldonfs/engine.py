@@ -113,7 +113,7 @@ class Engine(Hooks):
             try:
                 with self.dirs:
                     for ino, rel, pid in self.leftovers.due(time.time(), self._where, self.writers.__contains__):
-                        log.info("%s: a temporary name left for %s: committed like any file", rel,
+                        log.info("%s: a temporary name left unchanged for %.0f s: committed like any file", rel,
                                  self.policy.pol.temp_max_age)
                         self.committer.commit(ino, pid, None, rel=rel, left_over=True)
             except Exception as e:

@@ -242,3 +242,29 @@ def test_decrypt_never_follows_a_symlink_out_of_the_store(tmp_path: Path) -> Non
     os.symlink(secret, store / "data" / "input" / "processed" / "link")
     r = seldonfs("decrypt", store, "input/processed/link/f", "-o", tmp_path / "out", *key_args(store))
     assert r.returncode == 2 and "symlink" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_janitor_archives_a_file_whose_archive_name_would_pass_255_bytes(store: Path, tmp_path: Path) -> None:
+    import gzip
+    import time
+
+    from .conftest import key_args, mounted
+
+    name = "r" * 250 + ".csv"
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        f = m / "output" / "reports" / name
+        f.write_text("a,b\n1,2\n")
+        old = time.time() - 100 * 86400  # reports are archived after 90 days
+        os.utime(f, (old, old))
+    r = seldonfs("janitor", store, *key_args(store))
+    assert r.returncode == 0 and "1 archive" in r.stdout, r.stdout + r.stderr
+    with mounted(store, m):
+        arch = m / "archive" / "output_archive" / "output" / "reports"
+        names = sorted(os.listdir(arch))
+        assert len(names) == 2 and all(len(n.encode()) <= 255 for n in names), names
+        gz, meta = names
+        assert meta == gz + ".meta.json" and gz.endswith(".gz")
+        assert gzip.decompress((arch / gz).read_bytes()) == b"a,b\n1,2\n"
+        assert json.loads((arch / meta).read_text())["original"] == "output/reports/" + name
+        assert not (m / "output" / "reports" / name).exists()
