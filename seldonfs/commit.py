@@ -173,15 +173,19 @@ class Committer:
                 return rel
             try:
                 self.dirs.rename(rel, target, create_dirs=place.dir != posixpath.dirname(rel))
-                if shortened:  # the whole name, beside the catalog's record of it
-                    self.dirs.setxattr(target, xattrs.ORIGINAL, os.fsencode(name))
-                return target
             except FileExistsError:
                 continue
             except OSError as e:
                 log.warning("cannot move %s to %s: %s", rel, target, e)
                 if not rule.route:
                     return rel
+                continue
+            if shortened:  # the whole name, beside the catalog's record of it
+                try:
+                    self.dirs.setxattr(target, xattrs.ORIGINAL, os.fsencode(name))
+                except OSError as e:  # e.g. no user xattrs on the backing filesystem: the catalog keeps it
+                    log.warning("%s: cannot keep its whole name in %s: %s", target, xattrs.ORIGINAL.decode(), e)
+            return target
         self._quarantine(rel, rule, [f"could not be moved to {place.dir}/ after {place.tries} attempts"])
         return None
 

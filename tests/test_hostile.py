@@ -216,12 +216,13 @@ def test_the_control_api_never_takes_an_empty_token_and_bounds_what_refusals_cos
         post = "POST /api/v1/cleanup/emergency"
         assert as_user(65534, 65534, SOCKET_GET, sock, post, "Authorization: Bearer ").stdout.split()[1] == "401"
         long_get = "GET /api/v1/" + "x" * 60_000
-        for _ in range(60):
+        for _ in range(100):
             as_user(65534, 65534, SOCKET_GET, sock, long_get, "X-None: 1")
         settle(m)
         refused = seldonfs("audit", store, "--op", "control", "--json")
         records = [json.loads(line) for line in refused.stdout.splitlines()]
-        assert 0 < len(records) <= 31 and max(len(r["detail"]) for r in records) < 300
+        # 30 a minute for one peer (61: the requests may straddle a minute)
+        assert 0 < len(records) <= 61 and max(len(r["detail"]) for r in records) < 300
 
 
 def test_an_empty_passphrase_is_refused_from_every_source(tmp_path: Path) -> None:
