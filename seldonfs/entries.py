@@ -228,7 +228,7 @@ class Entries(InodeTable):
         if ino in self.virtual.by_ino:
             raise OSError(errno.ENODATA, "no such attribute")
         node = self._node(ino)
-        if xattrs.reserved(name):
+        if name.startswith(xattrs.PREFIX):  # inline: the kernel asks before every write(2)
             value = self.attrs.get(ino, name)
             if value is not None:
                 return value
