@@ -27,7 +27,7 @@ from pathlib import Path
 from . import audit, validation, xattrs
 from .catalog import Catalog, db_name, name_of
 from .config import Config
-from .content import ContentLayer
+from .content import ContentLayer, Unreadable, reader
 from .naming import Template, is_temporary
 from .policy import commits
 from .rules import Rules
@@ -145,7 +145,10 @@ def _verdict(store: Store, rel: str, rule, content: ContentLayer):
     try:
         st = os.fstat(fd)
         size = content.plain_size(st.st_size)
-        v = validation.check_content(rule, posixpath.basename(rel), size, content.attach(fd).read)
+        try:
+            v = validation.check_content(rule, posixpath.basename(rel), size, reader(content.attach(fd)))
+        except Unreadable as e:  # damaged: `verify` tells which block; the record says why
+            v = validation.Verdict(reasons=[f"unreadable: {e.strerror}"], size=size)
         return v, st.st_mtime_ns
     finally:
         os.close(fd)
