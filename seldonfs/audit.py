@@ -76,6 +76,18 @@ def write_key(root: Path, key: bytes, keys: dict[int, bytes] | None, key_id: int
     os.replace(tmp, root / KEY_NAME)
 
 
+def checksum_key(root: Path, keys: dict[int, bytes] | None, key_id: int | None) -> bytes | None:
+    """The key of the catalog's checksums of an encrypted store (None for a
+    plain one, whose checksums are plain SHA-256): a subkey of the audit
+    key, which rekey and passwd carry over, made here if the store has none
+    yet (e.g. auditing is off)."""
+    if keys is None:
+        return None
+    if not (root / KEY_NAME).exists():
+        create_key(root, keys, key_id)
+    return crypto.subkey(load_key(root, keys), b"checksum")
+
+
 def load_key(root: Path, keys: dict[int, bytes] | None) -> bytes:
     """The audit key; `keys` (the unlocked master keys) for an encrypted store."""
     try:

@@ -73,7 +73,9 @@ def create_tables(db: sqlite_utils.Database) -> None:
     #   path          - where the commit put it, relative to the mount root
     #   original_name - the name the writer gave it
     #   job           - job id used for the managed name ('' when not named)
-    #   size, sha256  - plaintext size and checksum at commit
+    #   size, sha256  - plaintext size and checksum at commit: SHA-256 in a
+    #                   plain store, HMAC-SHA256 under the store's checksum
+    #                   key in an encrypted one (validation.checksum_of)
     #   mime          - libmagic's type ('' when the folder checks no contents)
     #   verdict       - 'ok' or 'quarantined'
     #   reason        - why it was quarantined ('' when ok)

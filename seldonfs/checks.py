@@ -14,8 +14,11 @@ become an "unreadable" verdict (content.Unreadable), never an exception.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
+from collections.abc import Callable
+from typing import Any
 
 from . import validation
 from .config import FolderRule
@@ -42,9 +45,10 @@ class _Shadow:
 
 
 class Checks:
-    def __init__(self, layer: ContentLayer, extra_patterns: dict) -> None:
+    def __init__(self, layer: ContentLayer, extra_patterns: dict, checksum: Callable[[], Any] = hashlib.sha256) -> None:
         self.layer = layer
         self.extra_patterns = extra_patterns
+        self.checksum = checksum  # validation.checksum_of: keyed in an encrypted store
         self.passed: dict[int, Key] = {}  # ino -> key at its last passed check
         self.written: dict[int, bytearray] = {}  # ino -> its one writer's bytes
 
@@ -109,7 +113,9 @@ class Checks:
         """The checks themselves; thread-safe (they touch nothing shared)."""
         read = reader(content or self.layer.attach(fd))
         try:
-            return validation.check_content(rule, posixpath.basename(rel), key[1], read, self.extra_patterns)
+            return validation.check_content(
+                rule, posixpath.basename(rel), key[1], read, self.extra_patterns, self.checksum,
+            )
         except Unreadable as e:
             return validation.Verdict(reasons=[f"unreadable: {e.strerror}"], size=key[1])
 

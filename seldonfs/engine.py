@@ -44,6 +44,7 @@ from .host import job_from_environ
 from .leftovers import Leftovers
 from .policy import Policy, commits, version_at_open, version_at_replace, version_at_truncate
 from .store import PRIVATE_DIR, VERSIONS_DIR, Dirs
+from .validation import checksum_of
 from .versions import Versions
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,12 @@ class Engine(Hooks):
 
     def __init__(
         self, core: Core, policy: Policy, catalog: Catalog, writeback: bool, audit: AuditLog | None = None,
-        failed: Callable[[str, BaseException], None] | None = None,
+        failed: Callable[[str, BaseException], None] | None = None, checksum_key: bytes | None = None,
     ) -> None:
         self.core, self.policy, self.catalog, self.writeback, self.audit = core, policy, catalog, writeback, audit
         self.counts: Counter[str] = Counter()  # decisions, for stats.json
         self.dirs = Dirs(core.root_fd, core.moved)
-        self.checks = Checks(core.content, policy.extra_patterns)
+        self.checks = Checks(core.content, policy.extra_patterns, checksum_of(checksum_key))
         self.versions = Versions(self.dirs, catalog, core.content.plain_size, self._note)
         self.committer = Committer(core, policy, self.dirs, self.checks, catalog, self._note, failed or Failures())
         self.writers: dict[int, int] = {}  # ino -> open tracked handles

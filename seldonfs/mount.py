@@ -247,7 +247,11 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
             stack.callback(auditlog.close)
         rules = Rules(cfg)
         failures = Failures()  # background work that failed: logged, counted, alerted; the mount goes on
-        engine = Engine(core, Policy(rules), catalog, writeback, auditlog, failures) if rules.any_policy else None
+        engine = None
+        if rules.any_policy:
+            keys_ = getattr(prep.content, "keys", None)
+            ckey = audit.checksum_key(store.root, keys_, getattr(prep.content, "current_key_id", None))
+            engine = Engine(core, Policy(rules), catalog, writeback, auditlog, failures, ckey)
         if engine is not None:
             stack.callback(engine.close)  # its last file records
         served = _side_tasks(store, cfg, mountpoint, core, engine, catalog, auditlog, prep.content, failures)

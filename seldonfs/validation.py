@@ -12,11 +12,13 @@ from __future__ import annotations
 import csv
 import fnmatch
 import hashlib
+import hmac
 import io
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import magic
 
@@ -210,11 +212,12 @@ def check_content(
     size: int,
     read: Callable[[int, int], bytes],
     extra_patterns: dict[str, Callable[[bytes], bool]] | None = None,
+    checksum: Callable[[], Any] = hashlib.sha256,
 ) -> Verdict:
     """Read the plaintext once through `read(offset, length)`: checksum,
     MIME type, extension match, structure and sensitive data."""
     v = Verdict(size=size)
-    digest = hashlib.sha256()
+    digest = checksum()
     patterns = {**SENSITIVE, **(extra_patterns or {})}
     wanted = [(n, patterns[n]) for n in rule.sensitive]
     found: set[str] = set()
@@ -279,3 +282,13 @@ def _structure(ext: str, data: bytes) -> str | None:
 def compile_patterns(patterns: tuple[tuple[str, str], ...]) -> dict[str, Callable[[bytes], bool]]:
     """Tests for the configured extra patterns ([policy.patterns])."""
     return {n: (lambda data, rx=re.compile(rx.encode()): rx.search(data) is not None) for n, rx in patterns}
+
+
+def checksum_of(key: bytes | None) -> Callable[[], Any]:
+    """What a file's recorded checksum is: SHA-256 of the plaintext in a
+    plain store (`key` None); in an encrypted store HMAC-SHA256 under the
+    store's checksum key (audit.checksum_key), so the catalog confirms no
+    guessed content to whoever reads it without the key."""
+    if key is None:
+        return hashlib.sha256
+    return lambda: hmac.new(key, digestmod="sha256")

@@ -269,3 +269,27 @@ def test_the_janitor_archives_a_file_whose_archive_name_would_pass_255_bytes(sto
         assert gzip.decompress((arch / gz).read_bytes()) == b"a,b\n1,2\n"
         assert json.loads((arch / meta).read_text())["original"] == "output/reports/" + name
         assert not (m / "output" / "reports" / name).exists()
+
+
+def test_checksums_of_an_encrypted_store_confirm_nothing_without_its_key(store: Path, tmp_path: Path) -> None:
+    import hashlib
+    import hmac
+
+    from seldonfs import audit, crypto
+    from seldonfs.keys import KeySource, unlock
+    from seldonfs.store import Store
+
+    from .conftest import keyfile_of, mounted
+
+    body = b'{"a": 1}'
+    with mounted(store, tmp_path / "mnt"):
+        (tmp_path / "mnt" / "input" / "raw" / "k.json").write_bytes(body)
+        settle(tmp_path / "mnt")
+    ((sha,),) = catalog_rows(store, "SELECT sha256 FROM files")
+    block = Store(store).identity().get("encryption")
+    if block is None:
+        assert sha == hashlib.sha256(body).hexdigest()
+        return
+    assert sha != hashlib.sha256(body).hexdigest()
+    key = crypto.subkey(audit.load_key(store, unlock(block, KeySource(keyfile=keyfile_of(store)))), b"checksum")
+    assert sha == hmac.new(key, body, "sha256").hexdigest()

@@ -47,6 +47,7 @@ def test_any_name_and_content_in_every_folder(store: Path, tmp_path: Path) -> No
     cfg = store / "seldonfs.toml"  # many quarantined files are the point here, not an alert
     cfg.write_text(cfg.read_text() + "\n[alerts]\nquarantine_backlog = 1000000\n")
     written: list[tuple[str, bytes]] = []
+    tried: list[str] = []
     with mounted(store, mnt) as daemon:
         root = os.fsencode(mnt)
 
@@ -65,6 +66,7 @@ def test_any_name_and_content_in_every_folder(store: Path, tmp_path: Path) -> No
             else:
                 written.append((folder, name))
             assert daemon.poll() is None, "the mount died"
+            tried.append(folder)
 
         write_one()
         time.sleep(1.5)  # the last file records' batch
@@ -87,6 +89,7 @@ def test_any_name_and_content_in_every_folder(store: Path, tmp_path: Path) -> No
             else:
                 unrecorded.append(rel)
         assert not unrecorded, unrecorded[:10]
+    print(f"{len(tried)} examples, {len(written)} files created: {outcomes}")
     if EXAMPLES >= 100:  # the strategy reaches every outcome, not only refusals
         assert min(outcomes.values()) > 0, outcomes
     fsck = seldonfs("fsck", store, *key_args(store))
