@@ -20,6 +20,8 @@ import pytest
 
 from seldonfs import xattrs
 from seldonfs.catalog import name_of
+from seldonfs.config import DEFAULT_TEMP_PATTERNS
+from seldonfs.naming import is_temporary
 
 from .conftest import needs_fuse, needs_root, seldonfs
 
@@ -293,3 +295,93 @@ def test_checksums_of_an_encrypted_store_confirm_nothing_without_its_key(store: 
     assert sha != hashlib.sha256(body).hexdigest()
     key = crypto.subkey(audit.load_key(store, unlock(block, KeySource(keyfile=keyfile_of(store)))), b"checksum")
     assert sha == hmac.new(key, body, "sha256").hexdigest()
+
+
+@needs_root
+def test_one_user_never_sees_or_restores_another_users_versions(store: Path, tmp_path: Path) -> None:
+    from .conftest import as_user, mounted
+
+    _open_the_way(store, tmp_path)
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        reports = m / "output" / "reports"
+        reports.chmod(0o1777)
+        alice = (
+            "import os, sys\nos.umask(0o077)\np = sys.argv[1]\n"
+            "for text in (b'alice first', b'alice second'):\n"
+            "    with open(p, 'wb') as f: f.write(text)\n"
+            "print(len(os.getxattr(p, 'user.seldon.versions')))\nos.unlink(p)\n"
+        )
+        r = as_user(1000, 1000, alice, str(reports / "q3.txt"))
+        assert r.returncode == 0 and int(r.stdout) > 2, r.stderr  # alice had a version
+        bob = (
+            "import errno, os, sys\np = sys.argv[1]\n"
+            "with open(p, 'wb') as f: f.write(b'bob')\n"
+            "print(os.getxattr(p, 'user.seldon.versions').decode())\n"
+            "try:\n    os.setxattr(p, 'user.seldon.restore', b'1'); print('restored')\n"
+            "except OSError as e:\n    print(errno.errorcode[e.errno])\n"
+            "print(open(p, 'rb').read().decode())\n"
+        )
+        r = as_user(1001, 1001, bob, str(reports / "q3.txt"))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["[]", "EINVAL", "bob"]
+        vdir = store / "data" / ".seldon" / "versions"
+        assert len(os.listdir(vdir)) == 1  # alice's version is kept for root, out of everyone's reach
+        assert as_user(1001, 1001, "import os, sys; print(os.listdir(sys.argv[1]))", str(m)).stdout.count(".seldon") == 0
+
+
+@needs_root
+def test_an_unprivileged_writer_with_any_name_never_ends_the_mount(store: Path, tmp_path: Path) -> None:
+    """The name test's writes, as uid 65534 into world-writable folders of
+    every kind: each is created or refused with EACCES, none is lost."""
+    import random
+
+    from .conftest import as_user, mounted
+
+    rnd = random.Random(16)
+    names = []
+    for _ in range(300):
+        raw = bytes(rnd.choice([b for b in range(1, 256) if b != 0x2F]) for _ in range(rnd.randint(1, 240)))
+        names.append((raw + rnd.choice([b"", b".json", b".csv", b".tmp"]))[:255])
+    names = [n for n in names if n not in (b".", b"..")]
+    _open_the_way(store, tmp_path)
+    m = tmp_path / "mnt"
+    writer = (
+        "import errno, os, sys\nroot = os.fsencode(sys.argv[1])\n"
+        "for line in open(sys.argv[2], 'rb').read().split(b'\\n'):\n"
+        "    folder, _, hexname = line.partition(b' ')\n"
+        "    if not hexname: continue\n"
+        "    name = bytes.fromhex(hexname.decode())\n"
+        "    data = [b'{}', b'{\"ssn\": \"123-45-6789\"}', b'a,b\\n1,2\\n'][len(name) % 3]\n"
+        "    try:\n"
+        "        with open(root + b'/' + folder + b'/' + name, 'wb') as f: f.write(data)\n"
+        "        print('ok', folder.decode(), hexname.decode())\n"
+        "    except OSError as e:\n"
+        "        print(errno.errorcode[e.errno], folder.decode(), hexname.decode())\n"
+    )
+    folders = ["input/raw", "output/reports", "input/processed", "temp/working"]
+    plan = tmp_path / "plan"
+    plan.write_bytes(b"\n".join(f"{folders[i % 4]} {n.hex()}".encode() for i, n in enumerate(names)))
+    plan.chmod(0o644)
+    with mounted(store, m) as daemon:
+        for f in folders:
+            (m / f).chmod(0o1777)
+        r = as_user(65534, 65534, writer, str(m), str(plan))
+        assert r.returncode == 0, r.stderr
+        results = [line.split() for line in r.stdout.splitlines()]
+        assert len(results) == len(names) and {res for res, _, _ in results} <= {"ok", "EACCES"}
+        settle(m)
+        assert daemon.poll() is None and os.listdir(m)
+        conn = sqlite3.connect(f"file:{store / 'catalog.sqlite'}?mode=ro", uri=True)
+        seen = {os.fsencode(name_of(o)) for (o,) in conn.execute("SELECT original_name FROM files")}
+        seen |= {os.fsencode(name_of(o)).rpartition(b"/")[2] for (o,) in conn.execute("SELECT origin FROM quarantine")}
+        conn.close()
+        for res, folder, hexname in results:
+            name = bytes.fromhex(hexname)
+            if res != "ok":
+                continue
+            if folder == "input/raw" and not is_temporary(os.fsdecode(name), DEFAULT_TEMP_PATTERNS):
+                assert name in seen, name  # checked: committed or quarantined, never left as it came
+            else:
+                assert os.path.lexists(os.fsencode(m) + b"/" + folder.encode() + b"/" + name), (folder, name)
+        assert sum(res == "ok" for res, _, _ in results) > 100
