@@ -29,7 +29,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import audit, config, fuseloop, janitor, keys
+from . import audit, config, fuseloop, janitor, keys, offline
 from .alerts import Alerts, Failures, verify_audit, watch
 from .audit import AuditLog
 from .catalog import Catalog
@@ -227,6 +227,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         lock.acquire()
         stack.callback(lock.release)
         setup_logging(store, foreground, debug)
+        _finish_rekey_copy(store, prep.content)
         _raise_nofile_limit()
         # Modes arrive already masked by the caller's umask; ours must not
         # mask them again.
@@ -294,6 +295,18 @@ def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine:
         served.control.close()
         raise
     return served
+
+
+def _finish_rekey_copy(store: Store, content: ContentLayer) -> None:
+    """A rekey killed while it overwrote a file (STORE/rekey.json) left the
+    file's new copy as the truth: finish it before anything can write the
+    file, or a later `seldonfs rekey` would put the stale copy back over
+    what this mount wrote."""
+    block = store.identity().get("encryption")
+    keys_ = getattr(content, "keys", None)
+    if block is not None and keys_ is not None and (store.root / offline.REKEY_JOURNAL).exists():
+        log.info("an interrupted rekey's copy is finished first; run seldonfs rekey %s to complete it", store.root)
+        offline.Rekey(store, keys_, block).finish_interrupted()
 
 
 def _fuse_init(ops: SeldonOperations, mountpoint: Path, fuse_opts: set[str], foreground: bool, store: Store) -> None:

@@ -140,7 +140,10 @@ class Rekey:
 
     Killed anywhere, a rerun redoes step 3 for the file in rekey.json and
     goes on; a file already under the new key is skipped. Until the end both
-    keys stay in store.json, so a mount in between reads every file."""
+    keys stay in store.json, so a mount in between reads every file; a mount
+    finishes an interrupted step 3 before it serves (mount.serve), so what
+    it writes is never overwritten by a stale copy. A file that is gone or
+    was replaced since its copy was made is left alone (its copy dropped)."""
 
     def __init__(self, store: Store, keys: dict[int, bytes], block: dict[str, Any]) -> None:
         self.store = store
@@ -165,10 +168,21 @@ class Rekey:
         return out
 
     def finish_interrupted(self) -> None:
-        if self.journal.exists():
-            rec = json.loads(self.journal.read_text())
-            log.info("rekey: completing interrupted copy of %s", rec["path"])
-            self._overwrite(Path(rec["path"]), rec["atime_ns"], rec["mtime_ns"])
+        if not self.journal.exists():
+            return
+        rec = json.loads(self.journal.read_text())
+        path = Path(rec["path"])
+        try:
+            ino = os.lstat(path).st_ino
+        except FileNotFoundError:
+            ino = None
+        if ino is None or ino != rec.get("ino", ino):  # removed or replaced meanwhile: the copy is stale
+            log.info("rekey: %s is gone or replaced since its copy; copy dropped", path)
+            self.journal.unlink()
+            self.scratch.unlink(missing_ok=True)
+            return
+        log.info("rekey: completing interrupted copy of %s", path)
+        self._overwrite(path, rec["atime_ns"], rec["mtime_ns"])
 
     def move(self, path: Path) -> None:
         st = os.lstat(path)
@@ -187,7 +201,7 @@ class Rekey:
         finally:
             os.close(src)
             os.close(dst)
-        rec = {"path": str(path), "atime_ns": st.st_atime_ns, "mtime_ns": st.st_mtime_ns}
+        rec = {"path": str(path), "atime_ns": st.st_atime_ns, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
         _write_synced(self.journal, json.dumps(rec).encode())
         self._overwrite(path, st.st_atime_ns, st.st_mtime_ns)
 

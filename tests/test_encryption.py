@@ -245,3 +245,31 @@ def test_concurrent_writers_to_one_file(estore: Path, tmp_path: Path) -> None:
         got = f.read_bytes()
     assert got == b"".join(bytes([65 + i % 26]) * 1000 for i in range(400))
     assert stored(estore, "input/processed/shared") == got
+
+
+@needs_fuse
+def test_a_rekey_resumed_after_a_mount_keeps_what_the_mount_wrote(estore: Path, tmp_path: Path) -> None:
+    """Issue 17, repro 4: killed after its journal, then a mount appends,
+    then the rekey is run again: the append stays."""
+    _write_through_mount(estore, tmp_path, {"f.txt": b"old content\n"})
+    store = Store(estore)
+    block = store.identity()["encryption"]
+    keys = unlock(block, KeySource(keyfile=keyfile_of(estore)))
+    _, kek = unlock_kek(block, KeySource(keyfile=keyfile_of(estore)))
+    block = offline.start_rekey(block, keys, kek)
+    store.write_identity(dict(store.identity(), encryption=block))
+    job = offline.Rekey(store, keys, block)
+    (todo,) = job.pending()
+    job._overwrite = lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        job.move(todo)
+    assert (estore / offline.REKEY_JOURNAL).exists()
+    with mounted(estore, tmp_path / "m"):
+        with open(tmp_path / "m/input/processed/f.txt", "ab") as f:
+            f.write(b"appended after the kill\n")
+    assert not (estore / offline.REKEY_JOURNAL).exists()  # the mount finished the copy first
+    r = seldonfs("rekey", estore, "--keyfile", keyfile_of(estore))
+    assert r.returncode == 0, r.stderr
+    with mounted(estore, tmp_path / "m"):
+        assert (tmp_path / "m/input/processed/f.txt").read_bytes() == b"old content\nappended after the kill\n"
+    assert seldonfs("verify", estore, "--keyfile", keyfile_of(estore)).returncode == 0
