@@ -114,10 +114,7 @@ def setup_logging(store: Store, foreground: bool, debug: bool) -> None:
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    # A name that is not UTF-8 is logged with its bytes as \xNN, never lost to an encoding error.
-    fh = logging.handlers.RotatingFileHandler(store.log_path, maxBytes=10 << 20, backupCount=3,
-                                              errors="backslashreplace")
-    os.chmod(store.log_path, 0o600)  # it names every user's files
+    fh = LogFile(store.log_path, stderr_too=not foreground)
     fh.setFormatter(fmt)
     root.addHandler(fh)
     if foreground:
@@ -126,6 +123,25 @@ def setup_logging(store: Store, foreground: bool, debug: bool) -> None:
         sh.setLevel(logging.DEBUG if debug else logging.WARNING)
         root.addHandler(sh)
     logging.getLogger("pyfuse3").addFilter(_hint_failures_are_debug)
+
+
+class LogFile(logging.handlers.RotatingFileHandler):
+    """STORE/seldonfs.log: rotated at 10 MiB (3 kept), mode 0600 for its
+    whole life (it names every user's files; the daemon's umask is 0), a
+    name that is not UTF-8 written with its bytes as \\xNN. `stderr_too`
+    (the daemon): file descriptor 2, where libfuse and a dying interpreter
+    write, follows the current file across rotations."""
+
+    def __init__(self, path: Path, stderr_too: bool = False, max_bytes: int = 10 << 20) -> None:
+        self.stderr_too = stderr_too
+        super().__init__(path, maxBytes=max_bytes, backupCount=3, errors="backslashreplace")
+
+    def _open(self):  # type: ignore[override]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)  # also a file made before, or by a looser umask
+        if self.stderr_too:
+            os.dup2(fd, 2, inheritable=True)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
 
 
 def _hint_failures_are_debug(record: logging.LogRecord) -> bool:

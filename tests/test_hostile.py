@@ -385,3 +385,39 @@ def test_an_unprivileged_writer_with_any_name_never_ends_the_mount(store: Path, 
             else:
                 assert os.path.lexists(os.fsencode(m) + b"/" + folder.encode() + b"/" + name), (folder, name)
         assert sum(res == "ok" for res, _, _ in results) > 100
+
+
+def test_the_log_stays_owner_only_and_takes_stderr_across_rotations(tmp_path: Path) -> None:
+    """Issue 17, repro 8: the daemon's umask is 0; after a rotation the new
+    seldonfs.log must still be 0600, and fd 2 must write into it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, os, sys\nfrom pathlib import Path\nfrom seldonfs.mount import LogFile\n"
+        "os.umask(0)\np = Path(sys.argv[1])\nh = LogFile(p, stderr_too=True, max_bytes=2000)\n"
+        "log = logging.getLogger('t'); log.addHandler(h); log.propagate = False\n"
+        "for i in range(100): log.error('line %d %s', i, 'x' * 50)\n"
+        "os.write(2, b'AFTER-ROTATION\\n')\n"
+    )
+    log = tmp_path / "seldonfs.log"
+    r = subprocess.run([sys.executable, "-c", code, str(log)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "seldonfs.log.1").exists()  # it rotated
+    for p in tmp_path.glob("seldonfs.log*"):
+        assert p.stat().st_mode & 0o777 == 0o600, p
+    assert "AFTER-ROTATION" in log.read_text()
+
+
+def test_audit_verify_of_a_missing_or_broken_catalog_is_one_line_and_exit_26(tmp_path: Path) -> None:
+    from .conftest import init_store, key_args, mounted
+
+    store = init_store(tmp_path / "store")
+    with mounted(store, tmp_path / "mnt"):  # a chain of a few records, and its key
+        (tmp_path / "mnt" / "input" / "processed" / "f").write_bytes(b"x")
+    (store / "catalog.sqlite").unlink()
+    r = seldonfs("audit", "verify", store, *key_args(store))
+    assert r.returncode == 26 and "missing" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    (store / "catalog.sqlite").write_bytes(b"not a database at all" * 100)
+    r = seldonfs("audit", "verify", store, *key_args(store))
+    assert r.returncode == 26 and "unreadable" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
@@ -93,8 +94,13 @@ def run_verify(args: argparse.Namespace) -> None:
     unlocked = keys.unlock(block, key_source(args)) if block is not None else None
     key = audit.load_key(store.root, unlocked)
     t0 = time.perf_counter()
-    with catalog_readonly(target) as conn:
-        n, brk = audit.verify(conn, key, audit.read_head(store.root))
+    if not store.catalog_path.exists():
+        raise DamageFound(f"{store.catalog_path}: missing: the audit chain is gone")
+    try:
+        with catalog_readonly(target) as conn:
+            n, brk = audit.verify(conn, key, audit.read_head(store.root))
+    except sqlite3.DatabaseError as e:
+        raise DamageFound(f"{store.catalog_path}: unreadable ({e}): the audit chain cannot be verified") from None
     secs = time.perf_counter() - t0
     rate = f"{n / secs:,.0f} records/s" if secs > 0 else ""
     if brk is not None:
