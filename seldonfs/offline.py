@@ -20,7 +20,7 @@ from typing import Any
 from . import crypto
 from .blockformat import HEADER_SIZE, EncryptedFile, FormatError, parse_header
 from .content import ContentDamaged
-from .errors import UsageError
+from .errors import DamageFound, UsageError
 from .keys import with_keys
 from .store import Store, walk
 
@@ -193,8 +193,8 @@ class Rekey:
             old = EncryptedFile(src, self.keys, self.target, bs)
             new = EncryptedFile(dst, self.keys, self.target, bs)
             for n, data, problem in _blocks(old, bs):
-                if problem:
-                    raise ContentDamaged(f"{path}: {problem}; run verify, restore it, then rekey again")
+                if problem:  # one line and exit 26, not a traceback; the file stays as it was
+                    raise DamageFound(f"{path}: {problem}; run verify, restore it, then rekey again")
                 new.write(n * bs, data)
             new.truncate(old.size())
             os.fsync(dst)

@@ -273,3 +273,17 @@ def test_a_rekey_resumed_after_a_mount_keeps_what_the_mount_wrote(estore: Path, 
     with mounted(estore, tmp_path / "m"):
         assert (tmp_path / "m/input/processed/f.txt").read_bytes() == b"old content\nappended after the kill\n"
     assert seldonfs("verify", estore, "--keyfile", keyfile_of(estore)).returncode == 0
+
+
+@needs_fuse
+def test_rekey_with_a_damaged_file_is_one_line_and_exit_26(estore: Path, tmp_path: Path) -> None:
+    """Issue 17, repro 7 (rekey): a damaged block stops the rekey with its
+    reason, not a traceback; the damaged file is left as it was."""
+    _write_through_mount(estore, tmp_path, {"bad": os.urandom(50_000), "good": b"fine"})
+    p = _backing(estore, "bad")
+    raw = bytearray(p.read_bytes())
+    raw[HEADER_SIZE + 100] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    r = seldonfs("rekey", estore, "--keyfile", keyfile_of(estore))
+    assert r.returncode == 26 and "Traceback" not in r.stderr and "bad" in r.stderr, r.stderr
+    assert p.read_bytes() == bytes(raw)
