@@ -287,3 +287,29 @@ def test_rekey_with_a_damaged_file_is_one_line_and_exit_26(estore: Path, tmp_pat
     r = seldonfs("rekey", estore, "--keyfile", keyfile_of(estore))
     assert r.returncode == 26 and "Traceback" not in r.stderr and "bad" in r.stderr, r.stderr
     assert p.read_bytes() == bytes(raw)
+
+
+@needs_fuse
+def test_one_damaged_file_does_not_stop_a_janitor_run(estore: Path, tmp_path: Path) -> None:
+    """Issue 17, repro 7 (janitor): the damaged file is skipped with its
+    reason and nothing half-made is left; the rest of the run goes on."""
+    import time
+
+    with mounted(estore, tmp_path / "m"):
+        for name in ("bad.csv", "good.csv"):
+            f = tmp_path / "m/output/reports" / name
+            f.write_bytes(b"a,b\n" + b"1,2\n" * 5000)
+            old = time.time() - 100 * 86400  # reports are archived after 90 days
+            os.utime(f, (old, old))
+    p = estore / "data/output/reports/bad.csv"
+    raw = bytearray(p.read_bytes())
+    raw[HEADER_SIZE + 100] ^= 0xFF
+    st = p.stat()
+    p.write_bytes(bytes(raw))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # still 100 days old
+    r = seldonfs("janitor", estore, "--keyfile", keyfile_of(estore))
+    assert r.returncode == 0, r.stderr
+    assert "1 archive" in r.stdout and "skipped" in r.stdout and "damaged" in r.stdout, r.stdout
+    arch = estore / "data/archive/output_archive/output/reports"
+    assert sorted(os.listdir(arch)) == ["good.csv.gz", "good.csv.gz.meta.json"]  # no half-made bad.csv.gz
+    assert p.read_bytes() == bytes(raw)
