@@ -1,12 +1,14 @@
-"""The few Linux calls the os module lacks: renameat2, and the AT_EMPTY_PATH
-forms of fchownat and utimensat that act on an O_PATH descriptor itself
-(needed for symlinks, which cannot be opened any other way).
+"""The few Linux calls the os module lacks: renameat2, fallocate with
+FALLOC_FL_KEEP_SIZE, and the AT_EMPTY_PATH forms of fchownat and utimensat
+that act on an O_PATH descriptor itself (needed for symlinks, which cannot
+be opened any other way).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -17,6 +19,7 @@ RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
+FALLOC_FL_KEEP_SIZE = 1
 
 
 class _Timespec(ctypes.Structure):
@@ -26,12 +29,24 @@ class _Timespec(ctypes.Structure):
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
 _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
 def _check(res: int) -> None:
     if res != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
+
+
+def reserve(fd: int, off: int, length: int) -> None:
+    """Allocate the backing blocks of [off, off + length) without changing
+    the file's size, so a write there cannot then fail for space: ENOSPC or
+    EDQUOT here, before anything is overwritten. A filesystem that cannot
+    (EOPNOTSUPP) is left to fail at the write."""
+    if _libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, off, length) != 0:
+        e = ctypes.get_errno()
+        if e not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OSError(e, os.strerror(e))
 
 
 def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int = 0) -> None:

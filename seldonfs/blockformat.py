@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import crypto
+from . import _libc, crypto
 from .content import ContentDamaged
 
 MAGIC = b"SLDN"
@@ -436,7 +436,14 @@ class EncryptedFile:
         for n, p in enumerate(plains, first):
             seal_block_into(aead, h, n, p, view[pos : pos + len(p) + BLOCK_OVERHEAD])
             pos += len(p) + BLOCK_OVERHEAD
-        self._pwrite_all(out, block_offset(first, self.block_size) - len(head))
+        at = block_offset(first, self.block_size) - len(head)
+        if at + len(out) > self._backing_size():
+            # The write extends the file, and may reseal its partial last
+            # block in place: space first, so a full disk fails it with
+            # ENOSPC before a byte is overwritten (a torn sealed block would
+            # read as damage and lose what was there).
+            _libc.reserve(self.fd, at, len(out))
+        self._pwrite_all(out, at)
 
     def _patched(self, n: int, off: int, data: memoryview, old: int) -> Buffer:
         """Block n's new plaintext with its share of `data` (written at `off`)

@@ -19,7 +19,7 @@ from seldonfs.blockformat import BLOCK_OVERHEAD, DEFAULT_BLOCK_SIZE, HEADER_SIZE
 from seldonfs.keys import KeySource, unlock, unlock_kek
 from seldonfs.store import Store
 
-from .conftest import init_store, keyfile_of, mounted, needs_fuse, seldonfs, stored
+from .conftest import init_store, keyfile_of, mounted, needs_fuse, needs_root, seldonfs, stored
 
 BS = DEFAULT_BLOCK_SIZE  # new stores use it; the fixture checks
 SEALED = BS + BLOCK_OVERHEAD
@@ -313,3 +313,51 @@ def test_one_damaged_file_does_not_stop_a_janitor_run(estore: Path, tmp_path: Pa
     arch = estore / "data/archive/output_archive/output/reports"
     assert sorted(os.listdir(arch)) == ["good.csv.gz", "good.csv.gz.meta.json"]  # no half-made bad.csv.gz
     assert p.read_bytes() == bytes(raw)
+
+
+@needs_fuse
+@needs_root
+def test_a_full_disk_never_tears_a_committed_block(tmp_path: Path) -> None:
+    """Issue 17, repro 1: an append that needs space the disk does not have
+    fails with ENOSPC (at write, fsync or close) and leaves the committed
+    bytes as they were: no torn sealed block, no EIO, verify clean."""
+    import errno
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    try:
+        store = small / "store"
+        key = keyfile_of(store)
+        seldonfs("init", store, "--keyfile", key, check=True)
+        m = tmp_path / "m"
+        keep = b"precious committed data\n"
+        with mounted(store, m, expect_log_problems=True):
+            with open(m / "input/processed/keep.txt", "wb") as f:
+                f.write(keep)
+                os.fsync(f.fileno())
+            with open(small / "filler", "wb") as f:  # the disk fills up behind the mount
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 20))
+                        f.flush()
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC
+            errors = []
+            try:
+                with open(m / "input/processed/keep.txt", "ab") as f:
+                    f.write(os.urandom(10_000))
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                errors.append(e.errno)
+            assert errors and set(errors) <= {errno.ENOSPC}, errors
+            os.unlink(small / "filler")
+        assert "damaged content" not in (store / "seldonfs.log").read_text()
+        with mounted(store, m):
+            assert (m / "input/processed/keep.txt").read_bytes() == keep
+        r = seldonfs("verify", store, "--keyfile", key)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
