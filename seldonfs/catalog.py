@@ -131,7 +131,8 @@ def create_tables(db: sqlite_utils.Database) -> None:
     #   op      - create, mkdir, mknod, symlink, link, rename, unlink, rmdir,
     #             setattr, setxattr, removexattr, write, read, commit,
     #             quarantine, release, version, restore, mount, unmount,
-    #             passwd, rekey, janitor-delete/-archive/-move/-rmdir, control
+    #             passwd, rekey, janitor-delete/-archive/-move/-rmdir, control,
+    #             damaged (content that failed authentication, read through the mount)
     #   path    - the object, relative to the mount root; path2 - the other
     #             one (rename and link target, commit destination)
     #   result  - 'OK' or the errno name, e.g. 'EACCES'

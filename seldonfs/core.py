@@ -27,7 +27,7 @@ import logging
 import os
 import posixpath
 import stat as stat_m
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,9 @@ class Core(Entries):
         self._next_fh = 1
         self.damaged: set[tuple[int, str]] = set()  # (inode, what) already logged
         self.damage_count = 0
+        # Told once per inode and cause of damaged content read (the FUSE
+        # glue records it in the audit chain): (inode, what).
+        self.on_damage: Callable[[int, str], None] = lambda ino, what: None
 
     def open_inodes(self) -> set[int]:
         return {h.ino for h in self.handles.values()}
@@ -275,7 +278,7 @@ class Core(Entries):
 
     def _guarded(self, ino: int, fn, *args):
         """Call a content operation; damaged content becomes EIO, logged
-        once per inode and cause, and counted."""
+        and audited once per inode and cause, and counted."""
         try:
             return fn(*args)
         except ContentDamaged as e:
@@ -283,6 +286,7 @@ class Core(Entries):
             if (ino, str(e)) not in self.damaged:
                 self.damaged.add((ino, str(e)))
                 log.error("inode %d: damaged content: %s", ino, e)
+                self.on_damage(ino, str(e))
             raise OSError(errno.EIO, "damaged content") from None
 
     def fsync(self, fh: int, datasync: bool) -> None:

@@ -107,11 +107,16 @@ class SeldonOperations(pyfuse3.Operations):
         self.cfg = cfg
         self.enable_writeback_cache = writeback
         core.notify = self._notify_gone
+        core.on_damage = self._damaged
 
     @staticmethod
     def _notify_gone(parent: int, name: bytes) -> None:
         # async: the kernel may hold the directory's lock while we answer
         pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+
+    def _damaged(self, ino: int, what: str) -> None:
+        if self.audit is not None:  # who asked is not known here: the filesystem's own record
+            self.audit.record("damaged", 0, 0, os.getpid(), self._path(ino), result="EIO", detail=what)
 
     def _path(self, parent: int, name: bytes | None = None) -> str:
         """Where an object is, for the audit record ('?' when it has no name now)."""

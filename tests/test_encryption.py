@@ -361,3 +361,23 @@ def test_a_full_disk_never_tears_a_committed_block(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stdout + r.stderr
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+@needs_fuse
+def test_a_damaged_read_is_audited_once(estore: Path, tmp_path: Path) -> None:
+    """SPEC §4 (issue 17, repro 7): damage reads as EIO, is counted, and is
+    recorded in the audit chain once per file and cause."""
+    _write_through_mount(estore, tmp_path, {"hurt": os.urandom(20_000)})
+    p = _backing(estore, "hurt")
+    raw = bytearray(p.read_bytes())
+    raw[HEADER_SIZE + 100] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    with mounted(estore, tmp_path / "m", expect_log_problems=True):
+        for _ in range(3):
+            with pytest.raises(OSError) as e:
+                (tmp_path / "m/input/processed/hurt").read_bytes()
+            assert e.value.errno == errno.EIO
+    r = seldonfs("audit", estore, "--op", "damaged", "--json")
+    (rec,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rec["path"] == "input/processed/hurt" and rec["result"] == "EIO" and "block 0" in rec["detail"]
+    assert seldonfs("audit", "verify", estore, "--keyfile", keyfile_of(estore)).returncode == 0
