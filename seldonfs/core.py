@@ -64,15 +64,11 @@ class Handle:
     nread: int = 0
 
 
-
-
 @dataclass(slots=True)
 class DirHandle:
     ino: int
     fd: int  # readable descriptor of the backing directory
     entries: list[bytes] | None = None
-
-
 
 
 class Core(Entries):
@@ -210,8 +206,7 @@ class Core(Entries):
 
     def create(self, parent: int, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[int, Stat]:
         pfd = self._node(parent).fd
-        if parent == ROOT_INODE and name in self.hidden:
-            raise OSError(errno.EACCES, "reserved name")
+        self._refuse_own(parent, name)
         track = self.hooks.creating(parent, name, caller.pid)
         owner = self._owner(pfd, caller)
         oflags = self._open_flags(flags) | os.O_NOFOLLOW

@@ -47,11 +47,13 @@ class Entries(InodeTable):
         self.on_mkdir: Callable[[str, str, int], None] = lambda proc_path, rel, pid: None
         self.as_root = os.geteuid() == 0
 
-    def _refuse_virtual(self, parent: int, name: bytes) -> None:
-        if name in self.virtual.names and self.virtual.find(self.rel_path(parent), name) is not None:
-            raise OSError(errno.EACCES, "a read-only file of the filesystem")
+    def _refuse_own(self, parent: int, name: bytes) -> None:
+        """EACCES for a name that is the filesystem's own: the hidden
+        private folder at the root, or a virtual file."""
         if parent == ROOT_INODE and name in self.hidden:
             raise OSError(errno.EACCES, "the filesystem's own files")
+        if name in self.virtual.names and self.virtual.find(self.rel_path(parent), name) is not None:
+            raise OSError(errno.EACCES, "a read-only file of the filesystem")
 
     # ------------------------------------------------------------ attributes
 
@@ -103,8 +105,7 @@ class Entries(InodeTable):
             raise
 
     def _check_new(self, parent: int, name: bytes, kind: int) -> None:
-        if parent == ROOT_INODE and name in self.hidden:
-            raise OSError(errno.EACCES, "reserved name")
+        self._refuse_own(parent, name)
         self.hooks.new_entry(parent, name, kind)
 
     def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Stat:
@@ -167,7 +168,7 @@ class Entries(InodeTable):
         return st
 
     def unlink(self, parent: int, name: bytes) -> None:
-        self._refuse_virtual(parent, name)
+        self._refuse_own(parent, name)
         self.hooks.removing(parent, name)
         os.unlink(name, dir_fd=self._node(parent).fd)
         self.renames += 1  # a file pinned through this name has no path now
@@ -185,8 +186,8 @@ class Entries(InodeTable):
         wrote it (a tool renames its output after close)."""
         ofd = self._node(old_parent).fd
         nfd = self._node(new_parent).fd
-        self._refuse_virtual(old_parent, old)
-        self._refuse_virtual(new_parent, new)
+        self._refuse_own(old_parent, old)
+        self._refuse_own(new_parent, new)
         opened = -1
         try:
             try:

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from . import audit, validation, xattrs
 from .catalog import Catalog, db_name, name_of
+from .checks import Checks
 from .config import Config
-from .content import ContentLayer, Unreadable, reader
+from .content import ContentLayer
 from .naming import Template, is_temporary
 from .policy import commits
 from .rules import Rules
@@ -58,7 +59,8 @@ def check(
     rep = Report()
     rules = Rules(cfg)
     keys = getattr(content, "keys", None)  # an encrypted store's checksums are keyed (validation.checksum_of)
-    checksum = validation.checksum_of(audit.checksum_key(store.root, keys, getattr(content, "current_key_id", None)))
+    key = audit.checksum_key(store.root, keys, getattr(content, "current_key_id", None))
+    checks = Checks(content, {}, validation.checksum_of(key))
     qdirs = {cfg.policy.quarantine} | {r.quarantine for r in cfg.folders if r.quarantine}
     templates = {r.naming: Template(r.naming) for r in cfg.folders if r.naming}
     head = audit.read_head(store.root)
@@ -102,7 +104,7 @@ def check(
                 job, original = parts.get("job") or "", parts.get("name") or name
                 if parts.get("seq"):
                     seqs[job] = max(seqs.get(job, 0), int(parts["seq"]))
-            want_files.append((rel, original, job, _verdict(store, rel, rule, content, checksum)))
+            want_files.append((rel, original, job, _verdict(store, rel, rule, checks)))
         rep.problems += _compare(conn, "files", {r[0] for r in want_files}, "verdict = 'ok'")
         rep.problems += _compare(conn, "quarantine", {r[0] for r in want_q}, "released_ns IS NULL")
         vrows = _version_rows(store, content)
@@ -142,17 +144,12 @@ def check(
     return rep
 
 
-def _verdict(store: Store, rel: str, rule, content: ContentLayer, checksum):
+def _verdict(store: Store, rel: str, rule, checks: Checks):
+    """The commit checks' verdict on data/`rel` (damage: an "unreadable" one), and its mtime."""
     fd = os.open(store.data / rel, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        st = os.fstat(fd)
-        size = content.plain_size(st.st_size)
-        try:
-            v = validation.check_content(rule, posixpath.basename(rel), size, reader(content.attach(fd)),
-                                     checksum=checksum)
-        except Unreadable as e:  # damaged: `verify` tells which block; the record says why
-            v = validation.Verdict(reasons=[f"unreadable: {e.strerror}"], size=size)
-        return v, st.st_mtime_ns
+        key = checks.key(fd)
+        return checks.run(fd, rel, rule, key), key[0]
     finally:
         os.close(fd)
 

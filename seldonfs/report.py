@@ -30,8 +30,7 @@ from . import janitor
 from .catalog import name_of
 from .config import Config
 from .naming import shown
-from .store import PRIVATE_DIR
-from .store import tree
+from .store import PRIVATE_DIR, tree
 
 TOP_FILES = 20  # largest files listed
 TOP_EXTENSIONS = 15  # extensions listed before "(other)"

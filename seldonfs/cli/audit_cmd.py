@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.text import Text
 from rich.table import Table
+from rich.text import Text
 
 from .. import audit, keys
 from ..errors import DamageFound, UsageError
