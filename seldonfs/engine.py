@@ -175,7 +175,7 @@ class Engine(Hooks):
             t.volatile = t.commits
             t.parent = parent
             if t.commits and self.policy.temporary(os.fsdecode(name)):
-                t.left_at = posixpath.join(d, os.fsdecode(name)) if d else os.fsdecode(name)
+                t.left_at = posixpath.join(d, os.fsdecode(name))
             if t.commits and t.rule is not None and t.rule.naming and "{job}" in t.rule.naming:
                 t.job = self._job_of(pid)
         return t
@@ -313,7 +313,7 @@ class Engine(Hooks):
             return
         if version_at_replace(rule, stat_m.S_ISREG(target.st_mode), target.st_ino == src.st_ino):
             # an editor's save (a new file renamed over the old): the history goes on with the new file
-            rel = posixpath.join(d, os.fsdecode(new)) if d else os.fsdecode(new)
+            rel = posixpath.join(d, os.fsdecode(new))
             self.versions.save(rel, rule.versions, "replace")
             self.catalog.move_versions(rel, target.st_ino, src.st_ino)
 
@@ -330,7 +330,7 @@ class Engine(Hooks):
         except OSError:
             return
         if stat_m.S_ISREG(st.st_mode) and st.st_nlink == 1:
-            self.catalog.move_versions(posixpath.join(d, os.fsdecode(name)) if d else os.fsdecode(name), st.st_ino, 0)
+            self.catalog.move_versions(posixpath.join(d, os.fsdecode(name)), st.st_ino, 0)
 
     def arrived(self, new_parent: int, new: bytes, pid: int) -> None:
         """A file renamed or hard-linked into a folder with a commit rule
