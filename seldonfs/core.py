@@ -84,6 +84,15 @@ class Core(Entries):
         # Told once per inode and cause of damaged content read (the FUSE
         # glue records it in the audit chain): (inode, what).
         self.on_damage: Callable[[int, str], None] = lambda ino, what: None
+        # A write that failed for space, by inode: the pid of the handle's
+        # opener, told ENOSPC at its next getattr. With the writeback cache
+        # a writer's write(2) only fills the page cache; the kernel asks for
+        # the attributes again (they are invalidated through
+        # `invalidate_attrs`, set by the FUSE glue) before it accepts the
+        # next write, and fails that write with getattr's error. Without
+        # this a writer on a full store never stops (issue 17, repro 2).
+        self.out_of_space: dict[int, int] = {}
+        self.invalidate_attrs: Callable[[int], None] = lambda ino: None
 
     def open_inodes(self) -> set[int]:
         return {h.ino for h in self.handles.values()}
@@ -256,19 +265,38 @@ class Core(Entries):
         h.nread += len(data)
         return data
 
+    def getattr_for(self, ino: int, pid: int) -> Stat:
+        """getattr as asked by process `pid`: ENOSPC, once, for the writer
+        whose write to this inode failed for space (see `out_of_space`)."""
+        if self.out_of_space.get(ino) == pid:
+            del self.out_of_space[ino]
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.getattr(ino)
+
     def write(self, fh: int, off: int, data: bytes) -> int:
         h = self._handle(fh)
-        if h.track is None:
-            n = self._guarded(h.ino, h.content.write, off, data)
-        else:
-            self.hooks.writing(h.ino, h.track, off, len(data), h.content)
-            try:
-                n = self._guarded(h.ino, h.content.write, off, data)
-            except BaseException:
-                self.hooks.write_failed(h.ino)
-                raise
-            self.hooks.wrote(h.ino, off, data if n == len(data) else data[:n])
+        try:
+            n = self._write(h, off, data)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT) and h.opener is not None and self.writeback:
+                self.out_of_space[h.ino] = h.opener.pid
+                self.invalidate_attrs(h.ino)
+            raise
+        if self.out_of_space:
+            self.out_of_space.pop(h.ino, None)  # space again: nothing to tell
         h.written += n
+        return n
+
+    def _write(self, h: Handle, off: int, data: bytes) -> int:
+        if h.track is None:
+            return self._guarded(h.ino, h.content.write, off, data)
+        self.hooks.writing(h.ino, h.track, off, len(data), h.content)
+        try:
+            n = self._guarded(h.ino, h.content.write, off, data)
+        except BaseException:
+            self.hooks.write_failed(h.ino)
+            raise
+        self.hooks.wrote(h.ino, off, data if n == len(data) else data[:n])
         return n
 
     def _guarded(self, ino: int, fn, *args):

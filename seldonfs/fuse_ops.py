@@ -108,6 +108,9 @@ class SeldonOperations(pyfuse3.Operations):
         self.enable_writeback_cache = writeback
         core.notify = self._notify_gone
         core.on_damage = self._damaged
+        # attributes only: this never waits for writeback (pyfuse3 warns
+        # that a full invalidation can), so it is safe inside a handler
+        core.invalidate_attrs = lambda ino: pyfuse3.invalidate_inode(ino, attr_only=True)
 
     @staticmethod
     def _notify_gone(parent: int, name: bytes) -> None:
@@ -178,7 +181,7 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def getattr(self, inode, ctx):
-        return self._entry(self.core.getattr(inode))
+        return self._entry(self.core.getattr_for(inode, ctx.pid))
 
     @_errors
     async def setattr(self, inode, attr, fields, fh, ctx):

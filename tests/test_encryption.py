@@ -337,6 +337,11 @@ def test_a_full_disk_never_tears_a_committed_block(tmp_path: Path) -> None:
             with open(m / "input/processed/keep.txt", "wb") as f:
                 f.write(keep)
                 os.fsync(f.fileno())
+            with open(m / "input/processed/sparse.bin", "wb") as f:  # holes inside
+                f.truncate(4 << 20)
+                f.seek(4 << 20)
+                f.write(b"end")
+                os.fsync(f.fileno())
             with open(small / "filler", "wb") as f:  # the disk fills up behind the mount
                 try:
                     while True:
@@ -353,10 +358,53 @@ def test_a_full_disk_never_tears_a_committed_block(tmp_path: Path) -> None:
             except OSError as e:
                 errors.append(e.errno)
             assert errors and set(errors) <= {errno.ENOSPC}, errors
+            errors = []
+            try:  # filling a hole needs space as well
+                with open(m / "input/processed/sparse.bin", "r+b") as f:
+                    f.seek(1 << 20)
+                    f.write(os.urandom(300_000))
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                errors.append(e.errno)
+            assert errors and set(errors) <= {errno.ENOSPC}, errors
             os.unlink(small / "filler")
         assert "damaged content" not in (store / "seldonfs.log").read_text()
         with mounted(store, m):
             assert (m / "input/processed/keep.txt").read_bytes() == keep
+            assert (m / "input/processed/sparse.bin").read_bytes() == bytes(4 << 20) + b"end"
+        r = seldonfs("verify", store, "--keyfile", key)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+@needs_fuse
+def test_a_writer_on_a_full_disk_is_stopped_with_enospc(tmp_path: Path) -> None:
+    """Issue 17, repro 2: with the writeback cache a write(2) only fills the
+    page cache, so a writer that never looks at fsync ran on for minutes
+    once the store was full. Now it is told ENOSPC at its next write, the
+    log names no damage, and what was there before reads as it was."""
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(small)], check=True)
+    try:
+        store = small / "store"
+        key = keyfile_of(store)
+        seldonfs("init", store, "--keyfile", key, check=True)
+        m = tmp_path / "m"
+        keep = os.urandom(100_000)
+        with mounted(store, m, expect_log_problems=True):
+            (m / "input/processed/keep.bin").write_bytes(keep)
+            # no count: only an error ends it (the timeout fails the test)
+            r = subprocess.run(["dd", "if=/dev/zero", f"of={m}/temp/working/big", "bs=1M"],
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode != 0 and "No space left on device" in r.stderr, r.stderr
+            assert (m / "input/processed/keep.bin").read_bytes() == keep
+            os.unlink(m / "temp/working/big")
+        assert "damaged content" not in (store / "seldonfs.log").read_text()
         r = seldonfs("verify", store, "--keyfile", key)
         assert r.returncode == 0, r.stdout + r.stderr
     finally:
