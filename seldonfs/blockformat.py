@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import _libc, crypto
+from . import crypto, faults
 from .content import ContentDamaged
 
 MAGIC = b"SLDN"
@@ -338,7 +338,7 @@ class EncryptedFile:
         if size == 0:
             # An emptied file has no header; the next write picks a new file
             # id (see _load), so no block sealed before can be replayed.
-            os.ftruncate(self.fd, 0)
+            faults.ftruncate(self.fd, 0)
             ino = os.fstat(self.fd).st_ino
             self._emptied[ino] = self._emptied.get(ino, 0) + 1
             self._header = self._aead = None
@@ -446,7 +446,7 @@ class EncryptedFile:
             # lose what was there). Overwriting a file without holes needs
             # no new space; it skips the call (+14 % at 4 KiB writes in the
             # content layer, measured).
-            _libc.reserve(self.fd, at, len(out))
+            faults.reserve(self.fd, at, len(out))
         self._pwrite_all(out, at)
 
     def _patched(self, n: int, off: int, data: memoryview, old: int) -> Buffer:
@@ -472,7 +472,7 @@ class EncryptedFile:
             plain = self._read_blocks(range(n, n + 1))
             plain.extend(bytes(min(self.block_size, new - n * self.block_size) - len(plain)))
             self._write_blocks(n, [plain])
-        os.ftruncate(self.fd, backing_size(new, self.block_size))
+        faults.ftruncate(self.fd, backing_size(new, self.block_size))
 
     def _is_hole(self, n: int) -> bool:
         step = self.block_size + BLOCK_OVERHEAD
@@ -483,14 +483,23 @@ class EncryptedFile:
         """Cut to `new` (> 0) plain bytes: reseal the new, shorter last block
         (a hole just gets shorter)."""
         n, rest = divmod(new, self.block_size)
-        if rest and not self._is_hole(n):
-            self._write_blocks(n, [self._read_blocks(range(n, n + 1))[:rest]])
-        os.ftruncate(self.fd, backing_size(new, self.block_size))
+        if not rest or self._is_hole(n):
+            faults.ftruncate(self.fd, backing_size(new, self.block_size))
+            return
+        old = self._read_blocks(range(n, n + 1))
+        self._write_blocks(n, [old[:rest]])
+        try:
+            faults.ftruncate(self.fd, backing_size(new, self.block_size))
+        except OSError:
+            # the shorter block sits where the longer one was, which the
+            # file still spans: put that one back, or it reads as damage
+            self._write_blocks(n, [old])
+            raise
 
     def _pwrite_all(self, buf: Buffer, off: int) -> None:
         view = memoryview(buf)
         while view:
-            done = os.pwrite(self.fd, view, off)
+            done = faults.pwrite(self.fd, view, off)
             view, off = view[done:], off + done
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import trio
 
-from . import _libc, xattrs
+from . import _libc, faults, xattrs
 from .alerts import Alerts, Failures
 from .audit import AuditLog
 from .catalog import Catalog
@@ -98,7 +98,7 @@ def execute(data: Path, actions: list[Action], content, now_ns: int) -> tuple[li
                 elif a.kind == "move":
                     tfd = walk(root, posixpath.join(a.dest, d), create=True)
                     try:
-                        _libc.renameat2(dfd, os.fsencode(name), tfd, os.fsencode(name), _libc.RENAME_NOREPLACE)
+                        faults.renameat2(dfd, os.fsencode(name), tfd, os.fsencode(name), _libc.RENAME_NOREPLACE)
                     finally:
                         os.close(tfd)
                 elif a.kind == "archive":
@@ -180,7 +180,7 @@ def _compress(read, size: int, content, tfd: int, gz: str, made: list[str]) -> s
             packed = z.compress(chunk)
             woff += writer.write(woff, packed) if packed else 0
         writer.write(woff, z.flush())
-        os.fsync(dst)
+        faults.fsync(dst)
     finally:
         os.close(dst)
     return digest.hexdigest()
@@ -190,7 +190,7 @@ def _write_new(content, tfd: int, name: str, data: bytes, made: list[str]) -> No
     fd = _open_new(tfd, name, made)
     try:
         content.attach(fd).write(0, data)
-        os.fsync(fd)
+        faults.fsync(fd)
     finally:
         os.close(fd)
 

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 
 import trio
 
-from . import validation, xattrs
+from . import faults, validation, xattrs
 from .catalog import Catalog
 from .checks import INLINE_CHECK_BYTES, Checks
 from .config import FolderRule
@@ -168,6 +168,7 @@ class Committer:
             seq = self._next_seq(job) if template.uses_seq else 0
             return template.render(datetime.now(timezone.utc), job, seq, name)
 
+        why = f"could not be moved to {place.dir}/ after {place.tries} attempts"
         for target, shortened in candidates(place, fresh):
             if target == rel:
                 return rel
@@ -175,10 +176,11 @@ class Committer:
                 self.dirs.rename(rel, target, create_dirs=place.dir != posixpath.dirname(rel))
             except FileExistsError:
                 continue
-            except OSError as e:
+            except OSError as e:  # e.g. a full disk: the file must not stay unnamed where names are managed
                 log.warning("cannot move %s to %s: %s", rel, target, e)
                 if not rule.route:
-                    return rel
+                    why = f"could not be named: {e.strerror}"
+                    break
                 continue
             if shortened:  # the whole name, beside the catalog's record of it
                 try:
@@ -186,7 +188,7 @@ class Committer:
                 except OSError as e:  # e.g. no user xattrs on the backing filesystem: the catalog keeps it
                     log.warning("%s: cannot keep its whole name in %s: %s", target, xattrs.ORIGINAL.decode(), e)
             return target
-        self._quarantine(rel, rule, [f"could not be moved to {place.dir}/ after {place.tries} attempts"])
+        self._quarantine(rel, rule, [why])
         return None
 
     def _quarantine(self, rel: str, rule: FolderRule, reasons: list[str] | tuple[str, ...]) -> str:
@@ -308,6 +310,7 @@ class Committer:
         if self._rows:
             rows, self._rows = self._rows, []
             try:
+                faults.hit("catalog")
                 self.catalog.add_files(rows)
             except BaseException:
                 self._rows = (rows + self._rows)[-MAX_ROWS:]

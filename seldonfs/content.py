@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable
 from typing import Protocol
 
+from . import faults
+
 
 class ContentDamaged(Exception):
     """Stored content failed authentication or is malformed. The filesystem
@@ -79,10 +81,10 @@ class PlainFile:
         return os.pread(self.fd, size, off)
 
     def write(self, off: int, data: bytes) -> int:
-        return os.pwrite(self.fd, data, off)
+        return faults.pwrite(self.fd, data, off)
 
     def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
+        faults.ftruncate(self.fd, size)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _libc
+from . import _libc, faults
 from .content import ContentDamaged, ContentLayer, FileContent
 from .entries import Caller, Entries
 from .hooks import Track
@@ -314,7 +314,7 @@ class Core(Entries):
 
     def fsync(self, fh: int, datasync: bool) -> None:
         fd = self._handle(fh).fd
-        os.fdatasync(fd) if datasync else os.fsync(fd)
+        faults.fdatasync(fd) if datasync else faults.fsync(fd)
 
     def flush(self, fh: int) -> None:
         """close(2) of a descriptor: the moment a written file commits (the

@@ -49,6 +49,8 @@ from .versions import Versions
 
 log = logging.getLogger(__name__)
 
+CLOSE_TRIES = 3  # the last batch of file records, at unmount
+
 JOB_CACHE_S = 2.0
 STATVFS_TTL = 0.1
 
@@ -135,10 +137,15 @@ class Engine(Hooks):
         return (now, st.st_mtime) if self.core.ino_of(st.st_ino) == ino else None
 
     def close(self) -> None:
-        try:
-            self.committer.write_rows()
-        except Exception as e:  # at unmount: fsck --rebuild restores what is lost here
-            log.error("%d file records could not be written: %s", len(self.committer._rows), e)
+        for attempt in range(1, CLOSE_TRIES + 1):  # the last batch; a failed one is kept and tried again
+            try:
+                self.committer.write_rows()
+                return
+            except Exception as e:
+                if attempt == CLOSE_TRIES:  # at unmount: fsck reports them, fsck --rebuild restores them
+                    log.error("%d file records could not be written: %s", len(self.committer._rows), e)
+                else:
+                    time.sleep(0.2 * attempt)
 
     # ------------------------------------------------------------ new entries
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import FORMAT_VERSION, _libc, config, rules
+from . import FORMAT_VERSION, _libc, config, faults, rules
 from .catalog import CATALOG_NAME, Catalog
 from .errors import NotAStoreError, SeldonError, StoreLockedError
 
@@ -235,7 +235,7 @@ class Dirs:
         sd, sn = os.path.split(rel)
         td, tn = os.path.split(target)
         self.moved()
-        _libc.renameat2(
+        faults.renameat2(
             self.get(sd), os.fsencode(sn), self.get(td, create=create_dirs), os.fsencode(tn),
             0 if replace else _libc.RENAME_NOREPLACE,
         )

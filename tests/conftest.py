@@ -82,12 +82,15 @@ def unmount(mnt: Path) -> None:
 
 
 @contextmanager
-def mounted(store: Path, mnt: Path, opts: str = "allow_other", expect_log_problems: bool = False) -> Iterator[subprocess.Popen]:
+def mounted(store: Path, mnt: Path, opts: str = "allow_other", expect_log_problems: bool = False,
+            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """A mount of `store` at `mnt` in the foreground, unmounted at the end;
+    `env` adds to the daemon's environment (e.g. SELDONFS_FAULTS)."""
     mnt.mkdir(exist_ok=True)
     errlog = open(store.parent / f"mount-{mnt.name}.stderr", "w+")
     proc = subprocess.Popen(
         SELDONFS + ["mount", "-f", *(["-o", opts] if opts else []), *key_args(store), str(store), str(mnt)],
-        stdin=subprocess.DEVNULL, stdout=errlog, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, stdout=errlog, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     try:
         wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, what="mount")

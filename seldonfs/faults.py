@@ -1,0 +1,90 @@
+"""Fault injection for tests: fail the Nth system call of one kind.
+
+Off in production. Unless `SELDONFS_FAULTS` is set when this module is
+first imported, each name below *is* the plain function (`os.pwrite`,
+`_libc.reserve`, ...): no check, no cost. The test suite sets it in the
+environment of a mount it starts (tests/test_faults.py) and nothing else
+reads it; it is documented in docs/file-format.md ("Faults").
+
+    SELDONFS_FAULTS="KIND:N:ERRNO[,KIND:N:ERRNO...]"   e.g. "pwrite:3:ENOSPC"
+    SELDONFS_FAULTS="count:FILE"    count the calls of each kind into FILE (JSON)
+
+KIND is one of KINDS. The Nth call of that kind (counting from 1 in this
+process) fails with OSError(ERRNO) before it does anything; the calls
+before and after it run as usual. "catalog" is the engine's batch of file
+records (commit.py), which fails as a full database would.
+
+The content layer (plain and sealed files), fsync of files the mount
+writes, and the renames of the store (a commit, the janitor) call these
+names instead of the plain functions.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections import Counter
+
+from . import _libc
+
+KINDS = ("pwrite", "reserve", "ftruncate", "fsync", "rename", "catalog")
+
+_spec = os.environ.get("SELDONFS_FAULTS", "")
+_count_file: str | None = None
+_plan: dict[str, tuple[int, int]] = {}
+for item in filter(None, _spec.split(",")):
+    kind, _, rest = item.partition(":")
+    if kind == "count":
+        _count_file = rest
+        continue
+    n, _, err = rest.partition(":")
+    if kind not in KINDS:
+        raise ValueError(f"SELDONFS_FAULTS: unknown kind {kind!r} (one of {', '.join(KINDS)})")
+    _plan[kind] = (int(n), getattr(errno, err))
+_calls: Counter[str] = Counter()
+
+
+def hit(kind: str) -> None:
+    """Count a call of `kind`; raise the planned error if it is the one."""
+    _calls[kind] += 1
+    if _count_file is not None:
+        with open(_count_file, "w") as f:
+            json.dump(_calls, f)
+    planned = _plan.get(kind)
+    if planned is not None and planned[0] == _calls[kind]:
+        raise OSError(planned[1], f"{os.strerror(planned[1])} (injected: {kind} call {planned[0]})")
+
+
+if not _spec:
+    pwrite = os.pwrite
+    ftruncate = os.ftruncate
+    fsync = os.fsync
+    fdatasync = os.fdatasync
+    reserve = _libc.reserve
+    renameat2 = _libc.renameat2
+else:
+
+    def pwrite(fd: int, data, off: int) -> int:
+        hit("pwrite")
+        return os.pwrite(fd, data, off)
+
+    def ftruncate(fd: int, size: int) -> None:
+        hit("ftruncate")
+        os.ftruncate(fd, size)
+
+    def fsync(fd: int) -> None:
+        hit("fsync")
+        os.fsync(fd)
+
+    def fdatasync(fd: int) -> None:
+        hit("fsync")
+        os.fdatasync(fd)
+
+    def reserve(fd: int, off: int, length: int) -> None:
+        hit("reserve")
+        _libc.reserve(fd, off, length)
+
+    def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int = 0) -> None:
+        hit("rename")
+        _libc.renameat2(olddirfd, old, newdirfd, new, flags)
