@@ -4,7 +4,7 @@ Off in production. Unless `SELDONFS_FAULTS` is set when this module is
 first imported, each name below *is* the plain function (`os.pwrite`,
 `_libc.reserve`, ...): no check, no cost. The test suite sets it in the
 environment of a mount it starts (tests/test_faults.py) and nothing else
-reads it; it is documented in docs/file-format.md ("Faults").
+reads it; it is documented in docs/design.md ("Faults").
 
     SELDONFS_FAULTS="KIND:N:ERRNO[,KIND:N:ERRNO...]"   e.g. "pwrite:3:ENOSPC"
     SELDONFS_FAULTS="count:FILE"    count the calls of each kind into FILE (JSON)
