@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import crypto
+from . import crypto, faults
 from .errors import SeldonError
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,10 @@ def write_key(root: Path, key: bytes, keys: dict[int, bytes] | None, key_id: int
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, json.dumps(doc).encode())
-        os.fsync(fd)
+        faults.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, root / KEY_NAME)
+    faults.replace(tmp, root / KEY_NAME)
 
 
 def checksum_key(root: Path, keys: dict[int, bytes] | None, key_id: int | None) -> bytes | None:

@@ -7,16 +7,19 @@ environment of a mount it starts (tests/test_faults.py) and nothing else
 reads it; it is documented in docs/design.md ("Faults").
 
     SELDONFS_FAULTS="KIND:N:ERRNO[,KIND:N:ERRNO...]"   e.g. "pwrite:3:ENOSPC"
+    SELDONFS_FAULTS="KIND:N:KILL"   the process kills itself (SIGKILL) there
     SELDONFS_FAULTS="count:FILE"    count the calls of each kind into FILE (JSON)
 
 KIND is one of KINDS. The Nth call of that kind (counting from 1 in this
-process) fails with OSError(ERRNO) before it does anything; the calls
-before and after it run as usual. "catalog" is the engine's batch of file
-records (commit.py), which fails as a full database would.
+process) fails with OSError(ERRNO), or ends the process as kill -9 would,
+before it does anything; the calls before and after it run as usual.
+"catalog" is the engine's batch of file records (commit.py), which fails
+as a full database would.
 
-The content layer (plain and sealed files), fsync of files the mount
-writes, and the renames of the store (a commit, the janitor) call these
-names instead of the plain functions.
+Who calls these names instead of the plain functions: the content layer
+(plain and sealed files), fsync of files the mount writes, the store's
+renames (a commit, the janitor), and the offline writers of the store's
+own files (store.json, audit.key, rekey's copy and journal).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 from collections import Counter
 
 from . import _libc
@@ -41,7 +45,7 @@ for item in filter(None, _spec.split(",")):
     n, _, err = rest.partition(":")
     if kind not in KINDS:
         raise ValueError(f"SELDONFS_FAULTS: unknown kind {kind!r} (one of {', '.join(KINDS)})")
-    _plan[kind] = (int(n), getattr(errno, err))
+    _plan[kind] = (int(n), -1 if err == "KILL" else getattr(errno, err))
 _calls: Counter[str] = Counter()
 
 
@@ -53,6 +57,8 @@ def hit(kind: str) -> None:
             json.dump(_calls, f)
     planned = _plan.get(kind)
     if planned is not None and planned[0] == _calls[kind]:
+        if planned[1] == -1:
+            os.kill(os.getpid(), signal.SIGKILL)
         raise OSError(planned[1], f"{os.strerror(planned[1])} (injected: {kind} call {planned[0]})")
 
 
@@ -63,6 +69,7 @@ if not _spec:
     fdatasync = os.fdatasync
     reserve = _libc.reserve
     renameat2 = _libc.renameat2
+    replace = os.replace
 else:
 
     def pwrite(fd: int, data, off: int) -> int:
@@ -88,3 +95,7 @@ else:
     def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int = 0) -> None:
         hit("rename")
         _libc.renameat2(olddirfd, old, newdirfd, new, flags)
+
+    def replace(src, dst) -> None:
+        hit("rename")
+        os.replace(src, dst)

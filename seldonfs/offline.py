@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import crypto
+from . import crypto, faults
 from .blockformat import HEADER_SIZE, EncryptedFile, FormatError, parse_header
 from .content import ContentDamaged
 from .errors import DamageFound, UsageError
@@ -197,7 +197,7 @@ class Rekey:
                     raise DamageFound(f"{path}: {problem}; run verify, restore it, then rekey again")
                 new.write(n * bs, data)
             new.truncate(old.size())
-            os.fsync(dst)
+            faults.fsync(dst)
         finally:
             os.close(src)
             os.close(dst)
@@ -211,10 +211,10 @@ class Rekey:
         try:
             off = 0
             while chunk := os.pread(src, 1 << 20, off):  # in pieces: files may be large
-                os.pwrite(dst, chunk, off)
+                faults.pwrite(dst, chunk, off)
                 off += len(chunk)
-            os.ftruncate(dst, off)
-            os.fsync(dst)
+            faults.ftruncate(dst, off)
+            faults.fsync(dst)
         finally:
             os.close(src)
             os.close(dst)
@@ -241,7 +241,7 @@ def _write_synced(path: Path, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        faults.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    faults.replace(tmp, path)

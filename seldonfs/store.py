@@ -92,8 +92,8 @@ class Store:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(ident, indent=2) + "\n")
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / IDENTITY_NAME)
+            faults.fsync(f.fileno())
+        faults.replace(tmp, self.root / IDENTITY_NAME)
 
     def load_config(self) -> config.Config:
         return config.load(self.config_path)

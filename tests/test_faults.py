@@ -18,6 +18,8 @@ import os
 import posixpath
 import random
 import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,83 @@ def test_a_fault_at_any_write_loses_nothing_closed_or_synced(kind: str, tmp_path
         shutil.rmtree(store)
     print(f"{kind}: {len(points)} injection points ({counts})")
     assert not problems, "\n".join(problems)
+
+
+FILES = {"input/processed/big.bin": rnd.randbytes(100_000), "input/processed/small.txt": b"five\n",
+         "output/reports/q.csv": b"a,b\n1,2\n"}
+
+
+def _killed_offline(tmp_path: Path, run: Callable[..., subprocess.CompletedProcess],
+                    settle: Callable[[Path], None] = lambda store: None) -> None:
+    """`run(store, env)` (an offline command) killed (SIGKILL) before each
+    of its writes, syncs and renames in turn; then `settle(store)` (make the
+    tests' key file the one that opens it), mount, append to every file,
+    unmount, `run` again to the end: every byte written before the kill and
+    after it reads back, and verify and audit verify pass."""
+    template = init_store(tmp_path / "template")
+    with mounted(template, tmp_path / "m"):
+        for rel, data in FILES.items():
+            (tmp_path / "m" / rel).write_bytes(data)
+    counts_file = tmp_path / "counts.json"
+    store = _copy(template, tmp_path / "count")
+    r = run(store, {"SELDONFS_FAULTS": f"count:{counts_file}"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    counts = json.loads(counts_file.read_text())
+    points = [(k, n) for k, c in counts.items() for n in range(1, c + 1)]
+    problems = []
+    for i, (k, n) in enumerate(points):
+        store = _copy(template, tmp_path / f"s{i}")
+        r = run(store, {"SELDONFS_FAULTS": f"{k}:{n}:KILL"})
+        assert r.returncode == -9, (k, n, r.stdout + r.stderr)
+        settle(store)
+        try:
+            with mounted(store, tmp_path / "m"):
+                for rel in FILES:
+                    with open(tmp_path / "m" / rel, "ab") as f:
+                        f.write(b"+after the kill")
+        except RuntimeError as e:
+            problems.append(f"{k}:{n}: no mount after the kill: {e}")
+            continue
+        r = run(store, {})
+        if r.returncode != 0:
+            problems.append(f"{k}:{n}: run again: exit {r.returncode}: {r.stderr.strip()}")
+            continue
+        settle(store)
+        with mounted(store, tmp_path / "m"):
+            for rel, data in FILES.items():
+                if (tmp_path / "m" / rel).read_bytes() != data + b"+after the kill":
+                    problems.append(f"{k}:{n}: {rel} lost bytes")
+        for cmd in (["verify"], ["audit", "verify"]):
+            r = seldonfs(*cmd, str(store), *key_args(store))
+            if r.returncode != 0:
+                problems.append(f"{k}:{n}: {' '.join(cmd)}: exit {r.returncode}: {(r.stdout + r.stderr).strip()[-300:]}")
+        shutil.rmtree(store)
+    print(f"{len(points)} kill points ({counts})")
+    assert not problems, "\n".join(problems)
+
+
+@needs_fuse
+def test_rekey_killed_at_any_step_then_written_loses_nothing(tmp_path: Path) -> None:
+    """Issue 17, repro 4: a rekey killed anywhere, the store mounted and
+    written, then rekey again: nothing written in between is reverted."""
+    _killed_offline(tmp_path, lambda store, env: seldonfs("rekey", str(store), *key_args(store),
+                                                          env={**os.environ, **env}))
+
+
+@needs_fuse
+def test_passwd_killed_at_any_step_leaves_one_working_key(tmp_path: Path) -> None:
+    """A passwd killed anywhere leaves the store opening with the old key
+    file or the new one, and passwd runs again from the one that opens it."""
+
+    def new_key(store: Path) -> Path:
+        return store.with_name(store.name + ".newkey")
+
+    def passwd(store: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+        return seldonfs("passwd", str(store), "--keyfile", str(keyfile_of(store)), "--new-keyfile",
+                        str(new_key(store)), env={**os.environ, **env})
+
+    def settle(store: Path) -> None:
+        if seldonfs("verify", str(store), "--keyfile", str(keyfile_of(store))).returncode == 12:
+            shutil.copy(new_key(store), keyfile_of(store))  # the new one opens it
+
+    _killed_offline(tmp_path, passwd, settle)
