@@ -124,9 +124,14 @@ def archive_names(name: str) -> tuple[str, str]:
 
 
 def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
-    """Compress `a.rel` into a.dest/ through the content layer, then write
-    its metadata record, then remove the original. A failure on the way
-    removes what this call made, so a later run tries again."""
+    """Compress `a.rel` into a.dest/ through the content layer, with its
+    metadata record, then remove the original. Both are written under
+    hidden part names (`.NAME.part`), synced, and only then renamed to
+    theirs, the archive first: killed anywhere, what is left is parts
+    (overwritten next time), an archive without its record (an attempt cut
+    short: removed and made again), or both beside the original (finished
+    but for the removal, which the next run does once the record matches
+    the original). A failure on the way removes what this call made."""
     d, name = posixpath.split(a.rel)
     gz, meta_name = archive_names(name)
     src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
@@ -137,12 +142,19 @@ def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
         tfd = walk(root, posixpath.join(a.dest, d), create=True)
         made: list[str] = []
         try:
-            digest = _compress(read, size, content, tfd, gz, made)
-            meta = {
-                "original": a.rel, "size": size, "sha256": digest, "mtime": st.st_mtime, "archived_ns": now_ns,
-                "rule": a.rule, "reason": a.reason, "codec": "gzip",
-            }
-            _write_new(content, tfd, meta_name, json.dumps(meta, indent=2).encode() + b"\n", made)
+            if _earlier_attempt(tfd, gz, meta_name, a.rel, read, size, content):
+                made = []  # the archive was whole: only the original is left to remove
+            else:
+                digest = _compress(read, size, content, tfd, _part(gz), made)
+                meta = {
+                    "original": a.rel, "size": size, "sha256": digest, "mtime": st.st_mtime, "archived_ns": now_ns,
+                    "rule": a.rule, "reason": a.reason, "codec": "gzip",
+                }
+                _write_new(content, tfd, _part(meta_name), json.dumps(meta, indent=2).encode() + b"\n", made)
+                for part, final in ((_part(gz), gz), (_part(meta_name), meta_name)):
+                    faults.renameat2(tfd, os.fsencode(part), tfd, os.fsencode(final), _libc.RENAME_NOREPLACE)
+                    made[made.index(part)] = final
+                _sync_dir(tfd)  # the names are durable before the original goes
         except BaseException:
             for n in made:
                 try:
@@ -157,7 +169,65 @@ def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
     os.unlink(name, dir_fd=dfd)  # only now: the archive is on disk
 
 
+def _part(name: str) -> str:
+    return fit(f".{name}.part", NAME_MAX)
+
+
+def _earlier_attempt(tfd: int, gz: str, meta_name: str, rel: str, read, size: int, content) -> bool:
+    """What an earlier, interrupted archive of `rel` left in the target
+    folder: True when its archive and record are whole and the record
+    matches the original (same path, size and sha256). An archive without
+    its record is removed; a record or pair that belongs to another file
+    stays, and the archive fails with EEXIST as before."""
+    have_gz, have_meta = (_exists(tfd, n) for n in (gz, meta_name))
+    if have_gz and not have_meta:
+        os.unlink(gz, dir_fd=tfd)
+        return False
+    if not (have_gz and have_meta):
+        return False
+    fd = os.open(meta_name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=tfd)
+    try:
+        f = content.attach(fd)
+        meta = json.loads(f.read(0, content.plain_size(os.fstat(fd).st_size)))
+    except (ValueError, OSError):
+        return False
+    finally:
+        os.close(fd)
+    if meta.get("original") != rel or meta.get("size") != size:
+        return False
+    digest, off = hashlib.sha256(), 0
+    while off < size:
+        chunk = read(off, min(1 << 20, size - off))
+        if not chunk:
+            break
+        digest.update(chunk)
+        off += len(chunk)
+    return meta.get("sha256") == digest.hexdigest()
+
+
+def _sync_dir(path_fd: int) -> None:
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=path_fd)
+    try:
+        faults.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exists(dfd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _open_new(tfd: int, name: str, made: list[str]) -> int:
+    """A new part file; one left by a killed run is removed first (never
+    written through: the name could be a link planted there)."""
+    try:
+        os.unlink(name, dir_fd=tfd)
+    except FileNotFoundError:
+        pass
     fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=tfd)
     made.append(name)
     return fd
