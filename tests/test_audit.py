@@ -13,10 +13,21 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from .conftest import as_user, init_store, key_args, mounted, needs_fuse, needs_root, seldonfs, unmount, wait_for
+from .conftest import (
+    as_user,
+    init_store,
+    key_args,
+    mounted,
+    needs_fuse,
+    needs_root,
+    seldonfs,
+    unmount,
+    wait_for,
+)
 
 pytestmark = needs_fuse
 
@@ -398,7 +409,7 @@ def test_a_rolled_back_or_remade_store_fails_a_kept_head(tmp_path: Path) -> None
 
 
 class _Hook(BaseHTTPRequestHandler):
-    got: list[dict] = []
+    got: ClassVar[list[dict]] = []
 
     def do_POST(self) -> None:
         self.got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
@@ -513,3 +524,23 @@ def test_a_full_disk_keeps_the_records(tmp_path: Path) -> None:
         assert want <= stored()
     finally:
         subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
+def test_offline_commands_refuse_a_broken_chain_before_acting(tmp_path: Path) -> None:
+    from .conftest import keyfile_of
+
+    store = init_store(tmp_path / "store")
+    make_chain(store, tmp_path)
+    with sqlite3.connect(store / "catalog.sqlite") as conn:
+        conn.execute("DELETE FROM audit")
+    conn.close()
+    ident = (store / "store.json").read_bytes()
+    r = seldonfs("passwd", store, *key_args(store), "--new-keyfile", tmp_path / "new.key")
+    assert r.returncode == 26 and "the catalog has no audit records" in r.stderr, r.stderr
+    assert (store / "store.json").read_bytes() == ident and not (tmp_path / "new.key").exists()
+    reset(store, "audit rows deleted")
+    seldonfs("passwd", store, *key_args(store), "--new-keyfile", tmp_path / "new.key", check=True)
+    keyfile_of(store).unlink()
+    (tmp_path / "new.key").rename(keyfile_of(store))
+    assert [x["op"] for x in records(store)] == ["reset", "passwd"]
+    assert verify(store).returncode == 0
