@@ -303,6 +303,17 @@ def stored_seq(catalog_path: Path) -> int:
         conn.close()
 
 
+def _stored_since(catalog_path: Path, seq: int, writer_pid: int) -> int:
+    """Records past `seq` that a writer process stored for its daemon (not
+    the gap records it made itself)."""
+    conn = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM audit WHERE seq > ? AND NOT (op = ? AND pid = ?)",
+                            (seq, GAP_OP, writer_pid)).fetchone()[0]
+    finally:
+        conn.close()
+
+
 _INSERT = f"INSERT INTO audit ({', '.join(FIELDS)}, mac) VALUES ({', '.join('?' * (len(FIELDS) + 1))})"
 
 
@@ -330,6 +341,8 @@ class AuditLog:
         self._procs: dict[int, tuple[str, float]] = {}
         self._lost = 0  # records a dead writer took with it, for the next gap record
         self._restart_at = 0.0
+        self._base = self.sent  # the last record number when the writer started
+        self._handed = 0  # records handed to it since
         self._spawn()
         self._dead = False
         self._stop = threading.Event()
@@ -409,19 +422,22 @@ class AuditLog:
                 self._send((items, durable))
                 handed = True
                 self.sent += len(items)
+                self._handed += len(items)
                 self._lost = 0
                 if durable and os.read(self._in, 1) != b"k":
                     raise OSError(errno.EPIPE, "writer gone")
             except OSError as e:
-                log.error("audit writer process gone (%s): starting another; a gap record will count what is lost", e)
+                log.error("audit writer process gone (%s): starting another; a gap record will count what it "
+                          "took with it", e)
                 self._dead = True
-                if not handed:  # else the catalog tells what it stored (_restart)
-                    self._lost = lost + len(items) - (1 if lost else 0)
+                if not handed:  # a dead reader got none of it: kept, in order, for the next writer
+                    with self._qlock:
+                        self.queue[:0] = items[1:] if lost else items
 
     def _restart(self) -> bool:
         """A new writer process after the last one died (at most one try a
         second). What the dead one had been handed and had not stored is
-        counted lost (the catalog tells how far it got)."""
+        counted lost: the catalog tells how far it got."""
         now = time.monotonic()
         if now < self._restart_at:
             return False
@@ -433,9 +449,8 @@ class AuditLog:
             self.child.kill()  # alive but deaf: it is ours
         self.child.wait()
         try:
-            stored = stored_seq(self.catalog_path)
-            self._lost += max(0, self.sent - stored)
-            self.sent = stored
+            self._lost += max(0, self._handed - _stored_since(self.catalog_path, self._base, self.child.pid))
+            self._base, self._handed = stored_seq(self.catalog_path), 0
             self._spawn()
         except (OSError, sqlite3.Error) as e:
             log.error("cannot start another audit writer: %s", e)
