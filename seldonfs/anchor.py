@@ -44,11 +44,12 @@ def anchor_tag(key: bytes, epoch: int, seq: int, mac: bytes) -> str:
 
 def read_head(root: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((root / HEAD_NAME).read_text())
+        doc = json.loads((root / HEAD_NAME).read_text())
     except FileNotFoundError:
         return None
     except ValueError:
-        return {"seq": 0, "mac": "", "tag": ""}  # fails its tag check: reported
+        doc = None
+    return doc if isinstance(doc, dict) else {"seq": 0, "mac": "", "tag": ""}  # fails its tag check: reported
 
 
 def write_head(root: Path, key: bytes, seq: int, mac: bytes, durable: bool) -> None:
@@ -84,7 +85,7 @@ def write_anchor(root: Path, key: bytes, epoch: int, seq: int, mac: bytes) -> No
     store.write_identity(ident)
 
 
-def _sealed(doc: dict[str, Any] | None, fields: tuple[str, ...]) -> tuple[int, ...] | None:
+def _sealed(doc: dict[str, Any] | None, fields: tuple[str, ...]) -> tuple[Any, ...] | None:
     """The numbers of `doc` and its mac, or None when a field is missing or malformed."""
     try:
         return (*(int(doc[f]) for f in fields), bytes.fromhex(doc["mac"]), str(doc["tag"]))  # type: ignore[index]
