@@ -8,7 +8,9 @@ integrity-error, audit-verify (the mount verifies its chain every
 layer, so encrypted like any file, and visible in the mount), and, if
 `[alerts] webhook` is set, as a JSON POST from a thread of its own with a
 5 s timeout: a slow or failing receiver never holds up a file operation,
-and its failure is logged, not retried.
+and its failure is logged, not retried. The webhook also gets the audit
+chain's head once a day (`send_head`, kind audit-head): a copy of it
+outside the store.
 """
 
 from __future__ import annotations
@@ -57,9 +59,13 @@ class Alerts:
                 self._write_notification(alert)
             except OSError as e:
                 log.error("cannot write the notification for %s: %s", kind, e)
-        if self.cfg.webhook:
-            threading.Thread(target=self._post, args=(alert,), name="webhook", daemon=True).start()
+        self.post(alert)
         return True
+
+    def post(self, doc: dict) -> None:
+        """`doc` to the webhook, if one is set, from a thread of its own."""
+        if self.cfg.webhook:
+            threading.Thread(target=self._post, args=(doc,), name="webhook", daemon=True).start()
 
     def clear(self, kind: str, about: str = "") -> None:
         self.current.pop(f"{kind}:{about}", None)
@@ -176,3 +182,28 @@ async def verify_audit(auditlog, every: float, alerts: Alerts, sources) -> None:
                           f"{brk.seq}: {brk.detail}")
         else:
             alerts.clear("audit-verify")
+
+
+HEAD_FIRST = 5.0  # seconds after the mount: its first records are stored
+HEAD_EVERY = 86400.0
+
+
+async def send_head(auditlog, alerts: Alerts, sources, every: float = HEAD_EVERY) -> None:
+    """The audit chain's head (what `seldonfs audit head` prints) to the
+    webhook, shortly after the mount and then once a day: a copy outside
+    the store that a rewritten chain cannot match (docs/audit.md)."""
+    import trio
+
+    delay = HEAD_FIRST
+    while True:
+        await trio.sleep(delay)
+        delay = every
+        if not alerts.cfg.webhook:
+            continue
+        try:
+            head = await trio.to_thread.run_sync(auditlog.head)
+        except Exception as e:
+            sources.failures("audit head", e)
+            continue
+        alerts.post({"kind": "audit-head", "level": "info", "at": time.time(), "mount": alerts.mountpoint,
+                     "message": f"audit chain head: epoch {head['epoch']}, record {head['seq']}", "head": head})

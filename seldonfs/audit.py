@@ -6,8 +6,10 @@ has a gapless sequence number and
     mac = HMAC-SHA256(audit key, previous mac || canonical(record))
 
 with 32 zero bytes before the first record, so `verify` finds any edited,
-deleted, inserted or reordered record; `STORE/audit.head` (the last
-sequence number and MAC, with a tag of its own) finds a cut tail. The
+deleted, inserted or reordered record; the anchors outside the catalog
+(anchor.py: the head, and the first record of the epoch in store.json)
+find a cut tail and a lost, emptied or rebuilt catalog. `reset` starts a
+new epoch after such a break, `gap` records count records lost. The
 threat model and the file formats are in docs/audit.md.
 
 Writers never wait for the disk: `record()` appends a tuple to a list on
@@ -19,6 +21,7 @@ before a data fsync is answered.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import hmac
@@ -27,6 +30,7 @@ import logging
 import os
 import pickle
 import secrets
+import select
 import signal
 import sqlite3
 import struct
@@ -39,14 +43,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import crypto, faults
+from . import anchor, crypto, faults
+from .anchor import HEAD_NAME, head_tag, read_head
 from .errors import SeldonError
+from .reserve import Reserve
 
 log = logging.getLogger(__name__)
 
 KEY_NAME = "audit.key"
-HEAD_NAME = "audit.head"
+LOST_NAME = "audit.lost"  # records a writer could not store before it ended, for the next one's gap record
 BATCH_S = 0.1  # the most a kill -9 of the daemon can lose
+RETRY_S = 1.0  # how often a writer tries again while records wait
+MAX_WAITING = 100_000  # records kept while the catalog refuses them (about 30 MB); more are lost, and counted
+CLOSE_TRIES = 30  # seconds an ending writer keeps trying to store what waits
+RESET_OP, GAP_OP = "reset", "gap"
 ZERO_MAC = bytes(32)
 FIELDS = ("seq", "ns", "uid", "gid", "pid", "proc", "op", "path", "path2", "result", "bytes", "detail")
 _WRAP_LABEL = b"seldonfs audit key"
@@ -125,31 +135,66 @@ def mac_of(key: bytes, prev: bytes, row: tuple) -> bytes:
     return hmac.digest(key, prev + canonical(row), "sha256")
 
 
-def head_tag(key: bytes, seq: int, mac: bytes) -> str:
-    return hmac.digest(key, b"head\0%d\0" % seq + mac, "sha256").hex()
-
-
 class ChainWriter:
     """MACs records and stores them: one per store at a time (the daemon's
-    writer process, or an offline command holding the store lock)."""
+    writer process, or an offline command holding the store lock).
 
-    def __init__(self, root: Path, catalog_path: Path, key: bytes) -> None:
+    A batch the catalog cannot take (a full disk) is kept and tried again
+    with the next one; `reserve` (the mount's writer) is given up first so
+    the retry can succeed. Only past `MAX_WAITING` kept records, or records
+    a dead writer never stored (`LOST_NAME`), are lost, and a `gap` record
+    says how many and why as soon as a batch is stored again."""
+
+    def __init__(self, root: Path, catalog_path: Path, key: bytes, reserve: Reserve | None = None) -> None:
         self.root = root
         self.key = key
+        self.reserve = reserve
         self.conn = sqlite3.connect(catalog_path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         row = self.conn.execute("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        self.seq, self.mac = (row[0], row[1]) if row else (0, ZERO_MAC)
+        self.seq, self.mac = (row[0], bytes(row[1])) if row else (0, ZERO_MAC)
+        self.anchored = anchor.read_anchor(root) is not None
+        self.waiting: list[tuple] = []  # records the catalog has not taken yet
+        self.failing = ""  # why, while records wait
+        self.anchor_error = ""  # why the head or the anchor could not be written, until they can
+        self.lost, self.lost_why = _read_lost(root)  # records gone for good, for the next gap record
 
-    def write(self, items: list[tuple], durable: bool) -> None:
-        """Store `items` (records without seq) in one transaction; `durable`:
-        synced to disk, the head too."""
-        if not items and not durable:
-            return
+    def write(self, items: list[tuple], durable: bool) -> bool:
+        """Store what waits and `items` (records without seq) in one
+        transaction; `durable`: synced to disk, the head too. False when the
+        catalog refused them: they wait for the next call."""
+        room = MAX_WAITING - len(self.waiting)
+        if len(items) > room:
+            self._lose(len(items) - room, f"more than {MAX_WAITING} records waited for the catalog")
+            items = items[:room]
+        self.waiting += items
+        if not self.waiting and not self.lost and not durable:
+            return True
+        batch = self.waiting + ([self._gap()] if self.lost else [])
+        try:
+            self._commit(batch, durable)
+        except sqlite3.Error as e:
+            if not (_full(e) and self.reserve is not None and self.reserve.release()):
+                return self._refused(e)
+            try:  # the reserve's room is the catalog's now
+                self._commit(batch, durable)
+            except sqlite3.Error as e2:
+                return self._refused(e2)
+        if self.failing:
+            print(f"seldonfs: audit writer: the catalog takes records again ({len(batch)} stored)", file=sys.stderr)
+            self.failing = ""
+        if self.lost:
+            self.lost, self.lost_why = 0, ""
+            (self.root / LOST_NAME).unlink(missing_ok=True)
+        self.waiting = []
+        self._after_commit(durable)
+        return True
+
+    def _commit(self, batch: list[tuple], durable: bool) -> None:
         rows = []
         seq, mac = self.seq, self.mac
-        for item in items:
+        for item in batch:
             seq += 1
             row = (seq, *item)
             mac = mac_of(self.key, mac, row)
@@ -160,26 +205,113 @@ class ChainWriter:
             self.conn.execute("BEGIN")
             self.conn.executemany(_INSERT, rows)
             self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            if self.conn.in_transaction:
+                self.conn.rollback()
+            raise
         finally:
             if durable:
                 self.conn.execute("PRAGMA synchronous=NORMAL")
         self.seq, self.mac = seq, mac
-        self._write_head(durable)
 
-    def _write_head(self, durable: bool) -> None:
-        doc = {"seq": self.seq, "mac": self.mac.hex(), "tag": head_tag(self.key, self.seq, self.mac)}
-        tmp = self.root / (HEAD_NAME + ".part")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    def _after_commit(self, durable: bool) -> None:
+        """The head, the anchor of a chain that has none yet, the reserve:
+        each tried again after the next batch when it fails now."""
         try:
-            os.write(fd, json.dumps(doc).encode())
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.root / HEAD_NAME)
+            anchor.write_head(self.root, self.key, self.seq, self.mac, durable)
+            if not self.anchored and self.seq:
+                epoch, seq, mac = self._epoch_start()
+                anchor.write_anchor(self.root, self.key, epoch, seq, mac)
+                self.anchored = True
+            self.anchor_error = ""
+        except OSError as e:
+            if not self.anchor_error:
+                print(f"seldonfs: ERROR audit writer: cannot write the chain's anchors (tried again with every "
+                      f"batch): {e}", file=sys.stderr)
+            self.anchor_error = str(e)
+        if self.reserve is not None:
+            self.reserve.ensure()
+
+    def _epoch_start(self) -> tuple[int, int, bytes]:
+        """(epoch, seq, mac) of the current epoch's first record: the last
+        reset record, else the first record."""
+        n = self.conn.execute("SELECT count(*) FROM audit WHERE op = ?", (RESET_OP,)).fetchone()[0]
+        row = self.conn.execute(
+            "SELECT seq, mac FROM audit WHERE op = ? ORDER BY seq DESC LIMIT 1", (RESET_OP,)
+        ).fetchone() or self.conn.execute("SELECT seq, mac FROM audit ORDER BY seq LIMIT 1").fetchone()
+        return n + 1, row[0], bytes(row[1])
+
+    def begin_epoch(self, item: tuple, seq: int) -> int:
+        """Store `item` (a reset record) as record `seq`, chained on from
+        the last stored record, and anchor the new epoch; returns it."""
+        epoch = max(anchor.epoch_of(anchor.read_anchor(self.root)), self._epoch_start()[0] if self.seq else 1) + 1
+        self.seq = seq - 1  # the numbers a lost chain used are not used again
+        self._commit([item], durable=True)
+        anchor.write_head(self.root, self.key, self.seq, self.mac, durable=True)
+        anchor.write_anchor(self.root, self.key, epoch, self.seq, self.mac)
+        return epoch
+
+    def _refused(self, e: sqlite3.Error) -> bool:
+        if not self.failing:
+            print(f"seldonfs: ERROR audit writer: {len(self.waiting)} records wait: {e}; retrying", file=sys.stderr)
+        self.failing = str(e)
+        return False
+
+    def _lose(self, n: int, why: str) -> None:
+        self.lost += n
+        self.lost_why = why
+        print(f"seldonfs: ERROR audit writer: {n} records lost: {why}", file=sys.stderr)
+
+    def _gap(self) -> tuple:
+        return (time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0,
+                f"{self.lost} records lost: {self.lost_why}")
 
     def close(self) -> None:
+        """What still waits is lost: counted in `LOST_NAME` for the next
+        writer's gap record."""
+        if self.waiting or self.lost:
+            n, why = len(self.waiting) + self.lost, self.failing or self.lost_why
+            try:
+                (self.root / LOST_NAME).write_text(json.dumps({"records": n, "why": why}))
+            except OSError as e:
+                print(f"seldonfs: ERROR audit writer: {n} records lost ({why}), not noted: {e}", file=sys.stderr)
+            else:
+                print(f"seldonfs: ERROR audit writer: {n} records lost: {why}", file=sys.stderr)
         self.conn.close()
+
+
+def _full(e: sqlite3.Error) -> bool:
+    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(e)
+
+
+def _read_lost(root: Path) -> tuple[int, str]:
+    try:
+        doc = json.loads((root / LOST_NAME).read_text())
+        return int(doc["records"]), str(doc["why"])
+    except FileNotFoundError:
+        return 0, ""
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1, f"{LOST_NAME} unreadable: at least one record"
+
+
+def stored_seq(catalog_path: Path) -> int:
+    """The last record number in the catalog (0: none)."""
+    conn = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _stored_since(catalog_path: Path, seq: int, writer_pid: int) -> int:
+    """Records past `seq` that a writer process stored for its daemon (not
+    the gap records it made itself)."""
+    conn = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM audit WHERE seq > ? AND NOT (op = ? AND pid = ?)",
+                            (seq, GAP_OP, writer_pid)).fetchone()[0]
+    finally:
+        conn.close()
 
 
 _INSERT = f"INSERT INTO audit ({', '.join(FIELDS)}, mac) VALUES ({', '.join('?' * (len(FIELDS) + 1))})"
@@ -201,27 +333,38 @@ class AuditLog:
         self.catalog_path = catalog_path
         self.key = key
         self.reads = reads
+        self.lock_fd = lock_fd
         self.queue: list[tuple] = []
-        self.sent = ChainWriter(root, catalog_path, key).seq  # records handed on so far
+        self.sent = stored_seq(catalog_path)  # records handed on so far
         self._qlock = threading.Lock()  # the queue
-        self._plock = threading.Lock()  # the pipes
+        self._plock = threading.Lock()  # the pipes, the writer
         self._procs: dict[int, tuple[str, float]] = {}
-        to_child, self._out = os.pipe()
-        self._in, from_child = os.pipe()
-        # The writer inherits the store lock (`lock_fd`): after a kill -9 of
-        # the daemon the store stays locked until it has stored the rest.
-        keep = (to_child, from_child) + ((lock_fd,) if lock_fd is not None else ())
-        self.child = subprocess.Popen(
-            [sys.executable, "-m", "seldonfs.audit", str(root), str(catalog_path), str(to_child), str(from_child)],
-            pass_fds=keep, stdin=subprocess.DEVNULL, close_fds=True,
-        )
-        os.close(to_child)
-        os.close(from_child)
-        self._send(key)  # the key goes by the pipe, never by argv
+        self._lost = 0  # records a dead writer took with it, for the next gap record
+        self._restart_at = 0.0
+        self._base = self.sent  # the last record number when the writer started
+        self._handed = 0  # records handed to it since
+        self._spawn()
         self._dead = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-sender", daemon=True)
         self._thread.start()
+
+    def _spawn(self) -> None:
+        to_child, self._out = os.pipe()
+        self._in, from_child = os.pipe()
+        # The writer inherits the store lock (`lock_fd`): after a kill -9 of
+        # the daemon the store stays locked until it has stored the rest.
+        keep = (to_child, from_child) + ((self.lock_fd,) if self.lock_fd is not None else ())
+        try:
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "seldonfs.audit", str(self.root), str(self.catalog_path), str(to_child),
+                 str(from_child)],
+                pass_fds=keep, stdin=subprocess.DEVNULL, close_fds=True,
+            )
+        finally:
+            os.close(to_child)
+            os.close(from_child)
+        self._send(self.key)  # the key goes by the pipe, never by argv
 
     def record(
         self, op: str, uid: int, gid: int, pid: int, path: str, path2: str = "",
@@ -260,20 +403,61 @@ class AuditLog:
     def flush(self, durable: bool) -> None:
         """Hand on what is queued; `durable`: wait until the writer has it on disk."""
         with self._plock:
-            if self._dead:
+            if self._dead and not self._restart():
+                with self._qlock:
+                    if len(self.queue) > MAX_WAITING:  # the rest waits for the next writer
+                        self._lost += len(self.queue) - MAX_WAITING
+                        del self.queue[MAX_WAITING:]
                 return
             with self._qlock:
                 items, self.queue = self.queue, []
+            lost = self._lost
+            if lost:
+                items.insert(0, (time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0,
+                                 f"{lost} records lost: the audit writer process died"))
             if not items and not durable:
                 return
+            handed = False
             try:
                 self._send((items, durable))
+                handed = True
                 self.sent += len(items)
+                self._handed += len(items)
+                self._lost = 0
                 if durable and os.read(self._in, 1) != b"k":
                     raise OSError(errno.EPIPE, "writer gone")
             except OSError as e:
+                log.error("audit writer process gone (%s): starting another; a gap record will count what it "
+                          "took with it", e)
                 self._dead = True
-                log.error("audit writer process gone (%s): records from now on are lost", e)
+                if not handed:  # a dead reader got none of it: kept, in order, for the next writer
+                    with self._qlock:
+                        self.queue[:0] = items[1:] if lost else items
+
+    def _restart(self) -> bool:
+        """A new writer process after the last one died (at most one try a
+        second). What the dead one had been handed and had not stored is
+        counted lost: the catalog tells how far it got."""
+        now = time.monotonic()
+        if now < self._restart_at:
+            return False
+        self._restart_at = now + 1.0
+        for fd in (self._out, self._in):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.child.poll() is None:
+            self.child.kill()  # alive but deaf: it is ours
+        self.child.wait()
+        try:
+            self._lost += max(0, self._handed - _stored_since(self.catalog_path, self._base, self.child.pid))
+            self._base, self._handed = stored_seq(self.catalog_path), 0
+            self._spawn()
+        except (OSError, sqlite3.Error) as e:
+            log.error("cannot start another audit writer: %s", e)
+            return False
+        self._dead = False
+        log.warning("audit writer restarted")
+        return True
 
     def sync(self) -> None:
         """Every queued record on disk, durably: before a data fsync is answered."""
@@ -291,15 +475,30 @@ class AuditLog:
             conn.close()
 
     def verify_stored(self) -> tuple[int, Break | None]:
-        """Check the chain as stored so far, beside the writer (any thread):
-        the head is read first, so every record it names is already in the
-        table."""
+        """Check the chain as stored so far, and its anchors, beside the
+        writer (any thread): the head is read first, so every record it
+        names is already in the table."""
+        from .store import Store
+
         head = read_head(self.root)
         conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True, timeout=10)
         try:
-            return verify(conn, self.key, head)
+            n, brk = verify(conn, self.key, head)
         finally:
             conn.close()
+        problem = anchor.judge(anchor.look(Store(self.root), self.key)) if brk is None else None
+        return n, brk if problem is None else Break(0, "anchor", problem)
+
+    def head(self) -> dict[str, Any]:
+        """The head as `seldonfs audit head` prints it, with every record
+        queued so far stored (any thread)."""
+        from .store import Store
+
+        self.sync()
+        head = anchor.current_head(Store(self.root))
+        if head is None:
+            raise SeldonError(f"{self.root / HEAD_NAME}: missing")
+        return head
 
     @property
     def count(self) -> int:
@@ -363,20 +562,29 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int) -> None
     key = message()
     if not isinstance(key, bytes):
         return
-    w = ChainWriter(root, catalog_path, key)
+    reserve = Reserve(root)
+    reserve.ensure()
+    w = ChainWriter(root, catalog_path, key, reserve)
+    w.write([], durable=False)  # the gap record of what a previous writer could not store
     try:
-        while (msg := message()) is not None:
+        while True:
+            if w.waiting and not select.select([fd_in], [], [], RETRY_S)[0]:
+                w.write([], durable=False)  # the disk may have room again
+                continue
+            msg = message()
+            if msg is None:
+                break
             items, durable = msg  # type: ignore[misc]
-            try:
-                w.write(items, durable)
-            except Exception as e:  # keep the chain going; the log says what was lost
-                print(f"seldonfs: ERROR audit writer: {len(items)} records lost: {e!r}", file=sys.stderr)
-                if w.conn.in_transaction:
-                    w.conn.rollback()
+            # A refused batch waits in `w` (a full disk reads as waiting
+            # records, not as a failed fsync: the data's own fsync reports it).
+            w.write(items, durable)
             if durable:
                 os.write(fd_out, b"k")
     finally:
-        w.write([], durable=True)
+        for _ in range(CLOSE_TRIES):  # unmounted while the disk is full: some time to get room
+            if w.write([], durable=True):
+                break
+            time.sleep(RETRY_S)
         w.close()
 
 
@@ -389,9 +597,12 @@ def append_offline_many(
     root: Path, catalog_path: Path, key: bytes, records: list[tuple[str, str, str, str, int, str]]
 ) -> None:
     """Records (op, path, path2, result, bytes, detail) of an offline command
-    (passwd, rekey, janitor), with the store locked."""
+    (passwd, rekey, janitor), with the store locked. A chain that lost its
+    anchoring gets no records (they would overwrite the evidence): exit 26."""
     from .catalog import Catalog
+    from .store import Store
 
+    anchor.refuse_broken(Store(root), key)
     cat = Catalog(catalog_path)
     cat.migrate()  # a store not mounted since an upgrade
     cat.close()
@@ -399,8 +610,35 @@ def append_offline_many(
     try:
         who = (os.getuid(), os.getgid(), os.getpid(), "seldonfs")
         now = time.time_ns()
-        w.write([(now, *who, op, _text(p), _text(p2), res, n, _text(det)) for op, p, p2, res, n, det in records],
-                durable=True)
+        if not w.write([(now, *who, op, _text(p), _text(p2), res, n, _text(det))
+                        for op, p, p2, res, n, det in records], durable=True):
+            raise SeldonError(f"{catalog_path}: the audit records of this command were not stored: {w.failing}")
+    finally:
+        w.close()
+
+
+def reset(root: Path, catalog_path: Path, key: bytes, reason: str, found: anchor.Found, problem: str) -> tuple[int, int]:
+    """Start a new epoch after a break the mount refuses (`problem`, judged
+    from `found`): its first record, op `reset`, names the reason, what was
+    found and the old head; it chains on from the last record still stored
+    and takes the number after every one the old chain is known to have
+    used. The caller holds the store lock. Returns (epoch, seq)."""
+    from .catalog import Catalog
+
+    if not catalog_path.exists():
+        Catalog.create(catalog_path).close()
+    cat = Catalog(catalog_path)
+    cat.migrate()
+    cat.close()
+    old = anchor.sealed_head(found)
+    detail = (f"reason: {reason}; found: {problem}; old head: "
+              + (f"seq {old[0]} mac {old[1].hex()}" if old is not None else "none that authenticates"))
+    w = ChainWriter(root, catalog_path, key)
+    try:
+        item = (time.time_ns(), os.getuid(), os.getgid(), os.getpid(), "seldonfs", RESET_OP, "", "", "OK", 0,
+                _text(detail))
+        epoch = w.begin_epoch(item, anchor.next_seq(found, w.seq))
+        return epoch, w.seq
     finally:
         w.close()
 
@@ -415,23 +653,38 @@ class Break:
     detail: str
 
 
+@dataclass
+class Event:
+    """A reset (a new epoch after a break) or a gap (records lost), as the
+    chain records them: not breaks, but reported by every verify."""
+
+    seq: int
+    op: str
+    detail: str
+    epoch: int
+
+
 def rows(conn: sqlite3.Connection) -> Iterator[tuple]:
     """Records in the order they were stored."""
     yield from conn.execute(f"SELECT {', '.join(FIELDS)}, mac FROM audit ORDER BY id")
 
 
-def verify(conn: sqlite3.Connection, key: bytes, head: dict[str, Any] | None) -> tuple[int, Break | None]:
-    """Walk the chain in storage order. Returns (records checked, first break).
+def verify(
+    conn: sqlite3.Connection, key: bytes, head: dict[str, Any] | None, events: list[Event] | None = None
+) -> tuple[int, Break | None]:
+    """Walk the chain in storage order. Returns (records checked, first
+    break); resets and gaps met on the way go to `events`.
 
     The kind of a break: a record whose MAC fails while the next one chains
     on from it was *edited*; one the chain skips over, or one with a number
     already passed that does not authenticate, was *inserted*; a missing
     number is *deleted* if no record carries it, *reordered* if one later
-    does; records the head names but the table lacks were *truncated*."""
+    does; records the head names but the table lacks were *truncated*. A
+    reset record may skip numbers (those of the lost chain before it)."""
     h_seq = _head_seq(key, head)
     if isinstance(h_seq, Break):
         return 0, h_seq
-    prev_mac, prev_seq, n = ZERO_MAC, 0, 0
+    prev_mac, prev_seq, n, epoch = ZERO_MAC, 0, 0, 1
     pending: tuple | None = None  # (row, mac) that failed, held to see what follows
     for r in rows(conn):
         row, mac = tuple(r[:-1]), bytes(r[-1])
@@ -442,8 +695,8 @@ def verify(conn: sqlite3.Connection, key: bytes, head: dict[str, Any] | None) ->
             if mac_of(key, prev_mac, row) == mac:
                 return n, Break(p_row[0], "inserted", f"record {p_row[0]} was not written by the filesystem")
             return n, Break(p_row[0], "edited", f"record {p_row[0]} was changed after it was written")
-        if seq > prev_seq + 1:
-            kind = "reordered" if _mac_at(conn, prev_seq + 1) is not None else "deleted"
+        if seq > prev_seq + 1 and not (row[6] == RESET_OP and mac_of(key, prev_mac, row) == mac):
+            kind = "reordered" if mac_at(conn, prev_seq + 1) is not None else "deleted"
             what = (
                 f"record {prev_seq + 1} is stored after record {seq}" if kind == "reordered"
                 else f"record {prev_seq + 1}" + (f"..{seq - 1}" if seq - 1 > prev_seq + 1 else "") + " missing"
@@ -454,6 +707,9 @@ def verify(conn: sqlite3.Connection, key: bytes, head: dict[str, Any] | None) ->
         if mac_of(key, prev_mac, row) != mac:
             pending = (row, mac)
             continue
+        if row[6] in (RESET_OP, GAP_OP) and events is not None:
+            epoch += row[6] == RESET_OP
+            events.append(Event(seq, row[6], row[11], epoch))
         prev_mac, prev_seq = mac, seq
     if pending is not None:
         p_seq = pending[0][0]
@@ -464,7 +720,7 @@ def verify(conn: sqlite3.Connection, key: bytes, head: dict[str, Any] | None) ->
         return n, Break(prev_seq, "truncated", f"{HEAD_NAME} is missing: the end of the chain cannot be checked")
     if h_seq is not None and h_seq > prev_seq:
         return n, Break(prev_seq + 1, "truncated", f"records {prev_seq + 1}..{h_seq} are missing at the end")
-    if h_seq and _mac_at(conn, h_seq) != bytes.fromhex(head["mac"]):  # type: ignore[index]
+    if h_seq and mac_at(conn, h_seq) != bytes.fromhex(head["mac"]):  # type: ignore[index]
         return n, Break(h_seq, "edited", f"record {h_seq} is not the one {HEAD_NAME} names")
     return n, None
 
@@ -481,18 +737,9 @@ def _head_seq(key: bytes, head: dict[str, Any] | None) -> int | None | Break:
     return seq
 
 
-def _mac_at(conn: sqlite3.Connection, seq: int) -> bytes | None:
+def mac_at(conn: sqlite3.Connection, seq: int) -> bytes | None:
     row = conn.execute("SELECT mac FROM audit WHERE seq = ?", (seq,)).fetchone()
     return bytes(row[0]) if row else None
-
-
-def read_head(root: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((root / HEAD_NAME).read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        return {"seq": 0, "mac": "", "tag": ""}  # fails its tag check: reported
 
 
 def query(

@@ -132,7 +132,9 @@ def create_tables(db: sqlite_utils.Database) -> None:
     #             setattr, setxattr, removexattr, write, read, commit,
     #             quarantine, release, version, restore, mount, unmount,
     #             passwd, rekey, janitor-delete/-archive/-move/-rmdir, control,
-    #             damaged (content that failed authentication, read through the mount)
+    #             damaged (content that failed authentication, read through the mount),
+    #             reset (a new epoch after a break: seq may skip the lost chain's
+    #             numbers), gap (records lost: how many and why, in detail)
     #   path    - the object, relative to the mount root; path2 - the other
     #             one (rename and link target, commit destination)
     #   result  - 'OK' or the errno name, e.g. 'EACCES'

@@ -49,4 +49,7 @@ class NotAStoreError(SeldonError):
 
 
 class DamageFound(SeldonError):
+    """Damage found: by verify, fsck or audit verify; or the audit chain no
+    longer matches its anchors, which a mount refuses until audit reset."""
+
     exit_code = 26

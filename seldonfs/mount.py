@@ -29,8 +29,8 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import audit, config, fuseloop, janitor, keys, offline
-from .alerts import Alerts, Failures, verify_audit, watch
+from . import anchor, audit, config, fuseloop, janitor, keys, offline
+from .alerts import Alerts, Failures, send_head, verify_audit, watch
 from .audit import AuditLog
 from .catalog import Catalog
 from .cleanup import MountJanitor
@@ -205,6 +205,16 @@ def open_content(ident: dict, source: KeySource) -> ContentLayer:
     return EncryptedContent(keys.unlock(block, source), block["current_key_id"], block["block_size"])
 
 
+def check_chain(store: Store, content: ContentLayer) -> None:
+    """Refuse the mount (exit 26) while the audit chain does not match its
+    anchors: a lost, emptied or rebuilt catalog, a cut chain (anchor.py).
+    Before the catalog is opened, which would make a missing one anew."""
+    key = None
+    if (store.root / audit.KEY_NAME).exists():
+        key = audit.load_key(store.root, getattr(content, "keys", None))
+    anchor.refuse_broken(store, key)
+
+
 def open_audit(store: Store, cfg: Config, content: ContentLayer, lock_fd: int) -> AuditLog | None:
     """The audit chain's writer (None when `[audit] enabled = false`); makes
     the audit key at the first mount of a store."""
@@ -248,6 +258,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         # Modes arrive already masked by the caller's umask; ours must not
         # mask them again.
         os.umask(0)
+        check_chain(store, prep.content)
         catalog = Catalog(store.catalog_path)
         stack.callback(catalog.close)
         catalog.migrate()
@@ -377,6 +388,8 @@ async def _serve(engine: Engine | None, served: Served) -> None:
         if engine is not None:
             await nursery.start(engine.run)  # content checks of large files; catalog batches
         nursery.start_soon(watch, served.alerts, served.sources)
+        if served.auditlog is not None:
+            nursery.start_soon(send_head, served.auditlog, served.alerts, served.sources)
         if served.auditlog is not None and served.cfg.audit.verify_every:
             nursery.start_soon(verify_audit, served.auditlog, served.cfg.audit.verify_every, served.alerts, served.sources)
         served.control.serve(trio.lowlevel.current_trio_token(), nursery)

@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from .conftest import as_user, key_args, mounted, needs_fuse, needs_root, seldonfs, unmount
+from .conftest import (
+    as_user,
+    init_store,
+    key_args,
+    mounted,
+    needs_fuse,
+    needs_root,
+    seldonfs,
+    unmount,
+    wait_for,
+)
 
 pytestmark = needs_fuse
 
@@ -231,14 +245,18 @@ def test_fsck_rebuilds_a_deleted_catalog(store: Path, tmp_path: Path) -> None:
     assert sorted(records_of(store, "SELECT path, sha256, job FROM files")) == before
     (q,) = records_of(store, "SELECT origin, reason FROM quarantine")
     assert q[0] == "input/raw/bad.json" and "not valid JSON" in q[1]
-    (audit_head := store / "audit.head").unlink()  # accept the loss: a new chain starts
+    r = seldonfs("mount", store, m, *key_args(store))  # the loss is refused until it is recorded
+    assert r.returncode == 26 and "the catalog has no audit records" in r.stderr, r.stderr
+    r = seldonfs("audit", "reset", store, "--reason", "catalog lost, rebuilt by fsck", *key_args(store))
+    assert r.returncode == 0, r.stderr
     with mounted(store, m):  # names go on after the highest one in data/
         (m / "input" / "raw" / "d9.json").write_text("{}")
         assert json.loads(seldonfs("versions", m / "output" / "reports" / "r.csv", "--json").stdout)[0]["size"] == 4
     seqs = sorted(int(n.split("-")[8].split("_")[0]) for n in os.listdir(store / "data" / "input" / "raw"))
     assert len(set(seqs)) == 4
     assert seldonfs("fsck", store, *key_args(store)).returncode == 0
-    assert not audit_head.exists() or verify(store).returncode == 0
+    r = verify(store)
+    assert r.returncode == 0 and "after a break: reason: catalog lost, rebuilt by fsck" in r.stdout, r.stdout
 
 
 def records_of(store: Path, sql: str) -> list[tuple]:
@@ -291,3 +309,241 @@ def test_damaged_audit_key_is_one_line(store: Path, tmp_path: Path) -> None:
     (store / "audit.key").write_text(json.dumps(doc))
     r = verify(store)
     assert r.returncode == 1 and "audit.key" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- the anchors (issue 17, repro 5)
+
+
+def head_of(store: Path) -> dict:
+    r = seldonfs("audit", "head", store, check=True)
+    assert r.stdout.count("\n") == 1
+    return json.loads(r.stdout)
+
+
+def refused_mount(store: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    (tmp_path / "mnt").mkdir(exist_ok=True)
+    r = seldonfs("mount", store, tmp_path / "mnt", *key_args(store))
+    assert not os.path.ismount(tmp_path / "mnt")
+    assert r.returncode == 26 and r.stderr.count("\n") == 1 and "audit reset" in r.stderr, r.stderr
+    return r
+
+
+def reset(store: Path, reason: str) -> subprocess.CompletedProcess:
+    r = seldonfs("audit", "reset", store, "--reason", reason, *key_args(store))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def test_a_lost_catalog_is_refused_until_a_reset_records_it(store: Path, tmp_path: Path) -> None:
+    make_chain(store, tmp_path)
+    kept = head_of(store)
+    for p in store.glob("catalog.sqlite*"):
+        p.unlink()
+    assert "catalog.sqlite is missing" in refused_mount(store, tmp_path).stderr
+    assert not (store / "catalog.sqlite").exists()  # the refused mount made no new one
+    r = verify(store)
+    assert r.returncode == 26 and r.stderr.count("\n") == 1 and "missing" in r.stderr
+    out = reset(store, "disk replaced, catalog lost").stdout
+    assert f"epoch 2 started at seq {kept['seq'] + 1}" in out
+    make_chain(store, tmp_path)  # mounts again, the chain goes on
+    for _ in range(2):  # in every later run
+        r = verify(store)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (f"epoch 2 started at seq {kept['seq'] + 1} after a break: reason: disk replaced, catalog lost; "
+                f"found: catalog.sqlite is missing; old head: seq {kept['seq']} mac {kept['mac']}") in r.stdout
+    assert seldonfs("audit", "verify", store, "--strict", *key_args(store)).returncode == 26
+    r = seldonfs("audit", "verify", store, "--head", json.dumps(kept), *key_args(store))
+    assert r.returncode == 26 and f"kept head {kept['seq']}: record {kept['seq']} is no longer in the chain" in r.stdout
+    assert head_of(store)["epoch"] == 2
+    r = seldonfs("audit", "reset", store, "--reason", "again", *key_args(store))
+    assert r.returncode == 2 and "nothing to reset" in r.stderr  # an intact chain has no break to record
+
+
+@pytest.mark.parametrize("head_too", [False, True], ids=["rows", "rows-and-head"])
+def test_emptied_audit_rows_are_found(tmp_path: Path, head_too: bool) -> None:
+    store = init_store(tmp_path / "store", encrypted=False)
+    make_chain(store, tmp_path)
+    with sqlite3.connect(store / "catalog.sqlite") as conn:
+        conn.execute("DELETE FROM audit")
+    conn.close()
+    if head_too:
+        (store / "audit.head").unlink()
+    r = verify(store)
+    assert r.returncode == 26, r.stdout
+    assert ("store.json anchors epoch 1 at record 1" if head_too else "records 1..") in r.stdout, r.stdout
+    refused_mount(store, tmp_path)
+    reset(store, "audit table emptied")
+    make_chain(store, tmp_path)
+    r = verify(store)
+    assert r.returncode == 0 and "epoch 2 started at seq" in r.stdout and "audit table emptied" in r.stdout
+
+
+def test_a_rolled_back_or_remade_store_fails_a_kept_head(tmp_path: Path) -> None:
+    store = init_store(tmp_path / "store", encrypted=False)
+    make_chain(store, tmp_path)
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("catalog.sqlite", "audit.head", "store.json"):
+        shutil.copy2(store / name, old / name)
+    first = head_of(store)
+    make_chain(store, tmp_path)
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text(json.dumps(first) + "\n" + json.dumps(head_of(store)) + "\n")
+    r = seldonfs("audit", "verify", store, "--head", kept)
+    assert r.returncode == 0 and "2 kept head(s) match" in r.stdout, r.stdout + r.stderr
+    # catalog, head and anchor rolled back together: consistent locally, not with the copy
+    for name in ("catalog.sqlite", "audit.head", "store.json"):
+        shutil.copy2(old / name, store / name)
+    assert verify(store).returncode == 0
+    r = seldonfs("audit", "verify", store, "--head", kept)
+    assert r.returncode == 26 and "is not in the chain (it ends at" in r.stdout, r.stdout
+    # the store made anew: another key, another id, another chain
+    shutil.rmtree(store)
+    store = init_store(store, encrypted=False)
+    make_chain(store, tmp_path)
+    r = seldonfs("audit", "verify", store, "--head", kept)
+    assert r.returncode == 26 and "not of this one" in r.stdout, r.stdout
+    remade = dict(first, store=head_of(store)["store"])  # the id copied too: the key still differs
+    r = seldonfs("audit", "verify", store, "--head", json.dumps(remade))
+    assert r.returncode == 26 and "does not authenticate under this store's audit key" in r.stdout, r.stdout
+
+
+class _Hook(BaseHTTPRequestHandler):
+    got: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        self.got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *a) -> None:
+        pass
+
+
+def test_the_webhook_gets_the_head(tmp_path: Path) -> None:
+    hook = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    store = init_store(tmp_path / "store")
+    conf = store / "seldonfs.toml"
+    conf.write_text(conf.read_text() + f'\n[alerts]\nwebhook = "http://127.0.0.1:{hook.server_port}/hook"\n')
+    try:
+        with mounted(store, tmp_path / "mnt"):
+            (tmp_path / "mnt" / "input" / "processed" / "f").write_text("x")
+            wait_for(lambda: any(a["kind"] == "audit-head" for a in _Hook.got), timeout=30, what="the head")
+    finally:
+        hook.shutdown()
+        hook.server_close()
+    (body,) = [a for a in _Hook.got if a["kind"] == "audit-head"]
+    assert body["head"]["epoch"] == 1 and body["head"]["seq"] >= 1 and body["head"]["store"] == head_of(store)["store"]
+    kept = tmp_path / "posted.jsonl"
+    kept.write_text(json.dumps(body) + "\n")  # the webhook's bodies, kept as they came
+    r = seldonfs("audit", "verify", store, "--head", kept, *key_args(store))
+    assert r.returncode == 0 and "1 kept head(s) match" in r.stdout, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- losing nothing (issue 17, repro 3)
+
+
+def writer_of(daemon: subprocess.Popen) -> int:
+    """The pid of the mount's audit writer process."""
+    def find() -> list[int]:  # children of any thread (a restarted writer is the sender thread's)
+        kids = [k for t in Path(f"/proc/{daemon.pid}/task").iterdir() for k in (t / "children").read_text().split()]
+        return [int(k) for k in kids if b"seldonfs.audit" in Path(f"/proc/{k}/cmdline").read_bytes()]
+
+    wait_for(lambda: len(find()) == 1, what="the audit writer")
+    return find()[0]
+
+
+def test_a_dead_writer_leaves_a_gap_record(tmp_path: Path) -> None:
+    store = init_store(tmp_path / "store", encrypted=False)
+    m = tmp_path / "mnt"
+    with mounted(store, m, expect_log_problems=True) as daemon:
+        (m / "input" / "processed" / "before").write_text("x")
+        time.sleep(0.5)  # stored
+        writer = writer_of(daemon)
+        os.kill(writer, signal.SIGSTOP)
+        (m / "input" / "processed" / "lost").write_text("x")
+        time.sleep(0.5)  # handed to the stopped writer, which dies with it
+        os.kill(writer, signal.SIGKILL)
+        time.sleep(0.5)
+        (m / "input" / "processed" / "kept").write_text("x")  # the dead writer's pipe refuses it: kept
+        wait_for(lambda: writer_of(daemon) != writer, what="another writer")
+        (m / "input" / "processed" / "after").write_text("x")
+    r = verify(store)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "gap at record" in r.stdout and "2 records lost: the audit writer process died" in r.stdout, r.stdout
+    (gap,) = records(store, "--op", "gap")
+    assert gap["detail"] == "2 records lost: the audit writer process died"  # the create and write of `lost`
+    created = [x["path"] for x in records(store, "--op", "create")]
+    assert created == ["input/processed/before", "input/processed/kept", "input/processed/after"]
+    assert seldonfs("audit", "verify", store, "--strict").returncode == 26
+
+
+@needs_root
+def test_a_full_disk_keeps_the_records(tmp_path: Path) -> None:
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(fs)], check=True)
+    try:
+        store = init_store(fs / "store", encrypted=False)
+        m = tmp_path / "mnt"
+        d = m / "input" / "processed"
+
+        def fill(name: str) -> None:
+            with open(fs / name, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+
+        def stored() -> set[str]:
+            conn = sqlite3.connect(f"file:{store / 'catalog.sqlite'}?mode=ro", uri=True)
+            try:
+                return {r[0] for r in conn.execute("SELECT path FROM audit WHERE op = 'mkdir'")}
+            finally:
+                conn.close()
+
+        with mounted(store, m, expect_log_problems=True):
+            wait_for(lambda: (store / "audit.reserve").exists(), what="the reserve")
+            fill("filler1")
+            (d / "while-full-1").mkdir()
+            # the writer gives up the reserve and stores them in its room
+            wait_for(lambda: "input/processed/while-full-1" in stored(), timeout=10, what="the records")
+            assert not (store / "audit.reserve").exists()
+            fill("filler2")  # and that room taken too: the records wait
+            for i in range(20):
+                (d / f"while-full-2-{i}").mkdir()
+            time.sleep(2)
+            assert "input/processed/while-full-2-0" not in stored()
+            (fs / "filler1").unlink()
+            (fs / "filler2").unlink()
+            wait_for(lambda: "input/processed/while-full-2-19" in stored(), timeout=10, what="the waiting records")
+            wait_for(lambda: (store / "audit.reserve").exists(), timeout=10, what="the reserve made again")
+        r = verify(store)
+        assert r.returncode == 0 and "gap" not in r.stdout, r.stdout + r.stderr
+        want = {"input/processed/while-full-1"} | {f"input/processed/while-full-2-{i}" for i in range(20)}
+        assert want <= stored()
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
+def test_offline_commands_refuse_a_broken_chain_before_acting(tmp_path: Path) -> None:
+    from .conftest import keyfile_of
+
+    store = init_store(tmp_path / "store")
+    make_chain(store, tmp_path)
+    with sqlite3.connect(store / "catalog.sqlite") as conn:
+        conn.execute("DELETE FROM audit")
+    conn.close()
+    ident = (store / "store.json").read_bytes()
+    r = seldonfs("passwd", store, *key_args(store), "--new-keyfile", tmp_path / "new.key")
+    assert r.returncode == 26 and "the catalog has no audit records" in r.stderr, r.stderr
+    assert (store / "store.json").read_bytes() == ident and not (tmp_path / "new.key").exists()
+    reset(store, "audit rows deleted")
+    seldonfs("passwd", store, *key_args(store), "--new-keyfile", tmp_path / "new.key", check=True)
+    keyfile_of(store).unlink()
+    (tmp_path / "new.key").rename(keyfile_of(store))
+    assert [x["op"] for x in records(store)] == ["reset", "passwd"]
+    assert verify(store).returncode == 0

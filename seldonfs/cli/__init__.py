@@ -49,8 +49,8 @@ def run(fn, *args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["audit", "verify"]:  # a verb under a command that takes a path
-        argv[:2] = [audit_cmd.VERIFY]
+    if argv[:1] == ["audit"] and argv[1:2] and argv[1] in audit_cmd.VERBS:  # verbs under a command taking a path
+        argv[:2] = [audit_cmd.VERBS[argv[1]]]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="seldonfs: %(message)s")
     return run(args.func, args)

@@ -1,14 +1,23 @@
 """seldonfs audit: query the audit chain, or verify it.
 
     seldonfs audit STORE|MOUNTPOINT [--since T] [--until T] [--path GLOB] [--uid N] [--op OP] [--json]
-    seldonfs audit verify STORE|MOUNTPOINT [--keyfile FILE | --passphrase-file FILE]
+    seldonfs audit verify STORE|MOUNTPOINT [--head FILE|JSON] [--strict] [--keyfile FILE | --passphrase-file FILE]
+    seldonfs audit head STORE|MOUNTPOINT
+    seldonfs audit reset STORE --reason TEXT [--keyfile FILE | --passphrase-file FILE]
 
 A query prints a table (JSON lines with --json). T is a time such as
 2026-11-25T14:00 or an age such as 90m, 12h, 7d (that long ago). `verify`
-recomputes every record's MAC and names the first break and its kind
-(edited, deleted, inserted, reordered, truncated): exit 26. Both read the
-catalog read-only and work beside a running mount; `verify` needs the key
-of an encrypted store.
+recomputes every record's MAC and checks the chain's anchors (audit.head,
+store.json); it names the first break and its kind (edited, deleted,
+inserted, reordered, truncated, anchor): exit 26. It prints every reset
+(a new epoch after a break) and gap (records lost) the chain records, in
+every run; they exit 0 unless --strict. `--head` also checks heads kept
+elsewhere: exit 26 if the chain no longer holds the record one names.
+`head` prints the chain's head as one JSON line, to keep elsewhere. `reset`
+records a break the mount refuses (a lost, emptied or rebuilt catalog, a
+lost head) and starts a new epoch; the store must not be mounted. Query,
+verify and head read the catalog read-only and work beside a running
+mount; verify and reset need the key of an encrypted store.
 """
 
 from __future__ import annotations
@@ -26,9 +35,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import audit, keys
-from ..errors import DamageFound, UsageError
+from .. import anchor, audit, keys
+from ..errors import DamageFound, SeldonError, UsageError
 from ..naming import shown
+from ..store import Store, StoreLock
 from .common import add_key_args, catalog_readonly, key_source, store_of
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
@@ -46,14 +56,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--op", metavar="OP", help="e.g. create, rename, commit, quarantine")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=run)
-    # `seldonfs audit verify TARGET`: main() turns it into this one
+    # `seldonfs audit verify|head|reset TARGET`: main() turns them into these
     v = sub.add_parser(VERIFY, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("target", type=Path, metavar="STORE|MOUNTPOINT")
+    v.add_argument("--head", metavar="FILE|JSON",
+                   help="also check the chain against heads kept elsewhere (`audit head` lines, or a file of them)")
+    v.add_argument("--strict", action="store_true", help="exit 26 also for recorded resets and gaps")
     add_key_args(v)
     v.set_defaults(func=run_verify)
+    h = sub.add_parser(HEAD, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    h.add_argument("target", type=Path, metavar="STORE|MOUNTPOINT")
+    h.set_defaults(func=run_head)
+    r = sub.add_parser(RESET, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("store", type=Path, metavar="STORE")
+    r.add_argument("--reason", required=True, metavar="TEXT", help="why the break is accepted; recorded")
+    add_key_args(r)
+    r.set_defaults(func=run_reset)
 
 
-VERIFY = "audit-verify"
+VERIFY, HEAD, RESET = "audit-verify", "audit-head", "audit-reset"
+VERBS = {"verify": VERIFY, "head": HEAD, "reset": RESET}
 
 
 def parse_time(text: str) -> int:
@@ -93,17 +115,91 @@ def run_verify(args: argparse.Namespace) -> None:
     block = store.identity().get("encryption")
     unlocked = keys.unlock(block, key_source(args)) if block is not None else None
     key = audit.load_key(store.root, unlocked)
+    kept = _kept_heads(args.head) if args.head else []
     t0 = time.perf_counter()
     if not store.catalog_path.exists():
         raise DamageFound(f"{store.catalog_path}: missing: the audit chain is gone")
+    events: list[audit.Event] = []
     try:
         with catalog_readonly(target) as conn:
-            n, brk = audit.verify(conn, key, audit.read_head(store.root))
+            n, brk = audit.verify(conn, key, audit.read_head(store.root), events)
+            last = conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()[0]
+            store_id = store.identity().get("store_id", "")
+            wrong = [(h.get("seq"), anchor.check_kept(h, key, store_id, audit.mac_at(conn, h.get("seq")), last))
+                     for h in kept]
     except sqlite3.DatabaseError as e:
         raise DamageFound(f"{store.catalog_path}: unreadable ({e}): the audit chain cannot be verified") from None
     secs = time.perf_counter() - t0
-    rate = f"{n / secs:,.0f} records/s" if secs > 0 else ""
+    for ev in events:
+        print(f"epoch {ev.epoch} started at seq {ev.seq} after a break: {ev.detail}" if ev.op == audit.RESET_OP
+              else f"gap at record {ev.seq}: {ev.detail}")
+    if brk is None:
+        problem = anchor.judge(anchor.look(store, key))
+        brk = None if problem is None else audit.Break(0, "anchor", problem)
     if brk is not None:
-        print(f"record {brk.seq}: {brk.kind}: {brk.detail}")
+        print(f"{f'record {brk.seq}' if brk.seq else 'chain'}: {brk.kind}: {brk.detail}")
         raise DamageFound(f"audit chain broken at record {brk.seq} ({brk.kind}); {n} records read")
-    print(f"{n} records verified in {secs:.2f} s ({rate}): chain intact")
+    wrong = [(seq, w) for seq, w in wrong if w is not None]
+    for seq, w in wrong:
+        print(f"kept head {seq}: {w}")
+    if wrong:
+        raise DamageFound(f"{len(wrong)} of {len(kept)} kept head(s) do not match the chain")
+    rate = f"{n / secs:,.0f} records/s" if secs > 0 else ""
+    matched = f"; {len(kept)} kept head(s) match" if kept else ""
+    noted = f" ({len(events)} reset(s) and gap(s) above)" if events else ""
+    print(f"{n} records verified in {secs:.2f} s ({rate}): chain intact{noted}{matched}")
+    if events and args.strict:
+        raise DamageFound(f"{len(events)} reset(s) and gap(s): the history is incomplete (--strict)")
+
+
+def _kept_heads(text: str) -> list[dict]:
+    """Heads from --head: one JSON line, or a file of them (each line a
+    head, or a webhook's audit-head alert that carries one)."""
+    if text.lstrip().startswith("{"):
+        lines = [text]
+    else:
+        try:
+            lines = [line for line in Path(text).read_text().splitlines() if line.strip()]
+        except OSError as e:
+            raise UsageError(f"{text}: {e.strerror}") from None
+    heads = []
+    for line in lines:
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            raise UsageError(f"--head: not JSON: {line[:80]!r}") from None
+        if not isinstance(doc, dict):
+            raise UsageError(f"--head: not a head: {line[:80]!r}")
+        heads.append(doc["head"] if isinstance(doc.get("head"), dict) else doc)
+    if not heads:
+        raise UsageError(f"{text}: no head in it")
+    return heads
+
+
+def run_head(args: argparse.Namespace) -> None:
+    store = store_of(args.target)
+    head = anchor.current_head(store)
+    if head is None:
+        raise SeldonError(f"{store.root / anchor.HEAD_NAME}: missing: the chain has not begun (or its head is lost)")
+    print(json.dumps(head))
+
+
+def run_reset(args: argparse.Namespace) -> None:
+    store = Store(args.store.resolve())
+    block = store.identity().get("encryption")
+    lock = StoreLock(store)
+    lock.acquire()
+    try:
+        key = audit.load_key(store.root, keys.unlock(block, key_source(args)) if block is not None else None)
+        found = anchor.look(store, key)
+        problem = anchor.judge(found)
+        if problem is None:
+            raise UsageError(f"{store.root}: the audit chain matches its anchors: nothing to reset")
+        if found.catalog not in ("ok", "missing"):
+            raise DamageFound(f"{store.catalog_path}: {found.catalog}: `seldonfs fsck --rebuild {store.root}` first")
+        epoch, seq = audit.reset(store.root, store.catalog_path, key, args.reason, found, problem)
+    finally:
+        lock.release()
+    print(f"epoch {epoch} started at seq {seq} after a break: {problem}")
+    if found.catalog == "missing":
+        print(f"catalog.sqlite made anew: `seldonfs fsck --rebuild {store.root}` rebuilds its file records")

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import audit, config, janitor, xattrs
+from .. import anchor, audit, config, janitor, xattrs
 from ..blockformat import EncryptedContent, plain_size
 from ..catalog import Catalog
 from ..cleanup import Outcome, execute
@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> None:
     lock.acquire()  # exit 11 while mounted
     try:
         keys = unlock(block, key_source(args)) if block else None
+        akey = audit.load_key(store.root, keys) if (store.root / audit.KEY_NAME).exists() else None
+        anchor.refuse_broken(store, akey)  # before acting: the actions' records could not be stored
         content = (
             EncryptedContent(keys, block["current_key_id"], block["block_size"]) if keys else PlainContent()
         )
@@ -99,8 +101,8 @@ def run(args: argparse.Namespace) -> None:
             for a, why in skipped:
                 out.add_skipped(a, why)
                 records.append(("janitor-" + a.kind, a.rel, a.dest, "SKIPPED", 0, why))
-        if (store.root / audit.KEY_NAME).exists():
-            audit.append_offline_many(store.root, store.catalog_path, audit.load_key(store.root, keys), records)
+        if akey is not None:
+            audit.append_offline_many(store.root, store.catalog_path, akey, records)
         cat = Catalog(store.catalog_path)
         try:
             cat.migrate()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import audit, keys
+from .. import anchor, audit, keys
 from ..keys import KeySource
 from .common import add_key_args, unlocked_store
 
@@ -28,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     with unlocked_store(args.store, args) as u:
+        akey = audit.load_key(u.store.root, u.keys) if (u.store.root / audit.KEY_NAME).exists() else None
+        anchor.refuse_broken(u.store, akey)  # before the change its record could not be stored
         if args.new_keyfile is not None and not args.new_keyfile.exists():
             keys.generate_keyfile(args.new_keyfile)
         new = KeySource(keyfile=args.new_keyfile, passphrase_file=args.new_passphrase_file)
@@ -35,8 +37,7 @@ def run(args: argparse.Namespace) -> None:
             new = KeySource()  # prompt (twice)
         block = keys.rewrap(u.block, u.keys, new)
         u.store.write_identity(dict(u.ident, encryption=block))
-        if (u.store.root / audit.KEY_NAME).exists():
-            akey = audit.load_key(u.store.root, u.keys)
+        if akey is not None:
             audit.append_offline(u.store.root, u.store.catalog_path, akey, "passwd",
                                  f"master key rewrapped ({block['unlock']['method']})")
     print(f"{u.store.root}: master key rewrapped ({block['unlock']['method']})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import audit, offline
+from .. import anchor, audit, offline
 from .common import add_key_args, progress, unlocked_store
 
 
@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     with unlocked_store(args.store, args) as u:
+        akey = audit.load_key(u.store.root, u.keys) if (u.store.root / audit.KEY_NAME).exists() else None
+        anchor.refuse_broken(u.store, akey)  # before the change its record could not be stored
         block = u.block
         if len(u.keys) == 1:  # not resuming: add the new key first
             block = offline.start_rekey(block, u.keys, u.kek)
@@ -34,7 +36,6 @@ def run(args: argparse.Namespace) -> None:
         for p in progress(todo, len(todo), "rekeying"):
             job.move(p)
         # the audit key moves to the new master key before the old one goes
-        akey = audit.load_key(u.store.root, u.keys) if (u.store.root / audit.KEY_NAME).exists() else None
         if akey is not None:
             audit.write_key(u.store.root, akey, u.keys, job.target)
         u.store.write_identity(dict(u.ident, encryption=job.finish()))

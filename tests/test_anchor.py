@@ -1,0 +1,59 @@
+"""anchor.judge: what a store's anchors say about its catalog's chain (pure, no FUSE)."""
+
+from __future__ import annotations
+
+import pytest
+
+from seldonfs import anchor
+from seldonfs.anchor import Found
+
+KEY = bytes(range(32))
+M1, M5, OTHER = b"\x01" * 32, b"\x05" * 32, b"\x07" * 32
+HEAD = {"seq": 5, "mac": M5.hex(), "tag": anchor.head_tag(KEY, 5, M5)}
+ANCHOR = {"epoch": 1, "seq": 1, "mac": M1.hex(), "tag": anchor.anchor_tag(KEY, 1, 1, M1)}
+STORED = {1: M1, 5: M5}
+
+
+@pytest.mark.parametrize(
+    "found, said",
+    [
+        (Found(KEY, "ok", (5, M5), HEAD, ANCHOR, STORED), None),
+        (Found(KEY, "ok", (6, OTHER), HEAD, ANCHOR, STORED), None),  # a batch stored, the head not yet rewritten
+        (Found(KEY, "ok", (5, M5), HEAD, None, STORED), None),  # a store from before the anchor
+        (Found(None, "missing", None, None, None, {}), None),  # never audited
+        (Found(None, "ok", None, None, None, {}), None),
+        (Found(KEY, "ok", None, None, None, {}), None),  # a key, no chain yet (encrypted store, audit was off)
+        (Found(KEY, "missing", None, HEAD, ANCHOR, {}), "catalog.sqlite is missing"),
+        (Found(KEY, "unreadable (file is not a database)", None, HEAD, ANCHOR, {}), "catalog.sqlite is unreadable"),
+        (Found(None, "ok", (5, M5), HEAD, ANCHOR, STORED), "audit.key is missing"),
+        (Found(KEY, "ok", None, HEAD, ANCHOR, {}), "no audit records; audit.head names 5"),
+        (Found(KEY, "ok", None, None, ANCHOR, {}), "no audit records; store.json anchors epoch 1 at record 1"),
+        (Found(KEY, "ok", (3, M1), HEAD, ANCHOR, {1: M1}), "records 4..5 are missing at the end"),
+        (Found(KEY, "ok", (5, M5), None, ANCHOR, STORED), "audit.head is missing"),
+        (Found(KEY, "ok", (5, OTHER), HEAD, ANCHOR, {1: M1, 5: OTHER}), "record 5 is not the one audit.head names"),
+        (Found(KEY, "ok", (5, M5), HEAD, ANCHOR, {5: M5}), "record 1 is not the one store.json anchors"),
+        (Found(KEY, "ok", (5, M5), dict(HEAD, seq=9), ANCHOR, STORED), "audit.head does not authenticate"),
+        (Found(KEY, "ok", (5, M5), HEAD, dict(ANCHOR, epoch=2), STORED), "anchor in store.json does not authenticate"),
+        (Found(KEY, "ok", (5, M5), {"seq": "x"}, ANCHOR, STORED), "audit.head does not authenticate"),
+    ],
+)
+def test_judge(found: Found, said: str | None) -> None:
+    got = anchor.judge(found)
+    assert (got is None) if said is None else (got is not None and said in got), got
+
+
+def test_a_reset_takes_the_number_after_every_authentic_one() -> None:
+    assert anchor.next_seq(Found(KEY, "missing", None, HEAD, ANCHOR, {}), 0) == 6
+    assert anchor.next_seq(Found(KEY, "ok", (7, M1), HEAD, ANCHOR, {}), 7) == 8
+    forged = dict(HEAD, seq=10**9)  # a forged head does not push the numbers
+    assert anchor.next_seq(Found(KEY, "ok", None, forged, None, {}), 0) == 1
+
+
+def test_a_kept_head() -> None:
+    assert anchor.check_kept(dict(HEAD, store="s"), KEY, "s", M5, 9) is None
+    assert "not in the chain (it ends at 3)" in anchor.check_kept(HEAD, KEY, "s", None, 3)
+    assert "no longer in the chain" in anchor.check_kept(HEAD, KEY, "s", None, 9)
+    assert "rewritten" in anchor.check_kept(HEAD, KEY, "s", OTHER, 9)
+    assert "not of this one" in anchor.check_kept(dict(HEAD, store="t"), KEY, "s", M5, 9)
+    assert "does not authenticate" in anchor.check_kept(HEAD, bytes(32), "s", M5, 9)
+    assert "not a head" in anchor.check_kept({"seq": 1}, KEY, "s", M5, 9)
