@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .. import __version__
@@ -36,12 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(fn, *args) -> int:
-    """Call fn, turning a SeldonError into one line and its exit code."""
+    """Call fn, turning a SeldonError into one line and its exit code, and
+    an error of the system (a full disk, a missing permission) into one
+    line and exit 1."""
     try:
         fn(*args)
     except SeldonError as e:
         print(f"seldonfs: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        where = f": {os.fsdecode(e.filename)}" if e.filename is not None else ""
+        print(f"seldonfs: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0
