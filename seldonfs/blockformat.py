@@ -35,9 +35,10 @@ or 0 bytes (an empty file has no header). Integers are big-endian::
   between writing its new blocks and resealing the old last block leaves
   one (see `_put` for the order of writes).
 - A sealed block whose stored bytes are all zero is a *hole* and reads as
-  zeros (len - 28 of them) if the backing filesystem reports its range as a
-  hole (SEEK_DATA finds no data in the whole st_blksize units inside it);
-  allocated zeros are a block overwritten with zeros, and damage. Only
+  zeros (len - 28 of them). In version 2 only if the backing filesystem
+  reports its range as a hole (SEEK_DATA finds no data in the whole
+  st_blksize units inside it): allocated zeros are a block overwritten with
+  zeros, and damage. Only
   growing the file (truncate up, a write past the end) makes holes, by
   writing past the backing file's end, so sparse files stay sparse; a block
   of zero plaintext written by a program is sealed like any other
@@ -461,18 +462,20 @@ class EncryptedFile:
         view, pos = memoryview(out), 0
         for n, s in zip(blocks, sealed):
             size = len(s) - BLOCK_OVERHEAD
-            if open_block_into(aead, h, n, s, view[pos : pos + size], n == last):
-                self._check_hole(h, n, len(s), n == last)
+            if open_block_into(aead, h, n, s, view[pos : pos + size], n == last) and h.version > 1:
+                self._check_hole(n, len(s), n == last)
             pos += size
         return out
 
-    def _check_hole(self, h: Header, n: int, length: int, last: bool) -> None:
-        """Block n's stored bytes are all zero: fine if the backing file has
-        a hole there, and it is not version 2's last block (sealed, always)."""
+    def _check_hole(self, n: int, length: int, last: bool) -> None:
+        """Block n of a version 2 file stores only zeros: fine if the backing
+        file has a hole there and it is not the last block (always sealed).
+        (Version 1 takes any zeros for a hole: its stores may have been
+        copied without their holes.)"""
         at = block_offset(n, self.block_size)
         if _allocated(self.fd, at, at + length):
             raise BlockDamaged(n, "zeroed (allocated zeros, not a hole)")
-        if last and h.version > 1:
+        if last:
             raise FileCut(f"file cut: block {n}, the last, is a hole")
 
     def _put(
