@@ -69,6 +69,8 @@ class Recorded:
     def of(cls, conn: sqlite3.Connection, checksum: Callable[[], Any]) -> Recorded:
         rows: dict[str, Record] = {}
         ok: dict[str, bool] = {}
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone() is None:
+            return cls(rows, checksum)  # a catalog of before its first commit
         for path, size, digest, ns, verdict in conn.execute(
             "SELECT path, size, sha256, committed_ns, verdict FROM files ORDER BY id"
         ):
