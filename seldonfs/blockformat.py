@@ -505,9 +505,10 @@ class EncryptedFile:
             if len(plain) < bs or h.version > 1:  # else unchanged in version 1
                 plain.extend(bytes(bs - len(plain)))
                 pieces.append((block_offset(oldlast, bs), self._sealed(h, aead, oldlast, [plain], last)))
+        pieces = [(at, buf) for at, buf in pieces if buf]
         try:
             for at, buf in pieces:
-                if buf and at + len(buf) > bsize:
+                if at + len(buf) > bsize:
                     # Space first: a full disk fails here, before a byte is
                     # written (docs/file-format.md, "Writing on a full disk").
                     _libc.reserve(self.fd, at, len(buf))

@@ -460,9 +460,8 @@ def test_swapped_committed_files_are_found_by_verify(estore: Path, tmp_path: Pat
             (tmp_path / "m/input/raw" / name).write_bytes(data)
     files = _committed(estore)
     assert sorted(files) == sorted(contents)
-    with mounted(estore, tmp_path / "m"):  # changed after its commit: a new record
-        with open(tmp_path / "m/input/raw" / files["c.csv"].name, "ab") as f:
-            f.write(b"delta,4\n")
+    with mounted(estore, tmp_path / "m"), open(tmp_path / "m/input/raw" / files["c.csv"].name, "ab") as f:
+        f.write(b"delta,4\n")  # changed after its commit: a new record
     key = keyfile_of(estore)
     r = seldonfs("verify", estore, "--keyfile", key)
     assert r.returncode == 0, r.stdout + r.stderr
