@@ -393,11 +393,12 @@ def test_a_damaged_read_is_audited_once(estore: Path, tmp_path: Path) -> None:
     assert seldonfs("audit", "verify", estore, "--keyfile", keyfile_of(estore)).returncode == 0
 
 
-def _tamper(path: Path, at: int, data: bytes) -> None:
-    """Overwrite bytes of a backing file in place (its holes stay holes)."""
-    fd = os.open(path, os.O_WRONLY)
+def _tamper(path: Path, at: int, data: bytes | None = None) -> None:
+    """Overwrite bytes of a backing file in place (its holes stay holes);
+    no `data`: flip every bit of the byte at `at`."""
+    fd = os.open(path, os.O_RDWR)
     try:
-        os.pwrite(fd, data, at)
+        os.pwrite(fd, data if data is not None else bytes([os.pread(fd, 1, at)[0] ^ 0xFF]), at)
     finally:
         os.close(fd)
 
@@ -419,7 +420,7 @@ def test_cut_zeroed_and_flipped_files_are_found_and_read_eio(estore: Path, tmp_p
     os.truncate(_backing(estore, "cut31"), 31)
     os.truncate(_backing(estore, "cut32"), 32)
     _tamper(_backing(estore, "zeroed"), HEADER_SIZE + SEALED, bytes(SEALED))
-    _tamper(_backing(estore, "flipped"), HEADER_SIZE + SEALED + 7, b"\xff")
+    _tamper(_backing(estore, "flipped"), HEADER_SIZE + SEALED + 7)
     assert os.stat(_backing(estore, "sparse")).st_blocks * 512 < 64 * 1024  # header, two last blocks
     r = seldonfs("verify", estore, "--keyfile", keyfile_of(estore))
     assert r.returncode == 26, r.stdout + r.stderr
