@@ -7,7 +7,7 @@ or 0 bytes (an empty file has no header). Integers are big-endian::
     header, HEADER_SIZE = 32 bytes
       off  size  field
         0     4  magic b"SLDN"
-        4     2  format version u16 = 1            (other versions refused)
+        4     2  format version u16 = 2 (1 still read and written)  (others refused)
         6     2  flags u16 = 0                     (unknown bits refused)
         8     4  key id u32: which master key      (crypto.key_id)
        12    16  file id: random; new for every new or emptied file
@@ -20,25 +20,38 @@ or 0 bytes (an empty file has no header). Integers are big-endian::
        12     p  AES-256-GCM ciphertext, p = B (last block: 1..B)
      12+p    16  GCM tag
       key:   crypto.subkey(master key of `key id`, b"content", file id)
-      AD:    file id (16) || block number n u64 || key id u32   (28 bytes)
+      AD v1: file id (16) || block number n u64 || key id u32            (28 bytes)
+      AD v2: file id (16) || block number n u64 || key id u32 || final u8 (29 bytes)
+             final = 1 for the file's last block, 0 for every other
 
 - Every block but the last holds exactly B plaintext bytes, so block n starts
   at HEADER_SIZE + n * (B + 28): random access needs no index.
 - The AD binds each block to its file and position, so blocks cannot be
   swapped, reordered or moved between files without failing to open
   (gocryptfs: internal/contentenc/content.go, concatAD).
+- Version 2's final byte authenticates the end of the file: a file cut at a
+  block boundary ends in a block sealed as not final ("file cut"). A block
+  before the last that is sealed as final is accepted: a write killed
+  between writing its new blocks and resealing the old last block leaves
+  one (see `_put` for the order of writes).
 - A sealed block whose stored bytes are all zero is a *hole* and reads as
-  zeros (len - 28 of them). Only growing the file (truncate up, a write past
-  the end) makes holes, by extending the backing file with ftruncate, so
-  sparse files stay sparse; a block of zero plaintext written by a program
-  is sealed like any other (gocryptfs does the same).
-- A tail of 1..28 bytes after the last whole sealed block cannot be a block:
-  the backing file was cut. It counts as a one-byte block, so st_size covers
-  it and reading it fails loudly instead of the file silently ending early.
+  zeros (len - 28 of them). In version 2 only if the backing filesystem
+  reports its range as a hole (SEEK_DATA finds no data in the whole
+  st_blksize units inside it): allocated zeros are a block overwritten with
+  zeros, and damage. Only
+  growing the file (truncate up, a write past the end) makes holes, by
+  writing past the backing file's end, so sparse files stay sparse; a block
+  of zero plaintext written by a program is sealed like any other
+  (gocryptfs does the same). In version 2 the last block is never a hole:
+  growing a file seals its new last block (zeros, final).
+- A tail of 1..28 bytes after the last whole sealed block cannot be a block,
+  and a backing file of 1..32 bytes holds no block: the backing file was
+  cut. Either counts as one more byte, so st_size covers it and reading it
+  fails loudly instead of the file silently ending early.
 
-Every damage is loud: a read raises `BlockDamaged` (a bad block) or
-`FormatError` (a bad header), both `content.ContentDamaged` (EIO), and never
-returns wrong bytes.
+Every damage is loud: a read raises `BlockDamaged` (a bad block), `FileCut`
+(a cut file) or `FormatError` (a bad header), all `content.ContentDamaged`
+(EIO), and never returns wrong bytes.
 
 Thread safety: an `EncryptedFile` is not thread-safe. The caller serializes
 calls per inode (a per-file lock around the read-modify-write of partial
@@ -49,6 +62,7 @@ backing file while this one is in use. The module-level functions are pure.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import struct
@@ -62,7 +76,8 @@ from . import crypto, faults
 from .content import ContentDamaged
 
 MAGIC = b"SLDN"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what new files get
+READ_VERSIONS = (1, 2)  # what opens; a version 1 file stays version 1 when written
 KNOWN_FLAGS = 0x0000  # no optional features yet; a set bit means a newer writer
 HEADER_SIZE = 32
 FILE_ID_SIZE = 16
@@ -98,6 +113,7 @@ Buffer = bytes | bytearray | memoryview
 
 _HEADER = struct.Struct(">4sHHI16sB3s")
 _AD_TAIL = struct.Struct(">QI")
+_FINAL = (b"\x00", b"\x01")  # version 2's last AD byte: not final, final
 _ZERO_TAG = bytes(TAG_SIZE)
 assert _HEADER.size == HEADER_SIZE
 
@@ -106,6 +122,11 @@ class FormatError(ContentDamaged):
     """The backing file is not in a format we can read: bad or unsupported
     header, unknown key, wrong block size, or (subclass) a damaged block.
     As a ContentDamaged the filesystem answers EIO."""
+
+
+class FileCut(FormatError):
+    """The backing file ends where no file of ours ends: "file cut to 20
+    bytes", "file cut: block 3 is not the last block"."""
 
 
 class BlockDamaged(FormatError):
@@ -150,8 +171,9 @@ def parse_header(b: bytes) -> Header:
     magic, version, flags, key_id, file_id, shift, reserved = _HEADER.unpack_from(b)
     if magic != MAGIC:
         raise FormatError(f"bad magic: want={MAGIC!r} have={magic!r}")
-    if version != FORMAT_VERSION:
-        raise FormatError(f"unsupported version: want={FORMAT_VERSION} have={version}")
+    if version not in READ_VERSIONS:
+        want = "|".join(map(str, READ_VERSIONS))
+        raise FormatError(f"unsupported version: want={want} have={version}")
     if flags & ~KNOWN_FLAGS:
         raise FormatError(f"unknown flags: want=0x{KNOWN_FLAGS:04x} have=0x{flags:04x}")
     if reserved != bytes(3):
@@ -175,10 +197,11 @@ def plain_size(backing_size: int, block_size: int) -> int:
     """The visible size of a backing file of `backing_size` bytes.
 
     Exact for every size `backing_size()` produces; monotonic everywhere. A
-    damaged tail of 1..28 bytes counts as one byte (see the module docstring).
+    cut file of 1..32 bytes, or a cut tail of 1..28 bytes, counts as one byte
+    (see the module docstring).
     """
     if backing_size <= HEADER_SIZE:
-        return 0
+        return min(backing_size, 1)
     full, rest = divmod(backing_size - HEADER_SIZE, block_size + BLOCK_OVERHEAD)
     return full * block_size + (max(rest - BLOCK_OVERHEAD, 1) if rest else 0)
 
@@ -193,6 +216,12 @@ def backing_size(plain_size: int, block_size: int) -> int:
     return block_offset(full, block_size) + (rest + BLOCK_OVERHEAD if rest else 0)
 
 
+def block_count(backing_size: int, block_size: int) -> int:
+    """How many (whole or cut) blocks a backing file of `backing_size` bytes holds."""
+    step = block_size + BLOCK_OVERHEAD
+    return max(backing_size - HEADER_SIZE + step - 1, 0) // step
+
+
 def block_range(off: int, length: int, block_size: int) -> range:
     """The numbers of the blocks that bytes [off, off + length) touch."""
     if length <= 0:
@@ -203,40 +232,44 @@ def block_range(off: int, length: int, block_size: int) -> range:
 # --- one block ---
 
 
-def _ad(h: Header, block_no: int) -> bytes:
-    return h.file_id + _AD_TAIL.pack(block_no, h.key_id)
+def _ad(h: Header, block_no: int, final: bool) -> bytes:
+    ad = h.file_id + _AD_TAIL.pack(block_no, h.key_id)
+    return ad if h.version == 1 else ad + _FINAL[final]
 
 
-def seal_block(aead: AESGCM, h: Header, block_no: int, plaintext: Buffer) -> bytes:
-    """nonce || AES-256-GCM(plaintext, AD) || tag, with a fresh random nonce."""
+def seal_block(aead: AESGCM, h: Header, block_no: int, plaintext: Buffer, final: bool) -> bytes:
+    """nonce || AES-256-GCM(plaintext, AD) || tag, with a fresh random nonce;
+    `final`: block_no is the file's last block (version 2 binds it)."""
     out = bytearray(len(plaintext) + BLOCK_OVERHEAD)
-    seal_block_into(aead, h, block_no, plaintext, memoryview(out))
+    seal_block_into(aead, h, block_no, plaintext, memoryview(out), final)
     return bytes(out)
 
 
 def seal_block_into(
-    aead: AESGCM, h: Header, block_no: int, plaintext: Buffer, out: memoryview
+    aead: AESGCM, h: Header, block_no: int, plaintext: Buffer, out: memoryview, final: bool
 ) -> None:
     """`seal_block` into `out` (exactly len(plaintext) + 28 bytes), no copies."""
     if not 1 <= len(plaintext) <= h.block_size:
         raise ValueError(f"block plaintext: want 1..{h.block_size} bytes have={len(plaintext)}")
     nonce = secrets.token_bytes(NONCE_SIZE)
     out[:NONCE_SIZE] = nonce
-    aead.encrypt_into(nonce, plaintext, _ad(h, block_no), out[NONCE_SIZE:])
+    aead.encrypt_into(nonce, plaintext, _ad(h, block_no, final), out[NONCE_SIZE:])
 
 
-def open_block(aead: AESGCM, h: Header, block_no: int, sealed: Buffer) -> bytes:
-    """The plaintext of one sealed block (zeros for a hole); BlockDamaged if
-    it does not authenticate or cannot be a block."""
+def open_block(aead: AESGCM, h: Header, block_no: int, sealed: Buffer, final: bool) -> bytes:
+    """The plaintext of one sealed block (zeros if its bytes are all zero:
+    whether that is a hole only the backing file can tell, see
+    EncryptedFile); BlockDamaged or FileCut if it does not open."""
     out = bytearray(max(len(sealed) - BLOCK_OVERHEAD, 0))
-    open_block_into(aead, h, block_no, sealed, memoryview(out))
+    open_block_into(aead, h, block_no, sealed, memoryview(out), final)
     return bytes(out)
 
 
 def open_block_into(
-    aead: AESGCM, h: Header, block_no: int, sealed: Buffer, out: memoryview
-) -> None:
-    """`open_block` into `out` (exactly len(sealed) - 28 bytes). On BlockDamaged
+    aead: AESGCM, h: Header, block_no: int, sealed: Buffer, out: memoryview, final: bool
+) -> bool:
+    """`open_block` into `out` (exactly len(sealed) - 28 bytes); True when
+    the stored bytes are all zero (`out` then holds zeros). On an error
     `out` holds garbage: never hand it on."""
     n = len(sealed)
     if not BLOCK_OVERHEAD < n <= h.block_size + BLOCK_OVERHEAD:
@@ -245,11 +278,22 @@ def open_block_into(
     # A real tag is zero with probability 2**-128: test it before the whole block.
     if sealed[-TAG_SIZE:] == _ZERO_TAG and sealed == bytes(n):
         out[:] = bytes(n - BLOCK_OVERHEAD)
-        return
+        return True
+    nonce, rest = sealed[:NONCE_SIZE], sealed[NONCE_SIZE:]
     try:
-        aead.decrypt_into(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], _ad(h, block_no), out)
+        aead.decrypt_into(nonce, rest, _ad(h, block_no, final), out)
+        return False
+    except InvalidTag:
+        if h.version == 1:
+            raise BlockDamaged(block_no, "authentication failed") from None
+    # Only on failure: is it sealed with the other final byte?
+    try:
+        aead.decrypt_into(nonce, rest, _ad(h, block_no, not final), out)
     except InvalidTag:
         raise BlockDamaged(block_no, "authentication failed") from None
+    if final:
+        raise FileCut(f"file cut: block {block_no} is not the last block")
+    return False  # sealed final before the last block: an interrupted append (module docstring)
 
 
 # --- a whole file ---
@@ -268,7 +312,7 @@ class EncryptedFile:
 
     __slots__ = (
         "fd", "keys", "current_key_id", "block_size",
-        "_header", "_aead", "_aeads", "_emptied", "_ino", "_gen",
+        "_header", "_aead", "_aeads", "_emptied", "_ino", "_gen", "_sparse",
     )
 
     def __init__(
@@ -294,6 +338,7 @@ class EncryptedFile:
         self._emptied = emptied if emptied is not None else {}
         self._ino = -1
         self._gen = 0
+        self._sparse = False
 
     # --- FileContent ---
 
@@ -308,7 +353,7 @@ class EncryptedFile:
             return b""
         blocks = block_range(off, end - off, self.block_size)
         skip = off - blocks.start * self.block_size
-        return bytes(memoryview(self._read_blocks(blocks))[skip : skip + end - off])
+        return bytes(memoryview(self._read_blocks(blocks, bsize))[skip : skip + end - off])
 
     def write(self, off: int, data: bytes) -> int:
         """Write all of `data` at `off`; a gap past the old end becomes holes."""
@@ -316,21 +361,14 @@ class EncryptedFile:
         if not data:
             return 0
         bsize = self._backing_size()
-        head = b""
-        if self._load(bsize) is None:
-            # A new file: its header goes out with block 0, in one pwrite
-            # (one extending write less: ~20 us on ext4 per small file).
-            head = self._create(write=False)
-        first = off // self.block_size
+        # A new file: its header goes out with its blocks (one extending
+        # write less: ~20 us on ext4 per small file).
+        head = self._create() if self._load(bsize) is None else b""
         old = plain_size(bsize, self.block_size)
-        if first * self.block_size > old:
-            if head:
-                self._pwrite_all(head, 0)
-                head = b""
-            self._grow(old, first * self.block_size)
         view = memoryview(data)
         blocks = block_range(off, len(data), self.block_size)
-        self._write_blocks(first, [self._patched(n, off, view, old) for n in blocks], head)
+        plains = [self._patched(n, off, view, old, bsize) for n in blocks]
+        self._put(bsize, old, max(old, off + len(data)), blocks.start, plains, head)
         return len(data)
 
     def truncate(self, size: int) -> None:
@@ -344,13 +382,18 @@ class EncryptedFile:
             self._header = self._aead = None
             return
         bsize = self._backing_size()
-        if self._load(bsize) is None:
-            self._create()
+        head = self._create() if self._load(bsize) is None else b""
         old = plain_size(bsize, self.block_size)
         if size > old:
-            self._grow(old, size)
+            # Only the new last block is sealed (zeros); the blocks between
+            # are holes, made by writing it past the backing file's end.
+            last = (size - 1) // self.block_size
+            tail = bytearray(size - last * self.block_size)
+            if last * self.block_size < old:  # the old last block, grown
+                tail[: old - last * self.block_size] = self._read_blocks(range(last, last + 1), bsize)
+            self._put(bsize, old, size, last, [tail], head)
         elif size < old:
-            self._shrink(size)
+            self._shrink(bsize, size)
 
     def size(self) -> int:
         return plain_size(self._backing_size(), self.block_size)
@@ -366,31 +409,30 @@ class EncryptedFile:
     def _backing_size(self) -> int:
         st = os.fstat(self.fd)
         self._ino = st.st_ino
+        self._sparse = st.st_blocks * 512 < st.st_size  # it has holes (or is cut short of its blocks)
         return st.st_size
 
     def _load(self, bsize: int) -> Header | None:
         """The cached header; None (and the cache dropped) if the file is
-        empty. Reloaded when another handle emptied the file meanwhile."""
+        empty. Reloaded when another handle emptied the file meanwhile.
+        FileCut for 1..32 bytes: we never leave a header without a block."""
         if bsize == 0:
             self._header = self._aead = None
             return None
+        if bsize <= HEADER_SIZE:
+            raise FileCut(f"file cut to {bsize} bytes")
         gen = self._emptied.get(self._ino, 0)
         if self._header is None or gen != self._gen:
             self._gen = gen
             self._use(parse_header(os.pread(self.fd, HEADER_SIZE, 0)))
         return self._header
 
-    def _create(self, write: bool = True) -> bytes:
-        """Start a new file id; write the header, or return it to be
-        written with block 0."""
+    def _create(self) -> bytes:
+        """Start a new file id; the header, to be written with the blocks."""
         master = self.keys[self.current_key_id]
         h, self._aead = self._aeads.fresh(self.current_key_id, master, self.block_size)
         self._header = h
-        head = pack_header(h)
-        if write:
-            self._pwrite_all(head, 0)
-            return b""
-        return head
+        return pack_header(h)
 
     def _use(self, h: Header) -> None:
         master = self.keys.get(h.key_id)
@@ -407,12 +449,14 @@ class EncryptedFile:
         assert self._header is not None and self._aead is not None, "header not loaded"
         return self._header, self._aead
 
-    def _read_blocks(self, blocks: range) -> bytearray:
-        """The plaintext of `blocks` (less where the backing file ends first),
-        decrypted straight into one buffer: about twice as fast at 128 KiB
-        reads as joining per-block results (measured)."""
+    def _read_blocks(self, blocks: range, bsize: int) -> bytearray:
+        """The plaintext of `blocks` (less where the backing file ends first)
+        of the backing file of `bsize` bytes, decrypted straight into one
+        buffer: about twice as fast at 128 KiB reads as joining per-block
+        results (measured)."""
         h, aead = self._ready()
         step = self.block_size + BLOCK_OVERHEAD
+        last = block_count(bsize, self.block_size) - 1
         at = block_offset(blocks.start, self.block_size)
         raw = memoryview(os.pread(self.fd, len(blocks) * step, at))
         sealed = [raw[i : i + step] for i in range(0, len(raw), step)]
@@ -420,36 +464,75 @@ class EncryptedFile:
         view, pos = memoryview(out), 0
         for n, s in zip(blocks, sealed):
             size = len(s) - BLOCK_OVERHEAD
-            open_block_into(aead, h, n, s, view[pos : pos + size])
+            if open_block_into(aead, h, n, s, view[pos : pos + size], n == last) and h.version > 1:
+                self._check_hole(n, len(s), n == last)
             pos += size
         return out
 
-    def _write_blocks(self, first: int, plains: list[Buffer], head: bytes = b"") -> None:
-        """Seal consecutive blocks first, first + 1, ... into one buffer and
-        write it with one pwrite (after `head`, the header of a new file,
-        when first is 0)."""
-        h, aead = self._ready()
-        assert not head or first == 0
-        out = bytearray(len(head) + sum(len(p) + BLOCK_OVERHEAD for p in plains))
-        out[: len(head)] = head
-        view, pos = memoryview(out), len(head)
-        for n, p in enumerate(plains, first):
-            seal_block_into(aead, h, n, p, view[pos : pos + len(p) + BLOCK_OVERHEAD])
-            pos += len(p) + BLOCK_OVERHEAD
-        at = block_offset(first, self.block_size) - len(head)
-        st = os.fstat(self.fd)
-        if at + len(out) > st.st_size or st.st_blocks * 512 < st.st_size:
-            # The write extends the file (and may reseal its partial last
-            # block in place), or the file has holes and this may fill one:
-            # space first, so a full disk fails it with ENOSPC before a byte
-            # is overwritten (a torn sealed block would read as damage and
-            # lose what was there). Overwriting a file without holes needs
-            # no new space; it skips the call (+14 % at 4 KiB writes in the
-            # content layer, measured).
-            faults.reserve(self.fd, at, len(out))
-        self._pwrite_all(out, at)
+    def _check_hole(self, n: int, length: int, last: bool) -> None:
+        """Block n of a version 2 file stores only zeros: fine if the backing
+        file has a hole there and it is not the last block (always sealed).
+        (Version 1 takes any zeros for a hole: its stores may have been
+        copied without their holes.)"""
+        at = block_offset(n, self.block_size)
+        if _allocated(self.fd, at, at + length):
+            raise BlockDamaged(n, "zeroed (allocated zeros, not a hole)")
+        if last:
+            raise FileCut(f"file cut: block {n}, the last, is a hole")
 
-    def _patched(self, n: int, off: int, data: memoryview, old: int) -> Buffer:
+    def _put(
+        self, bsize: int, old: int, new: int, first: int, plains: list[Buffer], head: bytes
+    ) -> None:
+        """Seal `plains` as blocks first, first + 1, ... of a file growing
+        from `old` to `new` plain bytes (backing size `bsize`), with the
+        header `head` of a new file.
+
+        If the last block moves on, the old one is resealed as not final (and
+        padded to B bytes). The writes go: space reserved for all of them,
+        then the blocks past the old last one, then the header, then the old
+        blocks (the old last one among them). Up to the last step nothing old
+        is touched: a failure (ENOSPC, EIO) cuts the backing file back to
+        `bsize` bytes, so the file is as before (and a new one empty, never
+        a header alone)."""
+        h, aead = self._ready()
+        bs, last = self.block_size, (new - 1) // self.block_size
+        oldlast = (old - 1) // bs if old else -1
+        split = min(max(oldlast + 1 - first, 0), len(plains))  # plains[:split] are old blocks
+        pieces = [(block_offset(first + split, bs), self._sealed(h, aead, first + split, plains[split:], last))]
+        if head:
+            pieces.append((0, head))
+        pieces.append((block_offset(first, bs), self._sealed(h, aead, first, plains[:split], last)))
+        if last > oldlast >= 0 and first > oldlast:  # the old last block, untouched, is last no more
+            plain = self._read_blocks(range(oldlast, oldlast + 1), bsize)
+            if len(plain) < bs or h.version > 1:  # else unchanged in version 1
+                plain.extend(bytes(bs - len(plain)))
+                pieces.append((block_offset(oldlast, bs), self._sealed(h, aead, oldlast, [plain], last)))
+        pieces = [(at, buf) for at, buf in pieces if buf]
+        try:
+            for at, buf in pieces:
+                if at + len(buf) > bsize or self._sparse:
+                    # Space first: a full disk fails here, before a byte is
+                    # written (docs/file-format.md, "Writing on a full disk").
+                    # A file with holes may have one here; overwriting a file
+                    # without holes needs no new space and skips the call.
+                    faults.reserve(self.fd, at, len(buf))
+            for at, buf in pieces:
+                self._pwrite_all(buf, at)
+        except OSError:
+            faults.ftruncate(self.fd, bsize)
+            raise
+
+    def _sealed(self, h: Header, aead: AESGCM, first: int, plains: list[Buffer], final: int) -> bytearray:
+        """Blocks first, first + 1, ... sealed into one buffer (`final`: the
+        number of the file's last block)."""
+        out = bytearray(sum(len(p) + BLOCK_OVERHEAD for p in plains))
+        view, pos = memoryview(out), 0
+        for n, p in enumerate(plains, first):
+            seal_block_into(aead, h, n, p, view[pos : pos + len(p) + BLOCK_OVERHEAD], n == final)
+            pos += len(p) + BLOCK_OVERHEAD
+        return out
+
+    def _patched(self, n: int, off: int, data: memoryview, old: int, bsize: int) -> Buffer:
         """Block n's new plaintext with its share of `data` (written at `off`)
         in place; a partly covered block is read and patched, unless it
         starts at or past the old end `old` (nothing there to read)."""
@@ -458,42 +541,33 @@ class EncryptedFile:
         piece = data[max(start - off, 0) : start + self.block_size - off]
         if lo == 0 and (len(piece) == self.block_size or start >= old):
             return piece
-        plain = self._read_blocks(range(n, n + 1)) if start < old else bytearray()
+        plain = self._read_blocks(range(n, n + 1), bsize) if start < old else bytearray()
         plain.extend(bytes(max(lo - len(plain), 0)))
         plain[lo : lo + len(piece)] = piece
         return plain
 
-    def _grow(self, old: int, new: int) -> None:
-        """Extend from `old` to `new` plain bytes: a partial last block is
-        resealed padded with zeros (a short hole just grows), the rest become
-        holes (ftruncate)."""
-        n, rest = divmod(old, self.block_size)
-        if rest and not self._is_hole(n):
-            plain = self._read_blocks(range(n, n + 1))
-            plain.extend(bytes(min(self.block_size, new - n * self.block_size) - len(plain)))
-            self._write_blocks(n, [plain])
-        faults.ftruncate(self.fd, backing_size(new, self.block_size))
-
-    def _is_hole(self, n: int) -> bool:
-        step = self.block_size + BLOCK_OVERHEAD
-        stored = os.pread(self.fd, step, block_offset(n, self.block_size))
-        return len(stored) > BLOCK_OVERHEAD and stored == bytes(len(stored))
-
-    def _shrink(self, new: int) -> None:
-        """Cut to `new` (> 0) plain bytes: reseal the new, shorter last block
-        (a hole just gets shorter)."""
-        n, rest = divmod(new, self.block_size)
-        if not rest or self._is_hole(n):
+    def _shrink(self, bsize: int, new: int) -> None:
+        """Cut to `new` (> 0) plain bytes: reseal the new last block as
+        final (in version 1 only when it gets shorter), then cut the backing
+        file. Killed in between, the file reads as before: a block before
+        the last may be sealed final."""
+        h, aead = self._ready()
+        n, rest = divmod(new - 1, self.block_size)
+        if not (h.version > 1 or rest + 1 < self.block_size):
             faults.ftruncate(self.fd, backing_size(new, self.block_size))
             return
-        old = self._read_blocks(range(n, n + 1))
-        self._write_blocks(n, [old[:rest]])
+        old = self._read_blocks(range(n, n + 1), bsize)
+        buf = self._sealed(h, aead, n, [old[: rest + 1]], n)
+        at = block_offset(n, self.block_size)
+        faults.reserve(self.fd, at, len(buf))  # it may have been a hole
+        self._pwrite_all(buf, at)
         try:
             faults.ftruncate(self.fd, backing_size(new, self.block_size))
         except OSError:
-            # the shorter block sits where the longer one was, which the
-            # file still spans: put that one back, or it reads as damage
-            self._write_blocks(n, [old])
+            # A shorter block now sits where the longer one was, which the
+            # file still spans: put that one back, or it reads as damage.
+            oldlast = (plain_size(bsize, self.block_size) - 1) // self.block_size
+            self._pwrite_all(self._sealed(h, aead, n, [old], oldlast), at)
             raise
 
     def _pwrite_all(self, buf: Buffer, off: int) -> None:
@@ -546,6 +620,23 @@ class AeadCache:
             if len(self._map) >= self.size:
                 self._map.popitem(last=False)
             self._map[k] = aead
+
+
+def _allocated(fd: int, start: int, end: int) -> bool:
+    """Whether the backing filesystem stores data in [start, end): asked
+    (SEEK_DATA) for the whole st_blksize units inside it, as the units at
+    its edges may be shared with the sealed blocks beside it. A range with
+    no whole unit inside counts as a hole."""
+    unit = os.fstat(fd).st_blksize or 4096
+    lo, hi = -(-start // unit) * unit, end // unit * unit
+    if lo >= hi:
+        return False
+    try:
+        return os.lseek(fd, lo, os.SEEK_DATA) < hi
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # no data from lo to the end of the file
+            return False
+        raise
 
 
 def _split(b: bytes, n: int) -> list[bytes]:

@@ -9,6 +9,11 @@ attribute, sequence numbers from the managed names. The audit chain cannot
 be rebuilt: a missing or unreadable one is damage fsck reports and cannot
 repair.
 
+The catalog also vouches for the files: `Recorded` compares a file's
+plaintext with its newest record (a swapped or replaced file), for fsck
+and for `seldonfs verify`. The rule and its limits are in
+docs/file-format.md, "What is and is not detected".
+
 Callers hold the store lock (the store is not mounted).
 """
 
@@ -23,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import audit, validation, xattrs
 from .catalog import Catalog, db_name, name_of
@@ -33,6 +39,66 @@ from .naming import Template, is_temporary
 from .policy import commits
 from .rules import Rules
 from .store import PRIVATE_DIR, VERSIONS_DIR, Store
+
+SWAPPED = "content differs from the catalog record (swapped or replaced)"
+
+
+@dataclass(frozen=True)
+class Record:
+    size: int
+    checksum: str
+    committed_ns: int
+
+
+class Recorded:
+    """The newest file record of every path whose newest record says the
+    file is there (verdict ok), and the checksum the records use.
+
+    A record vouches for a file only while the file's mtime is not past the
+    record's time: every write through the mount that ends in a commit
+    makes a new record, but a write that does not (a hard link in another
+    folder, truncate(2) by path, a record lost in a crash) moves the mtime
+    past the record instead. Moving files (mv) keeps their mtimes, so of
+    two swapped files at least the older one is compared and found."""
+
+    def __init__(self, rows: dict[str, Record], checksum: Callable[[], Any]) -> None:
+        self.rows = rows
+        self.checksum = checksum
+
+    @classmethod
+    def of(cls, conn: sqlite3.Connection, checksum: Callable[[], Any]) -> Recorded:
+        rows: dict[str, Record] = {}
+        ok: dict[str, bool] = {}
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone() is None:
+            return cls(rows, checksum)  # a catalog of before its first commit
+        for path, size, digest, ns, verdict in conn.execute(
+            "SELECT path, size, sha256, committed_ns, verdict FROM files ORDER BY id"
+        ):
+            rel = name_of(path)
+            rows[rel], ok[rel] = Record(size, digest, ns), verdict == "ok"
+        return cls({rel: r for rel, r in rows.items() if ok[rel]}, checksum)
+
+    @classmethod
+    def of_store(cls, store: Store, keys: dict[int, bytes], key_id: int) -> Recorded:
+        """The records of an encrypted store, read-only (none without a catalog)."""
+        if not store.catalog_path.exists():
+            return cls({}, validation.checksum_of(None))
+        conn = sqlite3.connect(store.catalog_path.as_uri() + "?mode=ro", uri=True)
+        try:
+            return cls.of(conn, validation.checksum_of(audit.checksum_key(store.root, keys, key_id)))
+        finally:
+            conn.close()
+
+    def applies(self, rel: str, mtime_ns: int) -> Record | None:
+        """The record that vouches for data/`rel` with that mtime, if any."""
+        rec = self.rows.get(rel)
+        return rec if rec is not None and mtime_ns <= rec.committed_ns else None
+
+    @staticmethod
+    def differs(rec: Record, size: int, checksum: str) -> str:
+        """SWAPPED if the plaintext (`size` bytes, `checksum`) is not what
+        `rec` recorded, else ''."""
+        return SWAPPED if (size, checksum) != (rec.size, rec.checksum) else ""
 
 
 @dataclass
@@ -83,6 +149,7 @@ def check(
         cat = Catalog.create(store.catalog_path)
     cat.migrate()
     conn = cat.conn
+    recorded = Recorded.of(conn, checks.checksum)
     try:
         files = [p for p in _walk(store.data) if not p.startswith(PRIVATE_DIR + "/")]
         want_files, want_q, seqs = [], [], {}
@@ -104,7 +171,11 @@ def check(
                 job, original = parts.get("job") or "", parts.get("name") or name
                 if parts.get("seq"):
                     seqs[job] = max(seqs.get(job, 0), int(parts["seq"]))
-            want_files.append((rel, original, job, _verdict(store, rel, rule, checks)))
+            v, mtime_ns = _verdict(store, rel, rule, checks)
+            rec = recorded.applies(rel, mtime_ns)
+            if rec is not None and v.sha256 and (problem := recorded.differs(rec, v.size, v.sha256)):
+                rep.fatal.append(f"{rel}: {problem}")  # --rebuild would only hide it
+            want_files.append((rel, original, job, (v, mtime_ns)))
         rep.problems += _compare(conn, "files", {r[0] for r in want_files}, "verdict = 'ok'")
         rep.problems += _compare(conn, "quarantine", {r[0] for r in want_q}, "released_ns IS NULL")
         vrows = _version_rows(store, content)

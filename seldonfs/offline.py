@@ -12,17 +12,24 @@ import json
 import logging
 import os
 import stat as stat_m
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import crypto, faults
-from .blockformat import HEADER_SIZE, EncryptedFile, FormatError, parse_header
+from .blockformat import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    EncryptedFile,
+    FormatError,
+    Header,
+    parse_header,
+)
 from .content import ContentDamaged
 from .errors import DamageFound, UsageError
 from .keys import with_keys
-from .store import Store, walk
+from .store import Store, copy_sparse, walk
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,7 @@ def files(store: Store, paths: list[str] | None = None) -> Iterator[Path]:
 class Damage:
     path: Path
     problems: list[str] = field(default_factory=list)
+    digest: str = ""  # of the plaintext, when asked for and the file is whole
 
 
 def _blocks(ef: EncryptedFile, block_size: int) -> Iterator[tuple[int, bytes | None, str]]:
@@ -64,19 +72,29 @@ def _blocks(ef: EncryptedFile, block_size: int) -> Iterator[tuple[int, bytes | N
             yield n, None, str(e)
 
 
-def check_file(path: Path, keys: dict[int, bytes], key_id: int, block_size: int) -> Damage:
+def check_file(
+    path: Path, keys: dict[int, bytes], key_id: int, block_size: int,
+    checksum: Callable[[], Any] | None = None,
+) -> Damage:
+    """Open every block of a file; with `checksum` (validation.checksum_of),
+    also the digest of its plaintext."""
     damage = Damage(path)
+    digest = checksum() if checksum is not None else None
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         ef = EncryptedFile(fd, keys, key_id, block_size)
         try:
-            for _, _, problem in _blocks(ef, block_size):
+            for _, data, problem in _blocks(ef, block_size):
                 if problem:
                     damage.problems.append(problem)
+                elif digest is not None:
+                    digest.update(data)
         except ContentDamaged as e:  # the header itself
             damage.problems.append(str(e))
     finally:
         os.close(fd)
+    if digest is not None and not damage.problems:
+        damage.digest = digest.hexdigest()
     return damage
 
 
@@ -120,18 +138,19 @@ def decrypt_file(src: Path, dest: Path, keys: dict[int, bytes], key_id: int, blo
     return damage
 
 
-def header_key_id(path: Path) -> int | None:
-    """Key id in a file's header; None for an empty (headerless) file."""
+def header_of(path: Path) -> Header | None:
+    """A file's header; None for an empty (headerless) file."""
     with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as f:
         head = f.read(HEADER_SIZE)
     if not head:
         return None
-    return parse_header(head).key_id
+    return parse_header(head)
 
 
 class Rekey:
-    """Moves every file to the store's newest key, one file at a time, in
-    place (the inode, its hard links, owner, mode and xattrs stay):
+    """Moves every file to the store's newest key and the newest format
+    version (FORMAT_VERSION), one file at a time, in place (the inode, its
+    hard links, owner, mode and xattrs stay):
 
     1. the file's new ciphertext is written to STORE/rekey.tmp and synced;
     2. STORE/rekey.json names the file: from here on the copy is the truth;
@@ -160,10 +179,10 @@ class Rekey:
         out = []
         for p in files(self.store):
             try:
-                kid = header_key_id(p)
+                h = header_of(p)
             except FormatError:
                 continue  # damaged header: verify reports it; nothing to move
-            if kid is not None and kid != self.target:
+            if h is not None and (h.key_id, h.version) != (self.target, FORMAT_VERSION):
                 out.append(p)
         return out
 
@@ -195,7 +214,8 @@ class Rekey:
             for n, data, problem in _blocks(old, bs):
                 if problem:  # one line and exit 26, not a traceback; the file stays as it was
                     raise DamageFound(f"{path}: {problem}; run verify, restore it, then rekey again")
-                new.write(n * bs, data)
+                if data.count(0) != len(data):  # zeros stay (or become) holes
+                    new.write(n * bs, data)
             new.truncate(old.size())
             faults.fsync(dst)
         finally:
@@ -209,11 +229,8 @@ class Rekey:
         src = os.open(self.scratch, os.O_RDONLY)
         dst = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
         try:
-            off = 0
-            while chunk := os.pread(src, 1 << 20, off):  # in pieces: files may be large
-                faults.pwrite(dst, chunk, off)
-                off += len(chunk)
-            faults.ftruncate(dst, off)
+            faults.ftruncate(dst, 0)  # the copy is the truth; cut, its holes stay holes
+            copy_sparse(src, dst)
             faults.fsync(dst)
         finally:
             os.close(src)

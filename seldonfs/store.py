@@ -241,6 +241,30 @@ class Dirs:
         )
 
 
+def copy_sparse(src: int, dst: int) -> None:
+    """Copy the file `src` into the empty file `dst`, its holes kept as
+    holes: only the ranges SEEK_DATA reports are copied (copy_file_range
+    alone fills holes on filesystems without reflinks), and a hole in an
+    encrypted file's block that turned into stored zeros reads as damage
+    (docs/file-format.md, "Holes")."""
+    size = os.fstat(src).st_size
+    off = 0
+    while off < size:
+        try:
+            off = os.lseek(src, off, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: only a hole is left
+                raise
+            break
+        end = os.lseek(src, off, os.SEEK_HOLE)
+        while off < end:
+            n = faults.copy_file_range(src, dst, end - off, off, off)
+            if n == 0:
+                break
+            off += n
+    faults.ftruncate(dst, size)
+
+
 def tree(data: str | os.PathLike) -> Iterator[tuple[str, os.DirEntry, os.stat_result]]:
     """(path relative to `data`, entry, its lstat) of everything under
     `data`, never following a symlink; a directory is listed whole before

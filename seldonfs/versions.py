@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from . import xattrs
 from .catalog import Catalog
-from .store import PRIVATE_DIR, VERSIONS_DIR, Dirs
+from .store import PRIVATE_DIR, VERSIONS_DIR, Dirs, copy_sparse
 
 Note = Callable[..., None]  # (op, path, path2="", detail="") into the audit chain
 
@@ -42,7 +42,7 @@ class Versions:
                               dir_fd=self.dirs.get(VERSIONS_DIR))
                 saved_ns = time.time_ns()
                 try:
-                    copy(src, dst)
+                    copy_sparse(src, dst)
                     # what the catalog row says, kept with the copy: fsck rebuilds from it
                     os.setxattr(dst, xattrs.VERSION_OF, json.dumps([rel, saved_ns, cause, st.st_ino]).encode())
                 finally:
@@ -88,7 +88,7 @@ class Versions:
                     self.save(rel, keep, "restore")
                 dst = self.dirs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
                 try:
-                    copy(src, dst)
+                    copy_sparse(src, dst)
                     os.fchown(dst, owner.st_uid, owner.st_gid)
                     os.fchmod(dst, stat_m.S_IMODE(owner.st_mode))
                     new_ino = os.fstat(dst).st_ino
@@ -99,12 +99,3 @@ class Versions:
             finally:
                 os.close(src)
         self.note("restore", rel, detail=f"version {n}")
-
-
-def copy(src: int, dst: int) -> None:
-    off = 0
-    while True:
-        n = os.copy_file_range(src, dst, 1 << 24, off, off)
-        if n == 0:
-            break
-        off += n

@@ -3,8 +3,9 @@
 Properties (pattern: gocryptfs internal/contentenc/offsets_test.go): any
 sequence of writes and truncates reads back like an in-memory model; every
 flipped byte, swapped or foreign block and cut tail fails loudly; the size
-maps are exact inverses and monotonic. A golden file pins format version 1,
-and an independent decrypter written from docs/file-format.md reads it.
+maps are exact inverses and monotonic. Golden files pin format versions 1
+and 2, and an independent decrypter written from docs/file-format.md reads
+both.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -26,7 +28,7 @@ from hypothesis import strategies as st
 
 from seldonfs import blockformat as bf
 from seldonfs import crypto
-from seldonfs.blockformat import BlockDamaged, EncryptedContent, EncryptedFile, FormatError, Header
+from seldonfs.blockformat import BlockDamaged, EncryptedContent, EncryptedFile, FileCut, FormatError, Header
 
 MASTER = bytes(range(32))
 KID = crypto.key_id(MASTER)
@@ -133,16 +135,28 @@ def test_holes_are_zero_on_disk_and_read_as_zeros(tmp_path: Path) -> None:
     with backing(tmp_path / "f") as fd:
         f = enc(fd)
         f.write(0, b"abc")
-        f.truncate(3 * BS + 5)  # block 0 resealed to full length; 1, 2 holes; 3 a short hole
-        f.write(5 * BS, b"x")  # the short hole grows into a hole, 4 a hole, 5 sealed
+        f.truncate(3 * BS + 5)  # block 0 resealed to full length; 1, 2 holes; 3 sealed, final
+        f.write(5 * BS, b"x")  # 3 resealed full and not final, 4 a hole, 5 sealed
         raw = os.pread(fd, 10_000, 0)
         blocks = [raw[bf.block_offset(n, BS) :][:STEP] for n in range(6)]
-        assert [not any(b) for b in blocks] == [False, True, True, True, True, False]
+        assert [not any(b) for b in blocks] == [False, True, True, False, True, False]
         assert len(blocks[5]) == 1 + bf.BLOCK_OVERHEAD
         assert f.read(0, 10 * BS) == b"abc" + bytes(5 * BS - 3) + b"x"
-        f.truncate(2 * BS + 9)  # into a hole: it stays one, now short
-        assert os.pread(fd, 10_000, bf.block_offset(1, BS)) == bytes(STEP + 9 + bf.BLOCK_OVERHEAD)
+        f.truncate(2 * BS + 9)  # into a hole: the new last block is sealed (zeros)
+        assert os.pread(fd, 10_000, bf.block_offset(1, BS)) == bytes(STEP) + sealed(fd, 2)
+        assert any(sealed(fd, 2)) and len(sealed(fd, 2)) == 9 + bf.BLOCK_OVERHEAD
         assert f.read(0, 10 * BS) == b"abc" + bytes(2 * BS + 6)
+
+
+def test_a_sparse_file_stays_sparse_but_for_its_last_block(tmp_path: Path) -> None:
+    bs = bf.DEFAULT_BLOCK_SIZE
+    with backing(tmp_path / "f") as fd:
+        f = enc(fd, bs)
+        f.truncate(1 << 20)
+        assert os.fstat(fd).st_blocks * 512 <= 2 * (bs + 4096)  # header and last block
+        f.write(4 << 20, b"end")
+        assert os.fstat(fd).st_blocks * 512 <= 4 * (bs + 4096)
+        assert f.read(0, 5 << 20) == bytes(4 << 20) + b"end"
 
 
 def test_zero_plaintext_is_sealed_not_stored_as_a_hole(tmp_path: Path) -> None:
@@ -175,11 +189,11 @@ def test_negative_offsets_are_refused(tmp_path: Path) -> None:
 # --- (b) a flipped byte anywhere fails loudly ---
 
 
-SAMPLE_HOLES = {3, 5}
+SAMPLE_HOLES = {3}
 
 
 def damaged_sample(fd: int) -> bytes:
-    """Blocks 0-2 and 4 sealed, 3 a hole, 5 a short (10-byte) hole; 330 bytes."""
+    """Blocks 0-2 and 4 sealed, 3 a hole, 5 sealed zeros (10 bytes, final); 330 bytes."""
     f = enc(fd)
     f.write(0, random.Random(1).randbytes(150))
     f.truncate(5 * BS + 10)
@@ -281,7 +295,7 @@ def test_header_naming_another_known_key_fails(tmp_path: Path) -> None:
             enc(fd, keys=keys).read(0, 4)
 
 
-def test_cut_backing_file_fails_inside_a_data_block(tmp_path: Path) -> None:
+def test_a_backing_file_cut_anywhere_fails(tmp_path: Path) -> None:
     with backing(tmp_path / "f") as fd:
         model = damaged_sample(fd)
         full = os.pread(fd, 10_000, 0)
@@ -289,20 +303,77 @@ def test_cut_backing_file_fails_inside_a_data_block(tmp_path: Path) -> None:
             os.ftruncate(fd, cut)
             f = enc(fd)
             n, rest = divmod(cut - bf.HEADER_SIZE, STEP)
-            if cut < bf.HEADER_SIZE:
-                with pytest.raises(FormatError, match="short header: want=32 bytes have="):
-                    f.read(0, 1)
-            elif rest == 0 or (n in SAMPLE_HOLES and rest > bf.BLOCK_OVERHEAD):
-                # A cut at a block boundary or inside a hole leaves a shorter
-                # valid file of right bytes: the format authenticates neither
-                # the length nor holes (nor does gocryptfs's); verify's
-                # checksums do.
-                assert f.read(0, len(model)) == model[: f.size()]
+            assert f.size() > 0 and (rest == 0 or f.size() > n * BS)  # st_size covers the cut
+            if cut <= bf.HEADER_SIZE:
+                want = f"^file cut to {cut} bytes$"
+            elif rest == 0 and n - 1 in SAMPLE_HOLES:
+                want = f"^file cut: block {n - 1}, the last, is a hole$"
+            elif rest == 0:
+                want = f"^file cut: block {n - 1} is not the last block$"
+            elif n in SAMPLE_HOLES and rest > bf.BLOCK_OVERHEAD:
+                want = f"^file cut: block {n}, the last, is a hole$"
             else:
-                assert f.size() > n * BS  # st_size covers the cut block
-                with pytest.raises(BlockDamaged, match=f"block {n}: "):
-                    f.read(0, len(model))
+                want = f"^block {n}: (sealed length|authentication failed)"
+            with pytest.raises(BlockDamaged if want.startswith("^block") else FileCut, match=want):
+                f.read(0, len(model))
             os.pwrite(fd, full, 0)
+        assert enc(fd).read(0, len(model)) == model
+
+
+def test_a_block_sealed_final_before_the_last_is_read(tmp_path: Path) -> None:
+    """What a write killed between its new blocks and the reseal of the old
+    last block leaves behind still reads (module docstring)."""
+    with backing(tmp_path / "f") as fd:
+        data = random.Random(8).randbytes(3 * BS)
+        enc(fd).write(0, data[:BS])
+        first = sealed(fd, 0)  # sealed final
+        enc(fd).write(BS, data[BS:])
+        os.pwrite(fd, first, bf.block_offset(0, BS))
+        assert enc(fd).read(0, 3 * BS) == data
+
+
+def test_zeros_over_a_sealed_block_are_damage_but_a_hole_is_not(tmp_path: Path) -> None:
+    bs, step = bf.DEFAULT_BLOCK_SIZE, bf.DEFAULT_BLOCK_SIZE + bf.BLOCK_OVERHEAD
+    with backing(tmp_path / "f") as fd:
+        f = enc(fd, bs)
+        data = random.Random(9).randbytes(2 * bs)
+        f.write(0, data)
+        f.write(4 * bs, data)  # blocks 2 and 3 holes
+        assert f.read(0, 6 * bs) == data + bytes(2 * bs) + data
+        os.pwrite(fd, bytes(step), bf.block_offset(1, bs))
+        with pytest.raises(BlockDamaged, match=r"^block 1: zeroed \(allocated zeros, not a hole\)$"):
+            enc(fd, bs).read(0, 6 * bs)
+        assert enc(fd, bs).read(2 * bs, 2 * bs) == bytes(2 * bs)
+
+
+@pytest.mark.parametrize("fail_at", [0, 1, 2])
+@pytest.mark.parametrize("old", [0, 10, BS, BS + 10])
+def test_a_failed_write_leaves_the_file_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: int, fail_at: int) -> None:
+    """An error on the n-th pwrite of a growing write or truncate: the file
+    reads as before (a new one stays empty, never a header alone)."""
+    real, calls = EncryptedFile._pwrite_all, []
+
+    def failing(self: EncryptedFile, buf: bf.Buffer, off: int) -> None:
+        calls.append(off)
+        if len(calls) > fail_at:
+            raise OSError(28, "No space left on device")
+        real(self, buf, off)
+
+    before = random.Random(old).randbytes(old)
+    for grow in (lambda f: f.write(3 * BS + 5, b"new"), lambda f: f.truncate(5 * BS), lambda f: f.write(old, b"n" * BS)):
+        with backing(tmp_path / "f") as fd:
+            enc(fd).write(0, before)
+            size = os.fstat(fd).st_size
+            monkeypatch.setattr(EncryptedFile, "_pwrite_all", failing)
+            calls.clear()
+            try:
+                grow(enc(fd))
+                assert len(calls) <= fail_at  # it needed no more writes than that
+            except OSError:
+                assert os.fstat(fd).st_size == size
+            monkeypatch.setattr(EncryptedFile, "_pwrite_all", real)
+            if os.fstat(fd).st_size == size:
+                assert enc(fd).read(0, 10 * BS) == before
 
 
 def test_a_cut_tail_of_zeros_is_not_taken_for_a_hole(tmp_path: Path) -> None:
@@ -408,7 +479,8 @@ def patched(at: int, value: bytes) -> bytes:
     "raw, message",
     [
         (patched(0, b"SLDX"), "bad magic: want=b'SLDN' have=b'SLDX'"),
-        (patched(4, b"\x00\x02"), "unsupported version: want=1 have=2"),
+        (patched(4, b"\x00\x03"), "unsupported version: want=1|2 have=3"),
+        (patched(4, b"\x00\x00"), "unsupported version: want=1|2 have=0"),
         (patched(6, b"\x00\x01"), "unknown flags: want=0x0000 have=0x0001"),
         (patched(6, b"\x80\x00"), "unknown flags: want=0x0000 have=0x8000"),
         (patched(29, b"\x00\x01\x00"), "reserved bytes: want=000000 have=000100"),
@@ -422,9 +494,9 @@ def test_header_refusals_say_want_and_have(raw: bytes, message: str) -> None:
         bf.parse_header(raw)
 
 
-def test_version_2_is_refused_also_when_packed_by_us() -> None:
-    b = bf.pack_header(Header(key_id=1, file_id=bytes(16), block_size=4096, version=2))
-    with pytest.raises(FormatError, match="want=1 have=2"):
+def test_version_3_is_refused_also_when_packed_by_us() -> None:
+    b = bf.pack_header(Header(key_id=1, file_id=bytes(16), block_size=4096, version=3))
+    with pytest.raises(FormatError, match="want=1|2 have=3"):
         bf.parse_header(b)
 
 
@@ -455,38 +527,81 @@ GOLDEN_PLAIN = (
 )
 
 
-def test_golden_file_still_reads(tmp_path: Path) -> None:
+# 200 bytes written by format version 2 with MASTER and 64-byte blocks: two
+# data blocks (the second padded with zeros when the file grew past it), a hole,
+# and a last block of 8 bytes, sealed as final.
+GOLDEN_2 = bytes.fromhex(
+    "534c444e000200001a58ea364b331ba9408f13c47f7504c39e3d14f9060000008ec66b584f4731d7d0368f50"
+    "d2c90ee79d974d2006704b75e8033703f7c94539ec66d692b1009972755ac61f2055c3188a2ea1c68fe442c7"
+    "b05ae2e7bd8ced516b0a593edc6fb57ad167d84cf116e48f4f14d2125c1b5d386eba345fd8c6bc91e191aa08"
+    "931de5160c30cab13748640698965d5927e540d78cdad4ecf8129e9748118d9b1427d83f97c0500e6a4beeba"
+    "106594aa048f7f5b787cd43e3dc686b597f2f6e5569f12e575ab6292300fe2ad9a0e8ab03fe0fdef00000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "69e3f0956f90ed35445753e77b0b986725a9faa702924e95eaa8556b8f3e78261c06e39b"
+)
+GOLDEN_2_PLAIN = b"SeldonFS golden file, format 2: " + bytes(range(48)) + bytes(112) + b"the end."
+
+
+@pytest.mark.parametrize("raw, plain", [(GOLDEN, GOLDEN_PLAIN), (GOLDEN_2, GOLDEN_2_PLAIN)], ids=["v1", "v2"])
+def test_golden_files_still_read(tmp_path: Path, raw: bytes, plain: bytes) -> None:
     assert KID == 0x1A58EA36
+    with backing(tmp_path / "f") as fd:
+        os.write(fd, raw)
+        f = enc(fd)
+        assert f.size() == 200 and f.read(0, 1000) == plain
+
+
+def test_a_version_1_file_stays_version_1_when_written(tmp_path: Path) -> None:
     with backing(tmp_path / "f") as fd:
         os.write(fd, GOLDEN)
         f = enc(fd)
-        assert f.size() == 200 and f.read(0, 1000) == GOLDEN_PLAIN
+        f.write(100, b"changed")
+        f.write(300, b"grown")
+        f.truncate(250)
+        want = (GOLDEN_PLAIN[:100] + b"changed" + GOLDEN_PLAIN[107:]).ljust(250, b"\0")
+        assert os.pread(fd, 6, 0) == b"SLDN\x00\x01"
+        assert independent_decrypt(os.pread(fd, 10_000, 0), MASTER) == want == enc(fd).read(0, 1000)
 
 
 def independent_decrypt(backing_bytes: bytes, master: bytes) -> bytes:
     """A decrypter from docs/file-format.md alone, sharing no code with seldonfs."""
     if not backing_bytes:
         return b""
+    assert len(backing_bytes) > 32, "file cut"
     header = struct.unpack(">4sHHI16sB3s", backing_bytes[:32])
     magic, version, flags, key_id, file_id, shift, reserved = header
-    assert (magic, version, flags, reserved) == (b"SLDN", 1, 0, bytes(3))
+    assert (magic, version in (1, 2), flags, reserved) == (b"SLDN", True, 0, bytes(3))
     hkdf = HKDF(hashes.SHA256(), 32, salt=None, info=b"seldonfs content\0" + file_id)
     aead, bs, out = AESGCM(hkdf.derive(master)), 1 << shift, bytearray()
-    for n, at in enumerate(range(32, len(backing_bytes), bs + 28)):
-        blk = backing_bytes[at : at + bs + 28]
+    starts = range(32, len(backing_bytes), bs + 28)
+    for n, at in enumerate(starts):
+        blk, last = backing_bytes[at : at + bs + 28], n == len(starts) - 1
+        ad = file_id + struct.pack(">QI", n, key_id)
         if blk == bytes(len(blk)):
+            assert version == 1 or not last, "file cut"
             out += bytes(len(blk) - 28)
-        else:
-            out += aead.decrypt(blk[:12], blk[12:], file_id + struct.pack(">QI", n, key_id))
+        elif version == 1:
+            out += aead.decrypt(blk[:12], blk[12:], ad)
+        elif last:
+            out += aead.decrypt(blk[:12], blk[12:], ad + b"\x01")
+        else:  # 0, or 1 where a write was interrupted
+            try:
+                out += aead.decrypt(blk[:12], blk[12:], ad + b"\x00")
+            except InvalidTag:
+                out += aead.decrypt(blk[:12], blk[12:], ad + b"\x01")
     return bytes(out)
 
 
 def test_independent_decrypter_reads_golden_and_fresh_files(tmp_path: Path) -> None:
     assert independent_decrypt(GOLDEN, MASTER) == GOLDEN_PLAIN
+    assert independent_decrypt(GOLDEN_2, MASTER) == GOLDEN_2_PLAIN
     with backing(tmp_path / "f") as fd:
         content = EncryptedContent(KEYS, KID)  # the default block size
         data = random.Random(6).randbytes(3 * bf.DEFAULT_BLOCK_SIZE + 1000)
         content.attach(fd).write(0, data)
+        content.attach(fd).truncate(len(data) + 3 * bf.DEFAULT_BLOCK_SIZE)
+        data += bytes(3 * bf.DEFAULT_BLOCK_SIZE)
         backing_bytes = os.pread(fd, 1 << 20, 0)
         assert independent_decrypt(backing_bytes, MASTER) == data
         assert content.plain_size(len(backing_bytes)) == len(data)

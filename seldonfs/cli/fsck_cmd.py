@@ -5,7 +5,9 @@ and version rows, sequence numbers). `--rebuild` rebuilds all of it from
 data/ (checksums and types from the plaintext: the key of an encrypted
 store is needed), keeping the audit chain. Exit 26 when damage remains:
 any problem without --rebuild, or one --rebuild cannot repair (a lost or
-unreadable audit chain). The store must not be mounted (exit 11).
+unreadable audit chain; a file whose content differs from its catalog
+record, which a rebuild would only hide). The store must not be mounted
+(exit 11).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """seldonfs rekey STORE: move every file to a new master key.
 
-Each file is rewritten in place under the new key; a killed rekey resumes
+Each file is rewritten in place under the new key, in the newest file
+format (version 2: how a store of version 1 files moves on); a killed rekey resumes
 where it stopped when run again. Until it finishes both keys stay in the
 store, so a mount in between reads every file. The store must not be
 mounted (exit 11).
