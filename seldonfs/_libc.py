@@ -20,6 +20,7 @@ RENAME_EXCHANGE = 1 << 1
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 FALLOC_FL_KEEP_SIZE = 1
+FALLOC_FL_PUNCH_HOLE = 2
 
 
 class _Timespec(ctypes.Structure):
@@ -47,6 +48,11 @@ def reserve(fd: int, off: int, length: int) -> None:
         e = ctypes.get_errno()
         if e not in (errno.EOPNOTSUPP, errno.ENOSYS):
             raise OSError(e, os.strerror(e))
+
+
+def punch_hole(fd: int, off: int, length: int) -> None:
+    """Make [off, off + length) a hole again (the size stays)."""
+    _check(_libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, length))
 
 
 def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int = 0) -> None:

@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import crypto, faults
+from . import _libc, crypto, faults
 from .content import ContentDamaged
 
 MAGIC = b"SLDN"
@@ -508,6 +508,7 @@ class EncryptedFile:
                 plain.extend(bytes(bs - len(plain)))
                 pieces.append((block_offset(oldlast, bs), self._sealed(h, aead, oldlast, [plain], last)))
         pieces = [(at, buf) for at, buf in pieces if buf]
+        holes: list[tuple[int, int]] = []  # holes inside the file the reservation fills
         try:
             for at, buf in pieces:
                 if at + len(buf) > bsize or self._sparse:
@@ -515,11 +516,15 @@ class EncryptedFile:
                     # written (docs/file-format.md, "Writing on a full disk").
                     # A file with holes may have one here; overwriting a file
                     # without holes needs no new space and skips the call.
+                    if self._sparse and at < bsize:
+                        holes += _holes(self.fd, at, min(at + len(buf), bsize))
                     faults.reserve(self.fd, at, len(buf))
             for at, buf in pieces:
                 self._pwrite_all(buf, at)
         except OSError:
             faults.ftruncate(self.fd, bsize)
+            for lo, hi in holes:  # allocated zeros would read as damage: holes again
+                _libc.punch_hole(self.fd, lo, hi - lo)
             raise
 
     def _sealed(self, h: Header, aead: AESGCM, first: int, plains: list[Buffer], final: int) -> bytearray:
@@ -637,6 +642,29 @@ def _allocated(fd: int, start: int, end: int) -> bool:
         if e.errno == errno.ENXIO:  # no data from lo to the end of the file
             return False
         raise
+
+
+def _holes(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """The holes of [start, end) as the backing filesystem reports them."""
+    out, off = [], start
+    while off < end:
+        try:
+            lo = os.lseek(fd, off, os.SEEK_HOLE)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            raise
+        if lo >= end:
+            break
+        try:
+            hi = min(os.lseek(fd, lo, os.SEEK_DATA), end)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: a hole to the end of the file
+                raise
+            hi = end
+        out.append((lo, hi))
+        off = hi
+    return out
 
 
 def _split(b: bytes, n: int) -> list[bytes]:
