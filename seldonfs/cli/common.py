@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from ..errors import UsageError
 from ..keys import KeySource, unlock_kek
+from ..naming import shown
 from ..store import Store, StoreLock
 
 T = TypeVar("T")
@@ -61,17 +62,26 @@ def unlocked_store(path: Path, args: argparse.Namespace) -> Iterator[Unlocked]:
         lock.release()
 
 
-def each_file(u: Unlocked, paths: list[Path], what: str, act: Callable[..., Any], note: str = "") -> int:
+def each_file(u: Unlocked, paths: list[Path], what: str, act: Callable[..., Any]) -> list[dict[str, Any]]:
     """`act(path, keys, key_id, block_size)` -> offline.Damage for every
-    file, with progress; prints each damaged one; returns how many."""
+    file, with progress; the damaged ones as {"path", "problems"}."""
     kid, bs = int(u.block["current_key_id"]), int(u.block["block_size"])
-    bad = 0
+    bad = []
     for p in progress(paths, len(paths), what):
         damage = act(p, u.keys, kid, bs)
         if damage.problems:
-            bad += 1
-            print(f"{p.relative_to(u.store.data)}: {'; '.join(damage.problems)}{note}")
+            bad.append({"path": shown(str(p.relative_to(u.store.data))), "problems": list(damage.problems)})
     return bad
+
+
+def add_json_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"{what} on stdout (text summaries go to stderr)")
+
+
+def say(args: argparse.Namespace, text: str) -> None:
+    """A line for people: on stdout, or on stderr under --json, where
+    stdout holds only JSON."""
+    print(text, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
 
 
 def progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:
