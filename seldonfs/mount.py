@@ -111,7 +111,11 @@ def _raise_nofile_limit() -> None:
 
 
 def setup_logging(store: Store, foreground: bool, debug: bool) -> None:
+    """The daemon's handlers replace the CLI's (each line written once):
+    STORE/seldonfs.log, and in the foreground stderr too."""
     root = logging.getLogger()
+    for h in root.handlers[:]:
+        root.removeHandler(h)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     fh = LogFile(store.log_path, stderr_too=not foreground)

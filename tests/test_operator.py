@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 from pathlib import Path
 
-from .conftest import init_store, keyfile_of, seldonfs
+from .conftest import SELDONFS, init_store, needs_fuse, seldonfs, unmount, wait_for
 
 
 def _json_lines(out: str) -> list[dict]:
@@ -52,3 +54,45 @@ def test_json_is_all_of_stdout(tmp_path: Path) -> None:
     assert not (plain / "data/temp/processing/old.tmp").exists()
     runs = _json_lines(seldonfs("janitor", plain, "--runs", "--json").stdout)
     assert [r["done"] for r in runs] == [1]
+
+
+def _once(lines: list[str], needle: str) -> None:
+    assert sum(needle in line for line in lines) == 1, (needle, [l for l in lines if needle in l])
+
+
+@needs_fuse
+def test_each_log_line_once_and_d_logs_every_request(tmp_path: Path) -> None:
+    store = init_store(tmp_path / "store", encrypted=False)
+    m = tmp_path / "m"
+    m.mkdir()
+    try:
+        r = seldonfs("mount", "-d", store, m)
+        assert r.returncode == 0, r.stderr
+        (m / "input/processed/f").write_text("x")
+        assert seldonfs("umount", m).returncode == 0
+    finally:
+        unmount(m)
+    log = store / "seldonfs.log"
+    assert log.stat().st_mode & 0o777 == 0o600
+    lines = log.read_text().splitlines()
+    for needle in (": mounted ", "descriptor limit", ": unmounted "):
+        _once(lines, needle)
+    assert any(re.search(r" DEBUG seldonfs.fuse_ops: create inode \d+: OK, \d+ us$", l) for l in lines)
+    assert any(re.search(r" DEBUG seldonfs.fuse_ops: write fh \d+: OK, \d+ us$", l) for l in lines)
+    infos = [l for l in lines if " INFO " in l]
+    assert len(infos) == len(set(infos))
+
+    errlog = tmp_path / "fg.stderr"
+    with open(errlog, "w") as err:
+        proc = subprocess.Popen(SELDONFS + ["mount", "-f", "-d", str(store), str(m)], stdin=subprocess.DEVNULL,
+                                stdout=err, stderr=err)
+        try:
+            wait_for(lambda: os.path.ismount(m) or proc.poll() is not None, what="mount")
+            os.listdir(m)
+        finally:
+            unmount(m)
+            assert proc.wait(timeout=20) == 0
+    lines = errlog.read_text().splitlines()
+    for needle in (": mounted ", ": unmounted "):
+        _once(lines, needle)
+    assert any(" DEBUG seldonfs.fuse_ops: readdir fh " in l for l in lines)

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", type=Path, metavar="STORE")
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("-d", "--debug", action="store_true", help="log at debug level")
+    p.add_argument("-d", "--debug", action="store_true", help="log at debug level, every request too (operation, inode, result, microseconds)")
     p.add_argument(
         "-o", dest="options", action="append", default=[], metavar="OPTS",
         help="comma-separated mount options, e.g. allow_other,ro; keyfile=FILE and "
