@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
-from .conftest import SELDONFS, init_store, needs_fuse, seldonfs, unmount, wait_for
+from .conftest import SELDONFS, init_store, mounted, needs_fuse, seldonfs, unmount, wait_for
 
 
 def _json_lines(out: str) -> list[dict]:
@@ -96,3 +100,45 @@ def test_each_log_line_once_and_d_logs_every_request(tmp_path: Path) -> None:
     for needle in (": mounted ", ": unmounted "):
         _once(lines, needle)
     assert any(" DEBUG seldonfs.fuse_ops: readdir fh " in l for l in lines)
+
+
+def _stats(m: Path) -> dict:
+    return json.loads((m / "system/monitoring/stats.json").read_text())
+
+
+@needs_fuse
+def test_sighup_reloads_as_ctl_reload_does_and_tells_systemd(tmp_path: Path) -> None:
+    """SIGHUP re-reads seldonfs.toml (the janitor's thresholds take it now);
+    a broken file keeps the running one; the mount stays. With
+    $NOTIFY_SOCKET it says READY=1, RELOADING=1 ... READY=1, STOPPING=1."""
+    store = init_store(tmp_path / "store", encrypted=False)
+    m = tmp_path / "m"
+    sock_dir = Path(tempfile.mkdtemp(prefix="sdn", dir="/tmp"))  # a socket path has 107 bytes at most
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(str(sock_dir / "notify"))
+        sock.settimeout(20)
+        toml = store / "seldonfs.toml"
+        with mounted(store, m, env={"NOTIFY_SOCKET": str(sock_dir / "notify")}, expect_log_problems=True):
+            assert sock.recv(4096) == b"READY=1"
+            pid = int((store / "lock").read_text())
+            assert _stats(m)["disk"]["warning"] == 80
+            toml.write_text(toml.read_text().replace("warning = 80", "warning = 70"))
+            os.kill(pid, signal.SIGHUP)
+            states = sock.recv(4096).decode().split("\n")
+            assert states[0] == "RELOADING=1" and states[1].startswith("MONOTONIC_USEC=")
+            assert sock.recv(4096) == b"READY=1"
+            assert os.path.ismount(m) and _stats(m)["disk"]["warning"] == 70
+            toml.write_text(toml.read_text() + "\n[janitor.oops\n")
+            os.kill(pid, signal.SIGHUP)
+            sock.recv(4096)
+            assert sock.recv(4096) == b"READY=1"
+            assert os.path.ismount(m) and _stats(m)["disk"]["warning"] == 70
+        assert sock.recv(4096) == b"STOPPING=1"
+    finally:
+        sock.close()
+        shutil.rmtree(sock_dir)
+    log = (store / "seldonfs.log").read_text()
+    assert "SIGHUP: " + str(toml) + " reloaded; applied now: janitor, alerts" in log
+    warns = [l for l in log.splitlines() if " WARNING " in l or " ERROR " in l]
+    assert len(warns) == 1 and "SIGHUP: the configuration was not reloaded, the running one stays" in warns[0]

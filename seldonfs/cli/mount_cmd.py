@@ -4,6 +4,9 @@ mount a store.
 Without -f the mount runs as a daemon and the command returns once the mount
 is ready. An encrypted store is unlocked first (a wrong passphrase or key
 file: exit 12). Unmount with `seldonfs umount MOUNTPOINT` or `fusermount3 -u`.
+SIGTERM or SIGINT to the daemon unmounts; SIGHUP re-reads seldonfs.toml as
+`seldonfs ctl MOUNTPOINT reload` does. Under systemd ($NOTIFY_SOCKET) the
+daemon reports READY=1, RELOADING=1 and STOPPING=1 (sd_notify).
 """
 
 from __future__ import annotations
