@@ -192,9 +192,9 @@ def take_key_options(opts: list[str], source: KeySource) -> tuple[list[str], Key
     for o in opts:
         key, _, value = o.partition("=")
         if key == "keyfile" and value:
-            source = KeySource(keyfile=Path(value))
+            source = KeySource(keyfile=Path(value), mount_options=source.mount_options)
         elif key == "passphrase_file" and value:
-            source = KeySource(passphrase_file=Path(value))
+            source = KeySource(passphrase_file=Path(value), mount_options=source.mount_options)
         else:
             fuse.append(o)
     return fuse, source

@@ -12,9 +12,10 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
-from .conftest import SELDONFS, init_store, mounted, needs_fuse, seldonfs, unmount, wait_for
+from .conftest import SELDONFS, init_store, keyfile_of, mounted, needs_fuse, seldonfs, unmount, wait_for
 
 
 def _json_lines(out: str) -> list[dict]:
@@ -142,3 +143,65 @@ def test_sighup_reloads_as_ctl_reload_does_and_tells_systemd(tmp_path: Path) -> 
     assert "SIGHUP: " + str(toml) + " reloaded; applied now: janitor, alerts" in log
     warns = [l for l in log.splitlines() if " WARNING " in l or " ERROR " in l]
     assert len(warns) == 1 and "SIGHUP: the configuration was not reloaded, the running one stays" in warns[0]
+
+
+@needs_fuse
+def test_keyfile_from_the_environment_for_every_command_that_unlocks(tmp_path: Path) -> None:
+    store = init_store(tmp_path / "store")
+    env = {**os.environ, "SELDONFS_KEYFILE": str(keyfile_of(store))}
+    m = tmp_path / "m"
+    m.mkdir()
+    for args in (["verify"], ["fsck"], ["audit", "verify"], ["decrypt", "-o", tmp_path / "out"], ["rekey"],
+                 ["passwd", "--new-keyfile", keyfile_of(store)]):
+        r = seldonfs(*args, store)
+        assert r.returncode == 12 and "use --keyfile FILE or SELDONFS_KEYFILE=FILE" in r.stderr, (args, r.stderr)
+        r = seldonfs(*args, store, env=env)
+        assert r.returncode == 0, (args, r.stderr)
+    try:
+        r = seldonfs("mount", store, m, env=env)
+        assert r.returncode == 0 and os.path.ismount(m), r.stderr
+        assert seldonfs("umount", m).returncode == 0
+        # as mount(8) runs it: the hint names the -o option
+        r = subprocess.run([*SELDONFS[:-1], "seldonfs.cli.mount_helper", str(store), str(m), "-o", "allow_other"],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        assert r.returncode == 12 and r.stderr.strip() == (
+            "seldonfs: this store is unlocked with a key file: use -o keyfile=FILE"), r.stderr
+        assert not os.path.ismount(m)
+    finally:
+        unmount(m)
+
+
+@needs_fuse
+def test_ctl_reads_the_token_from_a_file(tmp_path: Path) -> None:
+    """What ctl sends, seen by a socket put in the place of the mount's."""
+    store = init_store(tmp_path / "store", encrypted=False)
+    m = tmp_path / "m"
+    (tmp_path / "token").write_text("from-the-file\n")
+    with mounted(store, m):
+        r = seldonfs("ctl", m, "health", "--token-file", tmp_path / "nope")
+        assert r.returncode == 2 and "nope: cannot read the token file" in r.stderr, r.stderr
+        (store / "control.sock").rename(store / "control.sock.real")
+        seen: list[bytes] = []
+        srv = socket.socket(socket.AF_UNIX)
+        srv.bind(str(store / "control.sock"))
+        srv.listen()
+
+        def answer() -> None:
+            for _ in range(3):
+                conn, _ = srv.accept()
+                with conn:
+                    seen.append(conn.recv(4096))
+                    conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}')
+
+        t = threading.Thread(target=answer)
+        t.start()
+        try:
+            assert seldonfs("ctl", m, "health", "--token-file", tmp_path / "token").returncode == 0
+            env = {**os.environ, "SELDONFS_TOKEN_FILE": str(tmp_path / "token")}
+            assert seldonfs("ctl", m, "health", env=env).returncode == 0
+            assert seldonfs("ctl", m, "health", "--token", "on-argv").returncode == 0
+        finally:
+            t.join(timeout=20)
+            srv.close()
+    assert [re.search(rb"Authorization: Bearer (\S+)", r)[1] for r in seen] == [
+        b"from-the-file", b"from-the-file", b"on-argv"]

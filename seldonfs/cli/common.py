@@ -25,10 +25,11 @@ def add_key_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--passphrase-file", type=Path, metavar="FILE",
-        help="read the passphrase from FILE (else $SELDONFS_PASSPHRASE_FILE, "
+        help="read the passphrase from FILE (else $SELDONFS_KEYFILE, $SELDONFS_PASSPHRASE_FILE, "
         "$SELDONFS_PASSPHRASE, or a prompt)",
     )
-    g.add_argument("--keyfile", type=Path, metavar="FILE", help="unlock with a key file instead of a passphrase")
+    g.add_argument("--keyfile", type=Path, metavar="FILE",
+                   help="unlock with a key file instead of a passphrase (else $SELDONFS_KEYFILE)")
 
 
 def key_source(args: argparse.Namespace) -> KeySource:

@@ -3,7 +3,9 @@
 Commands: health, stats, metrics, reload, cleanup scheduled|emergency|
 orphaned, crash JOB_ID, task ID. Goes through STORE/control.sock; root and
 the store's owner are let in by their credentials, anyone else needs the
-token (--token, $SELDONFS_TOKEN, or STORE/control.token if readable). A
+token: --token-file FILE, else $SELDONFS_TOKEN_FILE, else $SELDONFS_TOKEN,
+else STORE/control.token if readable (--token TOKEN also works, but puts
+the secret where `ps` shows it to every user). A
 cleanup waits for its task to finish (--no-wait: print the task and stop).
 Exit 1 when the mount refuses (401, 4xx) or cannot be reached.
 """
@@ -32,7 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     p.add_argument("command", choices=COMMANDS, metavar="COMMAND", help=", ".join(COMMANDS))
     p.add_argument("arg", nargs="?", metavar="ARG", help="cleanup kind, job id or task id")
-    p.add_argument("--token", help="the control token (else $SELDONFS_TOKEN or STORE/control.token)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="read the control token from FILE (else $SELDONFS_TOKEN_FILE, $SELDONFS_TOKEN, "
+                   "STORE/control.token)")
+    g.add_argument("--token", help="the control token itself; discouraged: ps shows it to every user")
     p.add_argument("--no-wait", action="store_true", help="do not wait for a cleanup to finish")
     p.set_defaults(func=run)
 
@@ -69,12 +75,28 @@ def call(root: Path, method: str, path: str, token: str | None) -> tuple[int, by
 
 
 def _token(args: argparse.Namespace, root: Path) -> str | None:
-    if args.token or os.environ.get("SELDONFS_TOKEN"):
-        return args.token or os.environ["SELDONFS_TOKEN"]
+    if args.token_file is not None:
+        return _read_token(args.token_file)
+    if args.token:
+        return args.token
+    if path := os.environ.get("SELDONFS_TOKEN_FILE"):
+        return _read_token(Path(path))
+    if os.environ.get("SELDONFS_TOKEN"):
+        return os.environ["SELDONFS_TOKEN"]
     try:
         return (root / TOKEN_NAME).read_text().strip()
     except OSError:
         return None  # peer credentials may do
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the token file: {e.strerror}") from None
+    if not token:
+        raise UsageError(f"{path}: the token file is empty")
+    return token
 
 
 def run(args: argparse.Namespace) -> None:
