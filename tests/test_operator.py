@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import shutil
 import signal
@@ -205,3 +206,47 @@ def test_ctl_reads_the_token_from_a_file(tmp_path: Path) -> None:
             srv.close()
     assert [re.search(rb"Authorization: Bearer (\S+)", r)[1] for r in seen] == [
         b"from-the-file", b"from-the-file", b"on-argv"]
+
+
+def _run_with_tty_stderr(*args: object, stdout) -> tuple[int, bytes]:
+    """Run seldonfs with stderr on a terminal; (exit code, what the terminal got)."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(SELDONFS + [str(a) for a in args], stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=slave, env={**os.environ, "TERM": "xterm", "COLUMNS": "100"})
+        os.close(slave)
+        got = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            got += chunk
+        return proc.wait(timeout=60), got
+    finally:
+        os.close(master)
+
+
+def test_progress_goes_to_a_terminal_on_stderr_only(tmp_path: Path) -> None:
+    """`verify STORE > out.txt` with stderr on a terminal: the bar is drawn
+    there, out.txt holds only the result; --quiet draws nothing."""
+    store = init_store(tmp_path / "store", encrypted=False)
+    for i in range(300):
+        (store / f"data/temp/processing/{i}.tmp").write_text("x")
+        os.utime(store / f"data/temp/processing/{i}.tmp", (1e9, 1e9))
+    estore = init_store(tmp_path / "estore")
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as f:
+        code, tty = _run_with_tty_stderr("verify", estore, "--keyfile", keyfile_of(estore), stdout=f)
+    assert code == 0 and out.read_text() == "0 files checked, 0 damaged\n"
+    with open(out, "wb") as f:
+        code, tty = _run_with_tty_stderr("janitor", store, stdout=f)
+    assert code == 0 and "cleaning" in tty.decode() and "300/300" in tty.decode().replace(" ", ""), tty
+    assert out.read_text().count("\n") == 302 and "\r" not in out.read_text() and "\x1b" not in out.read_text()
+    (store / "data/temp/processing/late.tmp").write_text("x")
+    os.utime(store / "data/temp/processing/late.tmp", (1e9, 1e9))
+    with open(out, "wb") as f:
+        code, tty = _run_with_tty_stderr("janitor", store, "--quiet", stdout=f)
+    assert code == 0 and tty == b"" and "done: 1 delete" in out.read_text()

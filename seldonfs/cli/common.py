@@ -63,12 +63,12 @@ def unlocked_store(path: Path, args: argparse.Namespace) -> Iterator[Unlocked]:
         lock.release()
 
 
-def each_file(u: Unlocked, paths: list[Path], what: str, act: Callable[..., Any]) -> list[dict[str, Any]]:
+def each_file(u: Unlocked, paths: list[Path], what: str, act: Callable[..., Any], quiet: bool) -> list[dict[str, Any]]:
     """`act(path, keys, key_id, block_size)` -> offline.Damage for every
     file, with progress; the damaged ones as {"path", "problems"}."""
     kid, bs = int(u.block["current_key_id"]), int(u.block["block_size"])
     bad = []
-    for p in progress(paths, len(paths), what):
+    for p in progress(paths, len(paths), what, quiet):
         damage = act(p, u.keys, kid, bs)
         if damage.problems:
             bad.append({"path": shown(str(p.relative_to(u.store.data))), "problems": list(damage.problems)})
@@ -85,18 +85,27 @@ def say(args: argparse.Namespace, text: str) -> None:
     print(text, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
 
 
-def progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:
-    """Iterate with a progress bar on a terminal; silently elsewhere."""
-    if not sys.stderr.isatty():
+def add_quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar on a terminal")
+
+
+def progress(items: Iterable[T], total: int, what: str, quiet: bool = False,
+             count: Callable[[T], int] = lambda _: 1) -> Iterator[T]:
+    """Iterate with a progress bar of `total` on stderr when it is a
+    terminal (never on stdout: that is the command's output) and not
+    `quiet`; an item advances it by `count(item)`."""
+    if quiet or not sys.stderr.isatty():
         yield from items
         return
-    from rich.progress import Progress
+    from rich.console import Console
+    from rich.progress import MofNCompleteColumn, Progress
 
-    with Progress(transient=True) as bar:
+    columns = (*Progress.get_default_columns(), MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(what, total=total)
         for item in items:
             yield item
-            bar.advance(task)
+            bar.advance(task, count(item))
 
 
 def store_of(target: Path) -> Store:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import offline
 from ..errors import DamageFound, UsageError
-from .common import add_json_arg, add_key_args, each_file, say, unlocked_store
+from .common import add_json_arg, add_key_args, add_quiet_arg, each_file, say, unlocked_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders, relative to the mount root")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
     add_json_arg(p, "one JSON document")
+    add_quiet_arg(p)
     add_key_args(p)
     p.set_defaults(func=run)
 
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> None:
         bad = each_file(
             u, paths, "decrypting",
             lambda p, keys, kid, bs: offline.decrypt_file(p, args.output / p.relative_to(data), keys, kid, bs),
+            args.quiet,
         )
     if args.json:
         print(json.dumps({"store": str(u.store.root), "output": str(args.output), "files": len(paths), "damaged": bad}))

@@ -21,7 +21,7 @@ from ..errors import DamageFound
 from ..keys import unlock
 from ..naming import shown
 from ..store import Store, StoreLock
-from .common import add_json_arg, add_key_args, key_source, progress, say
+from .common import add_json_arg, add_key_args, add_quiet_arg, key_source, progress, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", type=Path, metavar="STORE")
     p.add_argument("--rebuild", action="store_true", help="rebuild the catalog from data/ (not the audit chain)")
     add_json_arg(p, "one JSON document")
+    add_quiet_arg(p)
     add_key_args(p)
     p.set_defaults(func=run)
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
             from ..blockformat import EncryptedContent
 
             content = EncryptedContent(unlock(block, key_source(args)), block["current_key_id"], block["block_size"])
-        rep = fsck.check(store, cfg, content, args.rebuild, lambda it, n: progress(it, n, "checking"))
+        rep = fsck.check(store, cfg, content, args.rebuild, lambda it, n: progress(it, n, "checking", args.quiet))
     finally:
         lock.release()
     if args.json:

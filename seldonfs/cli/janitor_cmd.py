@@ -44,7 +44,7 @@ from ..host import FSTYPE, bytes_over, find_mount
 from ..keys import unlock
 from ..naming import shown
 from ..store import StoreLock
-from .common import add_json_arg, add_key_args, catalog_readonly, key_source, progress, say, store_of
+from .common import add_json_arg, add_key_args, add_quiet_arg, catalog_readonly, key_source, progress, say, store_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--emergency", action="store_true", help="then delete by rule priority down to the warning level")
     p.add_argument("--runs", action="store_true", help="list the last janitor runs and stop")
     add_json_arg(p, "JSON lines: one object per action (per run with --runs)")
+    add_quiet_arg(p)
     add_key_args(p)
     p.set_defaults(func=run)
 
@@ -97,8 +98,9 @@ def run(args: argparse.Namespace) -> None:
         t0 = time.time()
         out = Outcome()
         records = []
-        for i in progress(range(0, len(actions), 256), (len(actions) + 255) // 256, "batches"):
-            done, skipped = execute(store.data, actions[i:i + 256], content, time.time_ns())
+        batches = (actions[i:i + 256] for i in range(0, len(actions), 256))
+        for batch in progress(batches, len(actions), "cleaning", args.quiet, count=len):
+            done, skipped = execute(store.data, batch, content, time.time_ns())
             for a in done:
                 out.add_done(a)
                 records.append(("janitor-" + a.kind, a.rel, a.dest, "OK", a.size, f"{a.reason}; rule {a.rule}"))
@@ -171,7 +173,7 @@ def run_in_mount(args: argparse.Namespace) -> None:
             raise SeldonError(f"{mp}: cannot run the janitor: {e.strerror}") from None
         say(args, "nothing to do: the store's rules keep everything (no retention keys)")
         return
-    tty = sys.stderr.isatty()
+    tty = sys.stderr.isatty() and not args.quiet
     try:
         os.setxattr(mp, xattrs.JANITOR, json.dumps(ask).encode())
         while True:

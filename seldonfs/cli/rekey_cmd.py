@@ -14,13 +14,14 @@ import json
 from pathlib import Path
 
 from .. import audit, offline
-from .common import add_json_arg, add_key_args, progress, unlocked_store
+from .common import add_json_arg, add_key_args, add_quiet_arg, progress, unlocked_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rekey", help="move every file to a new master key", description=__doc__)
     p.add_argument("store", type=Path, metavar="STORE")
     add_json_arg(p, "one JSON document")
+    add_quiet_arg(p)
     add_key_args(p)
     p.set_defaults(func=run)
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> None:
         job = offline.Rekey(u.store, u.keys, block)
         job.finish_interrupted()
         todo = job.pending()
-        for p in progress(todo, len(todo), "rekeying"):
+        for p in progress(todo, len(todo), "rekeying", args.quiet):
             job.move(p)
         # the audit key moves to the new master key before the old one goes
         akey = audit.load_key(u.store.root, u.keys) if (u.store.root / audit.KEY_NAME).exists() else None

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from .. import offline
 from ..errors import DamageFound
-from .common import add_json_arg, add_key_args, each_file, say, unlocked_store
+from .common import add_json_arg, add_key_args, add_quiet_arg, each_file, say, unlocked_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="authenticate every block of a store", description=__doc__)
     p.add_argument("store", type=Path, metavar="STORE")
     add_json_arg(p, "one JSON document")
+    add_quiet_arg(p)
     add_key_args(p)
     p.set_defaults(func=run)
 
@@ -27,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     with unlocked_store(args.store, args) as u:
         paths = list(offline.files(u.store))
-        bad = each_file(u, paths, "verifying", offline.check_file)
+        bad = each_file(u, paths, "verifying", offline.check_file, args.quiet)
     if args.json:
         print(json.dumps({"store": str(u.store.root), "files": len(paths), "damaged": bad}))
     else:
