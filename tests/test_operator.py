@@ -250,3 +250,24 @@ def test_progress_goes_to_a_terminal_on_stderr_only(tmp_path: Path) -> None:
     with open(out, "wb") as f:
         code, tty = _run_with_tty_stderr("janitor", store, "--quiet", stdout=f)
     assert code == 0 and tty == b"" and "done: 1 delete" in out.read_text()
+
+
+@needs_fuse
+def test_a_store_finds_its_mount_and_not_a_mount_is_exit_10(tmp_path: Path) -> None:
+    store = init_store(tmp_path / "store", encrypted=False)
+    m = tmp_path / "m"
+    with mounted(store, m):
+        r = seldonfs("stats", store, "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["mountpoint"] == str(m), r.stderr
+        r = seldonfs("top", store, "--once", "--interval", "0.1")
+        assert r.returncode == 0 and str(m) in r.stdout, r.stderr
+        r = seldonfs("ctl", store, "health")
+        assert r.returncode == 0 and json.loads(r.stdout)["status"] == "ok", r.stderr
+        r = seldonfs("status", store, "--json")
+        assert [(d["mountpoint"], d["mounted"]) for d in _json_lines(r.stdout)] == [(str(m), True)]
+        r = seldonfs("umount", store)
+        assert r.returncode == 0 and not os.path.ismount(m), r.stderr
+    for target in (store, tmp_path):
+        for args in (["stats"], ["top", "--once"], ["ctl", "health"], ["umount"]):
+            r = seldonfs(args[0], target, *args[1:])
+            assert r.returncode == 10 and r.stderr == f"seldonfs: {target}: not a SeldonFS mount\n", (args, r.stderr)

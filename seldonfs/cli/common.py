@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import UsageError
+from ..errors import MountPointError, UsageError
 from ..keys import KeySource, unlock_kek
 from ..naming import shown
 from ..store import Store, StoreLock
@@ -118,6 +118,24 @@ def store_of(target: Path) -> Store:
     store = Store(target.resolve())
     store.identity()  # NotAStoreError (exit 14) when it is none
     return store
+
+
+def mount_of(target: Path) -> tuple[Path, Path]:
+    """(store, mount point) of STORE|MOUNTPOINT: a SeldonFS mount point, or
+    a store mounted somewhere; MountPointError (exit 10) for anything else."""
+    from ..host import FSTYPE, find_mount, seldonfs_mounts
+
+    path = Path(os.path.abspath(target))
+    found = find_mount(path)
+    if found is not None and found[1] == FSTYPE:
+        return Path(found[0]), path
+    real = os.path.realpath(target)  # the mount names the store by its resolved path
+    for store, mnt in seldonfs_mounts():
+        if store == real:
+            return Path(store), Path(mnt)
+    if not os.path.lexists(path):
+        raise MountPointError(f"{path}: no such directory")
+    raise MountPointError(f"{path}: not a SeldonFS mount")
 
 
 @contextmanager
