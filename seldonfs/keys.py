@@ -136,7 +136,8 @@ def unlock_kek(block: dict[str, Any], source: KeySource) -> tuple[dict[int, byte
         use = "-o keyfile=FILE" if source.mount_options else "--keyfile FILE or SELDONFS_KEYFILE=FILE"
         raise WrongKeyError(f"this store is unlocked with a key file: use {use}")
     if kind != "keyfile" and source.is_keyfile():
-        raise WrongKeyError("this store is unlocked with a passphrase, not a key file")
+        why = " ($SELDONFS_KEYFILE is set: unset it, or give --passphrase-file)" if source.keyfile is None else ""
+        raise WrongKeyError(f"this store is unlocked with a passphrase, not a key file{why}")
     kek = _kek(block, source.secret())
     keys = {}
     for entry in block["keys"]:

@@ -158,6 +158,12 @@ def test_keyfile_from_the_environment_for_every_command_that_unlocks(tmp_path: P
         assert r.returncode == 12 and "use --keyfile FILE or SELDONFS_KEYFILE=FILE" in r.stderr, (args, r.stderr)
         r = seldonfs(*args, store, env=env)
         assert r.returncode == 0, (args, r.stderr)
+    pstore, pfile = tmp_path / "pstore", tmp_path / "pass"
+    pfile.write_text("correct horse\n")
+    seldonfs("init", pstore, "--passphrase-file", pfile, check=True)
+    r = seldonfs("verify", pstore, env=env)
+    assert r.returncode == 12 and "($SELDONFS_KEYFILE is set: unset it, or give --passphrase-file)" in r.stderr
+    assert seldonfs("verify", pstore, "--passphrase-file", pfile, env=env).returncode == 0
     try:
         r = seldonfs("mount", store, m, env=env)
         assert r.returncode == 0 and os.path.ismount(m), r.stderr
