@@ -5,8 +5,8 @@ orphaned, crash JOB_ID, task ID. Goes through STORE/control.sock; root and
 the store's owner are let in by their credentials, anyone else needs the
 token: --token-file FILE, else $SELDONFS_TOKEN_FILE, else $SELDONFS_TOKEN,
 else STORE/control.token if readable (--token TOKEN also works, but puts
-the secret where `ps` shows it to every user). A
-cleanup waits for its task to finish (--no-wait: print the task and stop).
+the secret where `ps` shows it to every user). A cleanup waits for its
+task to finish (--no-wait: print the task and stop).
 Exit 10 when STORE|MOUNTPOINT is not a SeldonFS mount or a mounted store;
 exit 1 when the mount refuses (401, 4xx) or cannot be reached.
 """
