@@ -21,7 +21,9 @@ class UsageError(SeldonError):
 
 
 class MountPointError(SeldonError):
-    """Mount point missing, not a directory, not empty, or already mounted."""
+    """Mount point missing, not a directory, not empty, already mounted, or
+    busy at umount; not a SeldonFS mount (nor a mounted store) for umount,
+    stats, top and ctl."""
 
     exit_code = 10
 

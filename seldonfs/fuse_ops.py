@@ -32,13 +32,17 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def _errors(fn: F) -> F:
-    """Errors to errnos, and every request counted (metrics.OpStats)."""
+    """Errors to errnos, every request counted (metrics.OpStats) and, under
+    `mount -d`, logged: operation, its inode (or file handle), result and
+    microseconds. Not debugging costs one attribute test per request."""
     op = fn.__name__
+    first = fn.__code__.co_varnames[1]  # parent_inode, inode, fh or ctx
+    subject = "fh" if first == "fh" else "inode" if first.endswith("inode") else ""
 
     @functools.wraps(fn)
     async def wrapper(self: SeldonOperations, *args: Any, **kwargs: Any) -> Any:
         stats = self.stats
-        t = perf_counter_ns() if stats is not None else 0
+        t = perf_counter_ns() if stats is not None or self.debug else 0
         result = "OK"
         try:
             return await fn(self, *args, **kwargs)
@@ -55,6 +59,9 @@ def _errors(fn: F) -> F:
         finally:
             if stats is not None:
                 stats.op(op, result, perf_counter_ns() - t)
+            if self.debug:
+                on = f" {subject} {args[0]}" if subject else ""
+                log.debug("%s%s: %s, %d us", op, on, result, (perf_counter_ns() - t) // 1000)
 
     return wrapper  # type: ignore[return-value]
 
@@ -104,6 +111,7 @@ class SeldonOperations(pyfuse3.Operations):
         self.core = core
         self.audit = audit
         self.stats: OpStats | None = OpStats() if cfg_metrics else None  # [monitoring] metrics
+        self.debug = log.isEnabledFor(logging.DEBUG)  # mount -d: every request logged
         self.cfg = cfg
         self.enable_writeback_cache = writeback
         core.notify = self._notify_gone

@@ -36,18 +36,26 @@ CIPHER = "AES-256-GCM"
 @dataclass(frozen=True)
 class KeySource:
     """How the user gives the secret: a key file, or a passphrase (SPEC §6:
-    --passphrase-file, then $SELDONFS_PASSPHRASE_FILE, then
-    $SELDONFS_PASSPHRASE, then a prompt on the terminal)."""
+    --keyfile or --passphrase-file, then $SELDONFS_KEYFILE, then
+    $SELDONFS_PASSPHRASE_FILE, then $SELDONFS_PASSPHRASE, then a prompt on
+    the terminal). `mount_options`: given as mount(8) -o options, which the
+    hints then name."""
 
     keyfile: Path | None = None
     passphrase_file: Path | None = None
+    mount_options: bool = False
+
+    def _keyfile(self) -> Path | None:
+        if self.keyfile is None and self.passphrase_file is None and (env := os.environ.get("SELDONFS_KEYFILE")):
+            return Path(env)
+        return self.keyfile
 
     def is_keyfile(self) -> bool:
-        return self.keyfile is not None
+        return self._keyfile() is not None
 
     def secret(self, confirm: bool = False) -> bytes:
-        if self.keyfile is not None:
-            return _read_secret(self.keyfile, "key file")
+        if (keyfile := self._keyfile()) is not None:
+            return _read_secret(keyfile, "key file")
         if self.passphrase_file is not None:
             return _read_secret(self.passphrase_file, "passphrase file").rstrip(b"\r\n")
         if env_file := os.environ.get("SELDONFS_PASSPHRASE_FILE"):
@@ -56,7 +64,7 @@ class KeySource:
             if not env:
                 raise UsageError("SELDONFS_PASSPHRASE is empty: an empty passphrase protects nothing")
             return env.encode()
-        return _prompt(confirm)
+        return _prompt(confirm, self.mount_options)
 
 
 def _read_secret(path: Path, what: str) -> bytes:
@@ -69,10 +77,11 @@ def _read_secret(path: Path, what: str) -> bytes:
     return data
 
 
-def _prompt(confirm: bool) -> bytes:
+def _prompt(confirm: bool, mount_options: bool) -> bytes:
     if not sys.stdin.isatty():
+        given = "-o passphrase_file=FILE, -o keyfile=FILE" if mount_options else "--passphrase-file, --keyfile"
         raise UsageError(
-            "no passphrase: use --passphrase-file, --keyfile, SELDONFS_PASSPHRASE_FILE "
+            f"no passphrase: use {given}, SELDONFS_KEYFILE, SELDONFS_PASSPHRASE_FILE "
             "or SELDONFS_PASSPHRASE (no terminal to ask on)"
         )
     first = getpass.getpass("Passphrase: ")
@@ -124,9 +133,11 @@ def unlock_kek(block: dict[str, Any], source: KeySource) -> tuple[dict[int, byte
     """The master keys and the key-encryption key that wraps them."""
     kind = block["unlock"]["method"]
     if kind == "keyfile" and not source.is_keyfile():
-        raise WrongKeyError("this store is unlocked with a key file: use --keyfile FILE")
+        use = "-o keyfile=FILE" if source.mount_options else "--keyfile FILE or SELDONFS_KEYFILE=FILE"
+        raise WrongKeyError(f"this store is unlocked with a key file: use {use}")
     if kind != "keyfile" and source.is_keyfile():
-        raise WrongKeyError("this store is unlocked with a passphrase, not a key file")
+        why = " ($SELDONFS_KEYFILE is set: unset it, or give --passphrase-file)" if source.keyfile is None else ""
+        raise WrongKeyError(f"this store is unlocked with a passphrase, not a key file{why}")
     kek = _kek(block, source.secret())
     keys = {}
     for entry in block["keys"]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import anchor, audit, config, fuseloop, janitor, keys, offline
+from . import anchor, audit, config, fuseloop, janitor, keys, offline, sdnotify
 from .alerts import Alerts, Failures, send_head, verify_audit, watch
 from .audit import AuditLog
 from .catalog import Catalog
@@ -111,7 +111,11 @@ def _raise_nofile_limit() -> None:
 
 
 def setup_logging(store: Store, foreground: bool, debug: bool) -> None:
+    """The daemon's handlers replace the CLI's (each line written once):
+    STORE/seldonfs.log, and in the foreground stderr too."""
     root = logging.getLogger()
+    for h in root.handlers[:]:
+        root.removeHandler(h)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     fh = LogFile(store.log_path, stderr_too=not foreground)
@@ -188,9 +192,9 @@ def take_key_options(opts: list[str], source: KeySource) -> tuple[list[str], Key
     for o in opts:
         key, _, value = o.partition("=")
         if key == "keyfile" and value:
-            source = KeySource(keyfile=Path(value))
+            source = KeySource(keyfile=Path(value), mount_options=source.mount_options)
         elif key == "passphrase_file" and value:
-            source = KeySource(passphrase_file=Path(value))
+            source = KeySource(passphrase_file=Path(value), mount_options=source.mount_options)
         else:
             fuse.append(o)
     return fuse, source
@@ -292,6 +296,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         if auditlog is not None:
             auditlog.record("mount", os.getuid(), os.getgid(), os.getpid(), "", detail=str(mountpoint))
         ready()
+        sdnotify.notify("READY=1")
         fuseloop.install(cfg.mount.spin_us)
         stack.callback(fuseloop.uninstall)
         trio.run(_serve, engine, served)
@@ -347,6 +352,7 @@ def _fuse_init(ops: SeldonOperations, mountpoint: Path, fuse_opts: set[str], for
 
 
 def _unmount(mountpoint: Path, auditlog: AuditLog | None) -> None:
+    sdnotify.notify("STOPPING=1")
     pyfuse3.close(unmount=True)
     log.info("unmounted %s", mountpoint)
     if auditlog is not None:
@@ -382,7 +388,7 @@ def _reload(served: Served) -> dict:
 
 async def _serve(engine: Engine | None, served: Served) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signals)
+        nursery.start_soon(_on_signals, served)
         if served.janitor is not None:
             await nursery.start(served.janitor.run_forever)  # each folder's schedule; disk checks
         if engine is not None:
@@ -404,12 +410,28 @@ async def _serve(engine: Engine | None, served: Served) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _on_signals() -> None:
+async def _on_signals(served: Served) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                _reload_on_hup(served)
+                continue
             log.info("signal %d: unmounting", signum)
             pyfuse3.terminate()
             return
+
+
+def _reload_on_hup(served: Served) -> None:
+    """SIGHUP: what `seldonfs ctl MNT reload` does; a broken file keeps the
+    running settings, as there."""
+    sdnotify.notify(*sdnotify.reloading())
+    try:
+        done = _reload(served)
+        log.info("SIGHUP: %s reloaded; applied now: %s; at the next mount: %s", served.store.config_path,
+                 ", ".join(done["applied"]), ", ".join(done["at_next_mount"]) or "nothing")
+    except SeldonError as e:
+        log.warning("SIGHUP: the configuration was not reloaded, the running one stays: %s", e)
+    sdnotify.notify("READY=1")
 
 
 def run_daemon(prep: Prepared, debug: bool = False) -> None:

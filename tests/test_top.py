@@ -195,7 +195,7 @@ def test_read_stats(tmp_path: Path) -> None:
 
 def test_usage_errors(tmp_path: Path) -> None:
     res = seldonfs("top", tmp_path, "--once")
-    assert res.returncode == 2 and res.stderr == f"seldonfs: {tmp_path}: not a SeldonFS mount\n"
+    assert res.returncode == 10 and res.stderr == f"seldonfs: {tmp_path}: not a SeldonFS mount\n"
     res = seldonfs("top", tmp_path, "--interval", "0")
     assert res.returncode == 2 and "--interval" in res.stderr and len(res.stderr.splitlines()) == 1
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import UsageError
+from ..errors import MountPointError, UsageError
 from ..keys import KeySource, unlock_kek
+from ..naming import shown
 from ..store import Store, StoreLock
 
 T = TypeVar("T")
@@ -24,10 +25,11 @@ def add_key_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--passphrase-file", type=Path, metavar="FILE",
-        help="read the passphrase from FILE (else $SELDONFS_PASSPHRASE_FILE, "
+        help="read the passphrase from FILE (else $SELDONFS_KEYFILE, $SELDONFS_PASSPHRASE_FILE, "
         "$SELDONFS_PASSPHRASE, or a prompt)",
     )
-    g.add_argument("--keyfile", type=Path, metavar="FILE", help="unlock with a key file instead of a passphrase")
+    g.add_argument("--keyfile", type=Path, metavar="FILE",
+                   help="unlock with a key file instead of a passphrase (else $SELDONFS_KEYFILE)")
 
 
 def key_source(args: argparse.Namespace) -> KeySource:
@@ -61,31 +63,49 @@ def unlocked_store(path: Path, args: argparse.Namespace) -> Iterator[Unlocked]:
         lock.release()
 
 
-def each_file(u: Unlocked, paths: list[Path], what: str, act: Callable[..., Any], note: str = "") -> int:
+def each_file(u: Unlocked, paths: list[Path], what: str, act: Callable[..., Any], quiet: bool) -> list[dict[str, Any]]:
     """`act(path, keys, key_id, block_size)` -> offline.Damage for every
-    file, with progress; prints each damaged one; returns how many."""
+    file, with progress; the damaged ones as {"path", "problems"}."""
     kid, bs = int(u.block["current_key_id"]), int(u.block["block_size"])
-    bad = 0
-    for p in progress(paths, len(paths), what):
+    bad = []
+    for p in progress(paths, len(paths), what, quiet):
         damage = act(p, u.keys, kid, bs)
         if damage.problems:
-            bad += 1
-            print(f"{p.relative_to(u.store.data)}: {'; '.join(damage.problems)}{note}")
+            bad.append({"path": shown(str(p.relative_to(u.store.data))), "problems": list(damage.problems)})
     return bad
 
 
-def progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:
-    """Iterate with a progress bar on a terminal; silently elsewhere."""
-    if not sys.stderr.isatty():
+def add_json_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"{what} on stdout (text summaries go to stderr)")
+
+
+def say(args: argparse.Namespace, text: str) -> None:
+    """A line for people: on stdout, or on stderr under --json, where
+    stdout holds only JSON."""
+    print(text, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
+
+
+def add_quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar on a terminal")
+
+
+def progress(items: Iterable[T], total: int, what: str, quiet: bool = False,
+             count: Callable[[T], int] = lambda _: 1) -> Iterator[T]:
+    """Iterate with a progress bar of `total` on stderr when it is a
+    terminal (never on stdout: that is the command's output) and not
+    `quiet`; an item advances it by `count(item)`."""
+    if quiet or not sys.stderr.isatty():
         yield from items
         return
-    from rich.progress import Progress
+    from rich.console import Console
+    from rich.progress import MofNCompleteColumn, Progress
 
-    with Progress(transient=True) as bar:
+    columns = (*Progress.get_default_columns(), MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(what, total=total)
         for item in items:
             yield item
-            bar.advance(task)
+            bar.advance(task, count(item))
 
 
 def store_of(target: Path) -> Store:
@@ -98,6 +118,24 @@ def store_of(target: Path) -> Store:
     store = Store(target.resolve())
     store.identity()  # NotAStoreError (exit 14) when it is none
     return store
+
+
+def mount_of(target: Path) -> tuple[Path, Path]:
+    """(store, mount point) of STORE|MOUNTPOINT: a SeldonFS mount point, or
+    a store mounted somewhere; MountPointError (exit 10) for anything else."""
+    from ..host import FSTYPE, find_mount, seldonfs_mounts
+
+    path = Path(os.path.abspath(target))
+    found = find_mount(path)
+    if found is not None and found[1] == FSTYPE:
+        return Path(found[0]), path
+    real = os.path.realpath(target)  # the mount names the store by its resolved path
+    for store, mnt in seldonfs_mounts():
+        if store == real:
+            return Path(store), Path(mnt)
+    if not os.path.lexists(path):
+        raise MountPointError(f"{path}: no such directory")
+    raise MountPointError(f"{path}: not a SeldonFS mount")
 
 
 @contextmanager

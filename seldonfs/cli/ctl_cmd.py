@@ -1,11 +1,14 @@
-"""seldonfs ctl MOUNTPOINT COMMAND [ARG]: talk to a running mount.
+"""seldonfs ctl STORE|MOUNTPOINT COMMAND [ARG]: talk to a running mount.
 
 Commands: health, stats, metrics, reload, cleanup scheduled|emergency|
 orphaned, crash JOB_ID, task ID. Goes through STORE/control.sock; root and
 the store's owner are let in by their credentials, anyone else needs the
-token (--token, $SELDONFS_TOKEN, or STORE/control.token if readable). A
-cleanup waits for its task to finish (--no-wait: print the task and stop).
-Exit 1 when the mount refuses (401, 4xx) or cannot be reached.
+token: --token-file FILE, else $SELDONFS_TOKEN_FILE, else $SELDONFS_TOKEN,
+else STORE/control.token if readable (--token TOKEN also works, but puts
+the secret where `ps` shows it to every user). A cleanup waits for its
+task to finish (--no-wait: print the task and stop).
+Exit 10 when STORE|MOUNTPOINT is not a SeldonFS mount or a mounted store;
+exit 1 when the mount refuses (401, 4xx) or cannot be reached.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 from ..control import SOCKET_NAME, TOKEN_NAME
 from ..errors import SeldonError, UsageError
-from ..host import FSTYPE, find_mount
+from .common import mount_of
 
 COMMANDS = ("health", "stats", "metrics", "reload", "cleanup", "crash", "task")
 
@@ -29,10 +32,14 @@ COMMANDS = ("health", "stats", "metrics", "reload", "cleanup", "crash", "task")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ctl", help="ask a running mount (health, stats, cleanup, reload)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    p.add_argument("target", type=Path, metavar="STORE|MOUNTPOINT")
     p.add_argument("command", choices=COMMANDS, metavar="COMMAND", help=", ".join(COMMANDS))
     p.add_argument("arg", nargs="?", metavar="ARG", help="cleanup kind, job id or task id")
-    p.add_argument("--token", help="the control token (else $SELDONFS_TOKEN or STORE/control.token)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="read the control token from FILE (else $SELDONFS_TOKEN_FILE, $SELDONFS_TOKEN, "
+                   "STORE/control.token)")
+    g.add_argument("--token", help="the control token itself; discouraged: ps shows it to every user")
     p.add_argument("--no-wait", action="store_true", help="do not wait for a cleanup to finish")
     p.set_defaults(func=run)
 
@@ -46,13 +53,6 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout)
         self.sock.connect(self.path)
-
-
-def store_root_of(mountpoint: Path) -> Path:
-    found = find_mount(Path(os.path.abspath(mountpoint)))
-    if found is None or found[1] != FSTYPE:
-        raise UsageError(f"{mountpoint}: not a SeldonFS mount point")
-    return Path(found[0])
 
 
 def call(root: Path, method: str, path: str, token: str | None) -> tuple[int, bytes]:
@@ -69,16 +69,32 @@ def call(root: Path, method: str, path: str, token: str | None) -> tuple[int, by
 
 
 def _token(args: argparse.Namespace, root: Path) -> str | None:
-    if args.token or os.environ.get("SELDONFS_TOKEN"):
-        return args.token or os.environ["SELDONFS_TOKEN"]
+    if args.token_file is not None:
+        return _read_token(args.token_file)
+    if args.token:
+        return args.token
+    if path := os.environ.get("SELDONFS_TOKEN_FILE"):
+        return _read_token(Path(path))
+    if os.environ.get("SELDONFS_TOKEN"):
+        return os.environ["SELDONFS_TOKEN"]
     try:
         return (root / TOKEN_NAME).read_text().strip()
     except OSError:
         return None  # peer credentials may do
 
 
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the token file: {e.strerror}") from None
+    if not token:
+        raise UsageError(f"{path}: the token file is empty")
+    return token
+
+
 def run(args: argparse.Namespace) -> None:
-    root = store_root_of(args.mountpoint)
+    root, _ = mount_of(args.target)
     token = _token(args, root)
     method, path = _route(args)
     status, body = call(root, method, path, token)
@@ -87,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
             why = json.loads(body)["error"]
         except (ValueError, KeyError):
             why = body.decode(errors="replace").strip()
-        raise SeldonError(f"{args.mountpoint}: {args.command}: refused ({status}): {why}")
+        raise SeldonError(f"{args.target}: {args.command}: refused ({status}): {why}")
     if args.command == "metrics":
         print(body.decode(), end="")
         return

@@ -2,17 +2,20 @@
 
 PATHs are relative to the mount root (files or folders; default: all).
 Damaged blocks are reported and written as zeros; the rest is recovered.
-Exit 26 if anything was damaged. The store must not be mounted (exit 11).
+Exit 26 if anything was damaged. `--json`: one JSON document, {"store",
+"output", "files", "damaged": [{"path", "problems"}]}. The store must not
+be mounted (exit 11).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from .. import offline
 from ..errors import DamageFound, UsageError
-from .common import add_key_args, each_file, unlocked_store
+from .common import add_json_arg, add_key_args, add_quiet_arg, each_file, say, unlocked_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", type=Path, metavar="STORE")
     p.add_argument("paths", nargs="*", metavar="PATH", help="files or folders, relative to the mount root")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    add_json_arg(p, "one JSON document")
+    add_quiet_arg(p)
     add_key_args(p)
     p.set_defaults(func=run)
 
@@ -37,8 +42,13 @@ def run(args: argparse.Namespace) -> None:
         bad = each_file(
             u, paths, "decrypting",
             lambda p, keys, kid, bs: offline.decrypt_file(p, args.output / p.relative_to(data), keys, kid, bs),
-            note=" (written as zeros)",
+            args.quiet,
         )
-    print(f"{len(paths)} files decrypted into {args.output}, {bad} damaged")
+    if args.json:
+        print(json.dumps({"store": str(u.store.root), "output": str(args.output), "files": len(paths), "damaged": bad}))
+    else:
+        for d in bad:
+            print(f"{d['path']}: {'; '.join(d['problems'])} (written as zeros)")
+    say(args, f"{len(paths)} files decrypted into {args.output}, {len(bad)} damaged")
     if bad:
         raise DamageFound(f"{bad} damaged file(s): the rest was recovered")

@@ -6,13 +6,15 @@ data/ (checksums and types from the plaintext: the key of an encrypted
 store is needed), keeping the audit chain. Exit 26 when damage remains:
 any problem without --rebuild, or one --rebuild cannot repair (a lost or
 unreadable audit chain; a file whose content differs from its catalog
-record, which a rebuild would only hide). The store must not be mounted
+record, which a rebuild would only hide). `--json`: one JSON document,
+{"store", "problems", "fatal", "rebuilt"}. The store must not be mounted
 (exit 11).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from .. import config, fsck
@@ -21,13 +23,15 @@ from ..errors import DamageFound
 from ..keys import unlock
 from ..naming import shown
 from ..store import Store, StoreLock
-from .common import add_key_args, key_source, progress
+from .common import add_json_arg, add_key_args, add_quiet_arg, key_source, progress, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fsck", help="check the catalog against the store, or rebuild it", description=__doc__)
     p.add_argument("store", type=Path, metavar="STORE")
     p.add_argument("--rebuild", action="store_true", help="rebuild the catalog from data/ (not the audit chain)")
+    add_json_arg(p, "one JSON document")
+    add_quiet_arg(p)
     add_key_args(p)
     p.set_defaults(func=run)
 
@@ -46,16 +50,24 @@ def run(args: argparse.Namespace) -> None:
             from ..blockformat import EncryptedContent
 
             content = EncryptedContent(unlock(block, key_source(args)), block["current_key_id"], block["block_size"])
-        rep = fsck.check(store, cfg, content, args.rebuild, lambda it, n: progress(it, n, "checking"))
+        rep = fsck.check(store, cfg, content, args.rebuild, lambda it, n: progress(it, n, "checking", args.quiet))
     finally:
         lock.release()
+    if args.json:
+        print(json.dumps({"store": str(store.root), "problems": [shown(p) for p in rep.problems],
+                          "fatal": [shown(p) for p in rep.fatal], "rebuilt": rep.rebuilt}))
+    else:
+        _print(rep)
+    left = rep.fatal + ([] if args.rebuild else rep.problems)
+    if left:
+        raise DamageFound(f"{store.root}: {len(left)} problem(s)" + ("" if args.rebuild else "; --rebuild repairs the catalog"))
+    say(args, "catalog consistent with data/" if not rep.problems else "catalog rebuilt")
+
+
+def _print(rep: fsck.Report) -> None:
     for p in rep.problems:
         print(shown(p))
     for p in rep.fatal:
         print(f"cannot repair: {shown(p)}")
     if rep.rebuilt:
         print("rebuilt: " + ", ".join(f"{n} {t}" for t, n in rep.rebuilt.items()))
-    left = rep.fatal + ([] if args.rebuild else rep.problems)
-    if left:
-        raise DamageFound(f"{store.root}: {len(left)} problem(s)" + ("" if args.rebuild else "; --rebuild repairs the catalog"))
-    print("catalog consistent with data/" if not rep.problems else "catalog rebuilt")

@@ -15,6 +15,11 @@ plans as if that much time had passed. `--crash JOB_ID` removes that job's
 folders under temp/ instead (named after it, or made by a process with
 SELDON_JOB_ID=JOB_ID). `--emergency` then goes on deleting, lowest rule
 `priority` first, until the store's disk is under `[janitor] warning`.
+
+`--json` writes JSON lines to stdout: one object per action planned
+({"kind", "rel", "dest", "size", "reason", "rule", ...}), or, given a
+MOUNTPOINT, one object with the mount's run (its "summary", "skipped",
+...), or one per run with `--runs`; the text summaries go to stderr.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from ..host import FSTYPE, bytes_over, find_mount
 from ..keys import unlock
 from ..naming import shown
 from ..store import StoreLock
-from .common import add_key_args, catalog_readonly, key_source, progress, store_of
+from .common import add_json_arg, add_key_args, add_quiet_arg, catalog_readonly, key_source, progress, say, store_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crash", metavar="JOB_ID", help="remove the temp/ folders of a crashed job instead")
     p.add_argument("--emergency", action="store_true", help="then delete by rule priority down to the warning level")
     p.add_argument("--runs", action="store_true", help="list the last janitor runs and stop")
-    p.add_argument("--json", action="store_true", help="one JSON object per action")
+    add_json_arg(p, "JSON lines: one object per action (per run with --runs)")
+    add_quiet_arg(p)
     add_key_args(p)
     p.set_defaults(func=run)
 
@@ -74,7 +80,8 @@ def run(args: argparse.Namespace) -> None:
         _show(args, a)
     files = [a for a in actions if a.kind != "rmdir"]
     by_kind = {k: sum(1 for a in files if a.kind == k) for k in ("delete", "archive", "move")}
-    print(
+    say(
+        args,
         f"{'dry run' if args.dry_run else 'plan'}: {len(files)} files, {sum(a.size for a in files):,} bytes "
         f"({', '.join(f'{n} {k}' for k, n in by_kind.items() if n) or 'nothing'}); "
         f"{len(actions) - len(files)} directories"
@@ -93,8 +100,9 @@ def run(args: argparse.Namespace) -> None:
         t0 = time.time()
         out = Outcome()
         records = []
-        for i in progress(range(0, len(actions), 256), (len(actions) + 255) // 256, "batches"):
-            done, skipped = execute(store.data, actions[i:i + 256], content, time.time_ns())
+        batches = (actions[i:i + 256] for i in range(0, len(actions), 256))
+        for batch in progress(batches, len(actions), "cleaning", args.quiet, count=len):
+            done, skipped = execute(store.data, batch, content, time.time_ns())
             for a in done:
                 out.add_done(a)
                 records.append(("janitor-" + a.kind, a.rel, a.dest, "OK", a.size, f"{a.reason}; rule {a.rule}"))
@@ -117,8 +125,8 @@ def run(args: argparse.Namespace) -> None:
     finally:
         lock.release()
     for rel, why in out.skipped_sample:
-        print(f"skipped  {shown(rel)}: {why}")
-    print(f"done: {out.summary()}")
+        say(args, f"skipped  {shown(rel)}: {why}")
+    say(args, f"done: {out.summary()}")
 
 
 def _later(args: argparse.Namespace) -> float:
@@ -165,9 +173,9 @@ def run_in_mount(args: argparse.Namespace) -> None:
     except OSError as e:
         if e.errno != errno.ENODATA:
             raise SeldonError(f"{mp}: cannot run the janitor: {e.strerror}") from None
-        print("nothing to do: the store's rules keep everything (no retention keys)")
+        say(args, "nothing to do: the store's rules keep everything (no retention keys)")
         return
-    tty = sys.stderr.isatty()
+    tty = sys.stderr.isatty() and not args.quiet
     try:
         os.setxattr(mp, xattrs.JANITOR, json.dumps(ask).encode())
         while True:
@@ -184,11 +192,13 @@ def run_in_mount(args: argparse.Namespace) -> None:
     if tty:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
     last = state["last"]
+    if args.json:
+        print(json.dumps(last))
     for rel, why in last.get("skipped", []):
-        print(f"skipped  {shown(rel)}: {why}")
+        say(args, f"skipped  {shown(rel)}: {why}")
     if not last or last.get("error"):
         raise SeldonError(f"{mp}: the janitor run failed: {last.get('error', '?')} (see the mount's log)")
-    print(f"done in {last['seconds']} s: {last['summary']}")
+    say(args, f"done in {last['seconds']} s: {last['summary']}")
 
 
 def list_runs(args: argparse.Namespace) -> None:

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _mount(store: Path, mountpoint: Path, opts: list[str]) -> None:
-    mount.run_daemon(mount.prepare(store, mountpoint, opts, KeySource()))
+    mount.run_daemon(mount.prepare(store, mountpoint, opts, KeySource(mount_options=True)))
 
 
 if __name__ == "__main__":

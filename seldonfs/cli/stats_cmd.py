@@ -1,10 +1,11 @@
-"""seldonfs stats MOUNTPOINT [--json]: a running mount's numbers.
+"""seldonfs stats STORE|MOUNTPOINT [--json]: a running mount's numbers.
 
 Reads MOUNTPOINT/system/monitoring/stats.json (no token needed): uptime,
 requests by operation and result, bytes read and written, folders, disk,
 validation verdicts, quarantine, janitor, audit, integrity errors, alerts.
 The JSON also names the live mount's metrics URL (`metrics_url`, null when
-`[monitoring] port` is 0).
+`[monitoring] port` is 0). A STORE is found at its mount; exit 10 when
+there is none.
 """
 
 from __future__ import annotations
@@ -15,20 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .ctl_cmd import store_root_of
+from .common import mount_of
 
 STATS = "system/monitoring/stats.json"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stats", help="a running mount's numbers", description=__doc__)
-    p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    p.add_argument("target", type=Path, metavar="STORE|MOUNTPOINT")
     p.add_argument("--json", action="store_true", help="the whole document as JSON")
     p.set_defaults(func=run)
 
 
-def read_stats(mountpoint: Path) -> dict[str, Any]:
-    store_root_of(mountpoint)  # UsageError unless a SeldonFS mount
+def read_stats(target: Path) -> dict[str, Any]:
+    _, mountpoint = mount_of(target)
     try:
         return json.loads((mountpoint / STATS).read_text())
     except (OSError, ValueError) as e:
@@ -44,7 +45,7 @@ def human(n: float) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    s = read_stats(args.mountpoint)
+    s = read_stats(args.target)
     if args.json:
         print(json.dumps(s, indent=2))
         return

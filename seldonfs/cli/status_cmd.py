@@ -3,24 +3,29 @@
 Without an argument, one line per SeldonFS mount on this machine: mount
 point, store, profile, uptime, disk usage, alerts. Given a store that is
 not mounted, says so with its profile and disk usage. Exit 0 either way.
+`--json`: JSON lines, one object per mount (or for the store not mounted):
+{"store", "mountpoint", "profile", "mounted", "uptime_s", "disk_percent",
+"open_files", "alerts", "error"}, a key absent when it does not apply.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
 from .. import config
 from ..errors import SeldonError
 from ..host import disk_usage, seldonfs_mounts
-from .common import store_of
+from .common import add_json_arg, say, store_of
 from .stats_cmd import read_stats
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="which mounts run: store, profile, uptime, usage, alerts", description=__doc__)
     p.add_argument("target", type=Path, nargs="?", metavar="STORE|MOUNTPOINT")
+    add_json_arg(p, "one JSON object per line")
     p.set_defaults(func=run)
 
 
@@ -36,20 +41,35 @@ def run(args: argparse.Namespace) -> None:
     if args.target is not None:
         target = os.path.abspath(args.target)
         store = str(store_of(args.target).root)
-        found = [(s, m) for s, m in found if target in (s, m)]
+        found = [(s, m) for s, m in found if target in (s, m) or store == s]
         if not found:
-            pct, _, total = disk_usage(Path(store) / "data")
-            print(f"{store}: not mounted; profile {_profile(Path(store))}; disk {pct:.1f} % used")
+            pct, _, _ = disk_usage(Path(store) / "data")
+            _show(args, {"store": store, "mounted": False, "profile": _profile(Path(store)), "disk_percent": round(pct, 1)})
             return
     if not found:
-        print("no SeldonFS mounts")
-        return
+        say(args, "no SeldonFS mounts")
     for store, mnt in found:
-        try:
-            s = read_stats(Path(mnt))
-        except SeldonError as e:
-            print(f"{mnt}: mounted from {store}, not answering: {e}")
-            continue
-        alerts = "; ".join(f"{a['level']}: {a['message']}" for a in s.get("alerts", [])) or "no alerts"
-        print(f"{mnt}: store {store}, profile {_profile(Path(store))}, up {s['uptime_s']:.0f} s, "
-              f"disk {s['disk']['percent']:.1f} % used, {s['open_files']} open files; {alerts}")
+        _show(args, _mount_status(store, mnt))
+
+
+def _mount_status(store: str, mnt: str) -> dict:
+    doc = {"store": store, "mountpoint": mnt, "mounted": True, "profile": _profile(Path(store))}
+    try:
+        s = read_stats(Path(mnt))
+    except SeldonError as e:
+        return dict(doc, error=str(e))
+    return dict(doc, uptime_s=round(s["uptime_s"]), disk_percent=round(s["disk"]["percent"], 1),
+                open_files=s["open_files"], alerts=s.get("alerts", []))
+
+
+def _show(args: argparse.Namespace, d: dict) -> None:
+    if args.json:
+        print(json.dumps(d))
+    elif not d["mounted"]:
+        print(f"{d['store']}: not mounted; profile {d['profile']}; disk {d['disk_percent']:.1f} % used")
+    elif "error" in d:
+        print(f"{d['mountpoint']}: mounted from {d['store']}, not answering: {d['error']}")
+    else:
+        alerts = "; ".join(f"{a['level']}: {a['message']}" for a in d["alerts"]) or "no alerts"
+        print(f"{d['mountpoint']}: store {d['store']}, profile {d['profile']}, up {d['uptime_s']:.0f} s, "
+              f"disk {d['disk_percent']:.1f} % used, {d['open_files']} open files; {alerts}")

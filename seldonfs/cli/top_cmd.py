@@ -1,4 +1,4 @@
-"""seldonfs top MOUNTPOINT [--interval SECONDS] [--once]: a live view of a mount.
+"""seldonfs top STORE|MOUNTPOINT [--interval SECONDS] [--once]: a live view of a mount.
 
 Operations per second (in all, and the busiest operations with their
 errors), read and write throughput, open files, folders (files and bytes,
@@ -10,13 +10,13 @@ Rates are the difference between two snapshots of
 MOUNTPOINT/system/monitoring/stats.json, read as any file is: no token, no
 network. A value the mount does not publish shows as "–". `q` quits.
 `--once` prints one plain frame (two snapshots SECONDS apart) to stdout
-and exits, for scripts.
+and exits, for scripts. A STORE is found at its mount; exit 10 when there
+is none.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -24,13 +24,13 @@ from pathlib import Path
 
 from .. import top
 from ..errors import SeldonError, UsageError
-from ..host import FSTYPE, find_mount
+from .common import mount_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("top", help="live view of a mount: operations, throughput, folders, janitor, alerts",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    p.add_argument("target", type=Path, metavar="STORE|MOUNTPOINT")
     p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
                    help="seconds between snapshots (default 2)")
     p.add_argument("--once", action="store_true", help="print one frame to stdout and exit")
@@ -54,10 +54,7 @@ def snapshot(mp: Path) -> dict:
 def run(args: argparse.Namespace) -> None:
     if not args.interval > 0:
         raise UsageError(f"--interval {args.interval:g}: must be more than 0 seconds")
-    mp = Path(os.path.abspath(args.mountpoint))
-    found = find_mount(mp)
-    if found is None or found[1] != FSTYPE:
-        raise UsageError(f"{mp}: not a SeldonFS mount")
+    _, mp = mount_of(args.target)
     if args.once:
         a, ta = snapshot(mp), time.monotonic()
         time.sleep(args.interval)

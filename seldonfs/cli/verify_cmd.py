@@ -3,24 +3,28 @@ and compare each file the catalog vouches for with its record.
 
 Lists each damaged file with what is wrong (damaged blocks, a cut file,
 content that differs from its catalog record); exit 26 if there is any.
-The store must not be mounted (exit 11).
+`--json`: one JSON document, {"store", "files", "damaged": [{"path",
+"problems"}]}. The store must not be mounted (exit 11).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
 from .. import fsck, offline
 from ..blockformat import plain_size
 from ..errors import DamageFound
-from .common import add_key_args, each_file, unlocked_store
+from .common import add_json_arg, add_key_args, add_quiet_arg, each_file, say, unlocked_store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="authenticate every block of a store, compare files with the catalog", description=__doc__)
     p.add_argument("store", type=Path, metavar="STORE")
+    add_json_arg(p, "one JSON document")
+    add_quiet_arg(p)
     add_key_args(p)
     p.set_defaults(func=run)
 
@@ -39,7 +43,12 @@ def run(args: argparse.Namespace) -> None:
                     damage.problems.append(problem)
             return damage
 
-        bad = each_file(u, paths, "verifying", check)
-    print(f"{len(paths)} files checked, {bad} damaged")
+        bad = each_file(u, paths, "verifying", check, args.quiet)
+    if args.json:
+        print(json.dumps({"store": str(u.store.root), "files": len(paths), "damaged": bad}))
+    else:
+        for d in bad:
+            print(f"{d['path']}: {'; '.join(d['problems'])}")
+    say(args, f"{len(paths)} files checked, {len(bad)} damaged")
     if bad:
-        raise DamageFound(f"{bad} damaged file(s) in {u.store.root}")
+        raise DamageFound(f"{len(bad)} damaged file(s) in {u.store.root}")
