@@ -62,6 +62,16 @@ FIELDS = ("seq", "ns", "uid", "gid", "pid", "proc", "op", "path", "path2", "resu
 _WRAP_LABEL = b"seldonfs audit key"
 
 
+def _say(text: str) -> None:
+    """A line for the log (the writer's stderr is the daemon's, the store's
+    log file): when the disk is full it cannot be written, and that must not
+    end the writer, whose records are waiting for that same space."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
 # ---------------------------------------------------------------- the key
 
 
@@ -182,7 +192,7 @@ class ChainWriter:
             except sqlite3.Error as e2:
                 return self._refused(e2)
         if self.failing:
-            print(f"seldonfs: audit writer: the catalog takes records again ({len(batch)} stored)", file=sys.stderr)
+            _say(f"seldonfs: audit writer: the catalog takes records again ({len(batch)} stored)")
             self.failing = ""
         if self.lost:
             self.lost, self.lost_why = 0, ""
@@ -226,8 +236,8 @@ class ChainWriter:
             self.anchor_error = ""
         except OSError as e:
             if not self.anchor_error:
-                print(f"seldonfs: ERROR audit writer: cannot write the chain's anchors (tried again with every "
-                      f"batch): {e}", file=sys.stderr)
+                _say(f"seldonfs: ERROR audit writer: cannot write the chain's anchors (tried again with every "
+                     f"batch): {e}")
             self.anchor_error = str(e)
         if self.reserve is not None:
             self.reserve.ensure()
@@ -253,14 +263,14 @@ class ChainWriter:
 
     def _refused(self, e: sqlite3.Error) -> bool:
         if not self.failing:
-            print(f"seldonfs: ERROR audit writer: {len(self.waiting)} records wait: {e}; retrying", file=sys.stderr)
+            _say(f"seldonfs: ERROR audit writer: {len(self.waiting)} records wait: {e}; retrying")
         self.failing = str(e)
         return False
 
     def _lose(self, n: int, why: str) -> None:
         self.lost += n
         self.lost_why = why
-        print(f"seldonfs: ERROR audit writer: {n} records lost: {why}", file=sys.stderr)
+        _say(f"seldonfs: ERROR audit writer: {n} records lost: {why}")
 
     def _gap(self) -> tuple:
         return (time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0,
@@ -274,9 +284,9 @@ class ChainWriter:
             try:
                 (self.root / LOST_NAME).write_text(json.dumps({"records": n, "why": why}))
             except OSError as e:
-                print(f"seldonfs: ERROR audit writer: {n} records lost ({why}), not noted: {e}", file=sys.stderr)
+                _say(f"seldonfs: ERROR audit writer: {n} records lost ({why}), not noted: {e}")
             else:
-                print(f"seldonfs: ERROR audit writer: {n} records lost: {why}", file=sys.stderr)
+                _say(f"seldonfs: ERROR audit writer: {n} records lost: {why}")
         self.conn.close()
 
 
