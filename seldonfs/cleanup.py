@@ -127,11 +127,12 @@ def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
     """Compress `a.rel` into a.dest/ through the content layer, with its
     metadata record, then remove the original. Both are written under
     hidden part names (`.NAME.part`), synced, and only then renamed to
-    theirs, the archive first: killed anywhere, what is left is parts
-    (overwritten next time), an archive without its record (an attempt cut
-    short: removed and made again), or both beside the original (finished
-    but for the removal, which the next run does once the record matches
-    the original). A failure on the way removes what this call made."""
+    theirs, the record first: killed anywhere, what is left is parts
+    (made anew next time), a record of this file without its archive (an
+    attempt cut short: removed and made again), or both beside the original
+    (finished but for the removal, which the next run does once the record
+    and the archive's content match the original). A failure on the way
+    removes what this call made."""
     d, name = posixpath.split(a.rel)
     gz, meta_name = archive_names(name)
     src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
@@ -151,7 +152,7 @@ def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
                     "rule": a.rule, "reason": a.reason, "codec": "gzip",
                 }
                 _write_new(content, tfd, _part(meta_name), json.dumps(meta, indent=2).encode() + b"\n", made)
-                for part, final in ((_part(gz), gz), (_part(meta_name), meta_name)):
+                for part, final in ((_part(meta_name), meta_name), (_part(gz), gz)):
                     faults.renameat2(tfd, os.fsencode(part), tfd, os.fsencode(final), _libc.RENAME_NOREPLACE)
                     made[made.index(part)] = final
                 _sync_dir(tfd)  # the names are durable before the original goes
@@ -175,26 +176,38 @@ def _part(name: str) -> str:
 
 def _earlier_attempt(tfd: int, gz: str, meta_name: str, rel: str, read, size: int, content) -> bool:
     """What an earlier, interrupted archive of `rel` left in the target
-    folder: True when its archive and record are whole and the record
-    matches the original (same path, size and sha256). An archive without
-    its record is removed; a record or pair that belongs to another file
-    stays, and the archive fails with EEXIST as before."""
-    have_gz, have_meta = (_exists(tfd, n) for n in (gz, meta_name))
-    if have_gz and not have_meta:
-        os.unlink(gz, dir_fd=tfd)
+    folder: True when its record and archive are whole and both match the
+    original (the record's path, size and sha256; the archive's unpacked
+    sha256). A record of `rel` without its archive is removed. Anything
+    else stays (an archive alone was never left by us), and the archive
+    then fails with EEXIST as before."""
+    meta = _read_meta(tfd, meta_name, content)
+    if meta is None or meta.get("original") != rel:
         return False
-    if not (have_gz and have_meta):
+    if not _exists(tfd, gz):
+        os.unlink(meta_name, dir_fd=tfd)
         return False
-    fd = os.open(meta_name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=tfd)
+    if meta.get("size") != size:
+        return False
+    want = meta.get("sha256")
+    return _sha256_of(read, size) == want and _unpacked_sha256(tfd, gz, content) == want
+
+
+def _read_meta(tfd: int, name: str, content) -> dict | None:
     try:
-        f = content.attach(fd)
-        meta = json.loads(f.read(0, content.plain_size(os.fstat(fd).st_size)))
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=tfd)
+    except FileNotFoundError:
+        return None
+    try:
+        meta = json.loads(content.attach(fd).read(0, content.plain_size(os.fstat(fd).st_size)))
     except (ValueError, OSError):
-        return False
+        return None
     finally:
         os.close(fd)
-    if meta.get("original") != rel or meta.get("size") != size:
-        return False
+    return meta if isinstance(meta, dict) else None
+
+
+def _sha256_of(read, size: int) -> str:
     digest, off = hashlib.sha256(), 0
     while off < size:
         chunk = read(off, min(1 << 20, size - off))
@@ -202,7 +215,28 @@ def _earlier_attempt(tfd: int, gz: str, meta_name: str, rel: str, read, size: in
             break
         digest.update(chunk)
         off += len(chunk)
-    return meta.get("sha256") == digest.hexdigest()
+    return digest.hexdigest()
+
+
+def _unpacked_sha256(tfd: int, gz: str, content) -> str | None:
+    """The sha256 of what archive `gz` unpacks to; None if it is not whole."""
+    fd = os.open(gz, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=tfd)
+    try:
+        read = reader(content.attach(fd))
+        size, off = content.plain_size(os.fstat(fd).st_size), 0
+        z, digest = zlib.decompressobj(31), hashlib.sha256()
+        while off < size:
+            chunk = read(off, min(1 << 20, size - off))
+            if not chunk:
+                break
+            digest.update(z.decompress(chunk))
+            off += len(chunk)
+        digest.update(z.flush())
+        return digest.hexdigest() if z.eof else None
+    except (OSError, zlib.error):
+        return None
+    finally:
+        os.close(fd)
 
 
 def _sync_dir(path_fd: int) -> None:
