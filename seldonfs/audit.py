@@ -754,7 +754,7 @@ def mac_at(conn: sqlite3.Connection, seq: int) -> bytes | None:
 
 def query(
     conn: sqlite3.Connection, since_ns: int | None = None, until_ns: int | None = None,
-    path: str | None = None, uid: int | None = None, op: str | None = None,
+    path: str | None = None, uid: int | None = None, op: str | None = None, newest_first: bool = False,
 ) -> Iterator[dict[str, Any]]:
     where, args = [], []
     for clause, value in (("ns >= ?", since_ns), ("ns < ?", until_ns), ("uid = ?", uid), ("op = ?", op)):
@@ -767,7 +767,7 @@ def query(
     sql = f"SELECT {', '.join(FIELDS)} FROM audit"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    for r in conn.execute(sql + " ORDER BY seq", args):
+    for r in conn.execute(sql + (" ORDER BY seq DESC" if newest_first else " ORDER BY seq"), args):
         rec = dict(zip(FIELDS, r))
         if path is not None and not (
             fnmatch.fnmatchcase(rec["path"], path) or fnmatch.fnmatchcase(rec["path2"] or "", path)

@@ -547,3 +547,16 @@ def test_offline_commands_refuse_a_broken_chain_before_acting(tmp_path: Path) ->
     (tmp_path / "new.key").rename(keyfile_of(store))
     assert [x["op"] for x in records(store)] == ["reset", "passwd"]
     assert verify(store).returncode == 0
+
+
+def test_a_query_can_keep_the_newest_records(store: Path, tmp_path: Path) -> None:
+    """`-n N` keeps the newest N (oldest first), `--reverse` turns them round."""
+    make_chain(store, tmp_path)
+    every = [json.loads(l)["seq"] for l in seldonfs("audit", store, "--json").stdout.splitlines()]
+    assert len(every) > 3 and every == sorted(every)
+    r = seldonfs("audit", store, "--json", "-n", "3")
+    assert [json.loads(l)["seq"] for l in r.stdout.splitlines()] == every[-3:]
+    r = seldonfs("audit", store, "--json", "-n", "3", "--reverse")
+    assert [json.loads(l)["seq"] for l in r.stdout.splitlines()] == every[-3:][::-1]
+    r = seldonfs("audit", store, "--reverse")
+    assert r.returncode == 0 and f"{len(every)} record(s)" in r.stdout

@@ -1,11 +1,14 @@
 """seldonfs audit: query the audit chain, or verify it.
 
     seldonfs audit STORE|MOUNTPOINT [--since T] [--until T] [--path GLOB] [--uid N] [--op OP] [--json]
+                   [-n N] [--reverse]
     seldonfs audit verify STORE|MOUNTPOINT [--head FILE|JSON] [--strict] [--keyfile FILE | --passphrase-file FILE]
     seldonfs audit head STORE|MOUNTPOINT
     seldonfs audit reset STORE --reason TEXT [--keyfile FILE | --passphrase-file FILE]
 
-A query prints a table (JSON lines with --json). T is a time such as
+A query prints a table (JSON lines with --json), oldest first; `-n N`
+keeps the newest N (on a terminal the newest 100 unless -n or --json says
+otherwise), `--reverse` puts the newest first. T is a time such as
 2026-11-25T14:00 or an age such as 90m, 12h, 7d (that long ago). `verify`
 recomputes every record's MAC and checks the chain's anchors (audit.head,
 store.json); it names the first break and its kind (edited, deleted,
@@ -23,6 +26,7 @@ mount; verify and reset need the key of an encrypted store.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -55,6 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--uid", type=int, metavar="N")
     p.add_argument("--op", metavar="OP", help="e.g. create, rename, commit, quarantine")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("-n", "--limit", type=int, metavar="N",
+                   help=f"only the newest N records (on a terminal without --json: {TERMINAL_LIMIT} unless given)")
+    p.add_argument("--reverse", action="store_true", help="newest first")
     p.set_defaults(func=run)
     # `seldonfs audit verify|head|reset TARGET`: main() turns them into these
     v = sub.add_parser(VERIFY, prog="seldonfs audit verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,6 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 VERIFY, HEAD, RESET = "audit-verify", "audit-head", "audit-reset"
+TERMINAL_LIMIT = 100  # records shown on a terminal unless --limit says otherwise
 VERBS = {"verify": VERIFY, "head": HEAD, "reset": RESET}
 
 
@@ -91,8 +99,15 @@ def parse_time(text: str) -> int:
 def run(args: argparse.Namespace) -> None:
     since = parse_time(args.since) if args.since else None
     until = parse_time(args.until) if args.until else None
+    limit = args.limit
+    if limit is None and not args.json and os.isatty(1):
+        limit = TERMINAL_LIMIT
     with catalog_readonly(args.target) as conn:
-        records = audit.query(conn, since, until, args.path, args.uid, args.op)
+        records = audit.query(conn, since, until, args.path, args.uid, args.op, newest_first=limit is not None or args.reverse)
+        if limit is not None:  # the newest N, shown oldest first unless --reverse
+            records = list(itertools.islice(records, max(limit, 0)))
+            if not args.reverse:
+                records.reverse()
         if args.json:
             for r in records:
                 print(json.dumps(r, ensure_ascii=False))
@@ -106,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
                           Text(shown(path)), r["result"], str(r["bytes"] or ""), Text(shown(r["detail"] or "")))
             n += 1
     Console(width=220 if not os.isatty(1) else None).print(table)
-    print(f"{n} record(s)")
+    print(f"{n} record(s)" + (", the newest (-n N for more)" if limit is not None and n == limit else ""))
 
 
 def run_verify(args: argparse.Namespace) -> None:
