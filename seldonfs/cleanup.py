@@ -207,14 +207,22 @@ def _read_meta(tfd: int, name: str, content) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _sha256_of(read, size: int) -> str:
-    digest, off = hashlib.sha256(), 0
+def _chunks(read, size: int) -> Iterator[bytes]:
+    """The `size` plaintext bytes `read(off, n)` gives, 1 MiB at a time
+    (fewer if the file ends first)."""
+    off = 0
     while off < size:
         chunk = read(off, min(1 << 20, size - off))
         if not chunk:
-            break
-        digest.update(chunk)
+            return
+        yield chunk
         off += len(chunk)
+
+
+def _sha256_of(read, size: int) -> str:
+    digest = hashlib.sha256()
+    for chunk in _chunks(read, size):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -222,15 +230,9 @@ def _unpacked_sha256(tfd: int, gz: str, content) -> str | None:
     """The sha256 of what archive `gz` unpacks to; None if it is not whole."""
     fd = os.open(gz, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=tfd)
     try:
-        read = reader(content.attach(fd))
-        size, off = content.plain_size(os.fstat(fd).st_size), 0
         z, digest = zlib.decompressobj(31), hashlib.sha256()
-        while off < size:
-            chunk = read(off, min(1 << 20, size - off))
-            if not chunk:
-                break
+        for chunk in _chunks(reader(content.attach(fd)), content.plain_size(os.fstat(fd).st_size)):
             digest.update(z.decompress(chunk))
-            off += len(chunk)
         digest.update(z.flush())
         return digest.hexdigest() if z.eof else None
     except (OSError, zlib.error):
@@ -274,13 +276,9 @@ def _compress(read, size: int, content, tfd: int, gz: str, made: list[str]) -> s
         writer = content.attach(dst)
         z = zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip container
         digest = hashlib.sha256()
-        off = woff = 0
-        while off < size:
-            chunk = read(off, min(1 << 20, size - off))
-            if not chunk:
-                break
+        woff = 0
+        for chunk in _chunks(read, size):
             digest.update(chunk)
-            off += len(chunk)
             packed = z.compress(chunk)
             woff += writer.write(woff, packed) if packed else 0
         writer.write(woff, z.flush())

@@ -9,14 +9,17 @@ expects one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -113,6 +116,37 @@ def mounted(store: Path, mnt: Path, opts: str = "allow_other", expect_log_proble
     problems = log_problems(store)
     if problems and not expect_log_problems:
         pytest.fail("daemon logged problems:\n" + "\n".join(problems))
+
+
+@contextmanager
+def small_disk(path: Path, mib: int) -> Iterator[Path]:
+    """A `mib` MiB tmpfs mounted at `path` (needs root) for full-disk
+    tests; unmounted (lazily) at the end, also when the test failed."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def webhook_server() -> tuple[HTTPServer, list[dict]]:
+    """A running local HTTP server that keeps the JSON body of every POST
+    (an alerts webhook); the caller shuts it down."""
+    got: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, got
 
 
 @pytest.fixture

@@ -9,11 +9,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
@@ -25,8 +22,10 @@ from .conftest import (
     needs_fuse,
     needs_root,
     seldonfs,
+    small_disk,
     unmount,
     wait_for,
+    webhook_server,
 )
 
 pytestmark = needs_fuse
@@ -408,32 +407,19 @@ def test_a_rolled_back_or_remade_store_fails_a_kept_head(tmp_path: Path) -> None
     assert r.returncode == 26 and "does not authenticate under this store's audit key" in r.stdout, r.stdout
 
 
-class _Hook(BaseHTTPRequestHandler):
-    got: ClassVar[list[dict]] = []
-
-    def do_POST(self) -> None:
-        self.got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *a) -> None:
-        pass
-
-
 def test_the_webhook_gets_the_head(tmp_path: Path) -> None:
-    hook = HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    hook, got = webhook_server()
     store = init_store(tmp_path / "store")
     conf = store / "seldonfs.toml"
     conf.write_text(conf.read_text() + f'\n[alerts]\nwebhook = "http://127.0.0.1:{hook.server_port}/hook"\n')
     try:
         with mounted(store, tmp_path / "mnt"):
             (tmp_path / "mnt" / "input" / "processed" / "f").write_text("x")
-            wait_for(lambda: any(a["kind"] == "audit-head" for a in _Hook.got), timeout=30, what="the head")
+            wait_for(lambda: any(a["kind"] == "audit-head" for a in got), timeout=30, what="the head")
     finally:
         hook.shutdown()
         hook.server_close()
-    (body,) = [a for a in _Hook.got if a["kind"] == "audit-head"]
+    (body,) = [a for a in got if a["kind"] == "audit-head"]
     assert body["head"]["epoch"] == 1 and body["head"]["seq"] >= 1 and body["head"]["store"] == head_of(store)["store"]
     kept = tmp_path / "posted.jsonl"
     kept.write_text(json.dumps(body) + "\n")  # the webhook's bodies, kept as they came
@@ -481,10 +467,7 @@ def test_a_dead_writer_leaves_a_gap_record(tmp_path: Path) -> None:
 
 @needs_root
 def test_a_full_disk_keeps_the_records(tmp_path: Path) -> None:
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(fs)], check=True)
-    try:
+    with small_disk(tmp_path / "fs", 32) as fs:
         store = init_store(fs / "store", encrypted=False)
         m = tmp_path / "mnt"
         d = m / "input" / "processed"
@@ -525,8 +508,6 @@ def test_a_full_disk_keeps_the_records(tmp_path: Path) -> None:
         assert r.returncode == 0 and "gap" not in r.stdout, r.stdout + r.stderr
         want = {"input/processed/while-full-1"} | {f"input/processed/while-full-2-{i}" for i in range(20)}
         assert want <= stored()
-    finally:
-        subprocess.run(["umount", "-l", str(fs)], check=False)
 
 
 def test_offline_commands_refuse_a_broken_chain_before_acting(tmp_path: Path) -> None:

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import init_store, key_args, log_problems, mounted, needs_fuse, needs_root, seldonfs, stored, unmount, wait_for
+from .conftest import (
+    init_store, key_args, log_problems, mounted, needs_fuse, needs_root, seldonfs, small_disk, stored, unmount,
+    wait_for,
+)
 
 
 def test_init_creates_store(tmp_path: Path) -> None:
@@ -257,10 +260,7 @@ def test_unknown_mount_option_is_a_usage_error(store: Path, tmp_path: Path) -> N
 def test_full_disk_gives_enospc_and_keeps_what_was_written(tmp_path: Path) -> None:
     """A store on a 12 MiB tmpfs: the write that does not fit fails with
     ENOSPC, the mount stays up, and what was closed before is intact."""
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(small)], check=True)
-    try:
+    with small_disk(tmp_path / "small", 12) as small:
         store = init_store(small / "store")
         m = tmp_path / "m"
         with mounted(store, m):
@@ -277,5 +277,3 @@ def test_full_disk_gives_enospc_and_keeps_what_was_written(tmp_path: Path) -> No
             assert (m / "input/processed/keep").read_bytes() == keep
             (m / "input/processed/after").write_bytes(b"room again")
         assert stored(store, "input/processed/keep") == keep
-    finally:
-        subprocess.run(["umount", "-l", str(small)])

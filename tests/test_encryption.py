@@ -19,7 +19,7 @@ from seldonfs.blockformat import BLOCK_OVERHEAD, DEFAULT_BLOCK_SIZE, HEADER_SIZE
 from seldonfs.keys import KeySource, unlock, unlock_kek
 from seldonfs.store import Store
 
-from .conftest import init_store, keyfile_of, mounted, needs_fuse, needs_root, seldonfs, stored
+from .conftest import init_store, keyfile_of, mounted, needs_fuse, needs_root, seldonfs, small_disk, stored
 
 BS = DEFAULT_BLOCK_SIZE  # new stores use it; the fixture checks
 SEALED = BS + BLOCK_OVERHEAD
@@ -322,12 +322,8 @@ def test_a_full_disk_never_tears_a_committed_block(tmp_path: Path) -> None:
     fails with ENOSPC (at write, fsync or close) and leaves the committed
     bytes as they were: no torn sealed block, no EIO, verify clean."""
     import errno
-    import subprocess
 
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
-    try:
+    with small_disk(tmp_path / "small", 32) as small:
         store = small / "store"
         key = keyfile_of(store)
         seldonfs("init", store, "--keyfile", key, check=True)
@@ -385,8 +381,6 @@ def test_a_full_disk_never_tears_a_committed_block(tmp_path: Path) -> None:
             assert (m / "input/processed/sparse.bin").read_bytes() == bytes(4 << 20) + b"end"
         r = seldonfs("verify", store, "--keyfile", key)
         assert r.returncode == 0, r.stdout + r.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
 
 @needs_fuse
@@ -395,12 +389,7 @@ def test_a_writer_on_a_full_disk_is_stopped_with_enospc(tmp_path: Path) -> None:
     page cache, so a writer that never looks at fsync ran on for minutes
     once the store was full. Now it is told ENOSPC at its next write, the
     log names no damage, and what was there before reads as it was."""
-    import subprocess
-
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(small)], check=True)
-    try:
+    with small_disk(tmp_path / "small", 24) as small:
         store = small / "store"
         key = keyfile_of(store)
         seldonfs("init", store, "--keyfile", key, check=True)
@@ -417,8 +406,6 @@ def test_a_writer_on_a_full_disk_is_stopped_with_enospc(tmp_path: Path) -> None:
         assert "damaged content" not in (store / "seldonfs.log").read_text()
         r = seldonfs("verify", store, "--keyfile", key)
         assert r.returncode == 0, r.stdout + r.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
 
 @needs_fuse

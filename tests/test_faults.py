@@ -139,13 +139,21 @@ def _check(store: Path, m: Path, done: dict[str, bytes], failed: Failed | None) 
                     Path(dirpath, name).read_bytes()
                 except OSError as e:
                     problems.append(f"{Path(dirpath, name).relative_to(m)}: {e}")
-    for cmd in (["verify"], ["audit", "verify"], ["fsck"]):
+    problems += _offline_checks(store)
+    return [f"after a fault in step {failed and failed[0]}: {p}" for p in problems]
+
+
+def _offline_checks(store: Path, fsck: bool = True) -> list[str]:
+    """What `verify` (an encrypted store's), `audit verify` and `fsck`
+    find wrong, one line each."""
+    problems = []
+    for cmd in (["verify"], ["audit", "verify"], *([["fsck"]] if fsck else [])):
         if cmd == ["verify"] and not key_args(store):
             continue
         r = seldonfs(*cmd, str(store), *key_args(store))
         if r.returncode != 0:
             problems.append(f"{' '.join(cmd)}: exit {r.returncode}: {(r.stdout + r.stderr).strip()[-300:]}")
-    return [f"after a fault in step {failed and failed[0]}: {p}" for p in problems]
+    return problems
 
 
 def _copy(template: Path, store: Path) -> Path:
@@ -224,10 +232,7 @@ def _killed_offline(tmp_path: Path, run: Callable[..., subprocess.CompletedProce
             for rel, data in FILES.items():
                 if (tmp_path / "m" / rel).read_bytes() != data + b"+after the kill":
                     problems.append(f"{k}:{n}: {rel} lost bytes")
-        for cmd in (["verify"], ["audit", "verify"]):
-            r = seldonfs(*cmd, str(store), *key_args(store))
-            if r.returncode != 0:
-                problems.append(f"{k}:{n}: {' '.join(cmd)}: exit {r.returncode}: {(r.stdout + r.stderr).strip()[-300:]}")
+        problems += [f"{k}:{n}: {p}" for p in _offline_checks(store, fsck=False)]
         shutil.rmtree(store)
     print(f"{len(points)} kill points ({counts})")
     assert not problems, "\n".join(problems)
@@ -298,12 +303,7 @@ def test_a_fault_in_a_janitor_archive_loses_nothing(kind: str, tmp_path: Path) -
             left = sorted(p.name for p in arch.iterdir()) if arch.exists() else []
             if left != ["q1.csv.gz", "q1.csv.gz.meta.json"] or (tmp_path / "m/output/reports/q1.csv").exists():
                 problems.append(f"{k}:{n}:{err}: left behind: {left}")
-        for cmd in (["verify"], ["audit", "verify"], ["fsck"]):
-            if cmd == ["verify"] and kind == "plain":
-                continue
-            r = seldonfs(*cmd, str(store), *key_args(store))
-            if r.returncode != 0:
-                problems.append(f"{k}:{n}:{err}: {' '.join(cmd)}: exit {r.returncode}: {(r.stdout + r.stderr).strip()[-300:]}")
+        problems += [f"{k}:{n}:{err}: {p}" for p in _offline_checks(store)]
         shutil.rmtree(store)
     print(f"{kind}: {len(points)} janitor fault points ({counts})")
     assert not problems, "\n".join(problems)

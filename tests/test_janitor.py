@@ -18,7 +18,7 @@ from seldonfs.janitor import Entry
 
 import pytest
 
-from .conftest import init_store, key_args, log_problems, mounted, needs_fuse, seldonfs, wait_for
+from .conftest import init_store, key_args, log_problems, mounted, needs_fuse, seldonfs, small_disk, wait_for
 
 H, D = 3600.0, 86400.0
 NOW = 1_800_000_000.0
@@ -324,14 +324,9 @@ def test_emergency_cleanup_on_a_small_filesystem(tmp_path: Path) -> None:
     """A 32 MiB tmpfs holds the store; filled past the profile's emergency
     level (90 %), the mount's own disk check cleans by priority until usage
     is under its warning level (80 %)."""
-    import subprocess
-
     from seldonfs.host import disk_usage
 
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
-    try:
+    with small_disk(tmp_path / "small", 32) as small:
         store = init_store(small / "store", encrypted=False)
         conf = store / "seldonfs.toml"
         conf.write_text(conf.read_text().replace('check_every = "5m"', 'check_every = "1s"', 1))
@@ -354,8 +349,6 @@ def test_emergency_cleanup_on_a_small_filesystem(tmp_path: Path) -> None:
         assert any("emergency" in l for l in log_problems(store))  # the alert
         recs = [json.loads(l) for l in seldonfs("audit", store, "--json").stdout.splitlines()]
         assert any(r["op"] == "janitor-delete" and "emergency" in r["detail"] for r in recs)
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 @needs_fuse

@@ -12,7 +12,6 @@ import threading
 import tomllib
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from seldonfs import config
 from seldonfs.errors import ConfigError
 
-from .conftest import as_user, init_store, mounted, needs_fuse, seldonfs, wait_for
+from .conftest import as_user, init_store, mounted, needs_fuse, seldonfs, wait_for, webhook_server
 
 
 def _free_port() -> int:
@@ -35,18 +34,6 @@ def _samples(url: str) -> dict[tuple[str, tuple], float]:
         text = r.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-
-class _Hook(BaseHTTPRequestHandler):
-    got: list[dict] = []
-
-    def do_POST(self) -> None:
-        self.got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *a) -> None:
-        pass
 
 
 def test_a_hanging_webhook_holds_nothing_up(tmp_path: Path) -> None:
@@ -91,8 +78,7 @@ def test_environment_overrides_seed_004() -> None:
 
 @needs_fuse
 def test_metrics_control_and_alerts(tmp_path: Path) -> None:
-    hook = HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    hook, got = webhook_server()
     port = _free_port()
     store = init_store(tmp_path / "store", encrypted=True)
     conf = store / "seldonfs.toml"
@@ -141,7 +127,7 @@ def test_metrics_control_and_alerts(tmp_path: Path) -> None:
             assert stats["bytes"]["written"] >= 20 * 800 and stats["quarantine_files"] == 1
 
             # alerts: the quarantine backlog reaches the webhook and output/notifications
-            wait_for(lambda: any(a["kind"] == "quarantine-backlog" for a in _Hook.got), timeout=30, what="webhook")
+            wait_for(lambda: any(a["kind"] == "quarantine-backlog" for a in got), timeout=30, what="webhook")
             notes = os.listdir(m / "output" / "notifications")
             assert any("quarantine-backlog" in n for n in notes), notes
             body = json.loads((m / "output" / "notifications" / notes[0]).read_text())
