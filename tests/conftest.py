@@ -176,6 +176,27 @@ def as_user(uid: int, gid: int, code: str, *args: str) -> subprocess.CompletedPr
     )
 
 
+def mount_profile(tmp_path: Path, profile: str, encrypted: bool = False, **kw):
+    """A fresh store of `profile` and its (not yet entered) mount at tmp_path/mnt."""
+    store = init_store(tmp_path / "store", "--profile", profile, encrypted=encrypted)
+    return store, mounted(store, tmp_path / "mnt", **kw)
+
+
+def profile_config(profile: str):
+    """The shipped `profile` as loaded (a seldonfs.config.Config)."""
+    import tomllib
+
+    from seldonfs import config
+
+    return config.parse(tomllib.loads(config.profile_text(profile)), profile)
+
+
+def profile_rule(profile: str, path: str):
+    """The loaded folder rule of `path` in the shipped `profile`."""
+    (r,) = [f for f in profile_config(profile).folders if f.path == path]
+    return r
+
+
 def stored(store: Path, rel: str) -> bytes:
     """A file's contents as the store holds them, decrypted with the test key
     when the store is encrypted: what survives the mount."""

@@ -1,7 +1,7 @@
 """The policy engine through the real mount, driven by the tools people use.
 
 The store gets a rules file written for these tests (below), so they do not
-depend on what a shipped profile holds; test_profiles.py covers those.
+depend on what a shipped profile holds; tests/test_profile_<name>.py cover those.
 """
 
 from __future__ import annotations
