@@ -103,6 +103,8 @@ def _has_card(data: bytes) -> bool:
     for m in _CARD_SHAPE.finditer(_shape(data)):
         if data[m.start()] not in _ISSUER_FIRST:
             continue  # most digit runs in data and code: no issuer starts so
+        if data[m.start() - 1:m.start()].isalnum() or data[m.end():m.end() + 1].isalnum():
+            continue  # part of a word: a hex id or hash, not a number written alone
         digits = data[m.start():m.end()].replace(b" ", b"").replace(b"-", b"")
         if _CARD_ISSUER.fullmatch(digits) and luhn(digits):
             return True

@@ -173,6 +173,9 @@ def test_luhn_check_digit(digits: list[int]) -> None:
         (b"visa, fails luhn 4111111111111112", False),
         (b"visa, 17 digits 41111111111111113", False),  # passes Luhn
         (b"timestamp 20241206143045128", False),  # passes Luhn
+        (b"card=4111111111111111;", True),
+        (b"sha256 9f3e4111111111111111ab07", False),  # a digit run inside a hex hash
+        (b"id 4111111111111111c", False),
     ],
 )
 def test_card_numbers_need_an_issuer_and_luhn(text: bytes, card: bool) -> None:
