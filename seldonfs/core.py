@@ -190,7 +190,7 @@ class Core(Entries):
 
     def open(self, ino: int, flags: int, caller: Caller | None = None) -> int:
         if ino in self.virtual.by_ino:
-            return self._open_virtual(ino, flags)
+            return self._open_virtual(ino, flags, caller.uid if caller is not None else 0)
         node = self._node(ino)
         track = None
         if node.fmt == stat_m.S_IFREG:
@@ -202,12 +202,12 @@ class Core(Entries):
             os.close(fd)
             raise
 
-    def _open_virtual(self, ino: int, flags: int) -> int:
+    def _open_virtual(self, ino: int, flags: int, uid: int) -> int:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise OSError(errno.EACCES, "a read-only file of the filesystem")
         fh = self._next_fh
         self._next_fh += 1
-        self.vhandles[fh] = Stream(self.virtual.by_ino[ino].produce)
+        self.vhandles[fh] = Stream(self.virtual.by_ino[ino].producer(uid))
         return fh
 
     def open_ino(self, ino: int, flags: int) -> int:

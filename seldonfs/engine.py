@@ -43,6 +43,7 @@ from .hooks import Absent, Hooks, Moved, Track
 from .host import job_from_environ
 from .leftovers import Leftovers
 from .policy import Policy, commits, version_at_open, version_at_replace, version_at_truncate
+from .refusals import Refusals, Refused
 from .store import PRIVATE_DIR, VERSIONS_DIR, Dirs
 from .validation import checksum_of
 from .versions import Versions
@@ -53,6 +54,10 @@ CLOSE_TRIES = 3  # the last batch of file records, at unmount
 
 JOB_CACHE_S = 2.0
 STATVFS_TTL = 0.1
+
+
+def _size_limit(rule: FolderRule | None) -> str:
+    return f"file size limit of the folder: {rule.max_size if rule else '?'} bytes"
 
 
 @dataclass(slots=True)
@@ -78,8 +83,10 @@ class Engine(Hooks):
     def __init__(
         self, core: Core, policy: Policy, catalog: Catalog, writeback: bool, audit: AuditLog | None = None,
         failed: Callable[[str, BaseException], None] | None = None, checksum_key: bytes | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.core, self.policy, self.catalog, self.writeback, self.audit = core, policy, catalog, writeback, audit
+        self.refusals = refusals  # the mount's last refusals (a quarantine is one)
         self.counts: Counter[str] = Counter()  # decisions, for stats.json
         self.dirs = Dirs(core.root_fd, core.moved)
         self.checks = Checks(core.content, policy.extra_patterns, checksum_of(checksum_key))
@@ -158,7 +165,7 @@ class Engine(Hooks):
         why = self.policy.refusal(d, name, kind)
         if why:
             log.info("refused %s/%s: %s", d, os.fsdecode(name), why)
-            raise OSError(errno.EACCES, why)
+            raise Refused(errno.EACCES, why)
         return d
 
     def new_entry(self, parent: int, name: bytes, kind: int) -> None:
@@ -242,7 +249,7 @@ class Engine(Hooks):
         t: Tracked = track  # type: ignore[assignment]
         end = off + size
         if self.policy.too_big(t.rule, end):
-            raise OSError(errno.EFBIG, "file size limit of the folder")
+            raise Refused(errno.EFBIG, _size_limit(t.rule))
         if t.floor and end > content.size():
             self._check_floor()
         if t.version_on_write:
@@ -265,7 +272,7 @@ class Engine(Hooks):
         d = posixpath.dirname(rel)
         rule = self.policy.for_dir(d)
         if self.policy.too_big(rule, size):
-            raise OSError(errno.EFBIG, "file size limit of the folder")
+            raise Refused(errno.EFBIG, _size_limit(rule))
         if size > cur_size and self.policy.floor_applies(d):
             self._check_floor()
         self.checks.truncated(ino, size)
@@ -295,7 +302,7 @@ class Engine(Hooks):
             free = 100.0 * v.f_bavail / v.f_blocks if v.f_blocks else 100.0
             self._statvfs = (now, free)
         if self.policy.below_floor(free):
-            raise OSError(errno.ENOSPC, "store below its free-space floor")
+            raise Refused(errno.ENOSPC, "store below its free-space floor")
 
     # ------------------------------------------------------------ names
 
@@ -426,4 +433,17 @@ class Engine(Hooks):
         self.counts[op] += 1
         if self.audit is not None:
             self.audit.record(op, 0, 0, os.getpid(), path, path2, result, 0, detail)
+        if op == "quarantine" and self.refusals is not None:  # the writer's close failed only where the rule rejects
+            rule = self.policy.for_dir(posixpath.dirname(path))
+            told = "EACCES" if rule is not None and rule.on_invalid == "reject" else "OK"
+            self.refusals.add("commit", self._owner_of(path2), 0, path, told, f"quarantined: {detail}", path2)
+
+    def _owner_of(self, rel: str) -> int:
+        """The owner of the file at `rel` (-1: gone): who wrote a quarantined file."""
+        d, name = posixpath.split(rel)
+        try:
+            with self.dirs:
+                return os.stat(name, dir_fd=self.dirs.get(d), follow_symlinks=False).st_uid
+        except OSError:
+            return -1
 

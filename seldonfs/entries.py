@@ -70,7 +70,8 @@ class Entries(InodeTable):
 
     def access(self, ino: int, mode: int, caller: Caller, groups: list[int]) -> bool:
         if ino in self.virtual.by_ino:
-            return caller.uid in (0, os.geteuid()) and not mode & (os.W_OK | os.X_OK)
+            anyone = self.virtual.by_ino[ino].for_reader is not None
+            return (anyone or caller.uid in (0, os.geteuid())) and not mode & (os.W_OK | os.X_OK)
         st = os.fstat(self._node(ino).fd)
         if caller.uid == 0:
             # root may do anything but execute a file no one may execute

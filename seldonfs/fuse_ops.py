@@ -25,6 +25,7 @@ from .config import MountConfig
 from .core import Caller, Core, Stat
 from .hooks import Absent
 from .metrics import OpStats
+from .refusals import Refusals, Refused
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,10 @@ class _Audited:
 
     def __exit__(self, etype: Any, e: Any, tb: Any) -> None:
         audit = self.ops.audit
+        if isinstance(e, Refused):  # the rule's reason, in the record and the mount's last refusals
+            self.path = self.ops._path(self.parent, self.name)
+            self.ops.refusals.add(self.op, self.ctx.uid, self.ctx.pid, self.path, e.errno, e.reason, self.path2)
+            self.detail = f"{self.detail}: {e.reason}" if self.detail else e.reason
         if audit is None:
             return
         if e is None:
@@ -93,7 +98,7 @@ class _Audited:
             result = errno.errorcode.get(e.errno, "EIO")
         else:
             result = "EIO"
-        path = self.path = self.ops._path(self.parent, self.name)
+        path = self.path = self.path or self.ops._path(self.parent, self.name)
         audit.record(self.op, self.ctx.uid, self.ctx.gid, self.ctx.pid, path, self.path2, result, 0, self.detail)
 
 
@@ -106,10 +111,12 @@ class SeldonOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, core: Core, cfg: MountConfig, writeback: bool, audit: AuditLog | None = None,
-                 cfg_metrics: bool = True) -> None:
+                 cfg_metrics: bool = True, refusals: Refusals | None = None) -> None:
         super().__init__()
         self.core = core
         self.audit = audit
+        self.refusals = refusals if refusals is not None else Refusals()
+        self._write_refused: set[int] = set()  # handles whose refused write is recorded (once each)
         self.stats: OpStats | None = OpStats() if cfg_metrics else None  # [monitoring] metrics
         self.debug = log.isEnabledFor(logging.DEBUG)  # mount -d: every request logged
         self.cfg = cfg
@@ -194,7 +201,11 @@ class SeldonOperations(pyfuse3.Operations):
     @_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
         if self.audit is None:
-            return self._setattr(inode, attr, fields, fh)
+            try:
+                return self._setattr(inode, attr, fields, fh)
+            except Refused as e:
+                self.refusals.add("setattr", ctx.uid, ctx.pid, self._path(inode), e.errno, e.reason)
+                raise
         changed = []
         if fields.update_mode:
             changed.append(f"mode={attr.st_mode & 0o7777:o}")
@@ -289,7 +300,11 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def write(self, fh, off, buf):
-        n = self.core.write(fh, off, buf)
+        try:
+            n = self.core.write(fh, off, buf)
+        except Refused as e:
+            self._refused_write(fh, e)
+            raise
         if self.stats is not None:
             self.stats.written += n
         return n
@@ -298,8 +313,24 @@ class SeldonOperations(pyfuse3.Operations):
     async def flush(self, fh):
         self.core.flush(fh)  # close(2): the moment a written file commits (engine.py)
 
+    def _refused_write(self, fh: int, e: Refused) -> None:
+        """The first refused write of a handle: recorded with its reason
+        (a writer that goes on writing is not recorded again)."""
+        h = self.core.handles.get(fh)
+        if h is None or fh in self._write_refused:
+            return
+        self._write_refused.add(fh)
+        who = h.opener
+        uid, gid, pid = (who.uid, who.gid, who.pid) if who is not None else (-1, -1, 0)
+        path = self._path(h.ino)
+        self.refusals.add("write", uid, pid, path, e.errno, e.reason)
+        if self.audit is not None:
+            result = errno.errorcode.get(e.errno or errno.EIO, "EIO")
+            self.audit.record("write", uid, gid, pid, path, result=result, detail=e.reason)
+
     @_errors
     async def release(self, fh):
+        self._write_refused.discard(fh)
         h = self.core.release(fh)
         if self.audit is not None and h is not None and h.opener is not None:
             who = h.opener

@@ -38,7 +38,6 @@ from pathlib import Path
 from .content import ContentLayer
 from .hooks import Hooks
 from .store import walk
-from .virtual import MODE as VIRTUAL_MODE
 from .virtual import Virtual
 
 log = logging.getLogger(__name__)
@@ -384,7 +383,7 @@ class InodeTable:
 
     def _vstat(self, ino: int) -> Stat:
         t = time.time_ns()
-        return Stat(ino, VIRTUAL_MODE, 1, os.geteuid(), os.getegid(), 0, 0, 0, 4096, t, t, self._born_ns)
+        return Stat(ino, self.virtual.by_ino[ino].mode, 1, os.geteuid(), os.getegid(), 0, 0, 0, 4096, t, t, self._born_ns)
 
     def forget(self, entries: list[tuple[int, int]]) -> None:
         """The kernel dropped `n` lookups of each (ino, n): unpin what it

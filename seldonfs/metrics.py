@@ -82,6 +82,7 @@ class Sources:
         self.ops, self.data, self.catalog_path = ops, data, catalog_path
         self.decisions = decisions  # the policy engine's counts of its decisions
         self.failures = Failures()  # of background work; the mount wires it to its alerts
+        self.refusals = None  # the mount's last refusals (refusals.Refusals), all of them in the snapshot
         self.core, self.audit, self.janitor, self.alerts = core, audit, janitor, alerts
         self.content, self.janitor_cfg = content, janitor_cfg
         self.started = time.time()
@@ -167,6 +168,7 @@ def snapshot(s: Sources) -> dict[str, Any]:
             "last": {k: j.last[k] for k in ("summary", "seconds", "trigger") if k in j.last},
         },
         "alerts": s.alerts.active() if s.alerts is not None else [],
+        "refusals": s.refusals.listing() if s.refusals is not None else [],
     }
 
 

@@ -45,6 +45,7 @@ from .host import find_mount
 from .keys import KeySource
 from .metrics import Sources, registry, snapshot
 from .policy import Policy
+from .refusals import Refusals
 from .rules import Rules
 from .store import Store, StoreLock
 from .virtual import VIRTUAL_BASE, Virtual, VirtualFile
@@ -232,8 +233,11 @@ def open_audit(store: Store, cfg: Config, content: ContentLayer, lock_fd: int) -
     return audit.AuditLog(store.root, store.catalog_path, key, reads=cfg.audit.reads, lock_fd=lock_fd)
 
 
-def virtual_files(store: Store, mountpoint: Path, sources: Sources, auditlog: AuditLog | None, metrics_url: str | None) -> Virtual:
-    """system/logs/audit.jsonl and system/monitoring/stats.json (virtual.py)."""
+def virtual_files(store: Store, mountpoint: Path, sources: Sources, auditlog: AuditLog | None, metrics_url: str | None,
+                  refusals: Refusals | None = None) -> Virtual:
+    """system/logs/audit.jsonl, system/monitoring/stats.json and
+    refusals.json (virtual.py): root and the mount's owner read every
+    refusal, anyone else their own."""
 
     def stats() -> Iterator[bytes]:
         doc = {"store": str(store.root), "mountpoint": str(mountpoint), "pid": os.getpid(),
@@ -241,6 +245,11 @@ def virtual_files(store: Store, mountpoint: Path, sources: Sources, auditlog: Au
         yield json.dumps(doc, indent=2).encode() + b"\n"
 
     files = [VirtualFile(VIRTUAL_BASE + 2, "system/monitoring", b"stats.json", stats)]
+    if refusals is not None:
+        def of_reader(uid: int) -> Iterator[bytes]:
+            return refusals.document(None if uid in (0, os.geteuid()) else uid)
+
+        files.append(VirtualFile(VIRTUAL_BASE + 3, "system/monitoring", b"refusals.json", lambda: iter(()), of_reader))
     if auditlog is not None:
         files.append(VirtualFile(VIRTUAL_BASE + 1, "system/logs", b"audit.jsonl", auditlog.jsonl))
     return Virtual(files)
@@ -278,17 +287,18 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         if auditlog is not None:
             stack.callback(auditlog.close)
         rules = Rules(cfg)
+        refusals = Refusals()  # the last ones, for seldonfs why and stats.json
         failures = Failures()  # background work that failed: logged, counted, alerted; the mount goes on
         engine = None
         if rules.any_policy:
             keys_ = getattr(prep.content, "keys", None)
             ckey = audit.checksum_key(store.root, keys_, getattr(prep.content, "current_key_id", None))
-            engine = Engine(core, Policy(rules), catalog, writeback, auditlog, failures, ckey)
+            engine = Engine(core, Policy(rules), catalog, writeback, auditlog, failures, ckey, refusals)
         if engine is not None:
             stack.callback(engine.close)  # its last file records
-        served = _side_tasks(store, cfg, mountpoint, core, engine, catalog, auditlog, prep.content, failures)
+        served = _side_tasks(store, cfg, mountpoint, core, engine, catalog, auditlog, prep.content, failures, refusals)
         stack.callback(served.control.close)
-        ops = SeldonOperations(core, cfg.mount, writeback, auditlog, cfg.monitoring.metrics)
+        ops = SeldonOperations(core, cfg.mount, writeback, auditlog, cfg.monitoring.metrics, refusals)
         served.sources.ops = ops.stats
         _fuse_init(ops, mountpoint, prep.fuse_opts, foreground, store)
         stack.callback(_unmount, mountpoint, auditlog)
@@ -303,7 +313,8 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
 
 
 def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine: Engine | None, catalog: Catalog,
-                auditlog: AuditLog | None, content: ContentLayer, failures: Failures) -> Served:
+                auditlog: AuditLog | None, content: ContentLayer, failures: Failures,
+                refusals: Refusals | None = None) -> Served:
     """The janitor, alerts, the numbers, the virtual files and the control
     API (bound here, so a busy port fails the mount before it mounts)."""
     alerts = failures.alerts = Alerts(cfg.alerts, store.data, content, str(mountpoint), core.invalidate)
@@ -313,9 +324,10 @@ def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine:
     sources = Sources(None, store.data, store.catalog_path, core, auditlog, janitor_, alerts, content, cfg.janitor,
                       engine.counts if engine is not None else None)
     sources.failures = failures
+    sources.refusals = refusals
     port = cfg.monitoring.port
     url = f"http://{cfg.monitoring.address}:{port}/metrics" if port else None
-    core.virtual = virtual_files(store, mountpoint, sources, auditlog, url)
+    core.virtual = virtual_files(store, mountpoint, sources, auditlog, url, refusals)
     served = Served(store, cfg, sources, alerts, auditlog, janitor_)
     served.control = Control(
         store.root, ensure_token(store.root), sources, registry(sources), janitor_, auditlog,

@@ -1,10 +1,11 @@
-"""Read-only files the filesystem makes up: system/logs/audit.jsonl and
-system/monitoring/stats.json.
+"""Read-only files the filesystem makes up: system/logs/audit.jsonl,
+system/monitoring/stats.json and system/monitoring/refusals.json.
 
 A virtual file has a fixed inode number far above any the backing
 filesystem hands out here, size 0, mode 0400 and the daemon's owner (they
 name files of every user, so they are the store owner's and root's to read);
-it is opened with direct
+one made for each reader (`for_reader`: refusals.json, mode 0444) is
+produced from the uid that opens it. It is opened with direct
 I/O, so readers (cat, tail, grep, jq) read until the end of what a
 producer yields, generated at open and streamed in order. Writing,
 truncating, renaming, removing it fail with EACCES.
@@ -20,6 +21,8 @@ VIRTUAL_BASE = 1 << 62
 MODE = stat_m.S_IFREG | 0o400  # the daemon's user (the store's owner) reads them; no one else
 CHUNK = 64 << 10
 
+READER_MODE = stat_m.S_IFREG | 0o444  # a file made for each reader: anyone opens it, each sees their own
+
 Producer = Callable[[], Iterator[bytes]]
 
 
@@ -29,6 +32,15 @@ class VirtualFile:
     dir: str  # relative to the mount root
     name: bytes
     produce: Producer
+    for_reader: Callable[[int], Iterator[bytes]] | None = None  # produced from the opener's uid instead
+
+    @property
+    def mode(self) -> int:
+        return MODE if self.for_reader is None else READER_MODE
+
+    def producer(self, uid: int) -> Producer:
+        f = self.for_reader
+        return self.produce if f is None else lambda: f(uid)
 
 
 class Stream:

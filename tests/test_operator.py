@@ -4,6 +4,7 @@ progress on stderr, one exit code for "not a SeldonFS mount"."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pty
@@ -14,9 +15,16 @@ import socket
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from .conftest import SELDONFS, init_store, keyfile_of, mounted, needs_fuse, seldonfs, unmount, wait_for
+import pytest
+
+from .conftest import (
+    SELDONFS, as_user, init_store, keyfile_of, mounted, needs_fuse, needs_root, seldonfs, unmount, wait_for,
+)
+
+REFUSALS_JSON = "system/monitoring/refusals.json"
 
 
 def _json_lines(out: str) -> list[dict]:
@@ -277,3 +285,82 @@ def test_a_store_finds_its_mount_and_not_a_mount_is_exit_10(tmp_path: Path) -> N
         for args in (["stats"], ["top", "--once"], ["ctl", "health"], ["umount"]):
             r = seldonfs(args[0], target, *args[1:])
             assert r.returncode == 10 and r.stderr == f"seldonfs: {target}: not a SeldonFS mount\n", (args, r.stderr)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory other users can traverse, outside pytest's own (each
+    pytest run, another one beside this too, makes /tmp/pytest-of-USER
+    0700 again)."""
+    d = Path(tempfile.mkdtemp(prefix="seldonfs-op", dir="/tmp"))
+    d.chmod(0o711)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+_READ_REFUSALS = "import sys; sys.stdout.write(open(sys.argv[1]).read())"
+
+
+@needs_fuse
+@needs_root
+def test_why_names_the_reason_of_each_refusal(open_dir: Path) -> None:
+    """A refused create, a refused write, a quarantine at commit: each
+    with its reason in the audit record and in `seldonfs why`; a name with
+    ESC and newline printed escaped; another user sees only their own."""
+    tmp_path = open_dir
+    store = init_store(tmp_path / "store", encrypted=False)
+    toml = store / "seldonfs.toml"
+    toml.write_text(toml.read_text().replace('max_size = "100MiB"', 'max_size = "4KiB"', 1))  # input/raw
+    (store / "data/input/raw").chmod(0o777)
+    m = tmp_path / "m"
+    raw = m / "input/raw"
+    hostile = "bad\x1b[31mname\n.exe"
+    with mounted(store, m):
+        with pytest.raises(PermissionError):
+            (raw / hostile).write_text("x")
+        with pytest.raises(OSError) as big:
+            with open(raw / "big.json", "wb") as f:
+                f.write(b"{" + b" " * 5000 + b"}")
+        assert big.value.errno == errno.EFBIG
+        (raw / "q.json").write_text("{not json")
+        r = as_user(65534, 65534, "open(__import__('sys').argv[1], 'w')", str(raw / "theirs.exe"))
+        assert "PermissionError" in r.stderr and "theirs.exe" in r.stderr, r.stderr
+
+        r = seldonfs("why", raw / hostile)
+        assert r.returncode == 0, r.stderr
+        assert "\x1b" not in r.stdout and r.stdout.count("\n") == 1, r.stdout
+        assert (" create input/raw/bad\\x1b[31mname\\x0a.exe: EACCES: extension .exe not allowed here" in r.stdout
+                and "(uid 0, pid " in r.stdout), r.stdout
+        r = seldonfs("why", raw / "big.json")
+        assert r.returncode == 0 and "write input/raw/big.json: EFBIG: file size limit of the folder: 4096 bytes" in r.stdout
+        r = seldonfs("why", raw / "q.json", "--json")
+        assert r.returncode == 0, r.stderr
+        (q,) = json.loads(r.stdout)["refusals"]
+        assert (q["op"], q["result"], q["path"], q["uid"]) == ("commit", "OK", "input/raw/q.json", 0)
+        assert q["reason"].startswith("quarantined: not valid JSON") and q["path2"].startswith("input/quarantine/")
+        r = seldonfs("why", raw / "never.json")
+        assert r.returncode == 1 and "no refusal known" in r.stderr and r.stdout == ""
+        r = seldonfs("why", m / "input", "--json")  # a folder: everything under it
+        paths = [x["path"] for x in json.loads(r.stdout)["refusals"]]
+        assert paths.count("input/raw/big.json") == 2 and "input/raw/theirs.exe" in paths and "input/raw/" + hostile in paths
+
+        # who sees what: root all, another user only their own (stats.json is root's and the owner's)
+        mine = json.loads(as_user(65534, 65534, _READ_REFUSALS, str(m / REFUSALS_JSON)).stdout)["refusals"]
+        assert [(x["uid"], x["path"]) for x in mine] == [(65534, "input/raw/theirs.exe")]
+        r = seldonfs("stats", m, "--json")
+        assert len(json.loads(r.stdout)["refusals"]) == len(paths)
+        r = as_user(65534, 65534, _READ_REFUSALS, str(m / "system/monitoring/stats.json"))
+        assert "PermissionError" in r.stderr
+
+        records = [json.loads(line) for line in (m / "system/logs/audit.jsonl").read_text().splitlines()]
+    refused = {(r["op"], r["path"], r["result"]): r["detail"] for r in records if r["result"] != "OK"}
+    assert refused[("create", "input/raw/" + hostile, "EACCES")].startswith("extension .exe not allowed here")
+    assert refused[("create", "input/raw/theirs.exe", "EACCES")].startswith("extension .exe not allowed here")
+    assert refused[("write", "input/raw/big.json", "EFBIG")] == "file size limit of the folder: 4096 bytes"
+    assert [r["detail"] for r in records if r["op"] == "quarantine" and r["path"] == "input/raw/q.json"][0].startswith(
+        "not valid JSON")
+    for where in (tmp_path, m):
+        r = seldonfs("why", where / "x")
+        assert r.returncode == 10 and "not inside a SeldonFS mount" in r.stderr
