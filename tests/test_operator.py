@@ -202,7 +202,7 @@ def test_ctl_reads_the_token_from_a_file(tmp_path: Path) -> None:
         srv.listen()
 
         def answer() -> None:
-            for _ in range(3):
+            for _ in range(2):
                 conn, _ = srv.accept()
                 with conn:
                     seen.append(conn.recv(4096))
@@ -214,12 +214,13 @@ def test_ctl_reads_the_token_from_a_file(tmp_path: Path) -> None:
             assert seldonfs("ctl", m, "health", "--token-file", tmp_path / "token").returncode == 0
             env = {**os.environ, "SELDONFS_TOKEN_FILE": str(tmp_path / "token")}
             assert seldonfs("ctl", m, "health", env=env).returncode == 0
-            assert seldonfs("ctl", m, "health", "--token", "on-argv").returncode == 0
+            # a secret on argv is refused, before anything is sent
+            r = seldonfs("ctl", m, "health", "--token", "on-argv")
+            assert r.returncode == 2 and r.stderr.count("\n") == 1 and "use --token-file FILE" in r.stderr, r.stderr
         finally:
             t.join(timeout=20)
             srv.close()
-    assert [re.search(rb"Authorization: Bearer (\S+)", r)[1] for r in seen] == [
-        b"from-the-file", b"from-the-file", b"on-argv"]
+    assert [re.search(rb"Authorization: Bearer (\S+)", r)[1] for r in seen] == [b"from-the-file", b"from-the-file"]
 
 
 def _run_with_tty_stderr(*args: object, stdout) -> tuple[int, bytes]:
@@ -364,3 +365,29 @@ def test_why_names_the_reason_of_each_refusal(open_dir: Path) -> None:
     for where in (tmp_path, m):
         r = seldonfs("why", where / "x")
         assert r.returncode == 10 and "not inside a SeldonFS mount" in r.stderr
+
+
+def test_no_command_takes_a_secret_on_its_command_line() -> None:
+    """`ps` shows every argument to every user: a key, passphrase or token
+    is only ever named by a file (or the environment). The old
+    `ctl --token` is kept only to be refused."""
+    import argparse
+
+    from seldonfs.cli import build_parser
+
+    def parsers(p: argparse.ArgumentParser):
+        yield p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub in a.choices.values():
+                    yield from parsers(sub)
+
+    secret = re.compile(r"token|passphrase|password|secret|key", re.I)
+    seen = []
+    for p in parsers(build_parser()):
+        for a in p._actions:
+            for opt in a.option_strings:
+                if secret.search(opt):
+                    seen.append((p.prog, opt))
+                    assert opt.endswith("file") or (opt == "--token" and a.help == argparse.SUPPRESS), (p.prog, opt)
+    assert ("seldonfs init", "--keyfile") in seen and ("seldonfs passwd", "--new-passphrase-file") in seen

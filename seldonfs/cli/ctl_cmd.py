@@ -4,9 +4,10 @@ Commands: health, stats, metrics, reload, cleanup scheduled|emergency|
 orphaned, crash JOB_ID, task ID. Goes through STORE/control.sock; root and
 the store's owner are let in by their credentials, anyone else needs the
 token: --token-file FILE, else $SELDONFS_TOKEN_FILE, else $SELDONFS_TOKEN,
-else STORE/control.token if readable (--token TOKEN also works, but puts
-the secret where `ps` shows it to every user). A cleanup waits for its
-task to finish (--no-wait: print the task and stop).
+else STORE/control.token if readable. No secret is taken on the command
+line, where `ps` shows it to every user: the old --token TOKEN is refused
+(exit 2). A cleanup waits for its task to finish (--no-wait: print the
+task and stop).
 Exit 10 when STORE|MOUNTPOINT is not a SeldonFS mount or a mounted store;
 exit 1 when the mount refuses (401, 4xx) or cannot be reached.
 """
@@ -35,11 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("target", type=Path, metavar="STORE|MOUNTPOINT")
     p.add_argument("command", choices=COMMANDS, metavar="COMMAND", help=", ".join(COMMANDS))
     p.add_argument("arg", nargs="?", metavar="ARG", help="cleanup kind, job id or task id")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--token-file", type=Path, metavar="FILE",
+    p.add_argument("--token-file", type=Path, metavar="FILE",
                    help="read the control token from FILE (else $SELDONFS_TOKEN_FILE, $SELDONFS_TOKEN, "
                    "STORE/control.token)")
-    g.add_argument("--token", help="the control token itself; discouraged: ps shows it to every user")
+    p.add_argument("--token", help=argparse.SUPPRESS)  # gone: refused with a pointer to --token-file
     p.add_argument("--no-wait", action="store_true", help="do not wait for a cleanup to finish")
     p.set_defaults(func=run)
 
@@ -71,8 +71,6 @@ def call(root: Path, method: str, path: str, token: str | None) -> tuple[int, by
 def _token(args: argparse.Namespace, root: Path) -> str | None:
     if args.token_file is not None:
         return _read_token(args.token_file)
-    if args.token:
-        return args.token
     if path := os.environ.get("SELDONFS_TOKEN_FILE"):
         return _read_token(Path(path))
     if os.environ.get("SELDONFS_TOKEN"):
@@ -94,6 +92,9 @@ def _read_token(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.token is not None:
+        raise UsageError("ctl --token is gone (ps shows it to every user): put the token in a file (mode 0600) "
+                         "and use --token-file FILE or $SELDONFS_TOKEN_FILE")
     root, _ = mount_of(args.target)
     token = _token(args, root)
     method, path = _route(args)
