@@ -354,13 +354,48 @@ def _finish_rekey_copy(store: Store, content: ContentLayer) -> None:
 
 
 def _fuse_init(ops: SeldonOperations, mountpoint: Path, fuse_opts: set[str], foreground: bool, store: Store) -> None:
-    try:
-        pyfuse3.init(ops, str(mountpoint), fuse_opts)
-    except RuntimeError as e:
-        where = "above" if foreground else f"in {store.log_path}"
-        if "session_new" in str(e):  # libfuse refused an option
-            raise UsageError(f"FUSE refused the mount options (libfuse's reason is {where})") from None
-        raise MountPointError(f"{mountpoint}: cannot mount: {e} (see {where})") from None
+    with _stderr_caught() as said:
+        try:
+            pyfuse3.init(ops, str(mountpoint), fuse_opts)
+            failed = None
+        except RuntimeError as e:
+            failed = e
+    if failed is None:
+        return
+    reason = _libfuse_reason(said())
+    where = "above" if foreground else f"in {store.log_path}"
+    if "session_new" in str(failed):  # libfuse refused an option
+        raise UsageError(f"FUSE refused the mount options: {reason or f'see {where}'}") from None
+    raise MountPointError(f"{mountpoint}: cannot mount: {failed}" + (f": {reason}" if reason else f" (see {where})")) from None
+
+
+@contextlib.contextmanager
+def _stderr_caught() -> Iterator[Callable[[], str]]:
+    """What is written to file descriptor 2 meanwhile (libfuse says why it
+    refuses there, in C), passed on to it afterwards all the same."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        text = ""
+        try:
+            yield lambda: text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            data = tmp.read()
+            if data:
+                os.write(2, data)
+            text = data.decode(errors="replace")
+
+
+def _libfuse_reason(text: str) -> str:
+    """libfuse's last line, e.g. "unknown option(s): `-o frobnicate'"."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1].removeprefix("fuse: ") if lines else ""
 
 
 def _unmount(mountpoint: Path, auditlog: AuditLog | None) -> None:

@@ -391,3 +391,19 @@ def test_no_command_takes_a_secret_on_its_command_line() -> None:
                     seen.append((p.prog, opt))
                     assert opt.endswith("file") or (opt == "--token" and a.help == argparse.SUPPRESS), (p.prog, opt)
     assert ("seldonfs init", "--keyfile") in seen and ("seldonfs passwd", "--new-passphrase-file") in seen
+
+
+@needs_fuse
+def test_a_bad_mount_option_names_libfuses_reason(tmp_path: Path) -> None:
+    """The one line `seldonfs mount` prints says what libfuse refused,
+    in the background and in the foreground; the log keeps libfuse's line."""
+    store = init_store(tmp_path / "store", encrypted=False)
+    m = tmp_path / "m"
+    m.mkdir()
+    want = "seldonfs: FUSE refused the mount options: unknown option(s): `-o no_such_option'\n"
+    r = seldonfs("mount", "-o", "allow_other,no_such_option", store, m)
+    assert r.returncode == 2 and r.stderr == want, r.stderr
+    assert "fuse: unknown option(s): `-o no_such_option'" in (store / "seldonfs.log").read_text()
+    r = seldonfs("mount", "-f", "-o", "no_such_option", store, m)
+    assert r.returncode == 2 and r.stderr.endswith(want), r.stderr
+    assert not os.path.ismount(m)
