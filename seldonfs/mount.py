@@ -29,7 +29,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import anchor, audit, config, fuseloop, janitor, keys, offline, sdnotify
+from . import anchor, audit, config, fuseloop, janitor, journal, keys, offline, sdnotify
 from .alerts import Alerts, Failures, send_head, verify_audit, watch
 from .audit import AuditLog
 from .catalog import Catalog
@@ -111,21 +111,28 @@ def _raise_nofile_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def setup_logging(store: Store, foreground: bool, debug: bool) -> None:
+def setup_logging(store: Store, foreground: bool, debug: bool, level: int | None = None) -> None:
     """The daemon's handlers replace the CLI's (each line written once):
-    STORE/seldonfs.log, and in the foreground stderr too."""
+    STORE/seldonfs.log, and in the foreground stderr too; under systemd
+    (journal.under_systemd) the journal, with structured fields, instead
+    of stderr. `level`: --log-level (default INFO; -d is DEBUG)."""
     root = logging.getLogger()
     for h in root.handlers[:]:
         root.removeHandler(h)
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    level = logging.DEBUG if debug else level or logging.INFO
+    root.setLevel(level)
     fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     fh = LogFile(store.log_path, stderr_too=not foreground)
     fh.setFormatter(fmt)
     root.addHandler(fh)
-    if foreground:
+    if journal.under_systemd():
+        jh = journal.JournalHandler(str(store.root))
+        jh.setFormatter(logging.Formatter("%(name)s: %(message)s"))  # the journal keeps time, pid and level
+        root.addHandler(jh)
+    elif foreground:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(fmt)
-        sh.setLevel(logging.DEBUG if debug else logging.WARNING)
+        sh.setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
         root.addHandler(sh)
     logging.getLogger("pyfuse3").addFilter(_hint_failures_are_debug)
 
@@ -255,7 +262,8 @@ def virtual_files(store: Store, mountpoint: Path, sources: Sources, auditlog: Au
     return Virtual(files)
 
 
-def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, debug: bool = False) -> None:
+def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, debug: bool = False,
+          log_level: int | None = None) -> None:
     """The whole life of one mount, in this process."""
     store, cfg, mountpoint = prep.store, prep.cfg, prep.mountpoint
     # Again: unlocking took up to a second, and a daemon starts later still;
@@ -265,7 +273,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         lock = StoreLock(store)
         lock.acquire()
         stack.callback(lock.release)
-        setup_logging(store, foreground, debug)
+        setup_logging(store, foreground, debug, log_level)
         _finish_rekey_copy(store, prep.content)
         _raise_nofile_limit()
         # Modes arrive already masked by the caller's umask; ours must not
@@ -481,7 +489,7 @@ def _reload_on_hup(served: Served) -> None:
     sdnotify.notify("READY=1")
 
 
-def run_daemon(prep: Prepared, debug: bool = False) -> None:
+def run_daemon(prep: Prepared, debug: bool = False, log_level: int | None = None) -> None:
     """Fork the mount into the background; return once it is ready.
 
     The child reports over a pipe: "ok", or the exit code and message of the
@@ -507,7 +515,7 @@ def run_daemon(prep: Prepared, debug: bool = False) -> None:
                 os.write(w, b"ok\n")
                 os.close(w)
 
-            serve(prep, ready, foreground=False, debug=debug)
+            serve(prep, ready, foreground=False, debug=debug, log_level=log_level)
         except SeldonError as e:
             _report(w, e.exit_code, str(e))
             code = e.exit_code

@@ -407,3 +407,74 @@ def test_a_bad_mount_option_names_libfuses_reason(tmp_path: Path) -> None:
     r = seldonfs("mount", "-f", "-o", "no_such_option", store, m)
     assert r.returncode == 2 and r.stderr.endswith(want), r.stderr
     assert not os.path.ismount(m)
+
+
+def _journal_entries(sock: socket.socket, until, limit: int = 500) -> list[dict[str, str]]:
+    """Datagrams of the native journal protocol, decoded, until `until(entry)`."""
+    from seldonfs.journal import decode
+
+    got = []
+    for _ in range(limit):
+        got.append(decode(sock.recv(1 << 17)))
+        if until(got[-1]):
+            return got
+    raise AssertionError(f"not seen in {limit} entries: {got}")
+
+
+@needs_fuse
+def test_under_systemd_the_log_goes_to_the_journal_with_its_fields(tmp_path: Path) -> None:
+    """$JOURNAL_STREAM set (systemd started the daemon): each log record is
+    one datagram of journal fields on the journal's socket (here one the
+    test binds, named by $SELDONFS_JOURNAL_SOCKET), not a line on stderr;
+    --log-level warning keeps the INFO lines out."""
+    store = init_store(tmp_path / "store", encrypted=False)
+    m = tmp_path / "m"
+    m.mkdir()
+    sock_dir = Path(tempfile.mkdtemp(prefix="jrn", dir="/tmp"))  # a socket path has 107 bytes at most
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    toml = store / "seldonfs.toml"
+    good = toml.read_text()
+    env = {**os.environ, "JOURNAL_STREAM": "8:12345", "SELDONFS_JOURNAL_SOCKET": str(sock_dir / "journal")}
+    try:
+        sock.bind(str(sock_dir / "journal"))
+        sock.settimeout(20)
+        for level in ("info", "warning"):
+            toml.write_text(good)
+            errlog = tmp_path / f"{level}.stderr"
+            with open(errlog, "w") as err:
+                proc = subprocess.Popen(SELDONFS + ["mount", "-f", "--log-level", level, str(store), str(m)],
+                                        stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env)
+                try:
+                    wait_for(lambda: os.path.ismount(m) or proc.poll() is not None, what="mount")
+                    with pytest.raises(PermissionError):
+                        (m / "input/raw/two\nlines.exe").write_text("x")
+                    toml.write_text(good + "\n[janitor.oops\n")
+                    proc.send_signal(signal.SIGHUP)
+                    got = _journal_entries(sock, lambda e: "SIGHUP" in e["MESSAGE"])
+                finally:
+                    unmount(m)
+                    assert proc.wait(timeout=20) == 0
+            assert "SIGHUP" not in errlog.read_text() and "mounted" not in errlog.read_text()
+            warn = got[-1]
+            assert warn["PRIORITY"] == "4" and warn["SYSLOG_IDENTIFIER"] == "seldonfs"
+            assert warn["MESSAGE"].startswith("seldonfs.mount: SIGHUP: the configuration was not reloaded")
+            assert warn["SELDONFS_STORE"] == str(store) and warn["SELDONFS_LOGGER"] == "seldonfs.mount"
+            assert warn["CODE_FILE"].endswith("seldonfs/mount.py") and int(warn["CODE_LINE"]) > 0
+            if level == "info":
+                mounted_ = [e for e in got if e["MESSAGE"].startswith("seldonfs.mount: mounted ")]
+                assert len(mounted_) == 1 and mounted_[0]["PRIORITY"] == "6"
+                (refused,) = [e for e in got if "refused input/raw/two" in e["MESSAGE"]]
+                assert refused["MESSAGE"] == "seldonfs.engine: refused input/raw/two\nlines.exe: extension .exe " \
+                    "not allowed here (.json .csv .pdf .xlsx .xml)"  # a newline: the protocol's binary form
+            else:
+                assert [e["PRIORITY"] for e in got] == ["4"], got
+            sock.settimeout(0.5)  # what the unmount logged
+            try:
+                while True:
+                    sock.recv(1 << 17)
+            except TimeoutError:
+                pass
+            sock.settimeout(20)
+    finally:
+        sock.close()
+        shutil.rmtree(sock_dir)
