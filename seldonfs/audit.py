@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,10 +155,12 @@ class ChainWriter:
     a dead writer never stored (`LOST_NAME`), are lost, and a `gap` record
     says how many and why as soon as a batch is stored again."""
 
-    def __init__(self, root: Path, catalog_path: Path, key: bytes, reserve: Reserve | None = None) -> None:
+    def __init__(self, root: Path, catalog_path: Path, key: bytes, reserve: Reserve | None = None,
+                 forward: Callable[[list[tuple]], None] | None = None) -> None:
         self.root = root
         self.key = key
         self.reserve = reserve
+        self.forward = forward  # the rows stored, to the journal or syslog (audit_forward.py)
         self.conn = sqlite3.connect(catalog_path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -223,6 +225,11 @@ class ChainWriter:
             if durable:
                 self.conn.execute("PRAGMA synchronous=NORMAL")
         self.seq, self.mac = seq, mac
+        if self.forward is not None:
+            try:
+                self.forward(rows)
+            except Exception as e:  # noqa: BLE001 - a copy elsewhere must never cost the chain
+                _say(f"seldonfs: ERROR audit writer: forwarding records failed: {e}")
 
     def _after_commit(self, durable: bool) -> None:
         """The head, the anchor of a chain that has none yet, the reserve:
@@ -337,9 +344,11 @@ class AuditLog:
     what reached the pipe is written even if this process is killed."""
 
     def __init__(
-        self, root: Path, catalog_path: Path, key: bytes, reads: bool = False, lock_fd: int | None = None
+        self, root: Path, catalog_path: Path, key: bytes, reads: bool = False, lock_fd: int | None = None,
+        forward: str = "none",
     ) -> None:
         self.root = root
+        self.forward = forward  # [audit] forward: what the writer process ships each stored record to
         self.catalog_path = catalog_path
         self.key = key
         self.reads = reads
@@ -368,7 +377,7 @@ class AuditLog:
         try:
             self.child = subprocess.Popen(
                 [sys.executable, "-m", "seldonfs.audit", str(self.root), str(self.catalog_path), str(to_child),
-                 str(from_child)],
+                 str(from_child), self.forward],
                 pass_fds=keep, stdin=subprocess.DEVNULL, close_fds=True,
             )
         finally:
@@ -555,8 +564,9 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int) -> None:
-    """The writer process: (items, durable) messages until end of input.
+def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward: str = "none") -> None:
+    """The writer process: (items, durable) messages until end of input;
+    each stored batch also goes to `forward` (audit_forward.py).
     It ignores SIGINT/SIGTERM: the daemon's unmount ends it (end of input),
     and a killed daemon still gets everything it had handed on stored."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -574,7 +584,9 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int) -> None
         return
     reserve = Reserve(root)
     reserve.ensure()
-    w = ChainWriter(root, catalog_path, key, reserve)
+    from .audit_forward import make
+
+    w = ChainWriter(root, catalog_path, key, reserve, make(forward, root))
     w.write([], durable=False)  # the gap record of what a previous writer could not store
     try:
         while True:
@@ -777,4 +789,4 @@ def query(
 
 
 if __name__ == "__main__":  # the writer process of a mount (AuditLog)
-    writer_main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    writer_main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:6])

@@ -128,6 +128,7 @@ class AuditConfig:
     enabled: bool = True
     reads: bool = False  # a record per handle that read, too
     verify_every: float = 86400.0  # the mount verifies its chain this often; 0: never
+    forward: str = "none"  # each record also to "journal" or "syslog" (audit_forward.py)
 
 
 @dataclass(frozen=True)
@@ -209,11 +210,12 @@ def parse(raw: dict[str, Any], where: str) -> Config:
     )
     janitor = _parse_janitor(_table(raw, "janitor", where, ""), where)
     a = _table(raw, "audit", where, "")
-    _only_keys(a, {"enabled", "reads", "verify_every"}, where, "audit.")
+    _only_keys(a, {"enabled", "reads", "verify_every", "forward"}, where, "audit.")
     audit = AuditConfig(
         enabled=_get(a, "enabled", bool, where, "audit.", True),
         reads=_get(a, "reads", bool, where, "audit.", False),
         verify_every=_Reader(a, where, "audit.").duration("verify_every", 86400.0) or 0.0,
+        forward=_Reader(a, where, "audit.").choice("forward", ("none", "journal", "syslog"), "none"),
     )
     m = _Reader(_only(raw, "monitoring", MonitoringConfig, where), where, "monitoring.")
     monitoring = MonitoringConfig(

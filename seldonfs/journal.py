@@ -86,7 +86,7 @@ def decode(data: bytes) -> dict[str, str]:
 
 
 class Sender:
-    """Datagrams to the journal's socket, from any thread; a failure is
+    """Datagrams to the journal's socket (or syslog's), from any thread; a failure is
     said once on stderr (which under systemd is the journal's stream too)
     and again only after a send has worked meanwhile."""
 
@@ -97,7 +97,9 @@ class Sender:
         self._failing = False
 
     def send(self, fields: dict[str, object]) -> bool:
-        data = encode(fields)
+        return self.send_bytes(encode(fields))
+
+    def send_bytes(self, data: bytes) -> bool:
         try:
             with self._lock:
                 self.sock.sendto(data, self.path)

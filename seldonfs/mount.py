@@ -237,7 +237,8 @@ def open_audit(store: Store, cfg: Config, content: ContentLayer, lock_fd: int) -
     if not (store.root / audit.KEY_NAME).exists():
         audit.create_key(store.root, keys_, kid)
     key = audit.load_key(store.root, keys_)
-    return audit.AuditLog(store.root, store.catalog_path, key, reads=cfg.audit.reads, lock_fd=lock_fd)
+    return audit.AuditLog(store.root, store.catalog_path, key, reads=cfg.audit.reads, lock_fd=lock_fd,
+                          forward=cfg.audit.forward)
 
 
 def virtual_files(store: Store, mountpoint: Path, sources: Sources, auditlog: AuditLog | None, metrics_url: str | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -541,3 +542,87 @@ def test_a_query_can_keep_the_newest_records(store: Path, tmp_path: Path) -> Non
     assert [json.loads(l)["seq"] for l in r.stdout.splitlines()] == every[-3:][::-1]
     r = seldonfs("audit", store, "--reverse")
     assert r.returncode == 0 and f"{len(every)} record(s)" in r.stdout
+
+
+def _forwarding_store(tmp_path: Path, kind: str) -> Path:
+    store = init_store(tmp_path / "store", encrypted=False)
+    toml = store / "seldonfs.toml"
+    assert "[audit]" not in toml.read_text()
+    with open(toml, "a") as f:
+        f.write(f'\n[audit]\nforward = "{kind}"\n')
+    return store
+
+
+def _received(sock, n_min: int, until) -> list[bytes]:
+    got: list[bytes] = []
+    while True:
+        got.append(sock.recv(1 << 17))
+        if len(got) >= n_min and until(got[-1]):
+            return got
+
+
+@needs_fuse
+@pytest.mark.parametrize("kind", ["journal", "syslog"])
+def test_records_are_forwarded_to_the_journal_or_syslog(tmp_path: Path, kind: str) -> None:
+    """`[audit] forward`: every record the chain stores also goes, with its
+    seq and MAC, to a datagram socket (here one the test binds in the place
+    of /run/systemd/journal/socket or /dev/log): the journal's fields, or
+    syslog's line with the record as JSON; a hostile name arrives intact."""
+    import socket
+    import tempfile
+
+    from seldonfs.audit_forward import MESSAGE_ID
+    from seldonfs.journal import decode
+
+    store = _forwarding_store(tmp_path, kind)
+    sock_dir = Path(tempfile.mkdtemp(prefix="fwd", dir="/tmp"))
+    path = sock_dir / "sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    env = {"SELDONFS_JOURNAL_SOCKET" if kind == "journal" else "SELDONFS_SYSLOG_SOCKET": str(path)}
+    m = tmp_path / "m"
+    name = "x\x1b[2J\ny.exe"
+    try:
+        sock.bind(str(path))
+        sock.settimeout(20)
+        with mounted(store, m, env=env):
+            with pytest.raises(PermissionError):
+                (m / "input/raw" / name).write_text("x")
+            (m / "input/processed/ok.txt").write_text("fine")
+            got = _received(sock, 3, lambda d: b"ok.txt" in d and b"write" in d)
+            chain = {r["seq"]: r for r in map(json.loads, (m / "system/logs/audit.jsonl").read_text().splitlines())}
+    finally:
+        sock.close()
+        shutil.rmtree(sock_dir)
+    if kind == "journal":
+        recs = [decode(d) for d in got]
+        assert {r["SYSLOG_IDENTIFIER"] for r in recs} == {"seldonfs-audit"}
+        assert {r["MESSAGE_ID"] for r in recs} == {MESSAGE_ID}
+        for r in recs:
+            c = chain[int(r["SELDONFS_SEQ"])]
+            assert (r["SELDONFS_MAC"], r["SELDONFS_OP"], r["SELDONFS_PATH"], r["SELDONFS_RESULT"], r["SELDONFS_UID"]) == (
+                c["mac"], c["op"], c["path"], c["result"], str(c["uid"]))
+            assert r["SELDONFS_STORE"] == str(store) and r["PRIORITY"] == ("5" if c["result"] == "OK" else "4")
+        (refused,) = [r for r in recs if r["SELDONFS_OP"] == "create" and r["SELDONFS_RESULT"] == "EACCES"]
+        assert refused["SELDONFS_PATH"] == "input/raw/" + name
+        assert refused["SELDONFS_DETAIL"].startswith("extension .exe not allowed here")
+        assert refused["MESSAGE"].startswith(f"audit {refused['SELDONFS_SEQ']}: create input/raw/{name} EACCES: ")
+    else:
+        lines = [d.decode() for d in got]
+        for line in lines:
+            m_ = re.fullmatch(r"<(\d+)>\w{3} [ \d]\d \d\d:\d\d:\d\d seldonfs-audit\[\d+\]: (\{.*\})", line, re.S)
+            assert m_, line
+            rec = json.loads(m_[2])
+            assert "\n" not in m_[2] and "\x1b" not in m_[2]  # one line: the JSON escapes them
+            assert rec == {**chain[rec["seq"]], "store": str(store)}
+            assert int(m_[1]) == 10 * 8 + (5 if rec["result"] == "OK" else 4)  # authpriv
+        assert any(json.loads(l.split(": ", 1)[1])["path"] == "input/raw/" + name for l in lines)
+
+
+def test_forward_takes_journal_syslog_or_none() -> None:
+    from seldonfs import config
+    from seldonfs.errors import ConfigError
+
+    assert config.parse({"audit": {"forward": "syslog"}}, "t.toml").audit.forward == "syslog"
+    assert config.parse({}, "t.toml").audit.forward == "none"
+    with pytest.raises(ConfigError, match=r"audit\.forward: want one of none, journal, syslog, have 'kafka'"):
+        config.parse({"audit": {"forward": "kafka"}}, "t.toml")
