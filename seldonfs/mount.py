@@ -54,13 +54,13 @@ log = logging.getLogger(__name__)
 
 # Options mount(8) and fstab pass that mean nothing to FUSE (libfuse would
 # refuse them as unknown).
-_FSTAB_ONLY = {"defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
+FSTAB_ONLY = {"defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
 
 
 def fuse_options(opts: list[str], store: Store) -> set[str]:
     out = set(pyfuse3.default_options)
     for o in opts:
-        if o in _FSTAB_ONLY or o.startswith(("x-", "comment=")):
+        if o in FSTAB_ONLY or o.startswith(("x-", "comment=")):
             continue
         out.add(o)
     if not out & {"allow_other", "allow_root"} and "default_permissions" not in opts:

@@ -133,3 +133,29 @@ def test_roff_renders(tmp_path: Path) -> None:
             assert f"seldonfs {name}" in text, name
     assert "\\f" not in text and "`" not in text and "\\-" not in text
     assert "--passphrase-file FILE" in text  # hyphens come out as typed
+
+
+def test_both_man_pages_install_and_render(tmp_path: Path) -> None:
+    """`scripts/manpage --install DIR` (scripts/run, as root, into
+    /usr/local/share/man) writes seldonfs(1) and mount.seldonfs(8), and
+    nothing under docs/; each renders without a warning; the Markdown of
+    the second is current too."""
+    assert (REPO / "docs" / "mount.seldonfs.8.md").read_text() == manpage.render_md("mount.seldonfs"), (
+        "docs/mount.seldonfs.8.md is stale: run scripts/manpage")
+    env = dict(os.environ, SELDONFS_VENV=sys.prefix)
+    r = subprocess.run([str(REPO / "scripts" / "manpage"), "--install", str(tmp_path)], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "man1/seldonfs.1", "man8/mount.seldonfs.8"]
+    assert (tmp_path / "man1/seldonfs.1").read_text() == manpage.render_roff()
+    assert 'scripts/manpage" --install' in (REPO / "scripts" / "run").read_text()
+    if shutil.which("man") is None:
+        pytest.skip("no man(1) here")
+    for page, head, needle in (("man8/mount.seldonfs.8", "MOUNT.SELDONFS(8)", "keyfile=FILE"),
+                               ("man1/seldonfs.1", "SELDONFS(1)", "seldonfs why")):
+        r = subprocess.run(["man", "--warnings", "-E", "UTF-8", "-l", str(tmp_path / page)], capture_output=True,
+                           text=True, env=dict(os.environ, MANWIDTH="80", MAN_KEEP_FORMATTING="", LC_ALL="C.UTF-8"))
+        assert r.returncode == 0 and r.stderr == "", (page, r.stderr)
+        text = re.sub(r".\x08", "", r.stdout)
+        assert text.startswith(head) and needle in text, page

@@ -19,8 +19,8 @@ from .mount_cmd import split_options
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mount.seldonfs", description=__doc__)
-    p.add_argument("store", type=Path)
-    p.add_argument("mountpoint", type=Path)
+    p.add_argument("store", type=Path, metavar="STORE")
+    p.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     p.add_argument("-o", dest="options", action="append", default=[])
     p.add_argument("-t", dest="type", default="fuse.seldonfs")
     # mount(8) flags: sloppy, fake, no-mtab, verbose
