@@ -51,7 +51,7 @@ class Forwarder:
     def __init__(self, kind: str, store: Path) -> None:
         self.kind, self.store = kind, str(store)
         path = journal.socket_path() if kind == "journal" else os.environ.get("SELDONFS_SYSLOG_SOCKET") or SYSLOG_SOCKET
-        self.sender = journal.Sender(path)
+        self.sender = journal.Sender(path, f"audit forward to {kind}")
 
     def __call__(self, rows: list[tuple]) -> None:
         for row in rows:

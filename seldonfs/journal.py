@@ -90,8 +90,8 @@ class Sender:
     said once on stderr (which under systemd is the journal's stream too)
     and again only after a send has worked meanwhile."""
 
-    def __init__(self, path: str | None = None) -> None:
-        self.path = path or socket_path()
+    def __init__(self, path: str | None = None, what: str = "journal") -> None:
+        self.path, self.what = path or socket_path(), what
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._lock = threading.Lock()
         self._failing = False
@@ -107,7 +107,7 @@ class Sender:
             if not self._failing:
                 self._failing = True
                 try:
-                    print(f"seldonfs: journal {self.path}: cannot send: {e.strerror or e}", file=sys.stderr, flush=True)
+                    print(f"seldonfs: {self.what} {self.path}: cannot send: {e.strerror or e}", file=sys.stderr, flush=True)
                 except OSError:
                     pass
             return False

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .audit import _text  # names that are not UTF-8: \xNN, as the chain writes them
+
 LAST = 100  # refusals kept per mount
 
 
@@ -54,8 +56,6 @@ class Refusals:
         self._lock = threading.Lock()
 
     def add(self, op: str, uid: int, pid: int, path: str, result: int | str, reason: str, path2: str = "") -> None:
-        from .audit import _text  # names that are not UTF-8: \xNN, as in the chain
-
         name = result if isinstance(result, str) else errno.errorcode.get(result, "EIO")
         item = Refusal(time.time(), uid, pid, op, _text(path), name, _text(reason), _text(path2))
         with self._lock:

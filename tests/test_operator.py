@@ -325,6 +325,14 @@ def test_why_names_the_reason_of_each_refusal(open_dir: Path) -> None:
             with open(raw / "big.json", "wb") as f:
                 f.write(b"{" + b" " * 5000 + b"}")
         assert big.value.errno == errno.EFBIG
+        fd = os.open(raw / "loop.json", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            for _ in range(20):  # a writer that goes on after EFBIG: one refusal, one record
+                with pytest.raises(OSError) as e:
+                    os.write(fd, b" " * 5000)
+                assert e.value.errno == errno.EFBIG
+        finally:
+            os.close(fd)
         (raw / "q.json").write_text("{not json")
         r = as_user(65534, 65534, "open(__import__('sys').argv[1], 'w')", str(raw / "theirs.exe"))
         assert "PermissionError" in r.stderr and "theirs.exe" in r.stderr, r.stderr
@@ -345,6 +353,7 @@ def test_why_names_the_reason_of_each_refusal(open_dir: Path) -> None:
         assert r.returncode == 1 and "no refusal known" in r.stderr and r.stdout == ""
         r = seldonfs("why", m / "input", "--json")  # a folder: everything under it
         paths = [x["path"] for x in json.loads(r.stdout)["refusals"]]
+        assert paths.count("input/raw/loop.json") == 2  # its write, once, and its quarantine (empty: not JSON)
         assert paths.count("input/raw/big.json") == 2 and "input/raw/theirs.exe" in paths and "input/raw/" + hostile in paths
 
         # who sees what: root all, another user only their own (stats.json is root's and the owner's)
@@ -360,6 +369,7 @@ def test_why_names_the_reason_of_each_refusal(open_dir: Path) -> None:
     assert refused[("create", "input/raw/" + hostile, "EACCES")].startswith("extension .exe not allowed here")
     assert refused[("create", "input/raw/theirs.exe", "EACCES")].startswith("extension .exe not allowed here")
     assert refused[("write", "input/raw/big.json", "EFBIG")] == "file size limit of the folder: 4096 bytes"
+    assert sum(1 for r in records if r["path"] == "input/raw/loop.json" and r["result"] == "EFBIG") == 1
     assert [r["detail"] for r in records if r["op"] == "quarantine" and r["path"] == "input/raw/q.json"][0].startswith(
         "not valid JSON")
     for where in (tmp_path, m):
@@ -478,3 +488,16 @@ def test_under_systemd_the_log_goes_to_the_journal_with_its_fields(tmp_path: Pat
     finally:
         sock.close()
         shutil.rmtree(sock_dir)
+
+
+def test_a_mount_keeps_its_last_refusals_only() -> None:
+    from seldonfs.refusals import LAST, Refusals
+
+    kept = Refusals()
+    for i in range(LAST + 50):
+        kept.add("create", 1000 + i % 2, 1, f"input/raw/{i}.exe", errno.EACCES, "extension .exe not allowed here")
+    listing = kept.listing()
+    assert len(listing) == LAST == 100 and listing[0]["path"] == "input/raw/50.exe" and listing[-1]["result"] == "EACCES"
+    assert {r["uid"] for r in kept.listing(uid=1001)} == {1001} and len(kept.listing(uid=1001)) == LAST // 2
+    doc = json.loads(b"".join(kept.document(1000)))
+    assert len(doc["refusals"]) == LAST // 2
