@@ -1,4 +1,4 @@
-"""seldonfs ctl STORE|MOUNTPOINT COMMAND [ARG]: talk to a running mount.
+"""seldonfs ctl STORE|MOUNTPOINT COMMAND [ARG [CHUNK_ID]]: talk to a running mount.
 
 Commands: health, stats, metrics, reload, cleanup scheduled|emergency|
 orphaned|stats, crash JOB_ID, chunk JOB_ID CHUNK_ID (the chunk is done:
