@@ -142,6 +142,11 @@ class Control:
         return trio.from_thread.run_sync(fn, *args, trio_token=self.trio_token)
 
     def start_cleanup(self, req) -> dict[str, Any]:
+        """A task for `req`, started on the trio thread (which alone touches
+        `tasks`); its state as it is now."""
+        return self.on_loop(self._start_cleanup, req)
+
+    def _start_cleanup(self, req) -> dict[str, Any]:
         task_id = secrets.token_hex(16)
         task = {"id": task_id, "task_id": task_id, "kind": req.trigger, "state": "queued", "status": "PENDING",
                 "started": time.time()}
@@ -166,7 +171,7 @@ class Control:
                         files_deleted=result.get("deleted", 0), bytes_freed=result.get("freed", 0),
                         **({"error": result["error"]} if failed else {}))
 
-        self.on_loop(self.nursery.start_soon, run)
+        self.nursery.start_soon(run)
         return dict(task)
 
     def task_status(self, task_id: str) -> dict[str, Any] | None:
