@@ -183,6 +183,15 @@ def test_pixcrawler_chunk_done_removes_exactly_that_chunk(tmp_path: Path) -> Non
             assert _api(port, "POST", path, token)[0] in (400, 404), path
         assert sorted(str(p.relative_to(jobs)) for p in jobs.rglob("*") if p.is_file()) == sorted(keep + gone)
 
+        # a chunk "folder" that is a symlink out of the store: nothing behind it is touched
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "precious").write_text("keep")
+        os.symlink(outside, store / "data" / "temp" / "jobs" / "j1" / "evil")
+        done = _finished(port, token, _api(port, "POST", "/api/v1/cleanup/chunk/j1/evil", token)[1])
+        assert done["result"]["planned"] == 0 and (outside / "precious").exists(), done
+        os.unlink(store / "data" / "temp" / "jobs" / "j1" / "evil")
+
         code, task = _api(port, "POST", "/api/v1/cleanup/chunk/j1/chunk-1", token)
         assert code == 202
         done = _finished(port, token, task)
