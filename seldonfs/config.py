@@ -80,6 +80,7 @@ class FolderRule:
     patterns: tuple[tuple[str, float], ...] = ()
     remove_empty_dirs: bool = False
     orphan_sessions: bool = False
+    orphan_wait: bool = False  # an orphan only once also untouched for [janitor] orphan_age
     schedule: str | None = None
     priority: int = 100
     warn_percent: int | None = None
@@ -412,6 +413,7 @@ def _parse_folder(name: str, t: Any, where: str, policy: PolicyConfig) -> Folder
         ),
         remove_empty_dirs=r.get("remove_empty_dirs", bool, False),
         orphan_sessions=r.get("orphan_sessions", bool, False),
+        orphan_wait=r.get("orphan_wait", bool, False),
         schedule=r.schedule("schedule", None),
         priority=r.integer("priority", d.priority, 0, 10_000),
         warn_percent=r.percent("warn_percent", None),
