@@ -4,7 +4,7 @@ The request loop counts in plain dicts and integers (`OpStats`: a few
 hundred nanoseconds per request); a scrape turns those, and what is read at
 scrape time (disk usage, folder sizes, quarantine, janitor, audit), into
 metrics by `Collector`. Every metric is defined once, in METRICS; the same
-numbers fill system/monitoring/stats.json (`snapshot()`), which
+numbers fill MOUNT/.seldonfs-stats.json (`snapshot()`), which
 `seldonfs stats` and `seldonfs top` read.
 """
 

@@ -47,7 +47,7 @@ from .metrics import Sources, registry, snapshot
 from .policy import Policy
 from .rules import Rules
 from .store import Store, StoreLock
-from .virtual import VIRTUAL_BASE, Virtual, VirtualFile
+from .virtual import STATS_NAME, VIRTUAL_BASE, Virtual, VirtualFile
 
 log = logging.getLogger(__name__)
 
@@ -233,14 +233,17 @@ def open_audit(store: Store, cfg: Config, content: ContentLayer, lock_fd: int) -
 
 
 def virtual_files(store: Store, mountpoint: Path, sources: Sources, auditlog: AuditLog | None, metrics_url: str | None) -> Virtual:
-    """system/logs/audit.jsonl and system/monitoring/stats.json (virtual.py)."""
+    """The numbers at MOUNT/.seldonfs-stats.json (every mount, every profile;
+    left out of listings) and, for a tree that has those folders,
+    system/monitoring/stats.json and system/logs/audit.jsonl (virtual.py)."""
 
     def stats() -> Iterator[bytes]:
         doc = {"store": str(store.root), "mountpoint": str(mountpoint), "pid": os.getpid(),
                "metrics_url": metrics_url, **snapshot(sources)}
         yield json.dumps(doc, indent=2).encode() + b"\n"
 
-    files = [VirtualFile(VIRTUAL_BASE + 2, "system/monitoring", b"stats.json", stats)]
+    files = [VirtualFile(VIRTUAL_BASE + 3, "", STATS_NAME, stats, listed=False),
+             VirtualFile(VIRTUAL_BASE + 2, "system/monitoring", b"stats.json", stats)]
     if auditlog is not None:
         files.append(VirtualFile(VIRTUAL_BASE + 1, "system/logs", b"audit.jsonl", auditlog.jsonl))
     return Virtual(files)
