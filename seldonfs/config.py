@@ -173,6 +173,47 @@ class Problem:
         return f"{self.key}: {self.message}" if self.key else self.message
 
 
+#: What `seldonfs init` appends for each of these tables its profile leaves
+#: out: the table and its keys, commented out, with their defaults (tests
+#: check that they are). All commented out: a script that appends the
+#: table itself (`[monitoring]`, `port = 9464`) still makes a valid file.
+DEFAULT_TABLES = {
+    "monitoring": """
+# Monitoring (docs/operations.md). STORE/control.sock always serves /metrics
+# and the control API (seldonfs ctl); a port serves them over HTTP too.
+# To change a setting, uncomment the table's line and the key's.
+# [monitoring]
+# port = 0                   # e.g. 9464 for Prometheus; 0: the socket only
+# address = "127.0.0.1"      # loopback: /metrics and the API (token). Any other
+#                            # address (0.0.0.0, ::, one of this machine's IPs):
+#                            # / and /metrics only, to anyone who reaches it
+# metrics = true             # count every request: operation, result, latency
+""",
+    "alerts": """
+# Alerts (docs/operations.md): to the log, notification files, a webhook.
+# [alerts]
+# cooldown = "15m"           # the same kind of alert again only after this long
+# notifications = "output/notifications"  # a JSON file per alert; "" for none
+# webhook = ""               # an http(s):// URL each alert is POSTed to
+# quarantine_backlog = 100   # files waiting in quarantine that raise an alert
+""",
+    "audit": """
+# The audit chain (docs/audit.md).
+# [audit]
+# enabled = true
+# reads = false              # also a record per handle that read
+# verify_every = "24h"       # the mount verifies its chain this often; 0: never
+""",
+}
+
+
+def with_default_tables(text: str) -> str:
+    """A profile's text with DEFAULT_TABLES appended for the tables it
+    does not have: a new store's seldonfs.toml shows every setting."""
+    have = tomllib.loads(text)
+    return text.rstrip("\n") + "\n" + "".join(t for name, t in DEFAULT_TABLES.items() if name not in have)
+
+
 def load(path: Path) -> Config:
     """The store's configuration; ConfigError (exit 13) naming its first
     problem, and carrying all of them, when it has any."""

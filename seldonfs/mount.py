@@ -317,7 +317,7 @@ def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine:
                       engine.counts if engine is not None else None)
     sources.failures = failures
     port = cfg.monitoring.port
-    url = f"http://{cfg.monitoring.address}:{port}/metrics" if port else None
+    url = metrics_url(cfg.monitoring.address, port) if port else None
     core.virtual = virtual_files(store, mountpoint, sources, auditlog, url)
     served = Served(store, cfg, sources, alerts, auditlog, janitor_)
     served.control = Control(
@@ -329,7 +329,21 @@ def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine:
     except BaseException:
         served.control.close()
         raise
+    if port and not config.is_loopback(cfg.monitoring.address):
+        log.info("metrics at http://%s/metrics for anyone who reaches that address; the control API only on %s "
+                 "and loopback", _host_port(cfg.monitoring.address, port), store.root / "control.sock")
     return served
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def metrics_url(address: str, port: int) -> str:
+    """Where this machine scrapes the mount: an unspecified address
+    (0.0.0.0, ::) as the loopback one it includes, IPv6 in brackets."""
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
+    return f"http://{_host_port(local, port)}/metrics"
 
 
 def _finish_rekey_copy(store: Store, content: ContentLayer) -> None:

@@ -103,3 +103,23 @@ def test_config_check_names_all_problems(tmp_path: Path) -> None:
     r = seldonfs("mount", store, tmp_path / "mnt")  # a mount refuses it with one line, exit 13
     assert r.returncode == 13 and "not valid TOML" in r.stderr and len(r.stderr.splitlines()) == 1
     assert seldonfs("config", "check", tmp_path / "nowhere").returncode == 14
+
+
+@pytest.mark.parametrize("name", config.profile_names())
+def test_init_shows_the_tables_a_profile_leaves_out_with_their_defaults(name: str) -> None:
+    """seldonfs init's seldonfs.toml: [monitoring], [alerts], [audit]
+    commented out; uncommented, they are the defaults, and commented they
+    leave room for a script to append the table itself."""
+    import re
+
+    text = config.with_default_tables(config.profile_text(name))
+    assert config.parse(tomllib.loads(text), name) == config.parse(tomllib.loads(config.profile_text(name)), name)
+    for table in ("monitoring", "alerts", "audit"):
+        assert f"\n# [{table}]\n" in text
+        tomllib.loads(text + f"\n[{table}]\n")  # appending the table stays valid TOML
+    shown = "\n".join(re.sub(r"^# (\[\w+\]|\w+ = \S+).*$", r"\1", line) for line in text.splitlines())
+    cfg = config.parse(tomllib.loads(shown), name)
+    assert (cfg.monitoring, cfg.alerts, cfg.audit) == (config.MonitoringConfig(), config.AlertsConfig(), config.AuditConfig())
+    keys = set(re.findall(r"^# (\w+) = ", text, re.M))
+    assert keys == {*config.MonitoringConfig.__dataclass_fields__, *config.AlertsConfig.__dataclass_fields__,
+                    *config.AuditConfig.__dataclass_fields__}
