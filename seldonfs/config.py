@@ -344,19 +344,26 @@ def check(raw: dict[str, Any]) -> tuple[Config, list[Problem]]:
 
 
 def _in_file_order(raw: dict[str, Any]) -> Any:
-    """A sort key putting problems in the order of their tables in the file
-    (TOML keeps it), a folder's among the folders; within one table, the
-    order they were found in."""
+    """A sort key putting problems in the order of the file (TOML keeps
+    it): by table, a folder's among the folders, then by key in its table;
+    problems of one key in the order they were found."""
     tables = {k: i for i, k in enumerate(raw)}
     folders = raw.get("folders")
-    named = {f"folders.{n!r}": i for i, n in enumerate(folders)} if isinstance(folders, dict) else {}
+    named = {f"folders.{n!r}": (i, v) for i, (n, v) in enumerate(folders.items())} if isinstance(folders, dict) else {}
 
-    def rank(problem: Problem) -> tuple[int, int]:
-        top = problem.key.split(".", 1)[0]
+    def place(table: Any, rest: str) -> int:
+        keys = list(table) if isinstance(table, dict) else []
+        first = rest.split(".", 1)[0]
+        return keys.index(first) if first in keys else -1
+
+    def rank(problem: Problem) -> tuple[int, int, int]:
+        top, _, rest = problem.key.partition(".")
         if top == "folders":
-            inner = next((i for k, i in named.items() if problem.key == k or problem.key.startswith(k + ".")), -1)
-            return tables.get(top, -1), inner
-        return tables.get(top, -1), 0
+            for k, (i, table) in named.items():
+                if problem.key == k or problem.key.startswith(k + "."):
+                    return tables.get(top, -1), i, place(table, problem.key[len(k) + 1:])
+            return tables.get(top, -1), -1, -1
+        return tables.get(top, -1), 0, place(raw.get(top), rest)
 
     return rank
 
@@ -403,6 +410,7 @@ def _parse_policy(t: dict[str, Any], p: _Problems) -> PolicyConfig:
     r = _Reader(t, "policy.", p)
     patterns = {}
     for name, rx in r.table("patterns").items():
+        p.pattern_names.add(name)  # a folder naming a broken one is not told it is unknown as well
         if not isinstance(rx, str):
             p.add(f"policy.patterns.{name}", "must be a regular expression string")
         elif r.regex(f"patterns.{name}", rx) is not None:
@@ -459,11 +467,11 @@ def _parse_folder(name: str, t: Any, policy: PolicyConfig, p: _Problems) -> Fold
             p.add(f"{key}.naming", str(e))
             naming = None
     sensitive = r.strings("sensitive", ())
-    known = set(SENSITIVE_BUILTIN) | {n for n, _ in policy.patterns}
+    known = set(SENSITIVE_BUILTIN) | {n for n, _ in policy.patterns} | p.pattern_names
     for s in sensitive:
         if s not in known:
             p.add(f"{key}.sensitive", f"unknown check {s!r} (known: {', '.join(sorted(known))})")
-    sensitive = tuple(s for s in sensitive if s in known)
+    sensitive = tuple(s for s in sensitive if s in known and s not in p.pattern_names - {n for n, _ in policy.patterns})
     route = r.get("route", str, None)
     route_to = r.get("route_to", str, None)
     if route is not None:
@@ -560,6 +568,7 @@ class _Bad(Exception):
 class _Problems:
     def __init__(self) -> None:
         self.items: list[Problem] = []
+        self.pattern_names: set[str] = set()  # [policy.patterns] names, broken ones too
 
     def add(self, key: str, message: str) -> None:
         self.items.append(Problem(key, message))

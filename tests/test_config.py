@@ -123,3 +123,18 @@ def test_init_shows_the_tables_a_profile_leaves_out_with_their_defaults(name: st
     keys = set(re.findall(r"^# (\w+) = ", text, re.M))
     assert keys == {*config.MonitoringConfig.__dataclass_fields__, *config.AlertsConfig.__dataclass_fields__,
                     *config.AuditConfig.__dataclass_fields__}
+
+
+def test_one_mistake_is_one_problem() -> None:
+    """A key with a problem reads as its default: what depends on it is
+    not reported as wrong too. Problems come in the file's order."""
+    _, problems = config.check(tomllib.loads(
+        '[policy.patterns]\nticket = "TCK-("\n'  # a broken pattern a folder uses
+        '[janitor]\nwarning = "high"\nemergency = 90\n'  # a wrong type beside a valid threshold
+        '[folders."a"]\nsensitive = ["ticket", "ssn"]\nroute = "("\nroute_to = "b/{name}"\n'
+        '[folders."b"]\nmax_files = "many"\nallow_extensions = ["json", ".csv"]\n'
+    ))
+    assert [x.key for x in problems] == [
+        "policy.patterns.ticket", "janitor.warning", "folders.'a'.route", "folders.'b'.max_files",
+        "folders.'b'.allow_extensions",
+    ], problems

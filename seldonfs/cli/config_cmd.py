@@ -2,8 +2,8 @@
 
 Reads the store's seldonfs.toml (or FILE, e.g. a copy being edited before
 it goes in) as a mount reads it, the TEMP_STORAGE_CLEANUP_* environment
-variables applied, and prints every problem found, one line each: the
-file, the key's dotted path and what is wrong. A mount stops at the first
+variables applied, and prints every problem found, one line each, in the
+file's order: the file, the key's dotted path and what is wrong. A mount stops at the first
 and names only it. Exit 0 when there is none, 13 when there is any.
 `--json`: one JSON document on stdout, {"file", "ok", "problems": [{"key",
 "message"}]}, "key" "" for the file as a whole (missing, not TOML).
