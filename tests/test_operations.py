@@ -220,8 +220,9 @@ def test_a_busy_metrics_port_fails_the_mount_with_one_line(tmp_path: Path) -> No
         busy.close()
 
 
-def _non_loopback_address() -> str | None:
-    """An IPv4 address of this machine that is not loopback (`hostname -I`), or None."""
+def _non_loopback_address(version: int) -> str | None:
+    """An address of this machine (IPv4 or IPv6) that is not loopback nor
+    link-local (`hostname -I`), or None."""
     import ipaddress
     import subprocess
 
@@ -231,7 +232,7 @@ def _non_loopback_address() -> str | None:
         return None
     for a in out.split():
         ip = ipaddress.ip_address(a)
-        if ip.version == 4 and not ip.is_loopback:
+        if ip.version == version and not ip.is_loopback and not ip.is_link_local:
             return a
     return None
 
@@ -264,7 +265,8 @@ def _check_exposition(text: str) -> None:
 
 
 @needs_fuse
-def test_prometheus_scrapes_a_non_loopback_address(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
+def test_prometheus_scrapes_a_non_loopback_address(tmp_path: Path, version: int) -> None:
     """Issue 20 item 6: `[monitoring] address` set to one of this machine's
     non-loopback addresses; /metrics and / answer there without a token,
     the control API does not (403, token or not)."""
@@ -273,10 +275,10 @@ def test_prometheus_scrapes_a_non_loopback_address(tmp_path: Path) -> None:
 
     from seldonfs import __version__
 
-    address = _non_loopback_address()
+    address = _non_loopback_address(version)
     if address is None:
-        pytest.skip("no non-loopback IPv4 address on this machine (hostname -I)")
-    with socket.socket() as s:
+        pytest.skip(f"no IPv{version} address but loopback and link-local on this machine (hostname -I)")
+    with socket.socket(socket.AF_INET6 if version == 6 else socket.AF_INET) as s:
         s.bind((address, 0))
         port = s.getsockname()[1]
     store = init_store(tmp_path / "store", "--profile", "vision", encrypted=False)
@@ -285,7 +287,7 @@ def test_prometheus_scrapes_a_non_loopback_address(tmp_path: Path) -> None:
     conf.write_text(conf.read_text() + f'\n[monitoring]\nport = {port}\naddress = "{address}"\n')
     assert seldonfs("config", "check", store).returncode == 0
     m = tmp_path / "mnt"
-    base = f"http://{address}:{port}"
+    base = f"http://{address}:{port}" if version == 4 else f"http://[{address}]:{port}"
     before = time.time()
     with mounted(store, m):
         (m / "temp" / "cache" / "images" / "a.png").write_bytes(b"\x89PNG")
