@@ -26,6 +26,7 @@ from . import __version__
 from .alerts import Failures
 from .host import disk_usage
 from .janitor import inventory
+from .naming import shown
 from .store import PRIVATE_DIR
 
 #: name -> (kind, help, labels)
@@ -213,8 +214,9 @@ class Collector:
         yield self._one("seldonfs_open_files", snap["open_files"])
         files, size = self._family("seldonfs_folder_files"), self._family("seldonfs_folder_bytes")
         for folder, v in snap["folders"].items():
-            files.add_metric([folder], v["files"])
-            size.add_metric([folder], v["bytes"])
+            label = shown(folder)  # a name that is not UTF-8 would fail the whole scrape
+            files.add_metric([label], v["files"])
+            size.add_metric([label], v["bytes"])
         yield files
         yield size
         yield self._one("seldonfs_disk_used_ratio", snap["disk"]["percent"] / 100)

@@ -333,3 +333,25 @@ def test_prometheus_scrapes_a_non_loopback_address(tmp_path: Path, version: int)
         assert json.loads(seldonfs("stats", m, "--json").stdout)["metrics_url"] == base + "/metrics"
     log = (store / "seldonfs.log").read_text()
     assert f"metrics at {base}/metrics for anyone who reaches that address" in log
+
+
+def test_metrics_of_folders_with_any_name(tmp_path: Path) -> None:
+    """A folder whose name is not UTF-8, or holds a quote, a backslash or a
+    newline, is a label like any other: the scrape does not fail."""
+    from prometheus_client import generate_latest
+
+    from seldonfs.metrics import Sources, registry
+
+    data = tmp_path / "data"
+    for name in (b"bad\xff", b'q"uote\\back\nline', b"plain"):
+        (data / os.fsdecode(name) / "sub").mkdir(parents=True)
+        (data / os.fsdecode(name) / "sub" / "f").write_bytes(b"12345")
+    sources = Sources(None, data, tmp_path / "catalog.sqlite")
+    sources._count_folders()
+    sources._folders_at = float("inf")  # no second count in a thread
+    text = generate_latest(registry(sources)).decode()
+    _check_exposition(text)
+    files = {s.labels["folder"]: s.value for fam in text_string_to_metric_families(text)
+             for s in fam.samples if s.name == "seldonfs_folder_files"}
+    assert files == {"bad\\xff": 1, "bad\\xff/sub": 1, 'q"uote\\back\\x0aline': 1, 'q"uote\\back\\x0aline/sub': 1,
+                     "plain": 1, "plain/sub": 1}, files
