@@ -209,6 +209,10 @@ DEFAULT_TABLES = {
 # enabled = true
 # reads = false              # also a record per handle that read
 # verify_every = "24h"       # the mount verifies its chain this often; 0: never
+# segments_to = "archive/audit"  # where sealed segments go (docs/audit.md "Segments")
+# Off unless set: seal old records into segment files, kept at least `retain`:
+#   segment = "monthly"      # or "daily", "weekly", or a number of records (1000 or more)
+#   retain = "7y"
 """,
 }
 
