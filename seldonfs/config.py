@@ -81,6 +81,10 @@ class FolderRule:
     schedule: str | None = None
     priority: int = 100
     warn_percent: int | None = None
+    # distribution tracking (distributions.py)
+    distribution: bool = False
+    distribution_expiry: float = 30 * 86400.0
+    distribution_action: str = "archive"
 
     @property
     def validates(self) -> bool:
@@ -343,6 +347,9 @@ def _parse_folder(name: str, t: Any, where: str, policy: PolicyConfig) -> Folder
         if not ext.startswith("."):
             raise ConfigError(f"{where}: {key}.allow_extensions: {ext!r} must start with '.'")
     patterns = r.table("patterns")
+    distribution_action = r.choice("distribution_action", ("archive", "delete", "keep"), d.distribution_action)
+    if r.get("distribution", bool, False) and distribution_action == "archive" and r.path("archive_to", None) is None:
+        raise ConfigError(f"{where}: {key}.archive_to: required with distribution_action = \"archive\"")
     return FolderRule(
         path=name,
         description=r.get("description", str, ""),
@@ -381,6 +388,9 @@ def _parse_folder(name: str, t: Any, where: str, policy: PolicyConfig) -> Folder
         schedule=r.schedule("schedule", None),
         priority=r.integer("priority", d.priority, 0, 10_000),
         warn_percent=r.percent("warn_percent", None),
+        distribution=r.get("distribution", bool, False),
+        distribution_expiry=r.duration("distribution_expiry", d.distribution_expiry),
+        distribution_action=distribution_action,
     )
 
 

@@ -251,7 +251,8 @@ def emergency_plan(cfg: Config, entries: Iterable[Entry], need: int) -> Iterator
 
 
 def _retains(r: FolderRule) -> bool:
-    return bool(r.max_age or r.patterns or r.archive_after or r.max_total or r.max_files or r.remove_empty_dirs)
+    return bool(r.max_age or r.patterns or r.archive_after or r.max_total or r.max_files or r.remove_empty_dirs
+                or r.distribution)
 
 
 def has_retention(cfg: Config) -> bool:
