@@ -133,6 +133,7 @@ def create_tables(db: sqlite_utils.Database) -> None:
     #             quarantine, release, version, restore, mount, unmount,
     #             passwd, rekey, janitor-delete/-archive/-move/-rmdir, control,
     #             damaged (content that failed authentication, read through the mount),
+    #             distribute, download, distribution (distributions.py),
     #             reset (a new epoch after a break: seq may skip the lost chain's
     #             numbers), gap (records lost: how many and why, in detail)
     #   path    - the object, relative to the mount root; path2 - the other
@@ -415,3 +416,19 @@ def due_distributions(conn: sqlite3.Connection, now_ns: int) -> int:
     return conn.execute(
         "SELECT count(*) FROM distributions WHERE status IN ('sent', 'delivered') AND expires_ns <= ?", (now_ns,)
     ).fetchone()[0]
+
+
+def distribution_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Records by state: open (sent, delivered), expired, closed (failed,
+    revoked); and the downloads counted on them. All 0 in a catalog from
+    before distributions."""
+    counts = {"open": 0, "expired": 0, "closed": 0, "downloads": 0}
+    try:
+        rows = conn.execute("SELECT status, count(*), sum(downloads) FROM distributions GROUP BY status").fetchall()
+    except sqlite3.OperationalError:
+        return counts
+    for status, n, downloads in rows:
+        state = "open" if status in ("sent", "delivered") else "expired" if status == "expired" else "closed"
+        counts[state] += n
+        counts["downloads"] += downloads or 0
+    return counts
