@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from .catalog import Catalog
 from .config import Config
+from .content import reader
 from .host import proc_uid
 from .janitor import Action
 from .rules import Rules
@@ -208,10 +209,11 @@ class Tracker:
         fd = self.core.open_ino(ino, os.O_RDONLY)
         try:
             content = self.core.content.attach(fd)
+            read = reader(content)  # damaged content: an OSError (EIO), not a crash of the request
             size = content.size()
             off = 0
             while off < size:
-                chunk = content.read(off, min(CHUNK, size - off))
+                chunk = read(off, min(CHUNK, size - off))
                 if not chunk:
                     break
                 h.update(chunk)

@@ -381,3 +381,25 @@ def test_config_keys() -> None:
     r = parse({**base, "folders": {"out": {"distribution": True, "distribution_action": "delete",
                                            "distribution_expiry": "2s"}}}, "t.toml").folders[0]
     assert (r.distribution_expiry, r.distribution_action) == (2.0, "delete")
+
+
+@pytest.mark.parametrize("value, want", [
+    (b"Ann Example <ann@example.org>", ("Ann Example", "ann@example.org")),
+    (b'"Doe, Jane" <jane.doe+reports@mail.example.org>', ("Doe, Jane", "jane.doe+reports@mail.example.org")),
+    ("Zoë Ñúñez <zoe@example.org>".encode(), ("Zoë Ñúñez", "zoe@example.org")),
+    (b"  bob@example.org  ", ("", "bob@example.org")),
+    (b"<carol@example.org>", ("", "carol@example.org")),
+])
+def test_parse_recipient(value: bytes, want: tuple[str, str]) -> None:
+    from seldonfs.distributions import parse_recipient
+
+    assert parse_recipient(value) == want
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_parse_recipient_refuses(value: bytes) -> None:
+    from seldonfs.distributions import parse_recipient
+
+    with pytest.raises(ValueError) as e:
+        parse_recipient(value)
+    assert "\n" not in str(e.value)
