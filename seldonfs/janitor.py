@@ -251,12 +251,13 @@ def emergency_plan(cfg: Config, entries: Iterable[Entry], need: int) -> Iterator
 
 
 def _retains(r: FolderRule) -> bool:
-    return bool(r.max_age or r.patterns or r.archive_after or r.max_total or r.max_files or r.remove_empty_dirs
-                or r.distribution)
+    return bool(r.max_age or r.patterns or r.archive_after or r.max_total or r.max_files or r.remove_empty_dirs)
 
 
 def has_retention(cfg: Config) -> bool:
-    return any(_retains(r) or r.orphan_sessions for r in cfg.folders)
+    # distribution expiry needs a janitor too, but its folders are no
+    # emergency cleanup's to delete from
+    return any(_retains(r) or r.orphan_sessions or r.distribution for r in cfg.folders)
 
 
 def creator_alive(record: bytes) -> tuple[bool | None, str]:

@@ -403,3 +403,17 @@ def test_parse_recipient_refuses(value: bytes) -> None:
     with pytest.raises(ValueError) as e:
         parse_recipient(value)
     assert "\n" not in str(e.value)
+
+
+def test_emergency_cleanup_leaves_distributed_files() -> None:
+    """A distribution folder is the janitor's for expiry only: emergency
+    cleanup, which deletes from folders whose rules delete, passes it by."""
+    from seldonfs import janitor
+
+    from .conftest import profile_config
+
+    cfg = profile_config("seldon")
+    assert janitor.has_retention(cfg)
+    entries = [janitor.Entry("output/distributed/big.bin", 10**9, 0.0, 0.0),
+               janitor.Entry("temp/cleanup/junk.bin", 10, 0.0, 0.0)]
+    assert [a.rel for a in janitor.emergency_plan(cfg, entries, 10**12)] == ["temp/cleanup/junk.bin"]

@@ -15,6 +15,8 @@ expiring; the janitor sets expired). Recipients are personal data: only
 the store's owner or root can read the catalog. Works with the store
 mounted (a status goes through the mount) or not (under the store lock).
 `--json`: list prints one JSON object per line, show and status one.
+Exit 2 for an unknown ID or STATUS, 1 when the catalog is not readable
+(another user), 11 when an unmounted store is held by another command.
 """
 
 from __future__ import annotations
