@@ -90,6 +90,10 @@ class FolderRule:
     schedule: str | None = None
     priority: int = 100
     warn_percent: int | None = None
+    # distribution tracking (distributions.py)
+    distribution: bool = False
+    distribution_expiry: float = 30 * 86400.0
+    distribution_action: str = "archive"
 
     @property
     def validates(self) -> bool:
@@ -534,6 +538,9 @@ def _parse_folder(name: str, t: Any, policy: PolicyConfig, p: _Problems) -> Fold
         age = r.duration(f"patterns.{glob}", None, v)
         if age is not None:
             patterns.append((glob, age))
+    distribution_action = r.choice("distribution_action", ("archive", "delete", "keep"), d.distribution_action)
+    if r.get("distribution", bool, False) and distribution_action == "archive" and r.path("archive_to", None) is None:
+        p.add(f"{key}.archive_to", "required with distribution_action = \"archive\"")
     return FolderRule(
         path=name,
         description=r.get("description", str, ""),
@@ -571,6 +578,9 @@ def _parse_folder(name: str, t: Any, policy: PolicyConfig, p: _Problems) -> Fold
         schedule=r.schedule("schedule", None),
         priority=r.integer("priority", d.priority, 0, 10_000),
         warn_percent=r.percent("warn_percent", None),
+        distribution=r.get("distribution", bool, False),
+        distribution_expiry=r.duration("distribution_expiry", d.distribution_expiry),
+        distribution_action=distribution_action,
     )
 
 

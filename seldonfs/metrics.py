@@ -24,6 +24,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from . import __version__
 from .alerts import Failures
+from .catalog import distribution_counts
 from .host import disk_usage
 from .janitor import inventory
 from .naming import shown
@@ -42,6 +43,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "seldonfs_disk_bytes": ("gauge", "Size and use of the store's filesystem", ("kind",)),
     "seldonfs_validation_total": ("counter", "Commit verdicts of the policy engine", ("verdict",)),
     "seldonfs_quarantine_files": ("gauge", "Files waiting in quarantine", ()),
+    "seldonfs_distribution_records": ("gauge", "Distribution records, by state (open, expired, closed)", ("state",)),
+    "seldonfs_distribution_downloads": ("gauge", "Opens for reading counted on distribution records", ()),
     "seldonfs_janitor_runs_total": ("counter", "Janitor runs finished", ()),
     "seldonfs_janitor_actions_total": ("counter", "Janitor actions, by result", ("result",)),
     "seldonfs_janitor_freed_bytes_total": ("counter", "Bytes the janitor deleted or archived", ()),
@@ -121,6 +124,16 @@ class Sources:
         except sqlite3.Error:
             return 0
 
+    def distributions(self) -> dict[str, int]:
+        try:
+            conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True, timeout=1)
+            try:
+                return distribution_counts(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return {"open": 0, "expired": 0, "closed": 0, "downloads": 0}
+
     def disk(self) -> dict[str, Any]:
         pct, used, total = disk_usage(self.data)
         j = self.janitor_cfg
@@ -166,6 +179,7 @@ def snapshot(s: Sources) -> dict[str, Any]:
         "disk": s.disk(),
         "validation": {"ok": policy.get("commit", 0), "quarantined": policy.get("quarantine", 0)},
         "quarantine_files": s.quarantine(),
+        "distributions": s.distributions(),
         "janitor": None if j is None else {
             "running": j.running, "runs": j.totals["runs"], "done": j.totals["done"],
             "skipped": j.totals["skipped"], "freed": j.totals["freed"],
@@ -229,6 +243,11 @@ class Collector:
             f.add_metric([verdict], n)
         yield f
         yield self._one("seldonfs_quarantine_files", snap["quarantine_files"])
+        f = self._family("seldonfs_distribution_records")
+        for state in ("open", "expired", "closed"):
+            f.add_metric([state], snap["distributions"][state])
+        yield f
+        yield self._one("seldonfs_distribution_downloads", snap["distributions"]["downloads"])
         j = snap["janitor"] or {"runs": 0, "done": 0, "skipped": 0, "freed": 0}
         yield self._one("seldonfs_janitor_runs_total", j["runs"])
         f = self._family("seldonfs_janitor_actions_total")
