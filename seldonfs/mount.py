@@ -48,7 +48,7 @@ from .policy import Policy
 from .refusals import Refusals
 from .rules import Rules
 from .store import Store, StoreLock
-from .virtual import VIRTUAL_BASE, Virtual, VirtualFile
+from .virtual import REFUSALS_NAME, STATS_NAME, VIRTUAL_BASE, Virtual, VirtualFile
 
 log = logging.getLogger(__name__)
 
@@ -248,21 +248,25 @@ def open_audit(store: Store, cfg: Config, content: ContentLayer, lock_fd: int) -
 
 def virtual_files(store: Store, mountpoint: Path, sources: Sources, auditlog: AuditLog | None, metrics_url: str | None,
                   refusals: Refusals | None = None) -> Virtual:
-    """system/logs/audit.jsonl, system/monitoring/stats.json and
-    refusals.json (virtual.py): root and the mount's owner read every
-    refusal, anyone else their own."""
+    """The numbers at MOUNT/.seldonfs-stats.json (every mount, every profile;
+    left out of listings) and, for a tree that has those folders,
+    system/monitoring/stats.json and system/logs/audit.jsonl; the last
+    refusals at MOUNT/.seldonfs-refusals.json, made per reader: root and
+    the mount's owner read every refusal, anyone else their own (virtual.py)."""
 
     def stats() -> Iterator[bytes]:
         doc = {"store": str(store.root), "mountpoint": str(mountpoint), "pid": os.getpid(),
                "metrics_url": metrics_url, **snapshot(sources)}
         yield json.dumps(doc, indent=2).encode() + b"\n"
 
-    files = [VirtualFile(VIRTUAL_BASE + 2, "system/monitoring", b"stats.json", stats)]
+    files = [VirtualFile(VIRTUAL_BASE + 3, "", STATS_NAME, stats, listed=False),
+             VirtualFile(VIRTUAL_BASE + 2, "system/monitoring", b"stats.json", stats)]
     if refusals is not None:
         def of_reader(uid: int) -> Iterator[bytes]:
             return refusals.document(None if uid in (0, os.geteuid()) else uid)
 
-        files.append(VirtualFile(VIRTUAL_BASE + 3, "system/monitoring", b"refusals.json", lambda: iter(()), of_reader))
+        files.append(VirtualFile(VIRTUAL_BASE + 4, "", REFUSALS_NAME, lambda: iter(()), listed=False,
+                                 for_reader=of_reader))
     if auditlog is not None:
         files.append(VirtualFile(VIRTUAL_BASE + 1, "system/logs", b"audit.jsonl", auditlog.jsonl))
     return Virtual(files)
@@ -340,7 +344,7 @@ def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine:
     sources.failures = failures
     sources.refusals = refusals
     port = cfg.monitoring.port
-    url = f"http://{cfg.monitoring.address}:{port}/metrics" if port else None
+    url = metrics_url(cfg.monitoring.address, port) if port else None
     core.virtual = virtual_files(store, mountpoint, sources, auditlog, url, refusals)
     served = Served(store, cfg, sources, alerts, auditlog, janitor_)
     served.control = Control(
@@ -352,7 +356,21 @@ def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine:
     except BaseException:
         served.control.close()
         raise
+    if port and not config.is_loopback(cfg.monitoring.address):
+        log.info("metrics at http://%s/metrics for anyone who reaches that address; the control API only on %s "
+                 "and loopback", _host_port(cfg.monitoring.address, port), store.root / "control.sock")
     return served
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def metrics_url(address: str, port: int) -> str:
+    """Where this machine scrapes the mount: an unspecified address
+    (0.0.0.0, ::) as the loopback one it includes, IPv6 in brackets."""
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
+    return f"http://{_host_port(local, port)}/metrics"
 
 
 def _finish_rekey_copy(store: Store, content: ContentLayer) -> None:

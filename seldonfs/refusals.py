@@ -6,7 +6,7 @@ with the errno the caller sees and the rule's reason as its text. The FUSE
 glue puts that reason in the audit record's detail and in the mount's
 `Refusals`, the last `LAST` refusals kept in memory, which a quarantine at
 commit joins too. `seldonfs why PATH` reads them from
-system/monitoring/refusals.json: everyone may open it and sees the
+MOUNT/.seldonfs-refusals.json: everyone may open it and sees the
 refusals of their own uid; root and the mount's owner see all of them
 (as they may read the audit chain). stats.json carries all of them.
 """

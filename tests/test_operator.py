@@ -24,7 +24,7 @@ from .conftest import (
     SELDONFS, as_user, init_store, keyfile_of, mounted, needs_fuse, needs_root, seldonfs, unmount, wait_for,
 )
 
-REFUSALS_JSON = "system/monitoring/refusals.json"
+REFUSALS_JSON = ".seldonfs-refusals.json"
 
 
 def _json_lines(out: str) -> list[dict]:

@@ -9,8 +9,9 @@ mount point too): the refusals of everything under it as well.
 
 The mount keeps its last 100 refusals in memory (gone at unmount; the
 audit chain keeps all of them) and hands them out through
-MOUNT/system/monitoring/refusals.json: root and the mount's owner see
-every user's, anyone else only those of their own uid.
+MOUNT/.seldonfs-refusals.json (every profile; not listed, found by its
+name): root and the mount's owner see every user's, anyone else only
+those of their own uid.
 Names are printed with control characters and bytes that are not UTF-8
 as \\xNN. `--json`: {"mountpoint", "path", "refusals": [{"time", "uid",
 "pid", "op", "path", "path2", "result", "reason"}]}.
@@ -30,9 +31,10 @@ from typing import Any
 from ..audit import _text
 from ..errors import MountPointError, SeldonError
 from ..naming import shown
+from ..virtual import REFUSALS_NAME
 from .common import add_json_arg
 
-REFUSALS = "system/monitoring/refusals.json"
+REFUSALS = os.fsdecode(REFUSALS_NAME)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
