@@ -215,6 +215,7 @@ DEFAULT_TABLES = {
 # reads = false              # also a record per handle that read
 # verify_every = "24h"       # the mount verifies its chain this often; 0: never
 # segments_to = "archive/audit"  # where sealed segments go (docs/audit.md "Segments")
+# forward = "none"           # each record also to "journal" or "syslog" (docs/audit.md "Shipping records")
 # Off unless set: seal old records into segment files, kept at least `retain`:
 #   segment = "monthly"      # or "daily", "weekly", or a number of records (1000 or more)
 #   retain = "7y"
