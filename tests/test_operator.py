@@ -301,6 +301,20 @@ def open_dir() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _chain(store: Path) -> list[dict]:
+    """The audit records as stored (read after the unmount, from the catalog)."""
+    import sqlite3
+
+    from seldonfs.audit import FIELDS
+
+    conn = sqlite3.connect(store / "catalog.sqlite")
+    try:
+        rows = conn.execute(f"SELECT {', '.join(FIELDS)}, mac FROM audit ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [{**dict(zip(FIELDS, r[:-1])), "mac": bytes(r[-1]).hex()} for r in rows]
+
+
 _READ_REFUSALS = "import sys; sys.stdout.write(open(sys.argv[1]).read())"
 
 
@@ -364,7 +378,7 @@ def test_why_names_the_reason_of_each_refusal(open_dir: Path) -> None:
         r = as_user(65534, 65534, _READ_REFUSALS, str(m / "system/monitoring/stats.json"))
         assert "PermissionError" in r.stderr
 
-        records = [json.loads(line) for line in (m / "system/logs/audit.jsonl").read_text().splitlines()]
+    records = _chain(store)
     refused = {(r["op"], r["path"], r["result"]): r["detail"] for r in records if r["result"] != "OK"}
     assert refused[("create", "input/raw/" + hostile, "EACCES")].startswith("extension .exe not allowed here")
     assert refused[("create", "input/raw/theirs.exe", "EACCES")].startswith("extension .exe not allowed here")
