@@ -79,8 +79,10 @@ class FolderRule:
     remove_empty_dirs: bool = False
     orphan_sessions: bool = False
     schedule: str | None = None
-    priority: int = 100
+    priority: int | None = None  # None: emergency cleanup never deletes here
     warn_percent: int | None = None
+    # protection
+    write_once: bool = False  # no change through the mount until max_age has passed (policy.held)
 
     @property
     def validates(self) -> bool:
@@ -207,6 +209,7 @@ def parse(raw: dict[str, Any], where: str) -> Config:
         _parse_folder(name, value, where, policy)
         for name, value in _table(raw, "folders", where, "").items()
     )
+    _check_emergency(folders, where)
     janitor = _parse_janitor(_table(raw, "janitor", where, ""), where)
     a = _table(raw, "audit", where, "")
     _only_keys(a, {"enabled", "reads", "verify_every"}, where, "audit.")
@@ -343,7 +346,7 @@ def _parse_folder(name: str, t: Any, where: str, policy: PolicyConfig) -> Folder
         if not ext.startswith("."):
             raise ConfigError(f"{where}: {key}.allow_extensions: {ext!r} must start with '.'")
     patterns = r.table("patterns")
-    return FolderRule(
+    rule = FolderRule(
         path=name,
         description=r.get("description", str, ""),
         mode=mode,
@@ -381,7 +384,35 @@ def _parse_folder(name: str, t: Any, where: str, policy: PolicyConfig) -> Folder
         schedule=r.schedule("schedule", None),
         priority=r.integer("priority", d.priority, 0, 10_000),
         warn_percent=r.percent("warn_percent", None),
+        write_once=r.get("write_once", bool, False),
     )
+    _check_write_once(rule, where, key)
+    return rule
+
+
+def _check_write_once(r: FolderRule, where: str, key: str) -> None:
+    """A write-once folder's files go only when their retention (`max_age`,
+    by write or arrival time) has passed: nothing may take them earlier."""
+    if not r.write_once:
+        return
+    early = [k for k, on in (
+        ("priority", r.priority is not None), ("patterns", bool(r.patterns)), ("max_total", r.max_total is not None),
+        ("max_files", r.max_files is not None), ("archive_after", r.archive_after is not None),
+        ("orphan_sessions", r.orphan_sessions), ("age_by = \"atime\"", r.age_by == "atime"),
+    ) if on]
+    if early:
+        raise ConfigError(f"{where}: {key}.write_once: {early[0]} would take files before their retention")
+
+
+def _check_emergency(folders: tuple[FolderRule, ...], where: str) -> None:
+    """Emergency cleanup never deletes archives: no `priority` on a folder
+    that a rule archives into, or below one."""
+    dests = {r.archive_to for r in folders if r.archive_to}
+    for r in folders:
+        for dest in dests:
+            if r.priority is not None and (r.path == dest or r.path.startswith(dest + "/")):
+                raise ConfigError(f"{where}: folders.{r.path!r}.priority: archives ({dest}/) are never "
+                                  "deleted by emergency cleanup")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w|y)\s*$")
