@@ -58,10 +58,10 @@ def test_seldon_retention_values() -> None:
 # ------------------------------------------------------------ protected data (issue 18)
 
 
-def _seldon_store(tmp_path: Path, where: Path | None = None, edit=None) -> Path:
+def _seldon_store(tmp_path: Path, where: Path | None = None, edit=None, encrypted: bool = False) -> Path:
     from .conftest import init_store
 
-    store = init_store((where or tmp_path) / "store", "--profile", "seldon", encrypted=False)
+    store = init_store((where or tmp_path) / "store", "--profile", "seldon", encrypted=encrypted)
     if edit is not None:
         conf = store / "seldonfs.toml"
         text = conf.read_text()
@@ -136,7 +136,8 @@ def test_seldon_emergency_plan_never_names_archive_or_output() -> None:
         "temp/processing", "temp/cache", "temp/working", "temp/sessions", "temp/cleanup"}
 
 
-def test_seldon_compliance_is_write_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["plain", "encrypted"])  # encrypted: the kernel's writeback cache is on
+def test_seldon_compliance_is_write_once(kind: str, tmp_path: Path) -> None:
     """archive/compliance: a record, once closed under its final name, is
     not deleted, renamed away or over, opened for writing, truncated,
     linked, re-moded, re-timed or re-attributed through the mount, not
@@ -144,9 +145,9 @@ def test_seldon_compliance_is_write_once(tmp_path: Path) -> None:
     a record yet; renamed to its final name, it is. A mount's janitor
     asked to plan 8 years ahead still keeps it; offline, the operator's
     `janitor STORE --older-than` removes it, saying why."""
-    from .conftest import mounted
+    from .conftest import key_args, mounted
 
-    store = _seldon_store(tmp_path)
+    store = _seldon_store(tmp_path, encrypted=kind == "encrypted")
     m = tmp_path / "mnt"
     with mounted(store, m):
         c = m / "archive" / "compliance"
@@ -202,12 +203,12 @@ def test_seldon_compliance_is_write_once(tmp_path: Path) -> None:
     assert ("open", "archive/compliance/upload.csv") in refused
     dry = seldonfs("janitor", store, "--older-than", "8y", "--folder", "archive/compliance", "--dry-run")
     assert dry.stdout.count("write-once, planned with --older-than 8y") == 2, dry.stdout
-    r = seldonfs("janitor", store, "--older-than", "8y", "--folder", "archive/compliance")
+    r = seldonfs("janitor", store, "--older-than", "8y", "--folder", "archive/compliance", *key_args(store))
     assert r.returncode == 0 and "2 delete" in r.stdout, r.stdout + r.stderr
     assert not (store / "data" / "archive" / "compliance" / "ledger.csv").exists()
     gone = [r for r in _audit(store) if r["op"] == "janitor-delete" and r["path"] == "archive/compliance/ledger.csv"]
     assert len(gone) == 1 and "--older-than 8y" in gone[0]["detail"], gone
-    assert seldonfs("audit", "verify", store).returncode == 0
+    assert seldonfs("audit", "verify", store, *key_args(store)).returncode == 0
 
 
 def test_seldon_write_once_ends_with_its_retention(tmp_path: Path) -> None:
