@@ -219,7 +219,8 @@ def test_seldon_write_once_ends_with_its_retention(tmp_path: Path) -> None:
     from .conftest import mounted, wait_for
 
     store = _seldon_store(tmp_path, edit=lambda t: t.replace(
-        'max_age = "7y"\nwrite_once = true', 'max_age = "2s"\nwrite_once = true', 1))
+        'max_age = "7y"\nwrite_once = true', 'max_age = "2s"\nwrite_once = true', 1).replace(
+        'segments_to = "archive/compliance/audit"', 'segments_to = "archive/audit"'))  # kept 7 y
     m = tmp_path / "mnt"
     with mounted(store, m):
         c = m / "archive" / "compliance"
