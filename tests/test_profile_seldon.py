@@ -111,6 +111,7 @@ def test_seldon_emergency_on_a_disk_filled_from_outside_spares_archive_and_outpu
         assert dry.returncode == 0, dry.stderr
         planned = [(a["kind"], a["rel"]) for a in map(json.loads, dry.stdout.splitlines())]
         assert planned == [("delete", "temp/cache/c.bin")], dry.stdout
+        assert "bytes stay over the warning level" in dry.stderr, dry.stderr
         with mounted(store, m, expect_log_problems=True):  # its disk check runs at once
             wait_for(lambda: any("emergency-stuck" in line for line in log_problems(store)), what="emergency-stuck")
             assert not (m / "temp" / "cache" / "c.bin").exists()  # the run happened

@@ -153,7 +153,12 @@ def _plan(args: argparse.Namespace, cfg, data: Path, size, now: float) -> list[j
         if need > 0:
             planned = {a.rel for a in actions}
             rest = (e for e in janitor.inventory(data, size) if e.rel not in planned)
-            actions += janitor.emergency_plan(cfg, rest, need)
+            more = list(janitor.emergency_plan(cfg, rest, need))
+            actions += more
+            left = need - sum(a.size for a in more)
+            if left > 0:  # what the mount alerts as emergency-stuck
+                say(args, f"emergency: {left:,} bytes stay over the warning level: no folder with a priority "
+                    "has more to delete (archives, outputs and write-once folders are never taken)")
     return actions
 
 
