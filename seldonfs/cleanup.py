@@ -35,7 +35,7 @@ from pathlib import Path
 
 import trio
 
-from . import _libc, faults, xattrs
+from . import _libc, distributions, faults, xattrs
 from .alerts import Alerts, Failures
 from .audit import AuditLog
 from .catalog import Catalog
@@ -496,6 +496,7 @@ class MountJanitor:
                 actions = plan(now, self.cfg, inventory(self.data, plain), usage, held_now=t0)  # write-once: real time
                 planned += await self._carry_out(actions, req, out)
                 self._check_caps(usage)
+                planned += await self._expire_distributions(now, req, out)
             used0 = disk_usage(self.data)[1] if req.emergency else 0
             freed0 = out.freed
             for _ in range(3 if req.emergency else 0):  # a pass, then usage again
@@ -539,6 +540,18 @@ class MountJanitor:
         finally:
             self.running = False
             self.runs += 1
+
+    async def _expire_distributions(self, now: float, req: Request, out: Outcome) -> int:
+        """Distribution records past their expiry, and the files left
+        without an open record (distributions.py)."""
+        if req.orphans:
+            return 0
+        stat = distributions.backing_stat(self.data, self.content.plain_size)
+        exp = distributions.expiry_plan(self.cfg, self.catalog.expired_files(int(now * 1e9)), stat)
+        self.catalog.expire_distributions(int(now * 1e9), time.time_ns())
+        planned = await self._carry_out(iter(exp.actions), req, out)
+        distributions.settle(self.catalog, exp, stat)
+        return planned
 
     def _check_caps(self, usage: dict) -> None:
         """Alert when a capped folder is `warn_percent` full (before eviction)."""

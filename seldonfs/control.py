@@ -1,8 +1,9 @@
 """The mount's HTTP endpoints: Prometheus metrics, health, and control.
 
 Served by threads of their own on STORE/control.sock (always) and, when
-`[monitoring] port` is set, on 127.0.0.1:port. Seed 004's API:
+`[monitoring] port` is set, on `[monitoring] address`:port. Seed 004's API:
 
+    GET  /                                   a page linking /metrics (no token)
     GET  /metrics                            Prometheus text format (no token)
     GET  /api/v1/cleanup/health              ok or degraded, active alerts, janitor, disk
     GET  /api/v1/cleanup/stats               disk use and thresholds, temp/ folders, cleanup totals
@@ -23,13 +24,18 @@ folder. Task ids are random (32 hex digits), not counters.
 /api/* wants `Authorization: Bearer TOKEN`, the token being STORE/control.
 token (0600, made at the first mount), or, on the socket, a peer that is
 root or the store's owner (SO_PEERCRED). Anything else gets 401, and the
-refusal goes into the audit chain. Work is handed to the request loop's
-trio thread (trio.from_thread); nothing here touches the store itself.
+refusal goes into the audit chain. On an address that is not loopback
+(0.0.0.0, ::, one of the machine's IPs) only / and /metrics answer: /api/*
+is 403 there, token or not, since plain HTTP would show the token to the
+network; the API stays on the socket and loopback. Work is handed to the
+request loop's trio thread (trio.from_thread); nothing here touches the
+store itself.
 """
 
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import logging
 import os
@@ -43,7 +49,10 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from . import __version__
+from .config import is_loopback
 from .errors import SeldonError
 from .janitor import Request, valid_id
 from .metrics import snapshot
@@ -107,7 +116,9 @@ class Control:
         os.chmod(sock_path, 0o660)
         if port:
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            tcp_cls = type("TCP", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
+            tcp_cls = type("TCP", (ThreadingHTTPServer,), {
+                "address_family": family, "daemon_threads": True, "api": is_loopback(address),
+            })
             try:
                 self.servers.append(tcp_cls((address, port), _handler(self)))
             except OSError as e:
@@ -255,6 +266,23 @@ class Control:
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    api = True  # the control API answers here (a listener on a non-loopback address: False)
+
+
+def landing_page(api: bool) -> bytes:
+    """GET /: what answers here, as node_exporter's page says it."""
+    api_line = (
+        "<li><code>/api/v1/health</code>, <code>/api/v1/stats</code>, ... (the control API: "
+        "<code>Authorization: Bearer</code> the store's control.token)</li>"
+        if api else
+        "<li>the control API answers on the store's control.sock and on loopback only</li>"
+    )
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>SeldonFS exporter</title></head>\n"
+        f"<body><h1>SeldonFS exporter</h1><p>seldonfs {html.escape(__version__)}</p>\n"
+        f"<ul><li><a href=\"metrics\">Metrics</a> (Prometheus text format)</li>\n{api_line}</ul>\n"
+        "</body></html>\n"
+    ).encode()
 
 
 def _handler(ctl: Control) -> type[BaseHTTPRequestHandler]:
@@ -299,15 +327,26 @@ def _handler(ctl: Control) -> type[BaseHTTPRequestHandler]:
             self._send(401, {"error": why})
             return False
 
-        def do_GET(self) -> None:
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        def _api_here(self) -> bool:
+            """False (and 403 sent) on a listener whose address is not loopback."""
+            if self.server.api:  # type: ignore[attr-defined]
+                return True
+            self._send(403, {"error": "the control API answers on the store's control.sock and on loopback only"})
+            return False
 
-            path = self.path.split("?", 1)[0]
+        def do_GET(self) -> None:
+            from prometheus_client.exposition import choose_encoder
+
+            path = urlsplit(self.path).path  # a scraper may add a query
             if path == "/metrics":
-                return self._send(200, generate_latest(ctl.registry), CONTENT_TYPE_LATEST)
+                # the format the scraper asks for: OpenMetrics for Prometheus, else the text format 0.0.4
+                encode, ctype = choose_encoder(self.headers.get("Accept", ""))
+                return self._send(200, encode(ctl.registry), ctype)
+            if path == "/":
+                return self._send(200, landing_page(self.server.api), "text/html; charset=utf-8")  # type: ignore[attr-defined]
             if not path.startswith("/api/"):
                 return self._send(404, {"error": "not found"})
-            if not self._authorized():
+            if not self._api_here() or not self._authorized():
                 return
             if path in ("/api/v1/cleanup/health", "/api/v1/health"):
                 return self._send(200, ctl.on_loop(ctl.health))
@@ -332,7 +371,7 @@ def _handler(ctl: Control) -> type[BaseHTTPRequestHandler]:
                 self.rfile.read(min(length, 1 << 16))
             if not self.path.startswith("/api/"):
                 return self._send(404, {"error": "not found"})
-            if not self._authorized():
+            if not self._api_here() or not self._authorized():
                 return
             path = self.path.split("?", 1)[0]
             if path == "/api/v1/reload":

@@ -332,7 +332,9 @@ def _retains(r: FolderRule) -> bool:
 
 
 def has_retention(cfg: Config) -> bool:
-    return any(_retains(r) or r.orphan_sessions for r in cfg.folders)
+    # distribution expiry needs a janitor too, but its folders are no
+    # emergency cleanup's to delete from
+    return any(_retains(r) or r.orphan_sessions or r.distribution for r in cfg.folders)
 
 
 def creator_alive(record: bytes) -> tuple[bool | None, str]:
