@@ -45,6 +45,7 @@ from .core import ROOT_INODE, Core
 from .host import disk_usage, job_from_environ, locked_inodes, mount_device, proc_stat
 from .janitor import JOBS, TEMP, Action, Request, chunk_plan, crash_plan, emergency_plan, inventory, next_time, plan
 from .naming import NAME_MAX, fit
+from .policy import NAME_TRIES
 from .store import walk
 
 log = logging.getLogger(__name__)
@@ -123,32 +124,56 @@ def archive_names(name: str) -> tuple[str, str]:
     return gz, gz + META_SUFFIX
 
 
+def archive_dir(dest: str, now_ns: int) -> str:
+    """Where an archive made at `now_ns` goes: DEST/YYYY/MM/DD (UTC, seed 000 §3.2)."""
+    return posixpath.join(dest, time.strftime("%Y/%m/%d", time.gmtime(now_ns / 1e9)))
+
+
+def unique_names(name: str) -> Iterator[tuple[str, str]]:
+    """The archive names tried for file `name`, in order: its own, then
+    with -1, -2... before its extension (policy.candidates' scheme)."""
+    for n in range(NAME_TRIES):
+        if n == 0:
+            yield archive_names(name)
+        else:
+            stem, dot, ext = name.rpartition(".")
+            yield archive_names(f"{stem}-{n}{dot}{ext}" if stem else f"{name}-{n}")
+
+
 def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
-    """Compress `a.rel` into a.dest/ through the content layer, with its
-    metadata record, then remove the original. Both are written under
-    hidden part names (`.NAME.part`), synced, and only then renamed to
-    theirs, the record first: killed anywhere, what is left is parts
+    """Compress `a.rel` into a.dest/YYYY/MM/DD/ through the content layer,
+    with its metadata record, then remove the original. Both are written
+    under hidden part names (`.NAME.part`), synced, and only then renamed
+    to theirs, the record first: killed anywhere, what is left is parts
     (made anew next time), a record of this file without its archive (an
     attempt cut short: removed and made again), or both beside the original
     (finished but for the removal, which the next run does once the record
-    and the archive's content match the original). A failure on the way
-    removes what this call made."""
+    and the archive's content match the original). The original carries
+    the folder of its attempt (xattrs.ARCHIVING), so an attempt resumed on
+    a later day finishes where it began. A name taken by another file's
+    archive (or by anything not ours) is passed over for the next unique
+    one. A failure on the way removes what this call made."""
     d, name = posixpath.split(a.rel)
-    gz, meta_name = archive_names(name)
     src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
     try:
         st = os.fstat(src)
         read = reader(content.attach(src))  # damage: content.Unreadable, an OSError: skipped
         size = content.plain_size(st.st_size)
-        tfd = walk(root, posixpath.join(a.dest, d), create=True)
+        folder = _attempt_of(src, a.dest)
+        if folder is None:
+            folder = archive_dir(a.dest, now_ns)
+            _mark_attempt(src, folder)  # before the folder is made: a resumed attempt goes there
+        tfd = walk(root, folder, create=True)
         made: list[str] = []
         try:
-            if _earlier_attempt(tfd, gz, meta_name, a.rel, read, size, content):
-                made = []  # the archive was whole: only the original is left to remove
-            else:
-                digest = _compress(read, size, content, tfd, _part(gz), made)
+            gz, meta_name, whole = _choose(tfd, a.rel, name, read, size, content)
+            if not whole:
+                digest, packed = _compress(read, size, content, tfd, _part(gz), made)
                 meta = {
-                    "original": a.rel, "size": size, "sha256": digest, "mtime": st.st_mtime, "archived_ns": now_ns,
+                    "original": a.rel, "size": size, "compressed_size": packed,
+                    "compression_ratio": round(packed / size, 4) if size else None, "sha256": digest,
+                    "mtime": st.st_mtime, "archived_ns": now_ns,
+                    "archive_date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ns / 1e9)),
                     "rule": a.rule, "reason": a.reason, "codec": "gzip",
                 }
                 _write_new(content, tfd, _part(meta_name), json.dumps(meta, indent=2).encode() + b"\n", made)
@@ -170,27 +195,58 @@ def _archive(root: int, dfd: int, a: Action, content, now_ns: int) -> None:
     os.unlink(name, dir_fd=dfd)  # only now: the archive is on disk
 
 
+def _attempt_of(src: int, dest: str) -> str | None:
+    """The folder an earlier attempt to archive this file began in (under `dest`)."""
+    try:
+        folder = os.fsdecode(os.getxattr(src, xattrs.ARCHIVING))
+    except OSError:
+        return None
+    ok = folder.startswith(dest + "/") and ".." not in folder.split("/")
+    return folder if ok else None
+
+
+def _mark_attempt(src: int, folder: str) -> None:
+    try:
+        os.setxattr(src, xattrs.ARCHIVING, os.fsencode(folder))
+    except OSError as e:  # e.g. no user xattrs: an attempt resumed another day is made anew there
+        log.debug("cannot mark the archive attempt: %s", e)
+
+
+def _choose(tfd: int, rel: str, name: str, read, size: int, content) -> tuple[str, str, bool]:
+    """The archive and record names for `rel` in the target folder, and
+    whether an earlier attempt left them whole (only the removal is left):
+    the first unique name that is free or holds our own earlier attempt."""
+    for gz, meta_name in unique_names(name):
+        state = _earlier_attempt(tfd, gz, meta_name, rel, read, size, content)
+        if state == "whole":
+            return gz, meta_name, True
+        if state == "free":
+            return gz, meta_name, False
+    raise OSError(errno.EEXIST, f"no free archive name for {name} after {NAME_TRIES} tries")
+
+
 def _part(name: str) -> str:
     return fit(f".{name}.part", NAME_MAX)
 
 
-def _earlier_attempt(tfd: int, gz: str, meta_name: str, rel: str, read, size: int, content) -> bool:
-    """What an earlier, interrupted archive of `rel` left in the target
-    folder: True when its record and archive are whole and both match the
-    original (the record's path, size and sha256; the archive's unpacked
-    sha256). A record of `rel` without its archive is removed. Anything
-    else stays (an archive alone was never left by us), and the archive
-    then fails with EEXIST as before."""
+def _earlier_attempt(tfd: int, gz: str, meta_name: str, rel: str, read, size: int, content) -> str:
+    """What the target folder holds under these names for `rel`: "free"
+    (nothing; a record of `rel` without its archive, left by an attempt
+    cut short, is removed), "whole" (an earlier attempt's record and
+    archive, both matching the original: the record's path, size and
+    sha256, the archive's unpacked sha256) or "taken" (anything else: an
+    archive alone was never left by us, and is never removed)."""
     meta = _read_meta(tfd, meta_name, content)
     if meta is None or meta.get("original") != rel:
-        return False
+        return "taken" if meta is not None or _exists(tfd, meta_name) or _exists(tfd, gz) else "free"
     if not _exists(tfd, gz):
         os.unlink(meta_name, dir_fd=tfd)
-        return False
+        return "free"
     if meta.get("size") != size:
-        return False
+        return "taken"
     want = meta.get("sha256")
-    return _sha256_of(read, size) == want and _unpacked_sha256(tfd, gz, content) == want
+    whole = _sha256_of(read, size) == want and _unpacked_sha256(tfd, gz, content) == want
+    return "whole" if whole else "taken"
 
 
 def _read_meta(tfd: int, name: str, content) -> dict | None:
@@ -269,8 +325,9 @@ def _open_new(tfd: int, name: str, made: list[str]) -> int:
     return fd
 
 
-def _compress(read, size: int, content, tfd: int, gz: str, made: list[str]) -> str:
-    """Write the gzip of `size` plaintext bytes from `read` as `gz`; its sha256."""
+def _compress(read, size: int, content, tfd: int, gz: str, made: list[str]) -> tuple[str, int]:
+    """Write the gzip of `size` plaintext bytes from `read` as `gz`; the
+    sha256 of the plaintext and the gzip's size."""
     dst = _open_new(tfd, gz, made)
     try:
         writer = content.attach(dst)
@@ -281,11 +338,12 @@ def _compress(read, size: int, content, tfd: int, gz: str, made: list[str]) -> s
             digest.update(chunk)
             packed = z.compress(chunk)
             woff += writer.write(woff, packed) if packed else 0
-        writer.write(woff, z.flush())
+        tail = z.flush()
+        woff += writer.write(woff, tail)
         faults.fsync(dst)
     finally:
         os.close(dst)
-    return digest.hexdigest()
+    return digest.hexdigest(), woff
 
 
 def _write_new(content, tfd: int, name: str, data: bytes, made: list[str]) -> None:
@@ -435,7 +493,8 @@ class MountJanitor:
                 planned += await self._carry_out(crash_plan(self.cfg, inventory(self.data, plain), req.crash), req, out)
             else:
                 usage: dict = {}
-                planned += await self._carry_out(plan(now, self.cfg, inventory(self.data, plain), usage), req, out)
+                actions = plan(now, self.cfg, inventory(self.data, plain), usage, held_now=t0)  # write-once: real time
+                planned += await self._carry_out(actions, req, out)
                 self._check_caps(usage)
                 planned += await self._expire_distributions(now, req, out)
             used0 = disk_usage(self.data)[1] if req.emergency else 0

@@ -88,12 +88,14 @@ class FolderRule:
     orphan_sessions: bool = False
     orphan_wait: bool = False  # an orphan only once also untouched for [janitor] orphan_age
     schedule: str | None = None
-    priority: int = 100
+    priority: int | None = None  # None: emergency cleanup never deletes here
     warn_percent: int | None = None
     # distribution tracking (distributions.py)
     distribution: bool = False
     distribution_expiry: float = 30 * 86400.0
     distribution_action: str = "archive"
+    # protection
+    write_once: bool = False  # no change through the mount until max_age has passed (policy.held)
 
     @property
     def validates(self) -> bool:
@@ -335,6 +337,7 @@ def check(raw: dict[str, Any]) -> tuple[Config, list[Problem]]:
         _parse_folder(name, value, policy, p) for name, value in _table(raw, "folders", "", p).items()
     )
     folders = tuple(f for f in folders if f is not None)
+    _check_emergency(folders, p)
     janitor = _parse_janitor(_table(raw, "janitor", "", p), p)
     a = _Reader(_only(raw, "audit", AuditConfig, p), "audit.", p)
     segment = a.get("segment", (int, str), None)
@@ -544,7 +547,7 @@ def _parse_folder(name: str, t: Any, policy: PolicyConfig, p: _Problems) -> Fold
     distribution_action = r.choice("distribution_action", ("archive", "delete", "keep"), d.distribution_action)
     if r.get("distribution", bool, False) and distribution_action == "archive" and r.path("archive_to", None) is None:
         p.add(f"{key}.archive_to", "required with distribution_action = \"archive\"")
-    return FolderRule(
+    rule = FolderRule(
         path=name,
         description=r.get("description", str, ""),
         mode=mode,
@@ -584,7 +587,35 @@ def _parse_folder(name: str, t: Any, policy: PolicyConfig, p: _Problems) -> Fold
         distribution=r.get("distribution", bool, False),
         distribution_expiry=r.duration("distribution_expiry", d.distribution_expiry),
         distribution_action=distribution_action,
+        write_once=r.get("write_once", bool, False),
     )
+    _check_write_once(rule, key, p)
+    return rule
+
+
+def _check_write_once(r: FolderRule, key: str, p: _Problems) -> None:
+    """A write-once folder's files go only when their retention (`max_age`,
+    by write or arrival time) has passed: nothing may take them earlier."""
+    if not r.write_once:
+        return
+    early = [k for k, on in (
+        ("priority", r.priority is not None), ("patterns", bool(r.patterns)), ("max_total", r.max_total is not None),
+        ("max_files", r.max_files is not None), ("archive_after", r.archive_after is not None),
+        ("orphan_sessions", r.orphan_sessions), ("age_by = \"atime\"", r.age_by == "atime"),
+        ("distribution", r.distribution),
+    ) if on]
+    if early:
+        p.add(f"{key}.write_once", f"{early[0]} would take files before their retention")
+
+
+def _check_emergency(folders: tuple[FolderRule, ...], p: _Problems) -> None:
+    """Emergency cleanup never deletes archives: no `priority` on a folder
+    that a rule archives into, or below one."""
+    dests = {r.archive_to for r in folders if r.archive_to}
+    for r in folders:
+        for dest in dests:
+            if r.priority is not None and (r.path == dest or r.path.startswith(dest + "/")):
+                p.add(f"folders.{r.path!r}.priority", f"archives ({dest}/) are never deleted by emergency cleanup")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w|y)\s*$")

@@ -115,6 +115,10 @@ class Core(Entries):
             raise OSError(errno.EACCES, "a read-only file of the filesystem")
         node = self._node(ino)
         handle = self.handles.get(fh) if fh is not None else None
+        if uid is not None or gid is not None:
+            self.hooks.changing(ino, "owner")
+        if mode is not None:
+            self.hooks.changing(ino, "mode")
         if size is not None and node.fmt == stat_m.S_IFREG:
             self.hooks.truncating(ino, size, self.content.plain_size(os.fstat(node.fd).st_size))
         if size is not None:
@@ -145,6 +149,7 @@ class Core(Entries):
             # every unlink, rename and link of a file; most carry the mtime
             # the file has (ctime it cannot set anyway).
             return self._stat(ino, st)
+        self.hooks.changing(ino, "times")
         _libc.utimens_path_fd(node.fd, atime_ns, mtime_ns)
         return self.getattr(ino)
 

@@ -18,6 +18,7 @@ Concurrency: every hook runs on the trio thread and none awaits.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -43,7 +44,9 @@ from .distributions import Tracker
 from .hooks import Absent, Hooks, Moved, Track
 from .host import job_from_environ
 from .leftovers import Leftovers
-from .policy import Policy, commits, version_at_open, version_at_replace, version_at_truncate
+from .policy import (
+    Policy, commits, held, version_at_open, version_at_replace, version_at_truncate, write_once_area,
+)
 from .refusals import Refusals, Refused
 from .store import PRIVATE_DIR, VERSIONS_DIR, Dirs
 from .validation import checksum_of
@@ -94,6 +97,7 @@ class Engine(Hooks):
         self.versions = Versions(self.dirs, catalog, core.content.plain_size, self._note)
         self.committer = Committer(core, policy, self.dirs, self.checks, catalog, self._note, failed or Failures())
         self.writers: dict[int, int] = {}  # ino -> open tracked handles
+        self.fresh: set[int] = set()  # made in a write-once folder, its handles still open: not sealed yet
         self.leftovers = Leftovers(policy.pol.temp_max_age)
         self._jobs: dict[int, tuple[str | None, float]] = {}  # pid -> (job, until)
         self._statvfs: tuple[float, float] = (0.0, 100.0)  # (when, free percent)
@@ -185,6 +189,8 @@ class Engine(Hooks):
 
     def creating(self, parent: int, name: bytes, pid: int) -> Tracked | None:
         d = self._refuse(parent, name, stat_m.S_IFREG)
+        if d is not None:
+            self._refuse_held_name(parent, d, name, "open for writing")
         t = None if d is None else self._track(d, pid)
         if t is not None:
             if t.floor:
@@ -214,6 +220,8 @@ class Engine(Hooks):
     # ------------------------------------------------------------ open / write
 
     def opening(self, ino: int, flags: int, pid: int) -> Tracked | None:
+        if flags & (os.O_ACCMODE | os.O_TRUNC) != os.O_RDONLY:
+            self._refuse_held(ino, "open for writing")
         if flags & os.O_TRUNC and self.committer.grace.take_reopened(ino, pid):
             # The writer opens its pre-commit name again to write it anew
             # (a loop writing data.json 200 times): that is a new file, not
@@ -245,6 +253,8 @@ class Engine(Hooks):
         t: Tracked = track  # type: ignore[assignment]
         t.created = t.created and created
         self.writers[ino] = self.writers.get(ino, 0) + 1
+        if t.created and t.rule is not None and t.rule.write_once:
+            self.fresh.add(ino)  # its writer may finish it; sealed when the last handle goes
         if t.created and t.commits:
             self.committer.ingested[ino] = time.time_ns()
             self.checks.keep_written(ino)
@@ -272,6 +282,7 @@ class Engine(Hooks):
         self.checks.drop_written(ino)
 
     def truncating(self, ino: int, size: int, cur_size: int) -> None:
+        self._refuse_held(ino, "truncate")
         if self.dist.inos and ino in self.dist.inos:
             self.dist.truncating(ino)
         rel = self.core.rel_path(ino)
@@ -295,10 +306,12 @@ class Engine(Hooks):
             self.writers[ino] = n
         else:
             self.writers.pop(ino, None)
+            self.fresh.discard(ino)
             self.committer.ingested.pop(ino, None)  # committed by now, or never will be
             self.checks.drop_written(ino)
 
     def forgot(self, ino: int) -> None:
+        self.fresh.discard(ino)
         self.checks.forget(ino)
         self.committer.forget(ino)
 
@@ -344,10 +357,12 @@ class Engine(Hooks):
     def removing(self, parent: int, name: bytes) -> None:
         """The last name of a file in a folder with versions goes: its
         versions stay (for the janitor) but belong to no file, so a new
-        file at the path never sees them."""
+        file at the path never sees them. A held file stays (write-once)."""
+        d = self.core.rel_path(parent)
+        if d is not None:
+            self._refuse_held_name(parent, d, name, "delete")
         if self.dist.inos:
             self.dist.removing(parent, name)
-        d = self.core.rel_path(parent)
         rule = None if d is None else self.policy.for_dir(d)
         if rule is None or not rule.versions:
             return
@@ -357,6 +372,82 @@ class Engine(Hooks):
             return
         if stat_m.S_ISREG(st.st_mode) and st.st_nlink == 1:
             self.catalog.move_versions(posixpath.join(d, os.fsdecode(name)), st.st_ino, 0)
+
+    # ------------------------------------------------------------ write-once
+
+    def moving(self, old_parent: int, old: bytes, src: os.stat_result, new_parent: int, new: bytes,
+               flags: int) -> None:
+        """Write-once: a held file is not renamed away and nothing is renamed
+        over it; a folder in, around or into a write-once area is not renamed
+        (its files would change rule); a file arrives only with one name and
+        no handle writing it (else the other name or the handle could
+        change the record)."""
+        od, nd = self.core.rel_path(old_parent), self.core.rel_path(new_parent)
+        if od is None or nd is None:
+            return
+        self._refuse_held_name(old_parent, od, old, "rename")
+        if not flags & _libc.RENAME_NOREPLACE:
+            self._refuse_held_name(new_parent, nd, new, "replace")
+        rules = self.policy.rules
+        into = self.policy.for_dir(nd)
+        into_wo = into is not None and into.write_once
+        if stat_m.S_ISDIR(src.st_mode):
+            if into_wo or write_once_area(rules, posixpath.join(od, os.fsdecode(old))):
+                self._refused(posixpath.join(od, os.fsdecode(old)), "rename a folder in or around a write-once folder")
+            return
+        if into_wo and stat_m.S_ISREG(src.st_mode):
+            ino = self.core.ino_of(src.st_ino)
+            if src.st_nlink > 1:
+                self._refused(posixpath.join(nd, os.fsdecode(new)), "arrive with another name (hard link)")
+            if ino not in self.fresh and any(
+                h.ino == ino and fcntl.fcntl(h.fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+                for h in self.core.handles.values()
+            ):
+                self._refused(posixpath.join(nd, os.fsdecode(new)), "arrive while open for writing")
+
+    def linking(self, ino: int, new_parent: int, new: bytes) -> None:
+        """No second name for a held file, and no link into a write-once
+        folder: the other name could change the record."""
+        self._refuse_held(ino, "link")
+        d = self.core.rel_path(new_parent)
+        rule = None if d is None else self.policy.for_dir(d)
+        if rule is not None and rule.write_once:
+            self._refused(posixpath.join(d, os.fsdecode(new)), "link into a write-once folder")
+
+    def changing(self, ino: int, what: str) -> None:
+        self._refuse_held(ino, f"change its {what}")
+
+    def _refuse_held(self, ino: int, what: str) -> None:
+        rel = self.core.rel_path(ino) if ino in self.core.nodes else None
+        if rel is None or ino in self.fresh:
+            return
+        d, name = posixpath.split(rel)
+        rule = self.policy.for_dir(d)
+        if rule is None or not rule.write_once:
+            return
+        st = os.fstat(self.core.node_fd(ino))
+        if not stat_m.S_ISDIR(st.st_mode) and held(rule, name, st.st_mtime, st.st_ctime, time.time(),
+                                                   self.policy.pol.temp_patterns):
+            self._refused(rel, what)
+
+    def _refuse_held_name(self, parent: int, d: str, name: bytes, what: str) -> None:
+        rule = self.policy.for_dir(d)
+        if rule is None or not rule.write_once:
+            return
+        try:
+            st = os.stat(name, dir_fd=self.core.node_fd(parent), follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        n = os.fsdecode(name)
+        if (not stat_m.S_ISDIR(st.st_mode) and self.core.ino_of(st.st_ino) not in self.fresh
+                and held(rule, n, st.st_mtime, st.st_ctime, time.time(), self.policy.pol.temp_patterns)):
+            self._refused(posixpath.join(d, n), what)
+
+    def _refused(self, rel: str, what: str) -> None:
+        """EPERM: the caller's record (fuse_ops) says which call it was."""
+        self.counts["write-once refused"] += 1
+        log.info("write-once: refused to %s %s", what, rel)
+        raise Refused(errno.EPERM, f"write-once until its retention has passed: cannot {what}")
 
     def arrived(self, new_parent: int, new: bytes, pid: int) -> None:
         """A file renamed or hard-linked into a folder with a commit rule

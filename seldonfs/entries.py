@@ -159,6 +159,7 @@ class Entries(InodeTable):
         node = self._node(ino)
         pfd = self._node(new_parent).fd
         self._check_new(new_parent, new_name, node.fmt)
+        self.hooks.linking(ino, new_parent, new_name)
         # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW) links the
         # object the descriptor pins (a symlink included), as passthrough_ll does.
         os.link(_proc(node.fd), new_name, dst_dir_fd=pfd, follow_symlinks=True)
@@ -201,6 +202,7 @@ class Entries(InodeTable):
                 ofd = opened = walk(self.root_fd, d)
                 old = os.fsencode(n)
                 src = os.stat(old, dir_fd=ofd, follow_symlinks=False)
+            self.hooks.moving(old_parent, old, src, new_parent, new, flags)
             self.hooks.renaming(new_parent, new, src, flags)
             self._rename(ofd, old, nfd, new, flags)
         finally:
@@ -253,6 +255,8 @@ class Entries(InodeTable):
     def setxattr(self, ino: int, name: bytes, value: bytes, caller: Caller | None = None) -> None:
         """Set an attribute; a `user.seldon.*` one is a control attribute
         (xattrs.Namespace) or refused."""
+        if ino in self.nodes:
+            self.hooks.changing(ino, os.fsdecode(name))
         if xattrs.reserved(name):
             self.attrs.set(ino, name, value, caller.uid if caller else 0, caller.pid if caller else 0)
             return
@@ -265,6 +269,8 @@ class Entries(InodeTable):
         os.setxattr(path, name, value)
 
     def removexattr(self, ino: int, name: bytes) -> None:
+        if ino in self.nodes:
+            self.hooks.changing(ino, os.fsdecode(name))
         if xattrs.reserved(name):
             # The filesystem's own records (quarantine reason, origin...).
             raise OSError(errno.EPERM, "reserved attribute prefix")

@@ -283,7 +283,14 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode, flags, ctx):
-        return self._file_info(self.core.open(inode, flags, _caller(ctx)))
+        try:
+            return self._file_info(self.core.open(inode, flags, _caller(ctx)))
+        except OSError as e:
+            if e.errno == errno.EPERM and self.audit is not None:  # a refusal of the policy (write-once)
+                mode = {os.O_RDONLY: "r", os.O_WRONLY: "w", os.O_RDWR: "rw"}.get(flags & os.O_ACCMODE, "?")
+                self.audit.record("open", ctx.uid, ctx.gid, ctx.pid, self._path(inode), result="EPERM",
+                                  detail=mode + ("+trunc" if flags & os.O_TRUNC else ""))
+            raise
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):

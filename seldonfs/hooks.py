@@ -77,6 +77,17 @@ class Hooks:
     def released(self, ino: int, track: Track) -> None:
         """A tracked handle is gone."""
 
+    def moving(self, old_parent: int, old: bytes, src: os.stat_result, new_parent: int, new: bytes,
+               flags: int) -> None:
+        """Before `old` in `old_parent` (`src`) is renamed: whether it may leave."""
+
+    def linking(self, ino: int, new_parent: int, new: bytes) -> None:
+        """Before a hard link to `ino` is made as `new` in `new_parent`."""
+
+    def changing(self, ino: int, what: str) -> None:
+        """Before `what` of `ino` changes: "mode", "owner", "times" or an
+        extended attribute's name."""
+
     def renaming(self, new_parent: int, new: bytes, src: os.stat_result, flags: int) -> None:
         """Before `src` is renamed to `new` in `new_parent`."""
 

@@ -49,6 +49,7 @@ from pathlib import Path
 from . import xattrs
 from .config import Config, FolderRule, parse_duration
 from .host import start_time
+from .policy import retained_since
 from .rules import Rules
 from .store import PRIVATE_DIR, tree
 
@@ -81,6 +82,7 @@ class Entry:
     is_dir: bool = False
     creator_alive: bool | None = None  # directories: None when no creator is on record
     job: str = ""  # directories: the creator's job id, if it had one
+    ctime: float = 0.0  # a write-once file's retention runs from max(mtime, ctime)
 
 
 @dataclass(frozen=True)
@@ -163,11 +165,15 @@ def _orphan(rule: FolderRule, e: Entry, now: float, orphan_age: float, newest) -
     return f"orphan session: no creator on record, untouched for {human_age(orphan_age)}"
 
 
-def plan(now: float, cfg: Config, entries: Iterable[Entry], usage: dict | None = None) -> Iterator[Action]:
+def plan(now: float, cfg: Config, entries: Iterable[Entry], usage: dict | None = None,
+         held_now: float | None = None) -> Iterator[Action]:
     """The rules' actions; `usage`, if given, receives each capped folder's
     (bytes, files, rule) before eviction (for `warn_percent`). A session
     folder's age is `entries.newest` when the entries have it (an
-    `Inventory` or `Listed`), else the folder's own mtime."""
+    `Inventory` or `Listed`), else the folder's own mtime. A write-once
+    folder's files age from max(mtime, ctime) (policy.retained_since), by
+    the clock `held_now` when given (the mount's janitor: a run asked to
+    plan as if time had passed cannot take them early)."""
     newest = getattr(entries, "newest", None) or (lambda e, stop_at: e.mtime)
     rules = Rules(cfg)
     tree = _Tree()
@@ -192,7 +198,7 @@ def plan(now: float, cfg: Config, entries: Iterable[Entry], usage: dict | None =
             elif rule.remove_empty_dirs and e.rel != _governed(rule, e.rel):
                 tree.dirs.append((e.rel, "empty", rule.path))
             continue
-        a = _file_action(now, rule, e, orphaned)
+        a = _file_action(held_now if rule.write_once and held_now is not None else now, rule, e, orphaned)
         if a is not None:
             tree.took(e.rel)
             yield a
@@ -223,7 +229,10 @@ def plan(now: float, cfg: Config, entries: Iterable[Entry], usage: dict | None =
 def _file_action(now: float, rule: FolderRule, e: Entry, orphaned: str | None) -> Action | None:
     if orphaned is not None:
         return _act(rule, e, orphaned, "delete")
-    age = now - (e.atime if rule.age_by == "atime" else e.mtime)
+    if rule.write_once:
+        age = now - retained_since(e.mtime, e.ctime)
+    else:
+        age = now - (e.atime if rule.age_by == "atime" else e.mtime)
     name = posixpath.basename(e.rel)
     pattern = next(((g, a) for g, a in rule.patterns if fnmatch.fnmatchcase(name, g)), None)
     if pattern is not None and age > pattern[1]:
@@ -239,6 +248,7 @@ def crash_plan(cfg: Config, entries: Iterable[Entry], job: str) -> Iterator[Acti
     """Remove the folders under temp/ that belong to `job`: named after it,
     or made through the mount by a process whose SELDON_JOB_ID it was."""
     why = f"crash cleanup of job {job}"
+    rules = Rules(cfg)
     tree = _Tree()
     roots: dict[str, str] = {}
     for e in entries:
@@ -249,10 +259,15 @@ def crash_plan(cfg: Config, entries: Iterable[Entry], job: str) -> Iterator[Acti
         if e.is_dir and (inside or posixpath.basename(e.rel) == job or e.job == job):
             roots.setdefault(e.rel, why)
             tree.dirs.append((e.rel, why, TEMP))
-        elif not e.is_dir and inside:
+        elif not e.is_dir and inside and not _write_once(rules, e.rel):
             tree.took(e.rel)
             yield Action("delete", e.rel, why, TEMP, e.size)
     yield from tree.empty()
+
+
+def _write_once(rules: Rules, rel: str) -> bool:
+    rule = rules.for_dir(posixpath.dirname(rel))
+    return rule is not None and rule.write_once
 
 
 def chunk_plan(entries: Iterable[Entry], job: str, chunk: str) -> Iterator[Action]:
@@ -277,8 +292,10 @@ def chunk_plan(entries: Iterable[Entry], job: str, chunk: str) -> Iterator[Actio
 
 
 def emergency_plan(cfg: Config, entries: Iterable[Entry], need: int) -> Iterator[Action]:
-    """Delete until `need` bytes are freed: only from folders whose rules
-    delete (never what they archive or move), lowest `priority` first;
+    """Delete until `need` bytes are freed: only from folders that opt in
+    with a `priority` and whose rules delete (never what they archive or
+    move, never a write-once folder: config.py refuses a priority there
+    and on an archive folder), lowest `priority` first;
     within a priority the files of session folders whose creator is gone
     (orphans not yet old enough for the rules) first, then the files the
     folder's `evict` order names first. A folder with `orphan_sessions`
@@ -290,7 +307,8 @@ def emergency_plan(cfg: Config, entries: Iterable[Entry], need: int) -> Iterator
         if e.rel.split("/")[0] == PRIVATE_DIR:
             continue
         rule = rules.for_dir(e.rel if e.is_dir else posixpath.dirname(e.rel))
-        if rule is None or rule.action != "delete" or not (_retains(rule) or rule.orphan_sessions):
+        if (rule is None or rule.priority is None or rule.write_once or rule.action != "delete"
+                or not (_retains(rule) or rule.orphan_sessions)):
             continue
         if e.is_dir:
             if (e.creator_alive is False and rule.orphan_sessions
@@ -371,7 +389,7 @@ class Inventory:
                 pass
             return Entry(rel, 0, st.st_mtime, st.st_atime, True, alive, job)
         if stat_m.S_ISREG(st.st_mode):
-            return Entry(rel, self.plain_size(st.st_size), st.st_mtime, st.st_atime)
+            return Entry(rel, self.plain_size(st.st_size), st.st_mtime, st.st_atime, ctime=st.st_ctime)
         return None
 
     def newest(self, e: Entry, stop_at: float = float("inf")) -> float:

@@ -11,7 +11,9 @@ what the filesystem does with them:
   `Place` it (under its managed name, or routed) or `Quarantine` it;
 - `candidates`, `quarantine_names`: the names tried for a move, in order;
 - `version_at_open`, `version_at_truncate`, `version_at_replace`: when an
-  overwritten file's old content is kept.
+  overwritten file's old content is kept;
+- `held`, `retained_since`, `moves_write_once`: write-once folders (`write_once = true`):
+  which files no call through the mount may change yet.
 
 Nothing here does I/O or reads a clock; engine.py carries the decisions
 out. Unit-tested in tests/test_policy_decisions.py without a mount.
@@ -19,6 +21,7 @@ out. Unit-tested in tests/test_policy_decisions.py without a mount.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import posixpath
 import re
@@ -102,9 +105,10 @@ class Policy:
     @staticmethod
     def tracks(rule: FolderRule | None, floor: bool) -> bool:
         """Whether a file opened for writing in this folder is followed:
-        it commits, has a size limit or versions, or the floor applies."""
+        it commits, has a size limit or versions, is write-once (sealed when
+        its writer's last handle goes), or the floor applies."""
         return floor or rule is not None and bool(
-            commits(rule) or rule.max_size is not None or rule.versions
+            commits(rule) or rule.max_size is not None or rule.versions or rule.write_once
         )
 
     @staticmethod
@@ -192,3 +196,40 @@ def version_at_truncate(rule: FolderRule | None, cur_size: int, size: int) -> bo
 def version_at_replace(rule: FolderRule | None, target_is_file: bool, same_inode: bool) -> bool:
     """A rename over another regular file keeps that file as a version."""
     return rule is not None and bool(rule.versions) and target_is_file and not same_inode
+
+
+# ------------------------------------------------------------ write-once
+
+
+def retained_since(mtime: float, ctime: float) -> float:
+    """When a write-once file's retention started: its last write or its
+    arrival in the folder (a rename sets ctime), whichever is later, so a
+    file moved in with an old mtime is still kept its whole time."""
+    return max(mtime, ctime)
+
+
+def held(rule: FolderRule | None, name: str, mtime: float, ctime: float, now: float,
+         temp_patterns: tuple[str, ...]) -> bool:
+    """A file `name` under `rule` is held: it may not be deleted, renamed
+    away or over, opened for writing, truncated, linked, or have its mode,
+    owner, times or attributes changed. That is every file of a write-once
+    folder whose retention (`max_age`; none: for ever) has not passed,
+    except a temporary name (`[policy] temp_patterns`), which is not yet a
+    record: its rename to the final name seals it."""
+    if rule is None or not rule.write_once or is_temporary(name, temp_patterns):
+        return False
+    return rule.max_age is None or now - retained_since(mtime, ctime) < rule.max_age
+
+
+def write_once_area(rules: Rules, rel: str) -> bool:
+    """Directory `rel` is, holds or lies inside a write-once folder: it may
+    not be renamed (its files would leave their folder's rule)."""
+    rule = rules.for_dir(rel)
+    if rule is not None and rule.write_once:
+        return True
+    parts = tuple(rel.split("/")) if rel else ()
+    return any(
+        r.write_once and len(p := r.path.split("/")) > len(parts)
+        and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, p))
+        for r in rules.cfg.folders
+    )

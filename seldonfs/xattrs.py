@@ -3,7 +3,9 @@
 Stored attributes (kept on backing files, written by the filesystem only):
 REASON and ORIGIN on a quarantined file, ORIGINAL on a file whose managed
 name had to be shortened to fit 255 bytes, VERSION_OF on a kept version,
-CREATOR on a folder under temp/, JOB on a file (the one name a writer may
+CREATOR on a folder under temp/, ARCHIVING on a file the janitor is
+archiving (the folder of the attempt, so a resumed one finishes there),
+JOB on a file (the one name a writer may
 set, through the mount). Control attributes are answered, never stored:
 VERSIONS (read: a file's versions), RESTORE and RELEASE (write: act on a
 file), JANITOR (on the mount root: read the janitor's state, write a run),
@@ -27,6 +29,7 @@ JOB = b"user.seldon.job"  # the writer's job id (a writer may set it)
 ORIGINAL = b"user.seldon.original"  # a committed file's whole name, where its new name had to be shortened
 VERSION_OF = b"user.seldon.version"  # on a stored version: [path, saved_ns, cause]
 CREATOR = b"user.seldon.creator"  # on a folder under temp/: the process that made it
+ARCHIVING = b"user.seldon.archiving"  # on a file being archived: the folder its archive goes to
 VERSIONS = b"user.seldon.versions"  # control, read: JSON list
 RESTORE = b"user.seldon.restore"  # control, write: a version number
 RELEASE = b"user.seldon.release"  # control, write: b"" or b"force"; root only

@@ -230,3 +230,14 @@ def stored(store: Path, rel: str) -> bytes:
         return ef.read(0, ef.size())
     finally:
         os.close(fd)
+
+
+def archive_day(folder: Path) -> Path:
+    """The one dated folder (YYYY/MM/DD) the janitor archived into under
+    `folder` (its date is the archiving's, so a test never guesses it)."""
+    import re
+
+    days = [p for p in folder.glob("*/*/*") if p.is_dir()]
+    assert len(days) == 1, days
+    assert re.fullmatch(r"\d{4}/\d\d/\d\d", str(days[0].relative_to(folder))), days[0]
+    return days[0]

@@ -143,3 +143,30 @@ def test_one_mistake_is_one_problem() -> None:
         "policy.patterns.ticket", "janitor.warning", "folders.'a'.route", "folders.'b'.max_files",
         "folders.'b'.allow_extensions",
     ], problems
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[folders."c"]\nwrite_once = true\nmax_age = "7y"\npriority = 1\n', "c'.write_once: priority would take"),
+        ('[folders."c"]\nwrite_once = true\nmax_total = "1GB"\n', "c'.write_once: max_total would take"),
+        ('[folders."c"]\nwrite_once = true\npatterns = { "*.x" = "1d" }\n', "c'.write_once: patterns would take"),
+        ('[folders."c"]\nwrite_once = true\nage_by = "atime"\n', 'c\'.write_once: age_by = "atime" would take'),
+        ('[folders."c"]\nwrite_once = "yes"\n', "write_once: wrong type str"),
+        ('[folders."r"]\naction = "archive"\narchive_to = "arch"\nmax_age = "1d"\n'
+         '[folders."arch/x"]\nmax_age = "7y"\npriority = 5\n', "folders.'arch/x'.priority: archives (arch/)"),
+    ],
+)
+def test_protected_folders_refuse_early_deletion(tmp_path: Path, text: str, message: str) -> None:
+    """Issue 18: no key may take a write-once folder's files before their
+    retention, and no archive folder opts into emergency cleanup."""
+    p = tmp_path / "seldonfs.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+        config.load(p)
+
+
+def test_priority_is_opt_in(tmp_path: Path) -> None:
+    p = tmp_path / "seldonfs.toml"
+    p.write_text('[folders."a"]\nmax_age = "1d"\n[folders."b"]\nmax_age = "1d"\npriority = 0\n')
+    assert [f.priority for f in config.load(p).folders] == [None, 0]

@@ -18,7 +18,7 @@ import pytest
 from seldonfs.config import parse
 from seldonfs.errors import ConfigError
 
-from .conftest import as_user, init_store, key_args, mounted, needs_fuse, profile_rule, seldonfs
+from .conftest import archive_day, as_user, init_store, key_args, mounted, needs_fuse, profile_rule, seldonfs
 
 pytestmark = needs_fuse
 
@@ -97,7 +97,7 @@ def test_done_means(tmp_path: Path, encrypted: bool) -> None:
         assert rec["status"] == "expired" and rec["outcome"] == "archived"
         assert rec["expired_ns"] >= rec["expires_ns"]
         assert not f.exists()
-        archived = mnt / "archive" / "output_archive" / "output" / "distributed"
+        archived = archive_day(mnt / "archive" / "output_archive")
         assert sorted(os.listdir(archived)) == ["q4-report.pdf.gz", "q4-report.pdf.gz.meta.json"]
         # an expired record counts no more; the status stays
         assert seldonfs("distributions", mnt, "status", str(rec["id"]), "delivered").returncode == 2
@@ -128,7 +128,7 @@ def test_expiry_offline_with_older_than(tmp_path: Path) -> None:
     assert [(x["status"], x["outcome"]) for x in recs] == [("expired", "archived")] * 2
     data = store / "data" / "output" / "distributed"
     assert os.listdir(data) == ["other.csv"]  # a file without a record stays
-    assert (store / "data" / "archive" / "output_archive" / "output" / "distributed" / "export.csv.gz").exists()
+    assert (archive_day(store / "data" / "archive" / "output_archive") / "export.csv.gz").exists()
 
 
 def test_list_show_status(tmp_path: Path) -> None:

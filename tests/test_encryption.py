@@ -19,7 +19,7 @@ from seldonfs.blockformat import BLOCK_OVERHEAD, DEFAULT_BLOCK_SIZE, HEADER_SIZE
 from seldonfs.keys import KeySource, unlock, unlock_kek
 from seldonfs.store import Store
 
-from .conftest import init_store, keyfile_of, mounted, needs_fuse, needs_root, seldonfs, small_disk, stored
+from .conftest import archive_day, init_store, keyfile_of, mounted, needs_fuse, needs_root, seldonfs, small_disk, stored
 
 BS = DEFAULT_BLOCK_SIZE  # new stores use it; the fixture checks
 SEALED = BS + BLOCK_OVERHEAD
@@ -310,7 +310,7 @@ def test_one_damaged_file_does_not_stop_a_janitor_run(estore: Path, tmp_path: Pa
     r = seldonfs("janitor", estore, "--keyfile", keyfile_of(estore))
     assert r.returncode == 0, r.stderr
     assert "1 archive" in r.stdout and "skipped" in r.stdout and "damaged" in r.stdout, r.stdout
-    arch = estore / "data/archive/output_archive/output/reports"
+    arch = archive_day(estore / "data/archive/output_archive")
     assert sorted(os.listdir(arch)) == ["good.csv.gz", "good.csv.gz.meta.json"]  # no half-made bad.csv.gz
     assert p.read_bytes() == bytes(raw)
 

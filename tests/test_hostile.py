@@ -251,7 +251,7 @@ def test_the_janitor_archives_a_file_whose_archive_name_would_pass_255_bytes(sto
     import gzip
     import time
 
-    from .conftest import key_args, mounted
+    from .conftest import archive_day, key_args, mounted
 
     name = "r" * 250 + ".csv"
     m = tmp_path / "mnt"
@@ -263,7 +263,7 @@ def test_the_janitor_archives_a_file_whose_archive_name_would_pass_255_bytes(sto
     r = seldonfs("janitor", store, *key_args(store))
     assert r.returncode == 0 and "1 archive" in r.stdout, r.stdout + r.stderr
     with mounted(store, m):
-        arch = m / "archive" / "output_archive" / "output" / "reports"
+        arch = archive_day(m / "archive" / "output_archive")
         names = sorted(os.listdir(arch))
         assert len(names) == 2 and all(len(n.encode()) <= 255 for n in names), names
         gz, meta = names

@@ -18,7 +18,7 @@ from seldonfs.janitor import Entry
 
 import pytest
 
-from .conftest import init_store, key_args, log_problems, mounted, needs_fuse, seldonfs, small_disk, wait_for
+from .conftest import archive_day, init_store, key_args, log_problems, mounted, needs_fuse, seldonfs, small_disk, wait_for
 
 H, D = 3600.0, 86400.0
 NOW = 1_800_000_000.0
@@ -147,7 +147,7 @@ def test_run_deletes_archives_and_records(store: Path, tmp_path: Path) -> None:
         assert not (m / "temp" / "processing" / "old.tmp").exists()
         assert (m / "temp" / "processing" / "new.tmp").exists()
         assert os.path.islink(m / "temp" / "processing" / "link.tmp")  # never followed, never removed
-        arch = m / "archive" / "output_archive" / "output" / "reports"
+        arch = archive_day(m / "archive" / "output_archive")
         assert gzip.decompress((arch / "q1.csv.gz").read_bytes()) == b"a,b\n1,2\n" * 100
         meta = json.loads((arch / "q1.csv.gz.meta.json").read_text())
         assert meta["original"] == "output/reports/q1.csv" and meta["codec"] == "gzip"

@@ -119,3 +119,19 @@ def test_names_that_grow_past_255_bytes_are_shortened_the_same_way_every_time() 
     assert next(candidates(Place("in", other, 1), str))[0] != path  # a hash of the whole name keeps them apart
     q = next(quarantine_names("input/quarantine", "20241206_143045", "\udcff" * 250))
     assert len(os.fsencode(q.split("/")[-1])) <= 255
+
+
+def test_write_once_holds_records_until_their_retention(seldon: Policy) -> None:
+    from seldonfs.policy import held, write_once_area
+
+    rule = seldon.for_dir("archive/compliance")
+    tp = seldon.pol.temp_patterns
+    year = 365 * 86400
+    now = 100 * year
+    assert held(rule, "ledger.csv", now - 6 * year, now - 6 * year, now, tp)
+    assert not held(rule, "ledger.csv", now - 8 * year, now - 8 * year, now, tp)  # retention passed
+    assert held(rule, "ledger.csv", 0.0, now - 1, now, tp)  # an old mtime: it arrived (ctime) a moment ago
+    assert not held(rule, ".ledger.csv.tmp", now, now, now, tp)  # not a record yet
+    assert not held(seldon.for_dir("archive/historical"), "h.csv", now, now, now, tp)
+    assert all(write_once_area(seldon.rules, d) for d in ("", "archive", "archive/compliance", "archive/compliance/x"))
+    assert not any(write_once_area(seldon.rules, d) for d in ("archive/historical", "output", "archived"))

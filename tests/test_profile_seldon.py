@@ -53,3 +53,224 @@ def test_seldon_retention_values() -> None:
     assert profile_rule("seldon", "temp/processing").max_total == 100 * 2**30
     assert profile_rule("seldon", "temp/cache").evict == "lru"
     assert dict(profile_rule("seldon", "temp").patterns) == {"*.tmp": 43200, "*.log": 168 * 3600, "*.cache": 72 * 3600}
+
+
+# ------------------------------------------------------------ protected data (issue 18)
+
+
+def _seldon_store(tmp_path: Path, where: Path | None = None, edit=None, encrypted: bool = False) -> Path:
+    from .conftest import init_store
+
+    store = init_store((where or tmp_path) / "store", "--profile", "seldon", encrypted=encrypted)
+    if edit is not None:
+        conf = store / "seldonfs.toml"
+        text = conf.read_text()
+        conf.write_text(edit(text))
+        assert conf.read_text() != text
+    return store
+
+
+def _audit(store: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in seldonfs("audit", store, "--json", check=True).stdout.splitlines()]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_seldon_emergency_on_a_disk_filled_from_outside_spares_archive_and_output(tmp_path: Path) -> None:
+    """Issue 18: the store's disk is filled past the emergency level (90 %)
+    by something outside the store. The emergency run deletes the temp
+    folders that opt in with a priority, and nothing under archive/ or
+    output/, old or new; with nothing more to delete it alerts
+    emergency-stuck. A dry run says the same beforehand."""
+    import json
+    import time
+
+    from seldonfs.host import disk_usage
+
+    from .conftest import log_problems, mounted, small_disk, wait_for
+
+    with small_disk(tmp_path / "small", 32) as small:
+        store = _seldon_store(tmp_path, small, lambda t: t.replace('check_every = "5m"', 'check_every = "1s"', 1))
+        m = tmp_path / "mnt"
+        kept = ["archive/input_archive/2024/01/02/a.json.gz", "archive/output_archive/2024/01/02/r.pdf.gz",
+                "archive/compliance/ledger.csv", "archive/historical/h.bin", "output/reports/summary.pdf",
+                "output/deliverables/d.pdf", "output/exports/e.csv"]
+        chunk = os.urandom(1 << 20)
+        with mounted(store, m):
+            for rel in kept:
+                (m / rel).parent.mkdir(parents=True, exist_ok=True)
+                (m / rel).write_bytes(chunk)
+            old = time.time() - 3 * 86400  # old enough for anything but their own max_age
+            for rel in kept[1:2] + kept[4:]:
+                os.utime(m / rel, (old, old))
+            (m / "temp" / "cache" / "c.bin").write_bytes(chunk)  # priority 10: emergency may take it
+        _, used, total = disk_usage(small)
+        (small / "other").write_bytes(os.urandom(total * 93 // 100 - used))  # filled from outside the store
+        dry = seldonfs("janitor", store, "--emergency", "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        planned = [(a["kind"], a["rel"]) for a in map(json.loads, dry.stdout.splitlines())]
+        assert planned == [("delete", "temp/cache/c.bin")], dry.stdout
+        assert "bytes stay over the warning level" in dry.stderr, dry.stderr
+        with mounted(store, m, expect_log_problems=True):  # its disk check runs at once
+            wait_for(lambda: any("emergency-stuck" in line for line in log_problems(store)), what="emergency-stuck")
+            assert not (m / "temp" / "cache" / "c.bin").exists()  # the run happened
+            for rel in kept:
+                assert (m / rel).read_bytes() == chunk, rel
+            assert disk_usage(small)[0] > 80  # still full: nothing else was taken
+        deleted = {r["path"] for r in _audit(store) if r["op"] == "janitor-delete"}
+        assert deleted == {"temp/cache/c.bin"}, deleted
+
+
+def test_seldon_emergency_plan_never_names_archive_or_output() -> None:
+    """Pure plan over the shipped profile: only folders with a priority."""
+    from seldonfs.janitor import Entry, emergency_plan
+
+    from .conftest import profile_config
+
+    cfg = profile_config("seldon")
+    rels = ["archive/input_archive/2024/01/02/a.json.gz", "archive/compliance/x.pdf", "output/reports/summary.pdf",
+            "output/notifications/n.json", "input/processed/p.csv", "temp/working/w", "temp/cache/c"]
+    entries = [Entry(rel, 10, 0.0, 0.0) for rel in rels]
+    assert sorted(a.rel for a in emergency_plan(cfg, entries, 10**12)) == ["temp/cache/c", "temp/working/w"]
+    assert {r.path for r in cfg.folders if r.priority is not None} == {
+        "temp/processing", "temp/cache", "temp/working", "temp/sessions", "temp/cleanup"}
+
+
+@pytest.mark.parametrize("kind", ["plain", "encrypted"])  # encrypted: the kernel's writeback cache is on
+def test_seldon_compliance_is_write_once(kind: str, tmp_path: Path) -> None:
+    """archive/compliance: a record, once closed under its final name, is
+    not deleted, renamed away or over, opened for writing, truncated,
+    linked, re-moded, re-timed or re-attributed through the mount, not
+    even by root: EPERM, each in the audit chain. A temporary name is not
+    a record yet; renamed to its final name, it is. A mount's janitor
+    asked to plan 8 years ahead still keeps it; offline, the operator's
+    `janitor STORE --older-than` removes it, saying why."""
+    from .conftest import key_args, mounted
+
+    store = _seldon_store(tmp_path, encrypted=kind == "encrypted")
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        c = m / "archive" / "compliance"
+        rec = c / "ledger.csv"
+        with open(rec, "wb") as f:  # the writer may finish it (and set its times) while it is open
+            f.write(b"a,b\n1,2\n")
+            f.flush()
+            os.utime(rec, (1e9, 1e9))  # an old mtime: its retention still runs from its arrival (ctime)
+        (m / "output" / "exports" / "other.csv").write_text("x\n")
+        held = [
+            ("unlink", lambda: os.unlink(rec)),
+            ("rename", lambda: os.rename(rec, m / "output" / "exports" / "moved.csv")),
+            ("rename", lambda: os.rename(rec, c / "renamed.csv")),
+            ("rename", lambda: os.rename(m / "output" / "exports" / "other.csv", rec)),  # over it
+            ("open", lambda: open(rec, "r+b")),
+            ("open", lambda: open(rec, "wb")),
+            ("open", lambda: open(rec, "ab")),
+            ("setattr", lambda: os.truncate(rec, 0)),
+            ("link", lambda: os.link(rec, m / "output" / "exports" / "second-name.csv")),
+            ("setattr", lambda: os.chmod(rec, 0o666)),
+            ("setattr", lambda: os.chown(rec, 1234, 1234)),
+            ("setattr", lambda: os.utime(rec, (0, 0))),
+            ("setxattr", lambda: os.setxattr(rec, "user.note", b"x")),
+            ("setxattr", lambda: os.setxattr(rec, "user.seldon.job", b"J")),
+            ("removexattr", lambda: os.removexattr(rec, "user.note")),
+            ("rename", lambda: os.rename(c, m / "archive" / "gone")),  # the folder, and one around it
+            ("rename", lambda: os.rename(m / "archive", m / "archive2")),
+            ("link", lambda: os.link(m / "output" / "exports" / "other.csv", c / "linked.csv")),
+        ]
+        for op, call in held:
+            with pytest.raises(PermissionError) as e:
+                call()
+            assert e.value.errno == errno.EPERM, op
+        assert rec.read_bytes() == b"a,b\n1,2\n" and rec.stat().st_mtime == 1e9  # reading is fine
+        with open(m / "output" / "exports" / "open.csv", "wb"):  # a handle that could write it later
+            with pytest.raises(PermissionError):
+                os.rename(m / "output" / "exports" / "open.csv", c / "open.csv")
+        tmp = c / ".upload.csv.tmp"  # rsync's way: a temporary name, then the final one
+        tmp.write_text("1\n")
+        tmp.write_text("2\n")
+        os.rename(tmp, c / "upload.csv")
+        with pytest.raises(PermissionError):
+            (c / "upload.csv").write_text("3\n")
+        os.mkdir(c / "2024")  # folders may be made and removed
+        os.rmdir(c / "2024")
+        r = seldonfs("janitor", m, "--older-than", "8y", "--folder", "archive/compliance")
+        assert r.returncode == 0, r.stderr
+        assert sorted(os.listdir(c)) == ["ledger.csv", "upload.csv"]
+    refused = [(r["op"], r["path"]) for r in _audit(store) if r["result"] == "EPERM"]
+    for op, _ in held:
+        assert (op, "archive/compliance/ledger.csv") in refused or op in ("rename", "link"), (op, refused)
+    assert sum(1 for op, path in refused if path == "archive/compliance/ledger.csv") >= 14, refused
+    assert ("open", "archive/compliance/upload.csv") in refused
+    dry = seldonfs("janitor", store, "--older-than", "8y", "--folder", "archive/compliance", "--dry-run")
+    assert dry.stdout.count("write-once, planned with --older-than 8y") == 2, dry.stdout
+    r = seldonfs("janitor", store, "--older-than", "8y", "--folder", "archive/compliance", *key_args(store))
+    assert r.returncode == 0 and "2 delete" in r.stdout, r.stdout + r.stderr
+    assert not (store / "data" / "archive" / "compliance" / "ledger.csv").exists()
+    gone = [r for r in _audit(store) if r["op"] == "janitor-delete" and r["path"] == "archive/compliance/ledger.csv"]
+    assert len(gone) == 1 and "--older-than 8y" in gone[0]["detail"], gone
+    assert seldonfs("audit", "verify", store, *key_args(store)).returncode == 0
+
+
+def test_seldon_write_once_ends_with_its_retention(tmp_path: Path) -> None:
+    """With a 2 s retention: held at first, then deletable by anyone who
+    may, and the janitor removes what is left."""
+    import time
+
+    from .conftest import mounted, wait_for
+
+    store = _seldon_store(tmp_path, edit=lambda t: t.replace(
+        'max_age = "7y"\nwrite_once = true', 'max_age = "2s"\nwrite_once = true', 1).replace(
+        'segments_to = "archive/compliance/audit"', 'segments_to = "archive/audit"'))  # kept 7 y
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        c = m / "archive" / "compliance"
+        (c / "a.csv").write_text("1\n")
+        (c / "b.csv").write_text("2\n")
+        with pytest.raises(PermissionError):
+            os.unlink(c / "a.csv")
+        t0 = time.time()
+        wait_for(lambda: time.time() > t0 + 2.5, what="the retention")
+        os.unlink(c / "a.csv")
+        r = seldonfs("janitor", m)
+        assert r.returncode == 0 and "1 delete" in r.stdout, r.stdout + r.stderr
+        assert os.listdir(c) == []
+
+
+def test_seldon_archives_by_date_with_metadata_and_unique_names(tmp_path: Path) -> None:
+    """Seed 000 §3.2: archive/<kind>/YYYY/MM/DD/<name>.gz with a record of
+    the original path, sizes, ratio, checksum, rule and times. A second
+    summary.pdf archived the same day gets a name of its own (it used to
+    be skipped with "File exists" on every run)."""
+    import gzip
+    import hashlib
+    import json
+    import time
+
+    from .conftest import archive_day, mounted
+
+    store = _seldon_store(tmp_path)
+    m = tmp_path / "mnt"
+    bodies = [b"%PDF-1.4 first " * 300, b"%PDF-1.4 second " * 200]
+    with mounted(store, m):
+        rep = m / "output" / "reports" / "summary.pdf"
+        for body in bodies:
+            rep.write_bytes(body)
+            old = time.time() - 100 * 86400  # reports are archived after 90 days
+            os.utime(rep, (old, old))
+            r = seldonfs("janitor", m)
+            assert r.returncode == 0 and "1 archive" in r.stdout and "0 skipped" in r.stdout, r.stdout + r.stderr
+        day = archive_day(m / "archive" / "output_archive")
+        assert sorted(os.listdir(day)) == ["summary-1.pdf.gz", "summary-1.pdf.gz.meta.json",
+                                           "summary.pdf.gz", "summary.pdf.gz.meta.json"]
+        for gz, body in (("summary.pdf.gz", bodies[0]), ("summary-1.pdf.gz", bodies[1])):
+            packed = (day / gz).read_bytes()
+            assert gzip.decompress(packed) == body
+            meta = json.loads((day / (gz + ".meta.json")).read_text())
+            assert meta["original"] == "output/reports/summary.pdf" and meta["rule"] == "output/reports"
+            assert (meta["size"], meta["compressed_size"]) == (len(body), len(packed))
+            assert meta["compression_ratio"] == round(len(packed) / len(body), 4)
+            assert meta["sha256"] == hashlib.sha256(body).hexdigest() and meta["codec"] == "gzip"
+            assert abs(meta["mtime"] - old) < 5
+            assert meta["archive_date"].replace("-", "/").startswith(str(day.relative_to(m / "archive/output_archive")))
+        assert not rep.exists()

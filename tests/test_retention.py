@@ -51,14 +51,22 @@ def _cases_dir(rule: FolderRule, rules: Rules) -> str:
     return d
 
 
-def _write(m: Path, d: str, name: str, age: float, size: int | None = None, atime_age: float | None = None) -> str:
-    """Write a file as a program would, age it; returns its path after commit."""
+def _write(m: Path, d: str, name: str, age: float, size: int | None = None, atime_age: float | None = None,
+           write_once: bool = False) -> str:
+    """Write a file as a program would, age it; returns its path after commit.
+    In a write-once folder the writer ages it before its close (after, the
+    mount refuses), and its retention still runs from its arrival."""
     folder = m / d
     folder.mkdir(parents=True, exist_ok=True)
     before = set(os.listdir(folder))
     ext = os.path.splitext(name)[1]
     with open(folder / name, "wb") as f:
         f.write(CONTENT.get(ext, b"data\n"))
+        if write_once:
+            f.flush()
+            now = time.time()
+            os.utime(f.fileno(), (now - age, now - age))
+            return f"{d}/{name}"
     new = set(os.listdir(folder)) - before
     assert len(new) == 1, f"{d}/{name}: committed as {new} (quarantined?)"
     rel = f"{d}/{new.pop()}"
@@ -84,7 +92,9 @@ def _make_cases(m: Path, cfg: config.Config) -> list[Case]:
         if r.max_age:
             dest = r.archive_to if r.action == "archive" else r.move_to if r.action == "move" else ""
             c = Case(r.path, "max_age", expect=r.action if dest else "delete", dest=dest or "")
-            c.rel = _write(m, d, _name(r, "old"), r.max_age + D)
+            if r.write_once:  # an old mtime, but it arrived just now: kept for its whole max_age
+                c = Case(r.path, "max_age by mtime, write-once: kept from its arrival")
+            c.rel = _write(m, d, _name(r, "old"), r.max_age + D, write_once=r.write_once)
             cases.append(c)
         if r.archive_after:
             older = (r.archive_after + (r.max_age or 3 * r.archive_after)) / 2
@@ -93,7 +103,8 @@ def _make_cases(m: Path, cfg: config.Config) -> list[Case]:
             if r.max_age is None or age < r.max_age:
                 cases.append(Case(r.path, f"pattern {glob}", _write(m, d, glob.replace("*", "p"), age + H), "delete"))
         if r.max_age or r.archive_after or r.patterns:
-            cases.append(Case(r.path, "younger than every age", _write(m, d, _name(r, "young"), young)))
+            cases.append(Case(r.path, "younger than every age",
+                              _write(m, d, _name(r, "young"), young, write_once=r.write_once)))
         if r.max_total is not None or r.max_files is not None:
             size = int(r.max_total * 0.6) if r.max_total else 10
             n = 2 if r.max_total else r.max_files + 1
@@ -127,8 +138,8 @@ def _check(m: Path, c: Case) -> str | None:
         return None if here else "was removed"
     if here:
         return f"still there (expected {c.expect})"
-    if c.expect == "archive" and not (m / c.dest / (c.rel + ".gz")).exists():
-        return f"no archive in {c.dest}/"
+    if c.expect == "archive" and not list((m / c.dest).glob(f"*/*/*/{os.path.basename(c.rel)}.gz")):
+        return f"no archive in {c.dest}/YYYY/MM/DD/"
     if c.expect == "move" and not (m / c.dest / c.rel).exists():
         return f"not in {c.dest}/"
     return None

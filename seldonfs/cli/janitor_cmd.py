@@ -7,14 +7,20 @@ Given a MOUNTPOINT, the running mount's janitor does it (it skips files
 that are open or locked, and says so); given an unmounted STORE, this
 command does it under the store lock. The mount also runs each folder's
 rules on their `schedule`. Archives are gzip files written through the
-store's encryption, with a .meta.json beside them. Every action goes into
+store's encryption, as ARCHIVE_TO/YYYY/MM/DD/NAME.gz (UTC date of the
+archiving; a name already taken there gets -1, -2... before its extension)
+with a .meta.json beside them. Every action goes into
 the audit chain, every run into the catalog (`--runs` lists the last).
 
 `--folder PATH` and `--rule PATH` narrow the list; `--older-than DURATION`
-plans as if that much time had passed. `--crash JOB_ID` removes that job's
+plans as if that much time had passed (a mount's janitor keeps write-once
+folders to the real clock; this command on an unmounted STORE does not,
+and says so in each record: the operator's way to remove a write-once
+file early). `--crash JOB_ID` removes that job's
 folders under temp/ instead (named after it, or made by a process with
 SELDON_JOB_ID=JOB_ID). `--emergency` then goes on deleting, lowest rule
-`priority` first, until the store's disk is under `[janitor] warning`.
+`priority` first, until the store's disk is under `[janitor] warning`
+(only folders with a `priority`; never archives or write-once folders).
 
 `--json` writes JSON lines to stdout: one object per action planned
 ({"kind", "rel", "dest", "size", "reason", "rule", ...}), or, given a
@@ -25,6 +31,7 @@ MOUNTPOINT, one object with the mount's run (its "summary", "skipped",
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -156,12 +163,21 @@ def _plan(args: argparse.Namespace, cfg, data: Path, size, now: float) -> list[j
     if args.crash:
         return list(janitor.crash_plan(cfg, janitor.inventory(data, size), args.crash))
     actions = list(janitor.plan(now, cfg, janitor.inventory(data, size)))
+    if args.older_than:  # offline, the operator may take write-once files early: said in each record
+        held = {r.path for r in cfg.folders if r.write_once}
+        actions = [dataclasses.replace(a, reason=f"{a.reason}; write-once, planned with --older-than "
+                                       f"{args.older_than}") if a.rule in held else a for a in actions]
     if args.emergency:
         need = bytes_over(data, cfg.janitor.warning) - sum(a.size for a in actions if a.kind == "delete")
         if need > 0:
             planned = {a.rel for a in actions}
             rest = (e for e in janitor.inventory(data, size) if e.rel not in planned)
-            actions += janitor.emergency_plan(cfg, rest, need)
+            more = list(janitor.emergency_plan(cfg, rest, need))
+            actions += more
+            left = need - sum(a.size for a in more)
+            if left > 0:  # what the mount alerts as emergency-stuck
+                say(args, f"emergency: {left:,} bytes stay over the warning level: no folder with a priority "
+                    "has more to delete (archives, outputs and write-once folders are never taken)")
     return actions
 
 
