@@ -136,7 +136,7 @@ class Committer:
                 self._record(rel, name, "", verdict, "quarantined", ino)
             return reject
         if rule.dedupe:
-            kept = self._duplicate_of(ino, rel, where.dir, name, verdict)
+            kept = self._duplicate_of(rel, where.dir, name, verdict)
             if kept is not None:
                 self._drop_duplicate(ino, uid, rel, kept, parent, notify_old)
                 return None
@@ -153,9 +153,7 @@ class Committer:
 
     # ------------------------------------------------------------ duplicates
 
-    def _duplicate_of(
-        self, ino: int, rel: str, folder: str, name: str, v: validation.Verdict
-    ) -> tuple[str, int] | None:
+    def _duplicate_of(self, rel: str, folder: str, name: str, v: validation.Verdict) -> tuple[str, int] | None:
         """(path, inode) of the file this one duplicates: committed to
         `folder` under the same original name, with the same checksum and
         owner, its content unchanged since (the newest record of its path

@@ -109,7 +109,8 @@ def test_seldon_the_old_name_is_the_writers_users_for_the_grace_only(open_tmp: P
         assert (raw / "x.json").is_dir()  # the writer's grace does not shadow it
 
 
-def test_seldon_rsync_twice_keeps_one_copy(open_tmp: Path) -> None:
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_seldon_rsync_twice_keeps_one_copy(open_tmp: Path, encrypted: bool) -> None:
     import subprocess
     import time
 
@@ -122,7 +123,7 @@ def test_seldon_rsync_twice_keeps_one_copy(open_tmp: Path) -> None:
         (src / f"f{i}.json").write_text(f'{{"n": {i}}}')
     (src / "t.csv").write_text("a,b\n1,2\n")
     store = tmp_path / "store"
-    _, m = mount_profile(tmp_path, "seldon")
+    _, m = mount_profile(tmp_path, "seldon", encrypted=encrypted)
     cfg = store / "seldonfs.toml"
     cfg.write_text(cfg.read_text().replace('grace = "10s"', 'grace = "1s"'))
     with m:
