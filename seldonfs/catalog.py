@@ -133,7 +133,7 @@ def create_tables(db: sqlite_utils.Database) -> None:
     #   ns      - time (ns since the epoch); uid, gid, pid, proc - who
     #   op      - create, mkdir, mknod, symlink, link, rename, unlink, rmdir,
     #             setattr, setxattr, removexattr, write, read, commit,
-    #             quarantine, release, version, restore, mount, unmount,
+    #             quarantine, duplicate, release, version, restore, mount, unmount,
     #             passwd, rekey, janitor-delete/-archive/-move/-rmdir, control,
     #             damaged (content that failed authentication, read through the mount),
     #             reset (a new epoch after a break: seq may skip the lost chain's
