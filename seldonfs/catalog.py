@@ -90,9 +90,12 @@ def create_tables(db: sqlite_utils.Database) -> None:
         pk="id", if_not_exists=True,
     )
     db["files"].create_index(["path"], if_not_exists=True)
+    # a commit in a folder with `dedupe` looks for earlier files of its name
+    db["files"].create_index(["original_name", "sha256"], if_not_exists=True)
     # sequences: the next free sequence number per job id (managed names).
     #   Numbers are handed out in blocks; `next` is past every number handed
-    #   out, so names stay unique across remounts and crashes.
+    #   out, so names stay unique across remounts and crashes; a clean
+    #   unmount gives the unused rest of a block back (commit.Sequences).
     db["sequences"].create({"job": str, "next": int}, pk="job", if_not_exists=True)
     # quarantine: one row per file moved to a quarantine folder.
     #   path        - where it is now (relative to the mount root)
@@ -130,7 +133,7 @@ def create_tables(db: sqlite_utils.Database) -> None:
     #   ns      - time (ns since the epoch); uid, gid, pid, proc - who
     #   op      - create, mkdir, mknod, symlink, link, rename, unlink, rmdir,
     #             setattr, setxattr, removexattr, write, read, commit,
-    #             quarantine, release, version, restore, mount, unmount,
+    #             quarantine, duplicate, release, version, restore, mount, unmount,
     #             passwd, rekey, janitor-delete/-archive/-move/-rmdir, control,
     #             damaged (content that failed authentication, read through the mount),
     #             distribute, download, distribution (distributions.py),
@@ -263,6 +266,27 @@ class Catalog:
         first = row[0] if row else 1
         self.conn.execute("INSERT OR REPLACE INTO sequences VALUES (?, ?)", (job, first + count))
         return first
+
+    def give_back_sequence(self, job: str, nxt: int, end: int) -> None:
+        """Numbers `nxt`..`end`-1 of `job` were reserved and not used: the
+        next reservation starts at `nxt` (unless another one came since)."""
+        self.conn.execute("UPDATE sequences SET next = ? WHERE job = ? AND next = ?", (nxt, job, end))
+
+    def same_content(self, original: str, sha256: str, limit: int) -> list[tuple[str, int]]:
+        """(path, committed_ns) of the newest `limit` files committed 'ok'
+        under the name `original` with checksum `sha256`, newest first."""
+        rows = self.conn.execute(
+            "SELECT path, committed_ns FROM files WHERE original_name = ? AND sha256 = ? AND verdict = 'ok'"
+            " ORDER BY id DESC LIMIT ?", (db_name(original), sha256, limit),
+        ).fetchall()
+        return [(name_of(p), ns or 0) for p, ns in rows]
+
+    def newest_checksum(self, path: str) -> str | None:
+        """The checksum of the newest file record of `path` (None: none)."""
+        row = self.conn.execute(
+            "SELECT sha256 FROM files WHERE path = ? ORDER BY id DESC LIMIT 1", (db_name(path),)
+        ).fetchone()
+        return None if row is None else row[0]
 
     # ------------------------------------------------------------ quarantine
 

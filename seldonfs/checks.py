@@ -119,6 +119,16 @@ class Checks:
         except Unreadable as e:
             return validation.Verdict(reasons=[f"unreadable: {e.strerror}"], size=key[1])
 
+    def checksum_file(self, fd: int) -> str:
+        """The file's recorded kind of checksum (as a commit records it), read through `fd`."""
+        read = reader(self.layer.attach(fd))
+        digest = self.checksum()
+        off = 0
+        while chunk := read(off, 1 << 20):
+            digest.update(chunk)
+            off += len(chunk)
+        return digest.hexdigest()
+
     def passed_now(self, ino: int, key: Key, v: validation.Verdict) -> None:
         if v.ok:
             self.passed[ino] = key

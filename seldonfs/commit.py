@@ -4,10 +4,14 @@ The commit of a file (engine.py says when) reads its plaintext for the
 folder's checks (checks.py; a large file's in a worker thread, in a task
 of its own), asks policy.py where it goes, and moves it there under a
 name no other file has (sequence numbers come from the catalog in
-blocks), or to quarantine (quarantine.py). The old name gets its grace
-period (grace.py) and the kernel is told which names changed. File
-records reach the catalog in batches. Releasing a quarantined file is a
-commit at its origin.
+blocks, the unused rest given back at unmount, and wrap within the
+template's width: `Sequences`), or to quarantine (quarantine.py). In a
+folder with `dedupe`, a file whose name and content are those of a file
+committed there before is removed instead (`_duplicate_of`; the catalog
+says which files to compare). The old name gets its grace period
+(grace.py) and the kernel is told which names changed. File records
+reach the catalog in batches. Releasing a quarantined file is a commit
+at its origin.
 
 Concurrency: trio thread; every method runs inside the engine's
 `store.Dirs` scope. `_check_later` awaits the worker thread and re-reads
@@ -20,6 +24,7 @@ import errno
 import logging
 import os
 import posixpath
+import stat as stat_m
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -42,12 +47,13 @@ from .versions import Note
 
 log = logging.getLogger(__name__)
 
-SEQ_BLOCK = 100  # sequence numbers reserved per catalog write
+SEQ_BLOCK = 100  # sequence numbers reserved per catalog write (at most this many lost by a crash)
+DEDUPE_CANDIDATES = 20  # earlier files of the same name and checksum looked at, newest first
 ROWS_FLUSH_S = 0.5  # file records wait at most this long for their catalog batch
 MAX_ROWS = 100_000  # file records kept while the catalog cannot take them (fsck --rebuild restores the rest)
 
 Source = tuple[int, FileContent]  # an open handle's descriptor and content
-After = tuple[int, "str | None", bool]  # a background check's commit: (pid, job, left_over)
+After = tuple[int, "str | None", bool]  # a background check's commit: (uid, job, left_over)
 
 
 class Committer:
@@ -65,7 +71,7 @@ class Committer:
         self.job_attrs: dict[int, str] = {}  # ino -> user.seldon.job set through the mount
         self.ingested: dict[int, int] = {}  # ino -> when created, until its commit record
         self._rows: list[tuple] = []  # file records waiting for their batch
-        self.seq: dict[str, tuple[int, int]] = {}  # job -> (next, end of reserved block)
+        self.seq = Sequences(catalog)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """In the mount's nursery: large files' checks start here; file
@@ -84,13 +90,14 @@ class Committer:
         self.job_attrs.pop(ino, None)
 
     def commit(
-        self, ino: int, pid: int, job: str | None, rel: str | None = None,
+        self, ino: int, uid: int, job: str | None, rel: str | None = None,
         verdict: validation.Verdict | None = None, defer: bool = True, notify_old: bool = True,
         source: Source | None = None, parent: int = 0, left_over: bool = False,
     ) -> int | None:
         """Check, name, route or quarantine file `ino` (at `rel`), inside a
         `self.dirs` scope. Returns an errno for the writer (EACCES:
-        rejected), None otherwise.
+        rejected), None otherwise. `uid`: the user that wrote it (its
+        processes get the grace period of the old name).
 
         A large file in a folder that does not reject is checked by a task
         of its own (`_check_later`): its writer's close returns at once and
@@ -117,7 +124,7 @@ class Committer:
             parent = 0
         if verdict is None:
             defer = defer and rule.on_invalid != "reject" and self.nursery is not None
-            verdict = self._check(ino, rel, rule, defer, (pid, job, left_over), source)
+            verdict = self._check(ino, rel, rule, defer, (uid, job, left_over), source)
             if verdict is None:
                 return None  # vanished, or checked in the background
         self.dirty.discard(ino)
@@ -128,6 +135,11 @@ class Committer:
             if where.checked:
                 self._record(rel, name, "", verdict, "quarantined", ino)
             return reject
+        if rule.dedupe:
+            kept = self._duplicate_of(rel, where.dir, name, verdict)
+            if kept is not None:
+                self._drop_duplicate(ino, uid, rel, kept, parent, notify_old)
+                return None
         job_id = clean_job(job or self.job_attrs.pop(ino, None), rule.job) if where.name is None else ""
         dest = self._place(rel, where, name, job_id, rule)
         if dest is None:
@@ -136,10 +148,74 @@ class Committer:
         self.core.note_path(ino, dest)
         self.note("commit", rel, dest, f"sha256={verdict.sha256} mime={verdict.mime} job={job_id}".strip())
         if dest != rel:
-            self._after_move(ino, pid, rel, dest, parent, notify_old)
+            self._after_move(ino, uid, rel, dest, parent, notify_old)
         return None
 
-    def _after_move(self, ino: int, pid: int, rel: str, dest: str, parent: int, notify_old: bool) -> None:
+    # ------------------------------------------------------------ duplicates
+
+    def _duplicate_of(self, rel: str, folder: str, name: str, v: validation.Verdict) -> tuple[str, int] | None:
+        """(path, inode) of the file this one duplicates: committed to
+        `folder` under the same original name, with the same checksum and
+        owner, its content unchanged since (the newest record of its path
+        has that checksum; its size is the same; not modified after its
+        commit), and not this file at this path. None: not a duplicate.
+        Looks only at catalog records (and the batch not yet written), never
+        at the folder."""
+        d, n = posixpath.split(rel)
+        try:
+            own = os.stat(n, dir_fd=self.dirs.get(d), follow_symlinks=False)
+        except OSError:
+            return None
+        sha = v.sha256 or self._checksum(rel)
+        if not sha:
+            return None
+        size = self.core.content.plain_size(own.st_size)
+        pending = [(r[0], r[8]) for r in reversed(self._rows) if r[1] == name and r[4] == sha and r[6] == "ok"]
+        seen: set[str] = set()
+        for path, committed_ns in pending + self.catalog.same_content(name, sha, DEDUPE_CANDIDATES):
+            if path in seen or path == rel or posixpath.dirname(path) != folder:
+                continue
+            seen.add(path)
+            newest = next((r[4] for r in reversed(self._rows) if r[0] == path), None)
+            if (newest if newest is not None else self.catalog.newest_checksum(path)) != sha:
+                continue  # changed since, or another file at that path now
+            pd, pn = posixpath.split(path)
+            try:
+                st = os.stat(pn, dir_fd=self.dirs.get(pd), follow_symlinks=False)
+            except OSError:
+                continue
+            if (stat_m.S_ISREG(st.st_mode) and st.st_uid == own.st_uid and st.st_mtime_ns <= committed_ns
+                    and self.core.content.plain_size(st.st_size) == size):
+                return path, self.core.ino_of(st.st_ino)
+        return None
+
+    def _checksum(self, rel: str) -> str:
+        """The recorded kind of checksum of file `rel` (a commit that skipped
+        its checks, the file unchanged since it passed, has none)."""
+        try:
+            fd = self.dirs.open(rel, os.O_RDONLY)
+        except OSError:
+            return ""
+        try:
+            return self.checks.checksum_file(fd)
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
+
+    def _drop_duplicate(self, ino: int, uid: int, rel: str, kept: tuple[str, int], parent: int,
+                        notify_old: bool) -> None:
+        """Remove the duplicate at `rel`; its old name leads to the file
+        it duplicates for the grace period."""
+        d, n = posixpath.split(rel)
+        os.unlink(n, dir_fd=self.dirs.get(d))
+        self.dirs.moved()
+        self.ingested.pop(ino, None)
+        self.note("duplicate", rel, kept[0], f"duplicate of {kept[0]}: same name, same content; removed")
+        log.debug("%s: duplicate of %s, removed", rel, kept[0])
+        self._after_move(kept[1], uid, rel, kept[0], parent, notify_old)
+
+    def _after_move(self, ino: int, uid: int, rel: str, dest: str, parent: int, notify_old: bool) -> None:
         """Give the old name its grace; tell the kernel what it may cache wrongly."""
         d, name = posixpath.split(rel)
         parent = parent or self._dir_ino(d)  # type: ignore[assignment]
@@ -148,7 +224,7 @@ class Committer:
         if parent:
             self.grace.add(
                 parent, os.fsencode(name),
-                Grace(dest, ino, pid, time.monotonic() + self.policy.pol.grace, new_parent,
+                Grace(dest, ino, uid, time.monotonic() + self.policy.pol.grace, new_parent,
                       os.fsencode(posixpath.basename(dest))),
                 time.monotonic(),
             )
@@ -165,7 +241,7 @@ class Committer:
 
         def fresh() -> str:
             assert template is not None
-            seq = self._next_seq(job) if template.uses_seq else 0
+            seq = self.seq.next(job, template.seq_max) if template.uses_seq else 0
             return template.render(datetime.now(timezone.utc), job, seq, name)
 
         why = f"could not be moved to {place.dir}/ after {place.tries} attempts"
@@ -195,14 +271,6 @@ class Committer:
         target = self.quarantine.move_in(rel, self.policy.quarantine_dir(rule), reasons)
         self._notify_moved(rel, target)
         return target
-
-    def _next_seq(self, job: str) -> int:
-        nxt, end = self.seq.get(job, (0, 0))
-        if nxt >= end:
-            nxt = self.catalog.reserve_sequence(job, SEQ_BLOCK)
-            end = nxt + SEQ_BLOCK
-        self.seq[job] = (nxt + 1, end)
-        return nxt
 
     # ------------------------------------------------------------ checks
 
@@ -287,7 +355,7 @@ class Committer:
             self.quarantine.released(rel, dest, qid, force, uid)
             self._notify_moved(rel, dest)
             # forced: the checks are skipped, the managed name is still given
-            self.commit(ino, pid, None, rel=dest, verdict=validation.Verdict() if force else None, defer=False)
+            self.commit(ino, uid, None, rel=dest, verdict=validation.Verdict() if force else None, defer=False)
 
     # ------------------------------------------------------------ records
 
@@ -330,3 +398,41 @@ class Committer:
             parent = self._dir_ino(posixpath.dirname(path))
             if parent is not None:
                 self.core.notify(parent, os.fsencode(posixpath.basename(path)))
+
+
+class Sequences:
+    """The sequence numbers of managed names, per job id.
+
+    The catalog's `sequences.next` is past every number handed out: numbers
+    are reserved SEQ_BLOCK at a time (one catalog write per block, not per
+    file), and `give_back` (at unmount) returns the unused rest, so a
+    remount goes on with the next number; a crash loses at most the rest
+    of one block per job. The counter itself only grows; a template whose
+    `{seq}` has a width (`{seq:03d}`: 999 at most) gets it wrapped into
+    1..max, so a name keeps its width (it stays unique by its timestamp,
+    and a rename never replaces: the next number is tried)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._blocks: dict[str, tuple[int, int]] = {}  # job -> (next, end of reserved block)
+
+    def next(self, job: str, top: int | None = None) -> int:
+        nxt, end = self._blocks.get(job, (0, 0))
+        if nxt >= end:
+            nxt = self.catalog.reserve_sequence(job, SEQ_BLOCK)
+            end = nxt + SEQ_BLOCK
+        self._blocks[job] = (nxt + 1, end)
+        return wrap(nxt, top)
+
+    def give_back(self) -> None:
+        """The unused numbers of every block go back to the catalog (at a clean unmount)."""
+        for job, (nxt, end) in self._blocks.items():
+            if nxt < end:
+                self.catalog.give_back_sequence(job, nxt, end)
+        self._blocks.clear()
+
+
+def wrap(n: int, top: int | None) -> int:
+    """Counter value `n` (from 1) as a sequence number of at most `top`:
+    1..top, then 1 again."""
+    return n if top is None or n <= top else (n - 1) % top + 1

@@ -73,6 +73,8 @@ class FolderRule:
     route_retries: int = 3
     # versioning
     versions: int = 0
+    # duplicates: a file of the same name and content as one committed here before is dropped
+    dedupe: bool = False
     # retention (the janitor's)
     max_age: float | None = None
     age_by: str = "mtime"
@@ -568,6 +570,7 @@ def _parse_folder(name: str, t: Any, policy: PolicyConfig, p: _Problems) -> Fold
         route_unmatched=r.choice("route_unmatched", ("leave", "quarantine"), d.route_unmatched),
         route_retries=r.integer("route_retries", d.route_retries, 0, 100),
         versions=r.integer("versions", 0, 0, 10_000),
+        dedupe=r.get("dedupe", bool, False),
         max_age=r.duration("max_age", None),
         age_by=r.choice("age_by", ("mtime", "atime"), d.age_by),
         max_total=r.size("max_total", None),

@@ -199,7 +199,7 @@ class Core(Entries):
         node = self._node(ino)
         track = None
         if node.fmt == stat_m.S_IFREG:
-            track = self.hooks.opening(ino, flags, caller.pid if caller else 0)
+            track = self.hooks.opening(ino, flags, caller.uid if caller else -1, caller.pid if caller else 0)
         fd = self._reopen(node, self._open_flags(flags))
         try:
             return self._new_handle(ino, fd, flags, track, caller)
@@ -221,7 +221,7 @@ class Core(Entries):
     def create(self, parent: int, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[int, Stat]:
         pfd = self._node(parent).fd
         self._refuse_own(parent, name)
-        track = self.hooks.creating(parent, name, caller.pid)
+        track = self.hooks.creating(parent, name, caller.pid, caller.uid)
         owner = self._owner(pfd, caller)
         oflags = self._open_flags(flags) | os.O_NOFOLLOW
         try:

@@ -70,7 +70,7 @@ class Tracked(Track):
 
     rule: FolderRule | None = None
     commits: bool = False  # a commit rule applies to the folder it was opened in
-    pid: int = 0  # the process that opened it: its follow-ups get the grace period
+    uid: int = -1  # the user that opened it: its processes' follow-ups get the grace period
     job: str | None = None  # from the writer's environment at create
     created: bool = False
     done: bool = False  # committed at an earlier flush
@@ -130,10 +130,10 @@ class Engine(Hooks):
                 continue
             try:
                 with self.dirs:
-                    for ino, rel, pid in self.leftovers.due(time.time(), self._where, self.writers.__contains__):
+                    for ino, rel, uid in self.leftovers.due(time.time(), self._where, self.writers.__contains__):
                         log.info("%s: a temporary name left unchanged for %.0f s: committed like any file", rel,
                                  self.policy.pol.temp_max_age)
-                        self.committer.commit(ino, pid, None, rel=rel, left_over=True)
+                        self.committer.commit(ino, uid, None, rel=rel, left_over=True)
             except Exception as e:
                 self.committer.failed("left-over temporary names", e)
 
@@ -152,6 +152,10 @@ class Engine(Hooks):
         return (now, st.st_mtime) if self.core.ino_of(st.st_ino) == ino else None
 
     def close(self) -> None:
+        try:  # the unused sequence numbers: a remount goes on where this mount stopped
+            self.committer.seq.give_back()
+        except Exception as e:  # at worst a gap of one block in the numbers
+            log.error("sequence numbers not given back: %s", e)
         for attempt in range(1, CLOSE_TRIES + 1):  # the last batch; a failed one is kept and tried again
             try:
                 self.committer.write_rows()
@@ -179,19 +183,19 @@ class Engine(Hooks):
     def new_entry(self, parent: int, name: bytes, kind: int) -> None:
         self._refuse(parent, name, kind)
 
-    def _track(self, d: str, pid: int) -> Tracked | None:
+    def _track(self, d: str, uid: int) -> Tracked | None:
         rule = self.policy.for_dir(d)
         floor = self.policy.floor_applies(d)
         if not self.policy.tracks(rule, floor):
             return None
         limited = rule is not None and rule.max_size is not None
-        return Tracked(direct_io=limited and self.writeback, rule=rule, commits=commits(rule), pid=pid, floor=floor)
+        return Tracked(direct_io=limited and self.writeback, rule=rule, commits=commits(rule), uid=uid, floor=floor)
 
-    def creating(self, parent: int, name: bytes, pid: int) -> Tracked | None:
+    def creating(self, parent: int, name: bytes, pid: int, uid: int) -> Tracked | None:
         d = self._refuse(parent, name, stat_m.S_IFREG)
         if d is not None:
             self._refuse_held_name(parent, d, name, "open for writing")
-        t = None if d is None else self._track(d, pid)
+        t = None if d is None else self._track(d, uid)
         if t is not None:
             if t.floor:
                 self._check_floor()
@@ -219,10 +223,10 @@ class Engine(Hooks):
 
     # ------------------------------------------------------------ open / write
 
-    def opening(self, ino: int, flags: int, pid: int) -> Tracked | None:
+    def opening(self, ino: int, flags: int, uid: int, pid: int) -> Tracked | None:
         if flags & (os.O_ACCMODE | os.O_TRUNC) != os.O_RDONLY:
             self._refuse_held(ino, "open for writing")
-        if flags & os.O_TRUNC and self.committer.grace.take_reopened(ino, pid):
+        if flags & os.O_TRUNC and self.committer.grace.take_reopened(ino, uid):
             # The writer opens its pre-commit name again to write it anew
             # (a loop writing data.json 200 times): that is a new file, not
             # the committed one. ESTALE makes the kernel look the name up
@@ -237,7 +241,7 @@ class Engine(Hooks):
         rel = self.core.rel_path(ino)
         if rel is None:
             return None
-        t = self._track(posixpath.dirname(rel), pid)
+        t = self._track(posixpath.dirname(rel), uid)
         if t is not None and t.rule is not None and t.rule.versions:
             cause = version_at_open(t.rule, self._size(ino), bool(flags & os.O_TRUNC))
             if cause == "truncate":
@@ -259,7 +263,7 @@ class Engine(Hooks):
             self.committer.ingested[ino] = time.time_ns()
             self.checks.keep_written(ino)
             if t.left_at is not None:
-                self.leftovers.seen(ino, t.left_at, t.pid)
+                self.leftovers.seen(ino, t.left_at, t.uid)
 
     def writing(self, ino: int, track: Track, off: int, size: int, content: FileContent) -> None:
         t: Tracked = track  # type: ignore[assignment]
@@ -327,13 +331,13 @@ class Engine(Hooks):
 
     # ------------------------------------------------------------ names
 
-    def moved(self, parent: int, name: bytes, pid: int) -> Moved | None:
+    def moved(self, parent: int, name: bytes, uid: int) -> Moved | None:
         grace = self.committer.grace
         if (parent, name) not in grace:
             return None
-        g = grace.target(parent, name, pid, time.monotonic())
+        g = grace.target(parent, name, uid, time.monotonic())
         if g is None:
-            raise Absent(errno.ENOENT, "committed under another name")  # not for this process
+            raise Absent(errno.ENOENT, "committed under another name")  # not for this user
         known = g.parent is not None and self.core.known(g.parent)
         return Moved(g.rel, g.parent if known else None, g.name)
 
@@ -449,7 +453,7 @@ class Engine(Hooks):
         log.info("write-once: refused to %s %s", what, rel)
         raise Refused(errno.EPERM, f"write-once until its retention has passed: cannot {what}")
 
-    def arrived(self, new_parent: int, new: bytes, pid: int) -> None:
+    def arrived(self, new_parent: int, new: bytes, uid: int) -> None:
         """A file renamed or hard-linked into a folder with a commit rule
         commits there (a link is checked like a copy)."""
         if self.dist.inos:
@@ -465,10 +469,10 @@ class Engine(Hooks):
         if not stat_m.S_ISREG(st.st_mode) or self.writers.get(ino):
             return  # not a file, or its writer's last close commits it
         if self.policy.temporary(os.fsdecode(new)):
-            self.leftovers.seen(ino, posixpath.join(d, os.fsdecode(new)), pid)
+            self.leftovers.seen(ino, posixpath.join(d, os.fsdecode(new)), uid)
             return
         with self.dirs:
-            self.committer.commit(ino, pid, None, rel=posixpath.join(d, os.fsdecode(new)))
+            self.committer.commit(ino, uid, None, rel=posixpath.join(d, os.fsdecode(new)))
 
     # ------------------------------------------------------------ commit
 
@@ -492,7 +496,7 @@ class Engine(Hooks):
         t.done = True
         with self.dirs:
             return self.committer.commit(
-                ino, t.pid, t.job, notify_old=not t.created, source=(fd, content) if t.readable else None,
+                ino, t.uid, t.job, notify_old=not t.created, source=(fd, content) if t.readable else None,
                 parent=t.parent,
             )
 

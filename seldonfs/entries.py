@@ -155,7 +155,7 @@ class Entries(InodeTable):
         self._chown_new(pfd, name, owner, os.unlink)
         return self.lookup(parent, name)
 
-    def link(self, ino: int, new_parent: int, new_name: bytes, pid: int = 0) -> Stat:
+    def link(self, ino: int, new_parent: int, new_name: bytes, uid: int = -1) -> Stat:
         node = self._node(ino)
         pfd = self._node(new_parent).fd
         self._check_new(new_parent, new_name, node.fmt)
@@ -166,7 +166,7 @@ class Entries(InodeTable):
         st = self.lookup(new_parent, new_name)
         # A commit may move the new name at once; the kernel is told (the
         # engine invalidates the name) and keeps the inode it has.
-        self.hooks.arrived(new_parent, new_name, pid)
+        self.hooks.arrived(new_parent, new_name, uid)
         return st
 
     def unlink(self, parent: int, name: bytes) -> None:
@@ -180,12 +180,12 @@ class Entries(InodeTable):
         self._dir_paths.clear()
 
     def rename(
-        self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int, pid: int = 0
+        self, old_parent: int, old: bytes, new_parent: int, new: bytes, flags: int, uid: int = -1
     ) -> None:
         """rename(2); the hooks may refuse the target or keep the file it
         replaces, and hear of the rename after it. A name a commit moved a
-        moment ago is renamed from where it went, for the process that
-        wrote it (a tool renames its output after close)."""
+        moment ago is renamed from where it went, for the user that wrote
+        it (a tool renames its output after close)."""
         ofd = self._node(old_parent).fd
         nfd = self._node(new_parent).fd
         self._refuse_own(old_parent, old)
@@ -195,7 +195,7 @@ class Entries(InodeTable):
             try:
                 src = os.stat(old, dir_fd=ofd, follow_symlinks=False)
             except FileNotFoundError:
-                moved = self.hooks.moved(old_parent, old, pid)
+                moved = self.hooks.moved(old_parent, old, uid)
                 if moved is None:
                     raise
                 d, n = posixpath.split(moved.rel)
@@ -208,7 +208,7 @@ class Entries(InodeTable):
         finally:
             if opened >= 0:
                 os.close(opened)
-        self.hooks.arrived(new_parent, new, pid)
+        self.hooks.arrived(new_parent, new, uid)
 
     def _rename(self, ofd: int, old: bytes, nfd: int, new: bytes, flags: int) -> None:
         self.renames += 1

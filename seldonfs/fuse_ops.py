@@ -181,7 +181,7 @@ class SeldonOperations(pyfuse3.Operations):
     @_errors
     async def lookup(self, parent_inode, name, ctx):
         try:
-            return self._entry(self.core.lookup(parent_inode, name, ctx.pid))
+            return self._entry(self.core.lookup(parent_inode, name, ctx.uid))
         except Absent:
             raise  # for this process only: say so without caching it
         except FileNotFoundError:
@@ -273,13 +273,13 @@ class SeldonOperations(pyfuse3.Operations):
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         new = self._path(parent_inode_new, name_new) if self.audit is not None else ""
         with self._audited("rename", ctx, parent_inode_old, name_old, path2=new):
-            self.core.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx.pid)
+            self.core.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx.uid)
 
     @_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
         new = self._path(new_parent_inode, new_name) if self.audit is not None else ""
         with self._audited("link", ctx, inode, path2=new):
-            return self._entry(self.core.link(inode, new_parent_inode, new_name, ctx.pid))
+            return self._entry(self.core.link(inode, new_parent_inode, new_name, ctx.uid))
 
     @_errors
     async def open(self, inode, flags, ctx):

@@ -19,7 +19,7 @@ from .content import FileContent
 
 
 class Absent(FileNotFoundError):
-    """The name is missing for this caller only (another process's grace
+    """The name is missing for this caller only (another user's grace
     name): the kernel must not cache its absence."""
 
 
@@ -46,12 +46,13 @@ class Hooks:
         """Before an entry of `kind` (stat.S_IFMT) is made: mkdir, mknod,
         symlink, link, and a rename's target."""
 
-    def creating(self, parent: int, name: bytes, pid: int) -> Track | None:
-        """Before open(O_CREAT) makes a file; a Track follows the handle."""
+    def creating(self, parent: int, name: bytes, pid: int, uid: int) -> Track | None:
+        """Before open(O_CREAT) by process `pid` of user `uid` makes a file;
+        a Track follows the handle."""
         return None
 
-    def opening(self, ino: int, flags: int, pid: int) -> Track | None:
-        """Before a regular file is opened."""
+    def opening(self, ino: int, flags: int, uid: int, pid: int) -> Track | None:
+        """Before a regular file is opened by process `pid` of user `uid`."""
         return None
 
     def opened(self, ino: int, track: Track) -> None:
@@ -91,15 +92,16 @@ class Hooks:
     def renaming(self, new_parent: int, new: bytes, src: os.stat_result, flags: int) -> None:
         """Before `src` is renamed to `new` in `new_parent`."""
 
-    def arrived(self, new_parent: int, new: bytes, pid: int) -> None:
-        """After a rename or a hard link to `new` in `new_parent`."""
+    def arrived(self, new_parent: int, new: bytes, uid: int) -> None:
+        """After a rename or a hard link to `new` in `new_parent` by user `uid`."""
 
     def removing(self, parent: int, name: bytes) -> None:
         """Before `name` in `parent` is unlinked."""
 
-    def moved(self, parent: int, name: bytes, pid: int) -> Moved | None:
-        """A name is missing: where its file went, for process `pid`; raise
-        Absent when it went somewhere `pid` may not follow."""
+    def moved(self, parent: int, name: bytes, uid: int) -> Moved | None:
+        """A name is missing: where its file went, for a process of user
+        `uid` (-1: nobody's); raise Absent when it went somewhere only
+        another user may follow."""
         return None
 
     def forgot(self, ino: int) -> None:

@@ -261,11 +261,12 @@ class InodeTable:
         for parent, name in victims:  # dropped from the kernel's cache; forgets follow
             self.notify(parent, name)
 
-    def lookup(self, parent: int, name: bytes, pid: int = 0) -> Stat:
-        """One more lookup of `name` in `parent`. A name a commit moved a
-        moment ago resolves to where it went for the process that wrote it
-        (hooks.moved; the result is `volatile`); hooks.Absent when it
-        resolves for another process only."""
+    def lookup(self, parent: int, name: bytes, uid: int = -1) -> Stat:
+        """One more lookup of `name` in `parent` by a process of user `uid`
+        (-1: the filesystem's own). A name a commit moved a moment ago
+        resolves to where it went for the user that wrote it (hooks.moved;
+        the result is `volatile`); hooks.Absent when it resolves for another
+        user only."""
         pfd = self._node(parent).fd
         if name in (b".", b".."):
             # the kernel resolves these itself; ".." at the root would leave the store
@@ -279,7 +280,7 @@ class InodeTable:
         try:
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
-            moved = self.hooks.moved(parent, name, pid)
+            moved = self.hooks.moved(parent, name, uid)
             if moved is None:
                 raise
             found = self.lookup(moved.parent, moved.name) if moved.parent is not None else self.lookup_path(moved.rel)

@@ -26,24 +26,24 @@ MAX_KNOWN = 100_000  # names remembered at most (the oldest are forgotten first)
 class Leftovers:
     def __init__(self, max_age: float) -> None:
         self.max_age = max_age
-        self._known: dict[int, tuple[str, int]] = {}  # ino -> (path when seen, pid)
+        self._known: dict[int, tuple[str, int]] = {}  # ino -> (path when seen, uid of the writer)
 
     def __len__(self) -> int:
         return len(self._known)
 
-    def seen(self, ino: int, rel: str, pid: int) -> None:
-        """File `ino` sits under a temporary name at `rel`."""
+    def seen(self, ino: int, rel: str, uid: int) -> None:
+        """File `ino` sits under a temporary name at `rel`, written by user `uid`."""
         if len(self._known) >= MAX_KNOWN:
             del self._known[next(iter(self._known))]
-        self._known[ino] = (rel, pid)
+        self._known[ino] = (rel, uid)
 
     def due(self, now: float, where: Callable[[int, str], tuple[str, float] | None],
             busy: Callable[[int], bool]) -> Iterator[tuple[int, str, int]]:
-        """(ino, path, pid) of the remembered files whose last change
+        """(ino, path, uid) of the remembered files whose last change
         (`where(ino, rel)` -> (path now, mtime), None when gone) is
         `max_age` old and that no handle writes. Gone ones are dropped;
         the caller commits (or leaves) the rest, which are dropped too."""
-        for ino, (rel, pid) in list(self._known.items()):
+        for ino, (rel, uid) in list(self._known.items()):
             found = where(ino, rel)
             if found is None:
                 del self._known[ino]
@@ -51,4 +51,4 @@ class Leftovers:
             path, mtime = found
             if now - mtime >= self.max_age and not busy(ino):
                 del self._known[ino]
-                yield ino, path, pid
+                yield ino, path, uid

@@ -43,6 +43,7 @@ class Template:
         except ValueError as e:
             raise TemplateError(f"not a valid template: {e}") from None
         names = set()
+        self.seq_max: int | None = None  # the largest number {seq} may show (its width's), None: no width
         for literal, fname, spec, conv in parsed:
             parts.append(re.escape(literal))
             if fname is None:
@@ -51,6 +52,10 @@ class Template:
                 raise TemplateError(f"unknown field {{{fname}}} (known: {', '.join(FIELDS)})")
             if spec and fname != "seq":
                 raise TemplateError(f"only {{seq}} takes a format, not {{{fname}:{spec}}}")
+            width = re.fullmatch(r"0?([1-9][0-9]?)d?", spec or "")
+            if fname == "seq" and width:
+                top = 10 ** int(width[1]) - 1
+                self.seq_max = top if self.seq_max is None else min(self.seq_max, top)
             # a field's first use is a named group: `parts()` reads names back
             parts.append(FIELDS[fname] if fname in names else f"(?P<{fname}>{FIELDS[fname]})")
             names.add(fname)

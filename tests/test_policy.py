@@ -114,8 +114,10 @@ def test_python_write_commits_under_a_managed_name(pmnt: Path, store: Path) -> N
     assert MANAGED.match(f.name)["job"] == "INP001"
     assert f.read_text() == '{"a": 1}'
     assert stored(store, f"in/{f.name}") == b'{"a": 1}'
-    assert (pmnt / "in" / "prospect_data.json").exists()  # for its writer, a while
-    assert subprocess.run(["test", "-e", pmnt / "in" / "prospect_data.json"]).returncode == 1
+    assert (pmnt / "in" / "prospect_data.json").exists()  # for its writer's user, a while
+    assert subprocess.run(["test", "-e", pmnt / "in" / "prospect_data.json"]).returncode == 0  # any of its processes
+    code = "import os, sys\nprint(os.path.exists(sys.argv[1]))"
+    assert as_user(65534, 65534, code, str(pmnt / "in" / "prospect_data.json")).stdout.strip() == "False"
 
 
 def test_common_tools_commit_and_never_commit_temp_names(pmnt: Path, tmp_path: Path) -> None:
@@ -205,13 +207,17 @@ def test_job_id_from_environment_or_attribute(pmnt: Path) -> None:
         os.setxattr(managed(pmnt / "in", "tagged.txt"), "user.seldon.reason", b"forged")
 
 
-def test_grace_period_is_for_the_writer_only(pmnt: Path) -> None:
+def test_grace_period_is_for_the_writers_user_only(pmnt: Path) -> None:
     with open(pmnt / "in" / "g.txt", "w") as f:
         f.write("some text\n")
-    os.chmod(pmnt / "in" / "g.txt", 0o600)  # same process, by the old name
+    os.chmod(pmnt / "in" / "g.txt", 0o604)  # same process, by the old name
+    assert managed(pmnt / "in", "g.txt").stat().st_mode & 0o777 == 0o604
+    subprocess.run(["chmod", "600", pmnt / "in" / "g.txt"], check=True)  # another process of the same user
     assert managed(pmnt / "in", "g.txt").stat().st_mode & 0o777 == 0o600
-    other = subprocess.run(["stat", pmnt / "in" / "g.txt"], capture_output=True)
-    assert other.returncode != 0  # a second `cp` to that name makes a new file
+    code = "import os, sys\ntry:\n    os.stat(sys.argv[1]); print('found')\nexcept OSError as e:\n    print(e.errno)"
+    assert as_user(65534, 65534, code, str(pmnt / "in" / "g.txt")).stdout.strip() == str(errno.ENOENT)
+    (pmnt / "in" / "g.txt").write_text("other text\n")  # a second `cp` to that name makes a new file
+    assert len([n for n in names(pmnt / "in") if n.endswith("_g.txt")]) == 2
 
 
 # ---------------------------------------------------------------- validation

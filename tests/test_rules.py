@@ -189,3 +189,14 @@ def test_template_reads_its_names_back() -> None:
         "ts": "2024-12-06-14-30-45-123", "job": "INP001", "seq": "007", "name": "prospect_data.json",
     }
     assert t.parts("prospect_data.json") is None
+
+
+def test_a_sequence_number_keeps_the_width_of_its_field() -> None:
+    from seldonfs.commit import wrap
+
+    assert Template("{ts}-{job}-{seq:03d}_{name}").seq_max == 999
+    assert Template("{seq:1d}_{name}").seq_max == 9 and Template("{seq}_{name}").seq_max is None
+    assert [wrap(n, 999) for n in (1, 998, 999, 1000, 1001, 1998, 1999)] == [1, 998, 999, 1, 2, 999, 1]
+    assert wrap(10**6, None) == 10**6
+    t = Template("{ts}-{job}-{seq:03d}_{name}")
+    assert all(len(t.parts(t.render(NOW, "J", wrap(n, 999), "x"))["seq"]) == 3 for n in range(990, 2010))
