@@ -297,7 +297,7 @@ def open_tmp() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def _audit(mnt: Path, op: str) -> list[dict]:
+def _audit_in_mount(mnt: Path, op: str) -> list[dict]:
     import json
 
     lines = (mnt / "system" / "logs" / "audit.jsonl").read_text().splitlines()
@@ -360,7 +360,7 @@ def test_seldon_rsync_twice_keeps_one_copy(open_tmp: Path, encrypted: bool) -> N
         assert rsync() == first  # at once: rsync finds its names (the grace), nothing is sent
         time.sleep(1.5)  # past the grace: rsync sends every file again
         assert rsync() == first
-        dups = _audit(tmp_path / "mnt", "duplicate")
+        dups = _audit_in_mount(tmp_path / "mnt", "duplicate")
         assert len(dups) == 6
         assert {d["path2"] for d in dups} == {f"input/raw/{n}" for n in first}
         assert all(d["detail"].startswith(f"duplicate of {d['path2']}") for d in dups)
