@@ -43,7 +43,7 @@ from .config import Config
 from .content import reader
 from .core import ROOT_INODE, Core
 from .host import disk_usage, job_from_environ, locked_inodes, mount_device, proc_stat
-from .janitor import TEMP, Action, Request, crash_plan, emergency_plan, inventory, next_time, plan
+from .janitor import TEMP, Action, Request, crash_plan, emergency_plan, inventory, next_time, older_plan, plan
 from .naming import NAME_MAX, fit
 from .store import walk
 
@@ -429,6 +429,10 @@ class MountJanitor:
             plain = self.content.plain_size
             if req.crash:
                 planned += await self._carry_out(crash_plan(self.cfg, inventory(self.data, plain), req.crash), req, out)
+            elif req.older_than:
+                everywhere = bool(req.folder or req.rules)
+                found = older_plan(now, self.cfg, inventory(self.data, plain), req.older_than, everywhere)
+                planned += await self._carry_out(found, req, out)
             else:
                 usage: dict = {}
                 planned += await self._carry_out(plan(now, self.cfg, inventory(self.data, plain), usage), req, out)

@@ -47,6 +47,7 @@ class FolderRule:
     # naming
     naming: str | None = None
     job: str = "JOB"
+    naming_time: str = "utc"  # or "local": the zone of the times in managed names
     # validation
     files_at_root: bool = True
     allow_extensions: tuple[str, ...] = ()
@@ -349,6 +350,7 @@ def _parse_folder(name: str, t: Any, where: str, policy: PolicyConfig) -> Folder
         mode=mode,
         naming=naming,
         job=r.get("job", str, d.job),
+        naming_time=r.choice("naming_time", ("utc", "local"), d.naming_time),
         files_at_root=r.get("files_at_root", bool, True),
         allow_extensions=tuple(e.lower() for e in extensions),
         deny_names=r.strings("deny_names", ()),

@@ -15,6 +15,8 @@ emergency plan, keep their candidates).
   whose creator is gone, or, with no creator on record, untouched for
   `[janitor] orphan_age`, goes with its contents.
 - `crash_plan(cfg, entries, job)`: a crashed job's folders under temp/.
+- `older_plan(now, cfg, entries, age, everywhere)`: `janitor --older-than`,
+  every file older than `age` under temp/ (everywhere: in any folder).
 - `emergency_plan(cfg, entries, need)`: what to delete, in rule priority
   order, to free `need` bytes.
 - `Request`: one run asked for (schedule, command, disk check, control
@@ -207,6 +209,24 @@ def _file_action(now: float, rule: FolderRule, e: Entry, orphaned: str | None) -
     return None
 
 
+def older_plan(now: float, cfg: Config, entries: Iterable[Entry], age: float, everywhere: bool = False) -> Iterator[Action]:
+    """`janitor --older-than AGE` (seed 001's `cleanup.py --older-than 1d`,
+    "clean files older than 1 day"): every file under temp/ older than
+    `age` (`everywhere`: in any folder with a table; the command narrows it
+    with --folder or --rule), by its folder's `action` and `age_by`,
+    whatever the folder's own ages; nothing younger, no caps, no orphans."""
+    rules = Rules(cfg)
+    for e in entries:
+        top = e.rel.split("/")[0]
+        if e.is_dir or top == PRIVATE_DIR or not (everywhere or top == TEMP):
+            continue
+        rule = rules.for_dir(posixpath.dirname(e.rel))
+        if rule is None:
+            continue
+        if now - (e.atime if rule.age_by == "atime" else e.mtime) > age:
+            yield _act(rule, e, f"older than {human_age(age)} ({rule.age_by}; --older-than)")
+
+
 def crash_plan(cfg: Config, entries: Iterable[Entry], job: str) -> Iterator[Action]:
     """Remove the folders under temp/ that belong to `job`: named after it,
     or made through the mount by a process whose SELDON_JOB_ID it was."""
@@ -298,7 +318,8 @@ class Request:
     """One run asked for: by the schedule, a command or the disk check."""
     trigger: str  # schedule, request, emergency, crash
     rules: frozenset[str] | None = None  # only these folder tables (None: all)
-    later: float = 0.0  # plan as if this much time had passed
+    later: float = 0.0  # plan as if this much time had passed (--as-of)
+    older_than: float = 0.0  # only files older than this (--older-than; older_plan)
     folder: str = ""  # only under this folder
     crash: str = ""  # job id: crash cleanup instead of the rules
     emergency: bool = False  # then clean down to the warning level
@@ -313,7 +334,7 @@ class Request:
             return cls(
                 "crash" if d.get("crash") else "emergency" if d.get("emergency") else "request",
                 frozenset([str(rule)]) if rule else None,
-                float(d.get("older_than", 0)), str(d.get("folder", "")).strip("/"),
+                float(d.get("later", 0)), float(d.get("older_than", 0)), str(d.get("folder", "")).strip("/"),
                 str(d.get("crash") or ""), bool(d.get("emergency", False)),
             )
         except (ValueError, AttributeError, TypeError):

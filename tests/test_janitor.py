@@ -115,12 +115,12 @@ def test_dry_run_lists_and_changes_nothing(tmp_path: Path) -> None:
         (tmp_path / "mnt" / "temp" / "processing" / "job.tmp").write_text("x" * 10)
         (tmp_path / "mnt" / "temp" / "cache" / "blob").write_text("y" * 20)
     before = sorted(p for p in (store / "data").rglob("*"))
-    r = seldonfs("janitor", store, "--dry-run", "--older-than", "13h")
+    r = seldonfs("janitor", store, "--dry-run", "--as-of", "+13h")
     assert r.returncode == 0, r.stderr
     assert "delete   temp/processing/job.tmp" in r.stdout and "matches *.tmp" in r.stdout
     assert "dry run: 1 files, 10 bytes (1 delete)" in r.stdout
     assert sorted(p for p in (store / "data").rglob("*")) == before
-    r = seldonfs("janitor", store, "--dry-run", "--older-than", "8d", "--folder", "temp/cache")
+    r = seldonfs("janitor", store, "--dry-run", "--as-of", "+8d", "--folder", "temp/cache")
     assert "temp/cache/blob" in r.stdout and "job.tmp" not in r.stdout
     assert os.path.exists(store / "data" / "temp" / "processing" / "job.tmp")
 
@@ -179,7 +179,7 @@ def test_mount_janitor_spares_open_and_locked_files(store: Path, tmp_path: Path)
             holder.stdout.readline()
             lf = open(d / "locked.tmp")
             fcntl.flock(lf, fcntl.LOCK_EX)  # a lock needs an open file: both reasons hold
-            r = seldonfs("janitor", m, "--older-than", "13h")
+            r = seldonfs("janitor", m, "--as-of", "+13h")
             assert r.returncode == 0, r.stderr
             assert "skipped  temp/processing/open.tmp: open" in r.stdout
             assert re.search(r"skipped  temp/processing/locked.tmp: (open|locked)", r.stdout)
@@ -189,7 +189,7 @@ def test_mount_janitor_spares_open_and_locked_files(store: Path, tmp_path: Path)
             holder.kill()
             holder.wait()
             holder.stdout.close()
-        r = seldonfs("janitor", m, "--older-than", "13h")  # retried: now they go
+        r = seldonfs("janitor", m, "--as-of", "+13h")  # retried: now they go
         assert "done in" in r.stdout and "2 delete" in r.stdout, r.stdout
         assert os.listdir(d) == []
 

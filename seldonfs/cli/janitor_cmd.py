@@ -10,8 +10,13 @@ rules on their `schedule`. Archives are gzip files written through the
 store's encryption, with a .meta.json beside them. Every action goes into
 the audit chain, every run into the catalog (`--runs` lists the last).
 
-`--folder PATH` and `--rule PATH` narrow the list; `--older-than DURATION`
-plans as if that much time had passed. `--crash JOB_ID` removes that job's
+`--folder PATH` and `--rule PATH` narrow the list. `--older-than DURATION`
+cleans the files older than DURATION instead of applying the rules (seed
+001's `cleanup.py --older-than 1d`): every file under temp/ (under the
+`--folder` or `--rule` given, anywhere) older than that goes by its
+folder's `action`, and nothing younger. `--as-of TIME` plans as at TIME: a
+date and time (ISO 8601, UTC unless it has an offset, e.g.
+2027-01-31T12:00) or `+DURATION` from now (e.g. +30d). `--crash JOB_ID` removes that job's
 folders under temp/ instead (named after it, or made by a process with
 SELDON_JOB_ID=JOB_ID). `--emergency` then goes on deleting, lowest rule
 `priority` first, until the store's disk is under `[janitor] warning`.
@@ -31,6 +36,7 @@ import os
 import sqlite3
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import anchor, audit, config, janitor, xattrs
@@ -54,7 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="list, change nothing")
     p.add_argument("--folder", metavar="PATH", help="only files under PATH (relative to the mount root)")
     p.add_argument("--rule", metavar="PATH", help="only what the folder table PATH asks for")
-    p.add_argument("--older-than", metavar="DURATION", help="plan as if DURATION had passed, e.g. 30d")
+    p.add_argument("--older-than", metavar="DURATION", help="clean the files older than DURATION (under temp/ unless --folder/--rule), e.g. 1d")
+    p.add_argument("--as-of", metavar="TIME", help="plan as at TIME: ISO 8601 (UTC unless an offset is given) or +DURATION, e.g. +30d")
     p.add_argument("--crash", metavar="JOB_ID", help="remove the temp/ folders of a crashed job instead")
     p.add_argument("--emergency", action="store_true", help="then delete by rule priority down to the warning level")
     p.add_argument("--runs", action="store_true", help="list the last janitor runs and stop")
@@ -73,9 +80,9 @@ def run(args: argparse.Namespace) -> None:
     store = store_of(args.target)
     block = store.identity().get("encryption")
     cfg = config.load(store.config_path)
-    later = _later(args)
+    later, older = _later(args), _older(args)
     size = (lambda n: plain_size(n, int(block["block_size"]))) if block else (lambda n: n)
-    actions = _wanted(args, _plan(args, cfg, store.data, size, time.time() + later))
+    actions = _wanted(args, _plan(args, cfg, store.data, size, time.time() + later, older))
     for a in actions:
         _show(args, a)
     files = [a for a in actions if a.kind != "rmdir"]
@@ -130,12 +137,36 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _later(args: argparse.Namespace) -> float:
-    return parse_duration(args.older_than, "--older-than", "value") if args.older_than else 0.0
+    """Seconds from now to --as-of TIME (0 without it)."""
+    if not args.as_of:
+        return 0.0
+    if args.as_of.startswith("+"):
+        return parse_duration(args.as_of[1:], "--as-of", "value")
+    try:
+        at = datetime.fromisoformat(args.as_of)
+    except ValueError:
+        raise UsageError(f"--as-of: {args.as_of!r} is neither an ISO 8601 time (2027-01-31T12:00) nor +DURATION") from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    return at.timestamp() - time.time()
 
 
-def _plan(args: argparse.Namespace, cfg, data: Path, size, now: float) -> list[janitor.Action]:
+def _older(args: argparse.Namespace) -> float:
+    """--older-than DURATION in seconds (0 without it)."""
+    if not args.older_than:
+        return 0.0
+    age = parse_duration(args.older_than, "--older-than", "value")
+    if age <= 0:
+        raise UsageError("--older-than: must be longer than 0")
+    return age
+
+
+def _plan(args: argparse.Namespace, cfg, data: Path, size, now: float, older: float = 0.0) -> list[janitor.Action]:
     if args.crash:
         return list(janitor.crash_plan(cfg, janitor.inventory(data, size), args.crash))
+    if older:
+        everywhere = bool(args.folder or args.rule)
+        return list(janitor.older_plan(now, cfg, janitor.inventory(data, size), older, everywhere))
     actions = list(janitor.plan(now, cfg, janitor.inventory(data, size)))
     if args.emergency:
         need = bytes_over(data, cfg.janitor.warning) - sum(a.size for a in actions if a.kind == "delete")
@@ -166,7 +197,7 @@ def _show(args: argparse.Namespace, a: janitor.Action) -> None:
 def run_in_mount(args: argparse.Namespace) -> None:
     """Ask the running mount's janitor to run now, wait, print the result."""
     mp = os.path.abspath(args.target)
-    ask = {"older_than": _later(args), "folder": args.folder or "", "rule": args.rule or "",
+    ask = {"later": _later(args), "older_than": _older(args), "folder": args.folder or "", "rule": args.rule or "",
            "crash": args.crash or "", "emergency": args.emergency}
     try:
         before = json.loads(os.getxattr(mp, xattrs.JANITOR))["runs"]
