@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
-from .conftest import mount_profile, needs_fuse, profile_config
+from .conftest import mount_profile, mounted, needs_fuse, profile_config
 
 pytestmark = needs_fuse
 
@@ -80,3 +81,36 @@ def test_reorg_hostile_names(tmp_path: Path) -> None:
             assert Path(os.fsdecode(day + name[11:])).read_bytes() == name
         assert Path(os.fsdecode(day + b"x" * 240 + b"-1.csv")).read_bytes() == b"second"
         assert os.listdir(mnt + b"/inbox") == []
+
+
+def _first_commit_rename(store: Path, mnt: Path) -> str:
+    """SELDONFS_FAULTS that fails the first rename after the mount's start
+    (the mount renames its own files as it starts)."""
+    with mounted(store, mnt):
+        pass  # the first mount makes the store's own files
+    counts = mnt.parent / "counts.json"
+    with mounted(store, mnt, env={"SELDONFS_FAULTS": f"count:{counts}"}):
+        started = json.loads(counts.read_text()).get("rename", 0) if counts.exists() else 0
+    return f"rename:{started + 1}:EIO"
+
+
+def test_reorg_a_failed_move_is_retried_under_its_name(tmp_path: Path) -> None:
+    """Retries are for errors: a move that fails once (an injected EIO)
+    is tried again and lands under its own name; with route_retries = 1
+    the same failure sends the file to quarantine, saying why."""
+    store, _ = mount_profile(tmp_path, "reorg")
+    mnt = tmp_path / "mnt"
+    fault = {"SELDONFS_FAULTS": _first_commit_rename(store, mnt)}
+    with mounted(store, mnt, env=fault, expect_log_problems=True):
+        (mnt / "inbox" / "2024-12-06_a.txt").write_text("a")
+        assert os.listdir(mnt / "organized" / "2024" / "12" / "06") == ["a.txt"]
+        assert os.listdir(mnt / "quarantine") == []
+    assert "cannot move inbox/2024-12-06_a.txt" in (tmp_path / "mount-mnt.stderr").read_text()
+    cfg = store / "seldonfs.toml"
+    cfg.write_text(cfg.read_text().replace("route_retries = 3 ", "route_retries = 1 "))
+    with mounted(store, mnt, env=fault, expect_log_problems=True):
+        (mnt / "inbox" / "2024-12-07_b.txt").write_text("b")
+        (q,) = os.listdir(mnt / "quarantine")
+        reason = os.getxattr(mnt / "quarantine" / q, "user.seldon.reason").decode()
+        assert "could not be moved to organized/2024/12/07/ after 1 attempts" in reason, reason
+        assert not (mnt / "organized" / "2024" / "12" / "07" / "b.txt").exists()
