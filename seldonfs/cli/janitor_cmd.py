@@ -45,7 +45,7 @@ from ..catalog import Catalog
 from ..cleanup import Outcome, execute
 from ..config import parse_duration
 from ..content import PlainContent
-from ..errors import SeldonError, UsageError
+from ..errors import ConfigError, SeldonError, UsageError
 from ..host import FSTYPE, bytes_over, find_mount
 from ..keys import unlock
 from ..naming import shown
@@ -141,7 +141,7 @@ def _later(args: argparse.Namespace) -> float:
     if not args.as_of:
         return 0.0
     if args.as_of.startswith("+"):
-        return parse_duration(args.as_of[1:], "--as-of", "value")
+        return _duration(args.as_of[1:], "--as-of")
     try:
         at = datetime.fromisoformat(args.as_of)
     except ValueError:
@@ -151,11 +151,18 @@ def _later(args: argparse.Namespace) -> float:
     return at.timestamp() - time.time()
 
 
+def _duration(value: str, flag: str) -> float:
+    try:
+        return parse_duration(value, flag, "value")
+    except ConfigError:
+        raise UsageError(f"{flag}: want a duration like 90s, 12h or 30d, have {value!r}") from None
+
+
 def _older(args: argparse.Namespace) -> float:
     """--older-than DURATION in seconds (0 without it)."""
     if not args.older_than:
         return 0.0
-    age = parse_duration(args.older_than, "--older-than", "value")
+    age = _duration(args.older_than, "--older-than")
     if age <= 0:
         raise UsageError("--older-than: must be longer than 0")
     return age
