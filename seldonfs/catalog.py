@@ -151,6 +151,16 @@ def create_tables(db: sqlite_utils.Database) -> None:
     db["audit"].create_index(["path"], if_not_exists=True)
     db["audit"].create_index(["path2"], if_not_exists=True)
     db["audit"].create_index(["ns"], if_not_exists=True)
+    # audit_segments: sealed segments of the audit chain (segments.py), files
+    #   under [audit] segments_to holding records first_seq..last_seq, which
+    #   have left the audit table. name - the file, relative to data/;
+    #   sha256 - of its plaintext; first_mac, last_mac - of its first and
+    #   last record; tag - HMAC under the audit key over all of the row.
+    db["audit_segments"].create(
+        {"first_seq": int, "last_seq": int, "first_ns": int, "last_ns": int, "count": int, "name": str,
+         "sha256": str, "first_mac": bytes, "last_mac": bytes, "tag": str},
+        pk="first_seq", if_not_exists=True,
+    )
     # janitor_runs: one row per janitor run (in a mount or by the command).
     #   started_ns - when it started; seconds - how long it took
     #   trigger    - 'schedule', 'request' (seldonfs janitor), 'emergency',

@@ -43,7 +43,9 @@ from .config import Config
 from .content import reader
 from .core import ROOT_INODE, Core
 from .host import disk_usage, job_from_environ, locked_inodes, mount_device, proc_stat
-from .janitor import TEMP, Action, Request, crash_plan, emergency_plan, inventory, next_time, older_plan, plan
+from .janitor import (
+    JOBS, TEMP, Action, Request, chunk_plan, crash_plan, emergency_plan, inventory, next_time, older_plan, plan,
+)
 from .naming import NAME_MAX, fit
 from .store import walk
 
@@ -334,7 +336,7 @@ class MountJanitor:
         self.last: dict = {}
         self.now: dict = {}  # the running run so far: planned, done, skipped
         self.disk_level = "ok"  # ok, warning, emergency
-        self.totals = {"runs": 0, "done": 0, "skipped": 0, "freed": 0}
+        self.totals = {"runs": 0, "done": 0, "skipped": 0, "freed": 0, "deleted": 0}
         core.on_mkdir = self.on_mkdir
         core.attrs.serve(xattrs.JANITOR, get=self._state_attr, set=self._request_attr)
 
@@ -427,7 +429,11 @@ class MountJanitor:
         try:
             now = t0 + req.later
             plain = self.content.plain_size
-            if req.crash:
+            if req.chunk:
+                job, chunk = req.chunk
+                entries = inventory(self.data, plain, f"{JOBS}/{job}/{chunk}")
+                planned += await self._carry_out(chunk_plan(entries, job, chunk), req, out)
+            elif req.crash:
                 planned += await self._carry_out(crash_plan(self.cfg, inventory(self.data, plain), req.crash), req, out)
             elif req.older_than:
                 everywhere = bool(req.folder or req.rules)
@@ -457,6 +463,8 @@ class MountJanitor:
             self.last = {
                 "started": t0, "seconds": round(time.time() - t0, 3), "trigger": req.trigger,
                 "planned": planned, "summary": out.summary(), "skipped": out.skipped_sample,
+                "done": out.done, "deleted": out.by_kind.get("delete", 0), "freed": out.freed,
+                "skipped_count": out.skipped,
             }
             self.catalog.add_janitor_run({
                 "started_ns": int(t0 * 1e9), "seconds": self.last["seconds"], "trigger": req.trigger,
@@ -465,6 +473,7 @@ class MountJanitor:
             })
             for k in ("done", "skipped", "freed"):
                 self.totals[k] += getattr(out, k)
+            self.totals["deleted"] += out.by_kind.get("delete", 0)
             self.totals["runs"] += 1
             return self.last
         except Exception as e:  # a failed run must not take the mount down with it

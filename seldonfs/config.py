@@ -7,6 +7,7 @@ with exit code 13 (`ConfigError`). Profiles are TOML files shipped in
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import tomllib
@@ -35,6 +36,7 @@ class MountConfig:
 
 DEFAULT_TEMP_PATTERNS = (".*", "*.tmp", "*.part", "*.swp", "*~")
 SENSITIVE_BUILTIN = ("ssn", "card", "aws_key", "private_key")
+AUDIT_PERIODS = ("daily", "weekly", "monthly")  # [audit] segment: one per UTC day, ISO week or month
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class FolderRule:
     patterns: tuple[tuple[str, float], ...] = ()
     remove_empty_dirs: bool = False
     orphan_sessions: bool = False
+    orphan_wait: bool = False  # an orphan only once also untouched for [janitor] orphan_age
     schedule: str | None = None
     priority: int = 100
     warn_percent: int | None = None
@@ -129,6 +132,9 @@ class AuditConfig:
     enabled: bool = True
     reads: bool = False  # a record per handle that read, too
     verify_every: float = 86400.0  # the mount verifies its chain this often; 0: never
+    segment: int | str | None = None  # seal old records into segment files: every N records, or per period
+    segments_to: str = "archive/audit"  # the folder of the tree that holds them
+    retain: float | None = None  # seconds a segment is kept at least (None: for ever)
 
 
 @dataclass(frozen=True)
@@ -210,12 +216,28 @@ def parse(raw: dict[str, Any], where: str) -> Config:
     )
     janitor = _parse_janitor(_table(raw, "janitor", where, ""), where)
     a = _table(raw, "audit", where, "")
-    _only_keys(a, {"enabled", "reads", "verify_every"}, where, "audit.")
+    _only_keys(a, {"enabled", "reads", "verify_every", "segment", "segments_to", "retain"}, where, "audit.")
+    segment = _get(a, "segment", (int, str), where, "audit.", None)
+    if segment is not None and not (segment in AUDIT_PERIODS if isinstance(segment, str) else 1000 <= segment):
+        raise ConfigError(f"{where}: audit.segment: want a number of records (1000 or more) or one of "
+                          f"{', '.join(AUDIT_PERIODS)}, have {segment!r}")
+    ar = _Reader(a, where, "audit.")
+    if any(c in (ar.path("segments_to", None) or "") for c in "*?["):
+        raise ConfigError(f"{where}: audit.segments_to: want one folder, not a glob")
     audit = AuditConfig(
         enabled=_get(a, "enabled", bool, where, "audit.", True),
         reads=_get(a, "reads", bool, where, "audit.", False),
-        verify_every=_Reader(a, where, "audit.").duration("verify_every", 86400.0) or 0.0,
+        verify_every=ar.duration("verify_every", 86400.0) or 0.0,
+        segment=segment, segments_to=ar.path("segments_to", "archive/audit") or "archive/audit",
+        retain=ar.duration("retain", None),
     )
+    holder = _deepest(folders, audit.segments_to)
+    if audit.segment is not None and holder is not None and holder.max_age is not None and (
+        audit.retain is None or holder.max_age < audit.retain
+    ):
+        raise ConfigError(f"{where}: audit.retain: segments in {audit.segments_to} would be deleted after "
+                          f"{holder.max_age:.0f} s (max_age of folders.{holder.path!r}), before they may be; "
+                          f"set audit.retain to at most that, or keep segments elsewhere (audit.segments_to)")
     m = _Reader(_only(raw, "monitoring", MonitoringConfig, where), where, "monitoring.")
     monitoring = MonitoringConfig(
         port=m.integer("port", 0, 0, 65535), address=m.get("address", str, "127.0.0.1"),
@@ -234,6 +256,19 @@ def parse(raw: dict[str, Any], where: str) -> Config:
         profile=profile, mount=mount, folders=folders, policy=policy, janitor=janitor, audit=audit,
         monitoring=monitoring, alerts=alerts,
     )
+
+
+def _deepest(folders: tuple[FolderRule, ...], path: str) -> FolderRule | None:
+    """The folder table a file in folder `path` follows: the deepest one
+    at or above it (its components may be globs)."""
+    parts = path.split("/")
+    best = None
+    for f in folders:
+        fp = f.path.split("/")
+        if len(fp) <= len(parts) and all(fnmatch.fnmatchcase(p, g) for p, g in zip(parts, fp)):
+            if best is None or len(fp) > len(best.path.split("/")):
+                best = f
+    return best
 
 
 def _only(raw: dict[str, Any], name: str, kind: type, where: str) -> dict[str, Any]:
@@ -380,6 +415,7 @@ def _parse_folder(name: str, t: Any, where: str, policy: PolicyConfig) -> Folder
         ),
         remove_empty_dirs=r.get("remove_empty_dirs", bool, False),
         orphan_sessions=r.get("orphan_sessions", bool, False),
+        orphan_wait=r.get("orphan_wait", bool, False),
         schedule=r.schedule("schedule", None),
         priority=r.integer("priority", d.priority, 0, 10_000),
         warn_percent=r.percent("warn_percent", None),

@@ -29,7 +29,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import anchor, audit, config, fuseloop, janitor, keys, offline, sdnotify
+from . import anchor, audit, config, fuseloop, janitor, keys, offline, sdnotify, segments
 from .alerts import Alerts, Failures, send_head, verify_audit, watch
 from .audit import AuditLog
 from .catalog import Catalog
@@ -229,7 +229,12 @@ def open_audit(store: Store, cfg: Config, content: ContentLayer, lock_fd: int) -
     if not (store.root / audit.KEY_NAME).exists():
         audit.create_key(store.root, keys_, kid)
     key = audit.load_key(store.root, keys_)
-    return audit.AuditLog(store.root, store.catalog_path, key, reads=cfg.audit.reads, lock_fd=lock_fd)
+    file_keys = None if keys_ is None else (keys_, kid, content.block_size)  # type: ignore[attr-defined]
+    a = cfg.audit
+    seal = None if a.segment is None else segments.Spec(
+        a.segment, a.segments_to, *(file_keys or (None, 0, 4096)))
+    return audit.AuditLog(store.root, store.catalog_path, key, reads=a.reads, lock_fd=lock_fd, seal=seal,
+                          sealed=segments.Reader(store.data, file_keys), retain_s=a.retain)
 
 
 def virtual_files(store: Store, mountpoint: Path, sources: Sources, auditlog: AuditLog | None, metrics_url: str | None) -> Virtual:

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from seldonfs import config
 from seldonfs.errors import ConfigError
 
-from .conftest import as_user, init_store, mounted, needs_fuse, seldonfs, wait_for, webhook_server
+from .conftest import as_user, configure, init_store, mounted, needs_fuse, seldonfs, wait_for, webhook_server
 
 
 def _free_port() -> int:
@@ -183,8 +183,7 @@ def test_the_mount_verifies_its_audit_chain_and_alerts_on_a_break(tmp_path: Path
     import sqlite3
 
     store = init_store(tmp_path / "store", encrypted=False)
-    conf = store / "seldonfs.toml"
-    conf.write_text(conf.read_text() + '\n[audit]\nverify_every = "1s"\n')
+    configure(store, "audit", 'verify_every = "1s"')
     m = tmp_path / "mnt"
     stats = lambda: json.loads((m / "system" / "monitoring" / "stats.json").read_text())  # noqa: E731
     with mounted(store, m, expect_log_problems=True):
