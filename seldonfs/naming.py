@@ -109,7 +109,7 @@ class Template:
         if "stem" in f or "ext" in f:
             values["stem"], values["ext"] = split_ext(name)
         out = self.text.format(job=job, seq=seq, name=name, **values)
-        over = len(os.fsencode(out)) - limit
+        over = len(_enc(out)) - limit
         if over <= 0:
             return out, False
         # Too long for one name: the written name (or stem) gives way, so
@@ -118,12 +118,12 @@ class Template:
         if key is None:
             return fit(out, limit), True
         value = name if key == "name" else str(values["stem"])
-        raw = os.fsencode(value)
-        tag = b"~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:8].encode()
+        raw = _enc(value)
+        tag = b"~" + hashlib.sha256(_enc(name)).hexdigest()[:8].encode()
         keep = len(raw) - over - len(tag)
         if key == "name":  # {name} holds the extension: cut before it
             stem, ext = split_ext(name)
-            raw_stem, raw_ext = os.fsencode(stem), os.fsencode(ext)
+            raw_stem, raw_ext = _enc(stem), _enc(ext)
             if len(raw_ext) > _EXT_MAX:
                 raw_stem, raw_ext = raw, b""
             short = _cut(raw_stem, keep - len(raw_ext)) + tag + raw_ext
@@ -186,15 +186,24 @@ def fit(name: str, limit: int = NAME_MAX) -> str:
     its extension. Names that grow at commit (managed names, quarantine
     stamps, archive suffixes) go through here; the full name is kept in
     the catalog and an attribute."""
-    raw = os.fsencode(name)
+    raw = _enc(name)
     if len(raw) <= limit:
         return name
     tag = b"~" + hashlib.sha256(raw).hexdigest()[:8].encode()
     s, e = split_ext(name)
-    stem, ext = os.fsencode(s), os.fsencode(e)
+    stem, ext = _enc(s), _enc(e)
     if len(ext) > _EXT_MAX:
         stem, ext = raw, b""
     return os.fsdecode(_cut(stem, limit - len(tag) - len(ext)) + tag + ext)
+
+
+def _enc(name: str) -> bytes:
+    """A name's bytes (os.fsencode); a lone surrogate no name read from
+    the kernel can hold is written as UTF-8 would spell it."""
+    try:
+        return os.fsencode(name)
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogatepass")
 
 
 def _cut(raw: bytes, n: int) -> bytes:
@@ -212,12 +221,13 @@ def _cut(raw: bytes, n: int) -> bytes:
 
 def split_ext(name: str) -> tuple[str, str]:
     """(stem, extension): the extension with its dot, one of COMPOUND_EXTS
-    or else the last suffix; "" for a name without one (".bashrc" too)."""
+    or else the last suffix; "" for a name without one (".bashrc" and
+    "notes." too: the `{ext}` pattern must recognise what it made)."""
     low = name.lower()
     for ext in COMPOUND_EXTS:
         if low.endswith(ext) and len(name) > len(ext) and name[-len(ext) - 1] != "/":
             return name[: -len(ext)], name[-len(ext):]
     stem, dot, ext = name.rpartition(".")
-    if not stem:  # ".bashrc" or no dot at all
+    if not stem or not ext:  # ".bashrc", "notes." or no dot at all
         return name, ""
     return stem, dot + ext
