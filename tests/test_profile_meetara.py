@@ -118,7 +118,8 @@ def test_meetara_janitor_older_than_1d(tmp_path: Path) -> None:
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 6 * 86400))
     r = seldonfs("janitor", store, "--dry-run", "--as-of", iso)  # downloads: 8 d old then
     assert "downloads/old_" in r.stdout and "downloads/young_" not in r.stdout, r.stdout
-    for bad in (["--as-of", "yesterday"], ["--as-of", "+soon"], ["--older-than", "1 day"], ["--older-than", "0s"]):
+    for bad in (["--as-of", "yesterday"], ["--as-of", "+soon"], ["--older-than", "1 day"], ["--older-than", "0s"],
+                ["--older-than", "1d", "--emergency"]):
         r = seldonfs("janitor", store, "--dry-run", *bad)
         assert r.returncode == 2 and bad[0] in r.stderr and len(r.stderr.splitlines()) == 1, (bad, r.stderr)
     assert _left(store) == everything

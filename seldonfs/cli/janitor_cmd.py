@@ -74,6 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.runs:
         return list_runs(args)
+    if args.older_than and (args.crash or args.emergency):
+        raise UsageError("--older-than does not go with --crash or --emergency")
     mounted = find_mount(Path(os.path.abspath(args.target)))
     if not args.dry_run and mounted is not None and mounted[1] == FSTYPE:
         return run_in_mount(args)
