@@ -43,7 +43,9 @@ from .config import Config
 from .content import reader
 from .core import ROOT_INODE, Core
 from .host import disk_usage, job_from_environ, locked_inodes, mount_device, proc_stat
-from .janitor import JOBS, TEMP, Action, Request, chunk_plan, crash_plan, emergency_plan, inventory, next_time, plan
+from .janitor import (
+    JOBS, TEMP, Action, Request, chunk_plan, crash_plan, emergency_plan, inventory, next_time, older_plan, plan,
+)
 from .naming import NAME_MAX, fit
 from .policy import NAME_TRIES
 from .store import walk
@@ -491,6 +493,11 @@ class MountJanitor:
                 planned += await self._carry_out(chunk_plan(entries, job, chunk), req, out)
             elif req.crash:
                 planned += await self._carry_out(crash_plan(self.cfg, inventory(self.data, plain), req.crash), req, out)
+            elif req.older_than:
+                everywhere = bool(req.folder or req.rules)
+                found = older_plan(now, self.cfg, inventory(self.data, plain), req.older_than, everywhere,
+                                   held_now=t0)  # write-once: its own retention, real time
+                planned += await self._carry_out(found, req, out)
             else:
                 usage: dict = {}
                 actions = plan(now, self.cfg, inventory(self.data, plain), usage, held_now=t0)  # write-once: real time

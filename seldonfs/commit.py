@@ -56,6 +56,14 @@ Source = tuple[int, FileContent]  # an open handle's descriptor and content
 After = tuple[int, "str | None", bool]  # a background check's commit: (uid, job, left_over)
 
 
+def name_time(rule: FolderRule) -> datetime:
+    """Now, in the zone the folder's names show: UTC, or the mount's local
+    time (its TZ) where `naming_time = "local"`."""
+    if rule.naming_time == "local":
+        return datetime.now().astimezone()
+    return datetime.now(timezone.utc)
+
+
 class Committer:
     def __init__(
         self, core: Core, policy: Policy, dirs: Dirs, checks: Checks, catalog: Catalog, note: Note,
@@ -236,34 +244,46 @@ class Committer:
 
     def _place(self, rel: str, place: Place, name: str, job: str, rule: FolderRule) -> str | None:
         """Move `rel` where `place` says, never over an existing file.
-        Returns where it is now (None: it went to quarantine instead)."""
+        Returns where it is now (None: it went to quarantine instead).
+        A name taken gives way to the next candidate (-1, -2..., or a new
+        managed name); only a move that fails uses up `place.tries`, and
+        is tried again under the same name."""
         template = self.policy.template(rule)
+        cut = False  # the template shortened the written name to fit NAME_MAX
 
         def fresh() -> str:
+            nonlocal cut
             assert template is not None
             seq = self.seq.next(job, template.seq_max) if template.uses_seq else 0
-            return template.render(datetime.now(timezone.utc), job, seq, name)
+            made, cut = template.render_fitted(name_time(rule), job, seq, name)
+            return made
 
-        why = f"could not be moved to {place.dir}/ after {place.tries} attempts"
+        failed = 0
+        why = f"could not be moved to {place.dir}/: every name taken"
         for target, shortened in candidates(place, fresh):
             if target == rel:
                 return rel
-            try:
-                self.dirs.rename(rel, target, create_dirs=place.dir != posixpath.dirname(rel))
-            except FileExistsError:
-                continue
-            except OSError as e:  # e.g. a full disk: the file must not stay unnamed where names are managed
-                log.warning("cannot move %s to %s: %s", rel, target, e)
-                if not rule.route:
-                    why = f"could not be named: {e.strerror}"
-                    break
-                continue
-            if shortened:  # the whole name, beside the catalog's record of it
+            while failed < place.tries:
                 try:
-                    self.dirs.setxattr(target, xattrs.ORIGINAL, os.fsencode(name))
-                except OSError as e:  # e.g. no user xattrs on the backing filesystem: the catalog keeps it
-                    log.warning("%s: cannot keep its whole name in %s: %s", target, xattrs.ORIGINAL.decode(), e)
-            return target
+                    self.dirs.rename(rel, target, create_dirs=place.dir != posixpath.dirname(rel))
+                except FileExistsError:
+                    break  # taken: the next name
+                except OSError as e:  # e.g. a full disk: the file must not stay unnamed where names are managed
+                    log.warning("cannot move %s to %s: %s", rel, target, e)
+                    failed += 1
+                    why = f"could not be moved to {place.dir}/ after {failed} attempts: {e.strerror}"
+                    if not rule.route:
+                        why = f"could not be named: {e.strerror}"
+                        failed = place.tries
+                    continue
+                if shortened or cut:  # the whole name, beside the catalog's record of it
+                    try:
+                        self.dirs.setxattr(target, xattrs.ORIGINAL, os.fsencode(name))
+                    except OSError as e:  # e.g. no user xattrs on the backing filesystem: the catalog keeps it
+                        log.warning("%s: cannot keep its whole name in %s: %s", target, xattrs.ORIGINAL.decode(), e)
+                return target
+            if failed >= place.tries:
+                break
         self._quarantine(rel, rule, [why])
         return None
 

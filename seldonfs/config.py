@@ -55,6 +55,7 @@ class FolderRule:
     # naming
     naming: str | None = None
     job: str = "JOB"
+    naming_time: str = "utc"  # or "local": the zone of the times in managed names
     # validation
     files_at_root: bool = True
     allow_extensions: tuple[str, ...] = ()
@@ -555,6 +556,7 @@ def _parse_folder(name: str, t: Any, policy: PolicyConfig, p: _Problems) -> Fold
         mode=mode,
         naming=naming,
         job=r.get("job", str, d.job),
+        naming_time=r.choice("naming_time", ("utc", "local"), d.naming_time),
         files_at_root=r.get("files_at_root", bool, True),
         allow_extensions=tuple(e.lower() for e in extensions if e.startswith(".")),
         deny_names=r.strings("deny_names", ()),

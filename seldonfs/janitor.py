@@ -20,6 +20,8 @@ emergency plan, keep their candidates).
   a file arriving with an old mtime (cp -p, tar, rename) still counts as a
   change when it arrives.
 - `crash_plan(cfg, entries, job)`: a crashed job's folders under temp/.
+- `older_plan(now, cfg, entries, age, everywhere)`: `janitor --older-than`,
+  every file older than `age` under temp/ (everywhere: in any folder).
 - `chunk_plan(entries, job, chunk)`: a finished chunk's folder,
   temp/jobs/JOB/CHUNK, with everything in it.
 - `emergency_plan(cfg, entries, need)`: what to delete, in rule priority
@@ -244,6 +246,29 @@ def _file_action(now: float, rule: FolderRule, e: Entry, orphaned: str | None) -
     return None
 
 
+def older_plan(now: float, cfg: Config, entries: Iterable[Entry], age: float, everywhere: bool = False,
+               held_now: float | None = None) -> Iterator[Action]:
+    """`janitor --older-than AGE` (seed 001's `cleanup.py --older-than 1d`,
+    "clean files older than 1 day"): every file under temp/ older than
+    `age` (`everywhere`: in any folder with a table; the command narrows it
+    with --folder or --rule), by its folder's `action` and `age_by`,
+    whatever the folder's own ages; nothing younger, no caps, no orphans.
+    A write-once folder keeps to its own retention at the clock `held_now`
+    when given (the mount's janitor): --older-than does not shorten it."""
+    rules = Rules(cfg)
+    for e in entries:
+        top = e.rel.split("/")[0]
+        if e.is_dir or top == PRIVATE_DIR or not (everywhere or top == TEMP):
+            continue
+        rule = rules.for_dir(posixpath.dirname(e.rel))
+        if rule is None:
+            continue
+        if rule.write_once and held_now is not None and _file_action(held_now, rule, e, None) is None:
+            continue  # still held
+        if now - (e.atime if rule.age_by == "atime" else e.mtime) > age:
+            yield _act(rule, e, f"older than {human_age(age)} ({rule.age_by}; --older-than)")
+
+
 def crash_plan(cfg: Config, entries: Iterable[Entry], job: str) -> Iterator[Action]:
     """Remove the folders under temp/ that belong to `job`: named after it,
     or made through the mount by a process whose SELDON_JOB_ID it was."""
@@ -431,7 +456,8 @@ class Request:
     """One run asked for: by the schedule, a command or the disk check."""
     trigger: str  # schedule, request, emergency, crash
     rules: frozenset[str] | None = None  # only these folder tables (None: all)
-    later: float = 0.0  # plan as if this much time had passed
+    later: float = 0.0  # plan as if this much time had passed (--as-of)
+    older_than: float = 0.0  # only files older than this (--older-than; older_plan)
     folder: str = ""  # only under this folder
     crash: str = ""  # job id: crash cleanup instead of the rules
     chunk: tuple[str, str] | None = None  # (job id, chunk id): chunk cleanup instead of the rules
@@ -446,9 +472,10 @@ class Request:
             rule = d.get("rule")
             return cls(
                 "crash" if d.get("crash") else "emergency" if d.get("emergency") else "request",
-                frozenset([str(rule)]) if rule else None,
-                float(d.get("older_than", 0)), str(d.get("folder", "")).strip("/"),
-                str(d.get("crash") or ""), bool(d.get("emergency", False)),
+                rules=frozenset([str(rule)]) if rule else None,
+                later=float(d.get("later", 0)), older_than=float(d.get("older_than", 0)),
+                folder=str(d.get("folder", "")).strip("/"),
+                crash=str(d.get("crash") or ""), emergency=bool(d.get("emergency", False)),
             )
         except (ValueError, AttributeError, TypeError):
             raise OSError(errno.EINVAL, "not a janitor request") from None

@@ -25,8 +25,30 @@ FIELDS = {
     "uuid": r"[0-9a-f]{8}",
     "name": r".+",
     "stem": r".+",
-    "ext": r"(?:\.[^./]+)?",
+    "ext": None,  # filled in below from COMPOUND_EXTS
 }
+
+#: Extensions of two suffixes that `{ext}`, `{stem}`, the `-N` of a name
+#: taken and a shortened name keep whole (matched without regard to case):
+#: `model.tar.gz` has the extension `.tar.gz`. Any other name's extension
+#: is its last suffix: `report.v2.final.pdf` has `.pdf`.
+COMPOUND_EXTS = tuple(
+    f".{inner}.{outer}" for inner, outers in (
+        ("tar", ("gz", "bz2", "xz", "zst", "lz4", "lzma", "lz", "br", "z")),
+        ("nii", ("gz",)),
+        ("csv", ("gz", "bz2", "xz", "zst")),
+        ("json", ("gz", "bz2", "xz", "zst")),
+        ("jsonl", ("gz", "bz2", "xz", "zst")),
+        ("txt", ("gz",)),
+        ("log", ("gz",)),
+        ("sql", ("gz",)),
+        ("warc", ("gz",)),
+    ) for outer in outers
+)
+FIELDS["ext"] = "(?:(?i:" + "|".join(re.escape(e) for e in COMPOUND_EXTS) + r")|\.[^./]+)?"
+
+NAME_MAX = 255  # bytes in one name (Linux)
+_EXT_MAX = 16  # bytes of an extension kept when a name is shortened
 _JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -71,9 +93,14 @@ class Template:
         except (ValueError, KeyError) as e:
             raise TemplateError(f"cannot be filled in: {e}") from None
 
-    def render(self, now: datetime, job: str, seq: int, name: str) -> str:
-        """The managed name; only the fields the template uses are made
-        (this runs at every commit)."""
+    def render(self, now: datetime, job: str, seq: int, name: str, limit: int = NAME_MAX) -> str:
+        """The managed name, at most `limit` bytes; only the fields the
+        template uses are made (this runs at every commit). `now` is the
+        time in the zone the name is to show (naming_time)."""
+        return self.render_fitted(now, job, seq, name, limit)[0]
+
+    def render_fitted(self, now: datetime, job: str, seq: int, name: str, limit: int = NAME_MAX) -> tuple[str, bool]:
+        """`render`, and whether the written name had to be shortened."""
         f = self.fields
         values: dict[str, object] = {}
         if "ts" in f:
@@ -85,13 +112,33 @@ class Template:
         if "uuid" in f:
             values["uuid"] = secrets.token_hex(4)
         if "stem" in f or "ext" in f:
-            stem, dot, ext = name.rpartition(".")
-            if not stem:  # ".bashrc" or no dot at all
-                stem, ext = name, ""
-            else:
-                ext = dot + ext
-            values["stem"], values["ext"] = stem, ext
-        return self.text.format(job=job, seq=seq, name=name, **values)
+            values["stem"], values["ext"] = split_ext(name)
+        out = self.text.format(job=job, seq=seq, name=name, **values)
+        over = len(_enc(out)) - limit
+        if over <= 0:
+            return out, False
+        # Too long for one name: the written name (or stem) gives way, so
+        # the time, job, sequence and extension survive (docs/configuration.md).
+        key = "stem" if "stem" in f else "name" if "name" in f else None
+        if key is None:
+            return fit(out, limit), True
+        value = name if key == "name" else str(values["stem"])
+        raw = _enc(value)
+        tag = b"~" + hashlib.sha256(_enc(name)).hexdigest()[:8].encode()
+        keep = len(raw) - over - len(tag)
+        if key == "name":  # {name} holds the extension: cut before it
+            stem, ext = split_ext(name)
+            raw_stem, raw_ext = _enc(stem), _enc(ext)
+            if len(raw_ext) > _EXT_MAX:
+                raw_stem, raw_ext = raw, b""
+            short = _cut(raw_stem, keep - len(raw_ext)) + tag + raw_ext
+        else:
+            short = _cut(raw, keep) + tag
+        values[key] = os.fsdecode(short)
+        if key == "name":
+            name = values.pop("name")  # type: ignore[assignment]
+        out = self.text.format(job=job, seq=seq, name=name, **values)
+        return fit(out, limit), True  # fit: a template whose fixed parts alone are too long
 
     def is_managed(self, name: str) -> bool:
         return self._regex.fullmatch(name) is not None
@@ -135,8 +182,6 @@ def shown(name: str | bytes) -> str:
     return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-NAME_MAX = 255  # bytes in one name (Linux)
-_EXT_MAX = 16  # bytes of an extension kept when a name is shortened
 
 
 def fit(name: str, limit: int = NAME_MAX) -> str:
@@ -146,16 +191,48 @@ def fit(name: str, limit: int = NAME_MAX) -> str:
     its extension. Names that grow at commit (managed names, quarantine
     stamps, archive suffixes) go through here; the full name is kept in
     the catalog and an attribute."""
-    raw = os.fsencode(name)
+    raw = _enc(name)
     if len(raw) <= limit:
         return name
     tag = b"~" + hashlib.sha256(raw).hexdigest()[:8].encode()
-    stem, dot, ext = raw.rpartition(b".")
-    if not stem or len(ext) + 1 > _EXT_MAX:
-        stem, dot, ext = raw, b"", b""
-    head = stem[: limit - len(tag) - len(dot) - len(ext)]
+    s, e = split_ext(name)
+    stem, ext = _enc(s), _enc(e)
+    if len(ext) > _EXT_MAX:
+        stem, ext = raw, b""
+    return os.fsdecode(_cut(stem, limit - len(tag) - len(ext)) + tag + ext)
+
+
+def _enc(name: str) -> bytes:
+    """A name's bytes (os.fsencode); a lone surrogate no name read from
+    the kernel can hold is written as UTF-8 would spell it."""
+    try:
+        return os.fsencode(name)
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogatepass")
+
+
+def _cut(raw: bytes, n: int) -> bytes:
+    """The first `n` bytes of `raw` (at least none), not ending inside a
+    UTF-8 sequence."""
+    head = raw[: max(0, n)]
+    if len(head) == len(raw):
+        return head
     while head and head[-1] & 0xC0 == 0x80:  # inside a UTF-8 sequence: back to its start
         head = head[:-1]
     if head and head[-1] >= 0xC0:
         head = head[:-1]
-    return os.fsdecode(head + tag + dot + ext)
+    return head
+
+
+def split_ext(name: str) -> tuple[str, str]:
+    """(stem, extension): the extension with its dot, one of COMPOUND_EXTS
+    or else the last suffix; "" for a name without one (".bashrc" and
+    "notes." too: the `{ext}` pattern must recognise what it made)."""
+    low = name.lower()
+    for ext in COMPOUND_EXTS:
+        if low.endswith(ext) and len(name) > len(ext) and name[-len(ext) - 1] != "/":
+            return name[: -len(ext)], name[-len(ext):]
+    stem, dot, ext = name.rpartition(".")
+    if not stem or not ext:  # ".bashrc", "notes." or no dot at all
+        return name, ""
+    return stem, dot + ext

@@ -28,20 +28,23 @@ import re
 import stat as stat_m
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import date
 
 from . import validation
 from .config import FolderRule
-from .naming import NAME_MAX, Template, fit, is_temporary
+from .naming import NAME_MAX, Template, fit, is_temporary, split_ext
 from .rules import Rules
 
-#: A commit's name tries before it gives up (managed names: a new sequence
-#: number each time; routing: `route_retries`).
+#: Names a commit tries while each is taken before it gives up (a managed
+#: name: a new sequence number each time; a kept or routed name: -1, -2...).
+#: Failed moves are retried `Place.tries` times (routing: `route_retries`).
 NAME_TRIES = 1000
 
 
 @dataclass(frozen=True, slots=True)
 class Place:
-    """Move the file to `dir`/`name`; `name` None: a fresh managed name."""
+    """Move the file to `dir`/`name`; `name` None: a fresh managed name.
+    `tries`: moves that fail (not for a name taken) before it gives up."""
 
     dir: str
     name: str | None
@@ -136,16 +139,18 @@ class Policy:
             return Quarantine(tuple(verdict.reasons))
         new_dir, new_name = d, name
         if rule.route:
-            m = re.fullmatch(rule.route, name)
-            if m is None:
+            m = re.fullmatch(rule.route, name, re.DOTALL)
+            bad = m is not None and bad_date(m.groupdict())
+            if m is None or bad:
                 if rule.route_unmatched == "quarantine":
-                    return Quarantine((f"name does not match the routing pattern {rule.route}",), checked=False)
+                    why = bad or f"name does not match the routing pattern {rule.route}"
+                    return Quarantine((why,), checked=False)
             else:
                 groups = {"name": name, **{k: v for k, v in m.groupdict().items() if v is not None}}
                 new_dir, new_name = posixpath.split(rule.route_to.format(**groups))  # type: ignore[union-attr]
         template = self.template(rule)
         fresh = template is not None and not template.is_managed(new_name)
-        tries = max(1, rule.route_retries) if rule.route else NAME_TRIES
+        tries = max(1, rule.route_retries) if rule.route else 1
         return Place(new_dir, None if fresh else new_name, tries)
 
     def template(self, rule: FolderRule) -> Template | None:
@@ -155,19 +160,33 @@ class Policy:
         return rule.quarantine or self.pol.quarantine
 
 
+def bad_date(groups: dict[str, str | None]) -> str | None:
+    """Why the date a route's named groups `y`, `m`, `d` spell is not a day
+    of the calendar (None: it is, or the route names no date)."""
+    y, m, d = groups.get("y"), groups.get("m"), groups.get("d")
+    if not (y and m and d):
+        return None
+    try:
+        date(int(y), int(m), int(d))
+    except ValueError:
+        return f"invalid date {y}-{m}-{d}"
+    return None
+
+
 def candidates(place: Place, fresh: Callable[[], str]) -> Iterator[tuple[str, bool]]:
-    """The paths a placed file tries, in order, each with whether its name
-    had to be shortened to fit NAME_MAX (naming.fit): its name, then the
-    name with -1, -2... before the extension; or a fresh managed name each
-    time."""
-    for attempt in range(place.tries):
+    """The paths a placed file tries, in order, while the names before
+    are taken (NAME_TRIES at most), each with whether its name had to be
+    shortened to fit NAME_MAX (naming.fit): its name, then the name with
+    -1, -2... before the extension (naming.split_ext: `a-1.tar.gz`); or a
+    fresh managed name each time."""
+    for attempt in range(NAME_TRIES):
         if place.name is None:
             name = fresh()
         elif attempt == 0:
             name = place.name
         else:
-            stem, dot, ext = place.name.rpartition(".")
-            name = f"{stem}-{attempt}{dot}{ext}" if stem else f"{place.name}-{attempt}"
+            stem, ext = split_ext(place.name)
+            name = f"{stem}-{attempt}{ext}"
         short = fit(name)
         yield (posixpath.join(place.dir, short) if place.dir else short), short != name
 

@@ -104,8 +104,8 @@ def test_done_means(tmp_path: Path, encrypted: bool) -> None:
         assert records(mnt)[0]["download_count"] == 2
 
 
-def test_expiry_offline_with_older_than(tmp_path: Path) -> None:
-    """The default 30 days, the clock moved with the janitor's --older-than
+def test_expiry_offline_with_as_of(tmp_path: Path) -> None:
+    """The default 30 days, the clock moved with the janitor's --as-of
     on the unmounted store; a dry run first changes nothing."""
     store = seldon_store(tmp_path)
     mnt = tmp_path / "mnt"
@@ -116,13 +116,13 @@ def test_expiry_offline_with_older_than(tmp_path: Path) -> None:
         os.setxattr(f, RECIPIENT, BOB)
         (mnt / "output" / "distributed" / "other.csv").write_text("no recipient\n")
     assert profile_rule("seldon", "output/distributed").distribution_expiry == 30 * 86400
-    r = seldonfs("janitor", store, "--older-than", "29d", "--json", "--dry-run")
+    r = seldonfs("janitor", store, "--as-of", "+29d", "--json", "--dry-run")
     assert "export.csv" not in r.stdout
-    r = seldonfs("janitor", store, "--older-than", "31d", "--json", "--dry-run")
+    r = seldonfs("janitor", store, "--as-of", "+31d", "--json", "--dry-run")
     (planned,) = [json.loads(line) for line in r.stdout.splitlines() if "distributed" in line]
     assert planned["kind"] == "archive" and planned["rel"] == "output/distributed/export.csv"
     assert [x["status"] for x in records(store)] == ["sent", "sent"]  # a dry run
-    r = seldonfs("janitor", store, "--older-than", "31d")
+    r = seldonfs("janitor", store, "--as-of", "+31d")
     assert r.returncode == 0, r.stderr
     recs = records(store)
     assert [(x["status"], x["outcome"]) for x in recs] == [("expired", "archived")] * 2
@@ -308,7 +308,7 @@ def test_changes_to_a_tracked_file(tmp_path: Path) -> None:
         assert [(x["path"], x["download_count"]) for x in records(mnt)] == [("output/exports/r.txt", 1)] * 2
 
         # moved out of distribution: at expiry the records are settled, the file kept
-        r = seldonfs("janitor", mnt, "--older-than", "31d")
+        r = seldonfs("janitor", mnt, "--as-of", "+31d")
         assert r.returncode == 0, r.stderr
         assert [(x["status"], x["outcome"]) for x in records(mnt)] == [("expired", "kept")] * 2
         assert (mnt / "output" / "exports" / "r.txt").exists()

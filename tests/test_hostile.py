@@ -159,7 +159,7 @@ def test_markup_and_escapes_in_names_are_shown_escaped(mnt: Path) -> None:
     assert "\x1b" not in out.stdout and "esc\\x1b[31m.json" in out.stdout
     audit = seldonfs("audit", mnt, "--op", "quarantine")
     assert audit.returncode == 0 and "\x1b" not in audit.stdout and "a[/x].json" in audit.stdout
-    dry = seldonfs("janitor", mnt, "--dry-run", "--older-than", "400d")
+    dry = seldonfs("janitor", mnt, "--dry-run", "--as-of", "+400d")
     assert dry.returncode == 0 and "\x1b" not in dry.stdout
     assert subprocess.run(["ls", mnt / "input" / "quarantine"], capture_output=True).returncode == 0
 

@@ -115,12 +115,12 @@ def test_dry_run_lists_and_changes_nothing(tmp_path: Path) -> None:
         (tmp_path / "mnt" / "temp" / "processing" / "job.tmp").write_text("x" * 10)
         (tmp_path / "mnt" / "temp" / "cache" / "blob").write_text("y" * 20)
     before = sorted(p for p in (store / "data").rglob("*"))
-    r = seldonfs("janitor", store, "--dry-run", "--older-than", "13h")
+    r = seldonfs("janitor", store, "--dry-run", "--as-of", "+13h")
     assert r.returncode == 0, r.stderr
     assert "delete   temp/processing/job.tmp" in r.stdout and "matches *.tmp" in r.stdout
     assert "dry run: 1 files, 10 bytes (1 delete)" in r.stdout
     assert sorted(p for p in (store / "data").rglob("*")) == before
-    r = seldonfs("janitor", store, "--dry-run", "--older-than", "8d", "--folder", "temp/cache")
+    r = seldonfs("janitor", store, "--dry-run", "--as-of", "+8d", "--folder", "temp/cache")
     assert "temp/cache/blob" in r.stdout and "job.tmp" not in r.stdout
     assert os.path.exists(store / "data" / "temp" / "processing" / "job.tmp")
 
@@ -179,7 +179,7 @@ def test_mount_janitor_spares_open_and_locked_files(store: Path, tmp_path: Path)
             holder.stdout.readline()
             lf = open(d / "locked.tmp")
             fcntl.flock(lf, fcntl.LOCK_EX)  # a lock needs an open file: both reasons hold
-            r = seldonfs("janitor", m, "--older-than", "13h")
+            r = seldonfs("janitor", m, "--as-of", "+13h")
             assert r.returncode == 0, r.stderr
             assert "skipped  temp/processing/open.tmp: open" in r.stdout
             assert re.search(r"skipped  temp/processing/locked.tmp: (open|locked)", r.stdout)
@@ -189,7 +189,7 @@ def test_mount_janitor_spares_open_and_locked_files(store: Path, tmp_path: Path)
             holder.kill()
             holder.wait()
             holder.stdout.close()
-        r = seldonfs("janitor", m, "--older-than", "13h")  # retried: now they go
+        r = seldonfs("janitor", m, "--as-of", "+13h")  # retried: now they go
         assert "done in" in r.stdout and "2 delete" in r.stdout, r.stdout
         assert os.listdir(d) == []
 
@@ -371,3 +371,29 @@ def test_each_folder_runs_on_its_own_schedule(tmp_path: Path) -> None:
         assert (m / "temp" / "working" / "old.bin").exists()  # its rules run at 02:00
     runs = [json.loads(r) for r in seldonfs("janitor", store, "--runs", "--json").stdout.splitlines()]
     assert runs and {r["trigger"] for r in runs} == {"schedule"} and "temp/cleanup" in runs[-1]["rules"]
+
+
+def test_a_command_request_reads_each_field_by_name() -> None:
+    """The JSON `seldonfs janitor MOUNTPOINT` writes: --emergency sets
+    emergency (not the chunk field after it), --as-of `later`, --older-than
+    `older_than`."""
+    req = janitor.Request.parse(json.dumps(
+        {"later": 3600, "older_than": 86400, "folder": "/temp/", "rule": "temp/processing", "crash": "",
+         "emergency": True}).encode())
+    assert (req.trigger, req.emergency, req.chunk, req.crash) == ("emergency", True, None, "")
+    assert (req.later, req.older_than, req.folder, req.rules) == (3600.0, 86400.0, "temp", frozenset({"temp/processing"}))
+    assert janitor.Request.parse(b"").older_than == 0.0
+
+
+def test_older_than_plans_only_older_files_under_temp() -> None:
+    cfg = config.parse(tomllib.loads(config.profile_text("meetara")), "meetara")
+    now = 1_000_000_000.0
+    entries = [Entry("temp/downloads/old.bin", 1, now - 2 * 86400, now), Entry("temp/downloads/new.bin", 1, now - 3600, now),
+               Entry("temp/processing/old.tmp", 1, now - 86401, now), Entry("elsewhere/old.bin", 1, now - 9e6, now)]
+    got = [a.rel for a in janitor.older_plan(now, cfg, entries, 86400)]
+    assert got == ["temp/downloads/old.bin", "temp/processing/old.tmp"]
+    assert [a.kind for a in janitor.older_plan(now, cfg, entries, 86400)] == ["delete", "delete"]
+    seldon = config.parse(tomllib.loads(config.profile_text("seldon")), "seldon")
+    old = [Entry("archive/compliance/a.gz", 1, now - 2 * 86400, now), Entry("temp/cache/c", 1, now - 2 * 86400, now)]
+    assert [a.rel for a in janitor.older_plan(now, seldon, old, 86400)] == ["temp/cache/c"]  # temp/ only
+    assert len(list(janitor.older_plan(now, seldon, old, 86400, everywhere=True))) == 2  # --folder/--rule given

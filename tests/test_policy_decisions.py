@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import tomllib
@@ -10,7 +11,7 @@ import pytest
 
 from seldonfs import config
 from seldonfs.policy import (
-    Place, Policy, Quarantine, candidates, commits, quarantine_names, version_at_open, version_at_replace,
+    NAME_TRIES, Place, Policy, Quarantine, bad_date, candidates, commits, quarantine_names, version_at_open, version_at_replace,
     version_at_truncate,
 )
 from seldonfs.rules import Rules
@@ -66,9 +67,9 @@ def test_temporary_names_and_the_quarantine_never_commit(seldon: Policy) -> None
 def test_a_failed_check_goes_to_quarantine_a_passed_one_gets_a_managed_name(seldon: Policy) -> None:
     raw = seldon.for_dir("input/raw")
     assert seldon.destination(raw, "input/raw", "d.json", Verdict(reasons=["ssn"])) == Quarantine(("ssn",))
-    assert seldon.destination(raw, "input/raw", "d.json", Verdict()) == Place("input/raw", None, 1000)
+    assert seldon.destination(raw, "input/raw", "d.json", Verdict()) == Place("input/raw", None, 1)
     managed = "2024-12-06-14-30-45-123-INP001-001_d.json"
-    assert seldon.destination(raw, "input/raw", managed, Verdict()) == Place("input/raw", managed, 1000)
+    assert seldon.destination(raw, "input/raw", managed, Verdict()) == Place("input/raw", managed, 1)
     assert seldon.quarantine_dir(raw) == "input/quarantine"
 
 
@@ -86,13 +87,16 @@ def test_routing_by_the_date_in_the_name() -> None:
 
 
 def test_candidates_number_before_the_extension_or_render_afresh() -> None:
-    def paths(place, fresh=lambda: "never"):
-        return [p for p, _ in candidates(place, fresh)]
+    def paths(place, n, fresh=lambda: "never"):  # the first n names tried while each is taken
+        return [p for p, _ in itertools.islice(candidates(place, fresh), n)]
 
-    assert paths(Place("a", "x.json", 3)) == ["a/x.json", "a/x-1.json", "a/x-2.json"]
-    assert paths(Place("", "README", 2)) == ["README", "README-1"]
+    assert paths(Place("a", "x.json", 1), 3) == ["a/x.json", "a/x-1.json", "a/x-2.json"]
+    assert paths(Place("a", "x.tar.gz", 1), 2) == ["a/x.tar.gz", "a/x-1.tar.gz"]  # a compound extension stays whole
+    assert paths(Place("a", "v.2.final.pdf", 1), 2) == ["a/v.2.final.pdf", "a/v.2.final-1.pdf"]
+    assert paths(Place("", "README", 1), 2) == ["README", "README-1"]
+    assert len(list(candidates(Place("a", "x", 3), str))) == NAME_TRIES  # taken names do not use up the tries
     fresh = iter(["n1", "n2"])
-    assert paths(Place("a", None, 2), lambda: next(fresh)) == ["a/n1", "a/n2"]
+    assert paths(Place("a", None, 1), 2, lambda: next(fresh)) == ["a/n1", "a/n2"]
     names = quarantine_names("q", "20241206_143045", "x.json")
     assert [next(names), next(names)] == ["q/20241206_143045_x.json", "q/20241206_143045_1_x.json"]
 
@@ -111,10 +115,10 @@ def test_when_versions_are_kept(seldon: Policy) -> None:
 
 def test_names_that_grow_past_255_bytes_are_shortened_the_same_way_every_time() -> None:
     long = "x" * 250 + ".json"
-    (path, short), = candidates(Place("in", "2024-12-06-14-30-45-123-INP001-001_" + long, 1), lambda: "")
+    path, short = next(candidates(Place("in", "2024-12-06-14-30-45-123-INP001-001_" + long, 1), lambda: ""))
     name = path.split("/")[1]
     assert short and len(name.encode()) <= 255 and name.endswith(".json") and name.startswith("2024-12-06")
-    assert [p for p, _ in candidates(Place("in", "2024-12-06-14-30-45-123-INP001-001_" + long, 1), str)] == [path]
+    assert next(candidates(Place("in", "2024-12-06-14-30-45-123-INP001-001_" + long, 1), str))[0] == path
     other = "2024-12-06-14-30-45-123-INP001-001_" + "x" * 249 + "y.json"
     assert next(candidates(Place("in", other, 1), str))[0] != path  # a hash of the whole name keeps them apart
     q = next(quarantine_names("input/quarantine", "20241206_143045", "\udcff" * 250))
@@ -135,3 +139,20 @@ def test_write_once_holds_records_until_their_retention(seldon: Policy) -> None:
     assert not held(seldon.for_dir("archive/historical"), "h.csv", now, now, now, tp)
     assert all(write_once_area(seldon.rules, d) for d in ("", "archive", "archive/compliance", "archive/compliance/x"))
     assert not any(write_once_area(seldon.rules, d) for d in ("archive/historical", "output", "archived"))
+
+
+def test_a_route_date_must_be_a_day_of_the_calendar() -> None:
+    reorg = policy_of("reorg")
+    inbox = reorg.for_dir("inbox")
+    for name in ("2024-13-45_bad.txt", "2024-02-30_x.txt", "2023-02-29_x.txt", "2024-00-10_x.txt", "0000-01-01_x"):
+        assert reorg.destination(inbox, "inbox", name, Verdict()) == Place("inbox", name, 3), name  # left
+    assert reorg.destination(inbox, "inbox", "2024-02-29_leap.txt", Verdict()) == Place(
+        "organized/2024/02/29", "leap.txt", 3)
+    assert reorg.destination(inbox, "inbox", "2024-01-05_a\nb.txt", Verdict()) == Place(
+        "organized/2024/01/05", "a\nb.txt", 3)  # a newline in the name routes too
+    assert bad_date({"y": "2024", "m": "13", "d": "45"}) == "invalid date 2024-13-45"
+    assert bad_date({"y": "2024", "name": "x"}) is None  # no whole date: nothing to check
+    strict = policy_of("reorg", '\n[folders."strict"]\nroute = "^(?P<y>\\\\d{4})-(?P<m>\\\\d\\\\d)-(?P<d>\\\\d\\\\d)_(?P<name>.+)$"\n'
+                                'route_to = "done/{y}/{m}/{d}/{name}"\nroute_unmatched = "quarantine"\n')
+    got = strict.destination(strict.for_dir("strict"), "strict", "2023-02-29_x.txt", Verdict())
+    assert got == Quarantine(("invalid date 2023-02-29",), checked=False)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import errno
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import mount_profile, needs_fuse, profile_rule, seldonfs
+from .conftest import init_store, mount_profile, mounted, needs_fuse, profile_rule, seldonfs
 
 pytestmark = needs_fuse
 
@@ -146,7 +147,7 @@ def test_seldon_compliance_is_write_once(kind: str, tmp_path: Path) -> None:
     even by root: EPERM, each in the audit chain. A temporary name is not
     a record yet; renamed to its final name, it is. A mount's janitor
     asked to plan 8 years ahead still keeps it; offline, the operator's
-    `janitor STORE --older-than` removes it, saying why."""
+    `janitor STORE --as-of +8y` removes it, saying why."""
     from .conftest import key_args, mounted
 
     store = _seldon_store(tmp_path, encrypted=kind == "encrypted")
@@ -195,21 +196,23 @@ def test_seldon_compliance_is_write_once(kind: str, tmp_path: Path) -> None:
             (c / "upload.csv").write_text("3\n")
         os.mkdir(c / "2024")  # folders may be made and removed
         os.rmdir(c / "2024")
-        r = seldonfs("janitor", m, "--older-than", "8y", "--folder", "archive/compliance")
-        assert r.returncode == 0, r.stderr
-        assert sorted(os.listdir(c)) == ["ledger.csv", "upload.csv"]
+        for ahead in (["--as-of", "+8y"], ["--older-than", "1s"]):  # the mount keeps to the real clock
+            time.sleep(1.1)
+            r = seldonfs("janitor", m, *ahead, "--folder", "archive/compliance")
+            assert r.returncode == 0, r.stderr
+            assert sorted(os.listdir(c)) == ["ledger.csv", "upload.csv"], ahead
     refused = [(r["op"], r["path"]) for r in _audit(store) if r["result"] == "EPERM"]
     for op, _ in held:
         assert (op, "archive/compliance/ledger.csv") in refused or op in ("rename", "link"), (op, refused)
     assert sum(1 for op, path in refused if path == "archive/compliance/ledger.csv") >= 14, refused
     assert ("open", "archive/compliance/upload.csv") in refused
-    dry = seldonfs("janitor", store, "--older-than", "8y", "--folder", "archive/compliance", "--dry-run")
-    assert dry.stdout.count("write-once, planned with --older-than 8y") == 2, dry.stdout
-    r = seldonfs("janitor", store, "--older-than", "8y", "--folder", "archive/compliance", *key_args(store))
+    dry = seldonfs("janitor", store, "--as-of", "+8y", "--folder", "archive/compliance", "--dry-run")
+    assert dry.stdout.count("write-once, planned with --as-of +8y") == 2, dry.stdout
+    r = seldonfs("janitor", store, "--as-of", "+8y", "--folder", "archive/compliance", *key_args(store))
     assert r.returncode == 0 and "2 delete" in r.stdout, r.stdout + r.stderr
     assert not (store / "data" / "archive" / "compliance" / "ledger.csv").exists()
     gone = [r for r in _audit(store) if r["op"] == "janitor-delete" and r["path"] == "archive/compliance/ledger.csv"]
-    assert len(gone) == 1 and "--older-than 8y" in gone[0]["detail"], gone
+    assert len(gone) == 1 and "--as-of +8y" in gone[0]["detail"], gone
     assert seldonfs("audit", "verify", store, *key_args(store)).returncode == 0
 
 
@@ -415,3 +418,58 @@ def test_seldon_sequence_numbers_go_on_across_remounts_and_wrap_at_999(tmp_path:
         wrapped = {SEQ.match(n)["name"]: SEQ.match(n)["seq"] for n in os.listdir(raw) if n.endswith(("_w0.json", "_w1.json", "_w2.json"))}
         assert wrapped == {"w0.json": "998", "w1.json": "999", "w2.json": "001"}
         assert len(os.listdir(raw)) == 5 + 3  # every name its own file
+
+
+def _ts(name: str) -> float:
+    """The seconds since the epoch a seed-000 name's time says, read as UTC."""
+    from datetime import datetime, timezone
+
+    m = re.match(r"(\d{4})-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d{3})-", name)
+    assert m, name
+    y, mo, d, h, mi, s, ms = map(int, m.groups())
+    return datetime(y, mo, d, h, mi, s, ms * 1000, tzinfo=timezone.utc).timestamp()
+
+
+def test_seldon_names_in_utc_or_local_time(tmp_path: Path) -> None:
+    """Issue 18: names show UTC unless the folder says naming_time =
+    "local" (the mount's TZ); seed 000 §2.3. The mount runs at UTC+14 here,
+    so the two names' times are 14 hours apart."""
+    store = init_store(tmp_path / "store", "--profile", "seldon", encrypted=False)
+    cfg = store / "seldonfs.toml"
+    text = cfg.read_text()
+    assert '[folders."input/uploads"]\n' in text
+    cfg.write_text(text.replace('[folders."input/uploads"]\n', '[folders."input/uploads"]\nnaming_time = "local"\n'))
+    with mounted(store, tmp_path / "mnt", env={"TZ": "XYZ-14"}):  # POSIX TZ: 14 hours east of UTC
+        t0 = time.time()
+        (tmp_path / "mnt" / "input" / "raw" / "a.json").write_text("{}")
+        (tmp_path / "mnt" / "input" / "uploads" / "b.json").write_text("{}")
+        t1 = time.time()
+        (utc,) = os.listdir(tmp_path / "mnt" / "input" / "raw")
+        (local,) = os.listdir(tmp_path / "mnt" / "input" / "uploads")
+    assert t0 - 1 <= _ts(utc) <= t1 + 1, (utc, t0)
+    assert t0 - 1 <= _ts(local) - 14 * 3600 <= t1 + 1, (local, t0)
+    assert profile_rule("seldon", "input/raw").naming_time == "utc"
+
+
+def test_seldon_report_and_temp_names_as_seed_000(tmp_path: Path) -> None:
+    """Issue 18: where a store asks for them (the shipped profile does not:
+    reports keep versions, temp files keep their names), reports and temp
+    files get seed 000's names: 2024-12-06-14-35-12-456-RPT001-001_executive_summary.pdf
+    and 2024-12-06-14-30-45-789-TMP001-001_processing_cache.tmp."""
+    store = init_store(tmp_path / "store", "--profile", "seldon", encrypted=False)
+    cfg = store / "seldonfs.toml"
+    text = cfg.read_text()
+    naming = 'naming = "{ts}-{job}-{seq:03d}_{name}"\n'
+    for folder, job in (("output/exports", "RPT001"), ("temp/working", "TMP001")):
+        table = f'[folders."{folder}"]\n'
+        assert table in text
+        text = text.replace(table, f'{table}{naming}job = "{job}"\n')
+    text = text.replace('temp_patterns = [".*", "*.tmp", ', 'temp_patterns = [".*", ')  # .tmp is a real name here
+    cfg.write_text(text)
+    with mounted(store, tmp_path / "mnt"):
+        (tmp_path / "mnt" / "output" / "exports" / "executive_summary.pdf").write_bytes(b"%PDF-1.4\n%%EOF\n")
+        (tmp_path / "mnt" / "temp" / "working" / "processing_cache.tmp").write_text("cache")
+        (report,) = os.listdir(tmp_path / "mnt" / "output" / "exports")
+        (temp,) = os.listdir(tmp_path / "mnt" / "temp" / "working")
+    assert re.fullmatch(r"\d{4}(-\d\d){5}-\d{3}-RPT001-001_executive_summary\.pdf", report), report
+    assert re.fullmatch(r"\d{4}(-\d\d){5}-\d{3}-TMP001-001_processing_cache\.tmp", temp), temp

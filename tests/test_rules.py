@@ -3,6 +3,7 @@ No FUSE here."""
 
 from __future__ import annotations
 
+import os
 import tomllib
 from datetime import datetime, timezone
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from seldonfs import config, validation
 from seldonfs.config import FolderRule
 from seldonfs.errors import ConfigError
-from seldonfs.naming import Template, TemplateError, clean_job, is_temporary
+from seldonfs.naming import NAME_MAX, Template, TemplateError, clean_job, is_temporary, split_ext
 from seldonfs.rules import Rules
 
 NOW = datetime(2024, 12, 6, 14, 30, 45, 123456, tzinfo=timezone.utc)
@@ -100,8 +101,22 @@ def test_seed_001_names() -> None:
     proc = Template("{job}_{stamp}_{uuid}{ext}").render(NOW, "model_training", 1, "x.tmp")
     assert proc.startswith("model_training_20241206_143045_") and proc.endswith(".tmp")
     assert len(proc) == len("model_training_20241206_143045_a1b2c3d4.tmp")
-    dl = Template("{job}_{stem}_{stamp}{ext}").render(NOW, "huggingface", 1, "model.tar.gz")
-    assert dl == "huggingface_model.tar_20241206_143045.gz"
+    t = Template("{job}_{stem}_{stamp}{ext}")
+    assert t.render(NOW, "huggingface", 1, "model.tar.gz") == "huggingface_model_20241206_143045.tar.gz"
+    assert t.render(NOW, "github", 1, "report.v2.final.pdf") == "github_report.v2.final_20241206_143045.pdf"
+    assert t.is_managed("huggingface_model_20250104_143022.tar.gz")  # the seed's example: kept as written
+    assert not t.is_managed("model_20250104_143022.tar.gz")
+
+
+@given(st.binary(min_size=1, max_size=255).map(lambda b: b.replace(b"/", b"_").replace(b"\0", b"_")),
+       st.sampled_from(["{job}_{stem}_{stamp}{ext}", "{ts}-{job}-{seq:03d}_{name}", "{job}_{stamp}_{uuid}{ext}"]))
+def test_managed_names_fit_name_max_and_keep_their_time_and_extension(raw: bytes, text: str) -> None:
+    name = os.fsdecode(raw)
+    t = Template(text)
+    made, cut = t.render_fitted(NOW, "huggingface", 7, name)
+    assert len(os.fsencode(made)) <= NAME_MAX and t.is_managed(made)
+    assert cut == (len(os.fsencode(t.render(NOW, "huggingface", 7, name, limit=10_000))) > NAME_MAX)
+    assert "20241206" in made.replace("-", "") and made.endswith(split_ext(name)[1] if len(os.fsencode(split_ext(name)[1])) <= 16 else "")
 
 
 @given(st.text(st.characters(blacklist_characters="/\0"), min_size=1, max_size=40), st.integers(0, 10**6))

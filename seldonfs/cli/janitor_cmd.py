@@ -12,11 +12,16 @@ archiving; a name already taken there gets -1, -2... before its extension)
 with a .meta.json beside them. Every action goes into
 the audit chain, every run into the catalog (`--runs` lists the last).
 
-`--folder PATH` and `--rule PATH` narrow the list; `--older-than DURATION`
-plans as if that much time had passed (a mount's janitor keeps write-once
-folders to the real clock; this command on an unmounted STORE does not,
-and says so in each record: the operator's way to remove a write-once
-file early). `--crash JOB_ID` removes that job's
+`--folder PATH` and `--rule PATH` narrow the list. `--older-than DURATION`
+cleans the files older than DURATION instead of applying the rules (seed
+001's `cleanup.py --older-than 1d`): every file under temp/ (under the
+`--folder` or `--rule` given, anywhere) older than that goes by its
+folder's `action`, and nothing younger. `--as-of TIME` plans as at TIME: a
+date and time (ISO 8601, UTC unless it has an offset, e.g.
+2027-01-31T12:00) or `+DURATION` from now (e.g. +30d). A mount's janitor
+keeps write-once folders to the real clock; this command on an unmounted
+STORE does not with either flag, and says so in each record: the
+operator's way to remove a write-once file early. `--crash JOB_ID` removes that job's
 folders under temp/ instead (named after it, or made by a process with
 SELDON_JOB_ID=JOB_ID). `--emergency` then goes on deleting, lowest rule
 `priority` first, until the store's disk is under `[janitor] warning`
@@ -38,6 +43,7 @@ import os
 import sqlite3
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import anchor, audit, config, distributions, janitor, xattrs
@@ -46,7 +52,7 @@ from ..catalog import Catalog, due_distributions, expired_files
 from ..cleanup import Outcome, execute
 from ..config import parse_duration
 from ..content import PlainContent
-from ..errors import SeldonError, UsageError
+from ..errors import ConfigError, SeldonError, UsageError
 from ..host import FSTYPE, bytes_over, find_mount
 from ..keys import unlock
 from ..naming import shown
@@ -61,7 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="list, change nothing")
     p.add_argument("--folder", metavar="PATH", help="only files under PATH (relative to the mount root)")
     p.add_argument("--rule", metavar="PATH", help="only what the folder table PATH asks for")
-    p.add_argument("--older-than", metavar="DURATION", help="plan as if DURATION had passed, e.g. 30d")
+    p.add_argument("--older-than", metavar="DURATION", help="clean the files older than DURATION (under temp/ unless --folder/--rule), e.g. 1d")
+    p.add_argument("--as-of", metavar="TIME", help="plan as at TIME: ISO 8601 (UTC unless an offset is given) or +DURATION, e.g. +30d")
     p.add_argument("--crash", metavar="JOB_ID", help="remove the temp/ folders of a crashed job instead")
     p.add_argument("--emergency", action="store_true", help="then delete by rule priority down to the warning level")
     p.add_argument("--runs", action="store_true", help="list the last janitor runs and stop")
@@ -74,16 +81,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     if args.runs:
         return list_runs(args)
+    if args.older_than and (args.crash or args.emergency):
+        raise UsageError("--older-than does not go with --crash or --emergency")
     mounted = find_mount(Path(os.path.abspath(args.target)))
     if not args.dry_run and mounted is not None and mounted[1] == FSTYPE:
         return run_in_mount(args)
     store = store_of(args.target)
     block = store.identity().get("encryption")
     cfg = config.load(store.config_path)
-    later = _later(args)
+    later, older = _later(args), _older(args)
     size = (lambda n: plain_size(n, int(block["block_size"]))) if block else (lambda n: n)
     now = time.time() + later
-    actions = _wanted(args, _plan(args, cfg, store.data, size, now))
+    actions = _wanted(args, _plan(args, cfg, store.data, size, now, older))
     exp, due = (None, 0) if args.crash else _expiry(store, cfg, size, now)
     if exp is not None:
         actions += _wanted(args, exp.actions)
@@ -144,7 +153,18 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _later(args: argparse.Namespace) -> float:
-    return parse_duration(args.older_than, "--older-than", "value") if args.older_than else 0.0
+    """Seconds from now to --as-of TIME (0 without it)."""
+    if not args.as_of:
+        return 0.0
+    if args.as_of.startswith("+"):
+        return _duration(args.as_of[1:], "--as-of")
+    try:
+        at = datetime.fromisoformat(args.as_of)
+    except ValueError:
+        raise UsageError(f"--as-of: {args.as_of!r} is neither an ISO 8601 time (2027-01-31T12:00) nor +DURATION") from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    return at.timestamp() - time.time()
 
 
 def _expiry(store, cfg, size, now: float) -> tuple[distributions.Expiry | None, int]:
@@ -159,14 +179,36 @@ def _expiry(store, cfg, size, now: float) -> tuple[distributions.Expiry | None, 
     return distributions.expiry_plan(cfg, files, distributions.backing_stat(store.data, size)), due
 
 
-def _plan(args: argparse.Namespace, cfg, data: Path, size, now: float) -> list[janitor.Action]:
+def _duration(value: str, flag: str) -> float:
+    try:
+        return parse_duration(value, flag, "value")
+    except ConfigError:
+        raise UsageError(f"{flag}: want a duration like 90s, 12h or 30d, have {value!r}") from None
+
+
+def _older(args: argparse.Namespace) -> float:
+    """--older-than DURATION in seconds (0 without it)."""
+    if not args.older_than:
+        return 0.0
+    age = _duration(args.older_than, "--older-than")
+    if age <= 0:
+        raise UsageError("--older-than: must be longer than 0")
+    return age
+
+
+def _plan(args: argparse.Namespace, cfg, data: Path, size, now: float, older: float = 0.0) -> list[janitor.Action]:
     if args.crash:
         return list(janitor.crash_plan(cfg, janitor.inventory(data, size), args.crash))
-    actions = list(janitor.plan(now, cfg, janitor.inventory(data, size)))
-    if args.older_than:  # offline, the operator may take write-once files early: said in each record
+    if older:
+        everywhere = bool(args.folder or args.rule)
+        actions = list(janitor.older_plan(now, cfg, janitor.inventory(data, size), older, everywhere))
+    else:
+        actions = list(janitor.plan(now, cfg, janitor.inventory(data, size)))
+    if args.older_than or args.as_of:  # offline, the operator may take write-once files early: said in each record
         held = {r.path for r in cfg.folders if r.write_once}
-        actions = [dataclasses.replace(a, reason=f"{a.reason}; write-once, planned with --older-than "
-                                       f"{args.older_than}") if a.rule in held else a for a in actions]
+        flag = f"--older-than {args.older_than}" if args.older_than else f"--as-of {args.as_of}"
+        actions = [dataclasses.replace(a, reason=f"{a.reason}; write-once, planned with {flag}")
+                   if a.rule in held else a for a in actions]
     if args.emergency:
         need = bytes_over(data, cfg.janitor.warning) - sum(a.size for a in actions if a.kind == "delete")
         if need > 0:
@@ -201,7 +243,7 @@ def _show(args: argparse.Namespace, a: janitor.Action) -> None:
 def run_in_mount(args: argparse.Namespace) -> None:
     """Ask the running mount's janitor to run now, wait, print the result."""
     mp = os.path.abspath(args.target)
-    ask = {"older_than": _later(args), "folder": args.folder or "", "rule": args.rule or "",
+    ask = {"later": _later(args), "older_than": _older(args), "folder": args.folder or "", "rule": args.rule or "",
            "crash": args.crash or "", "emergency": args.emergency}
     try:
         before = json.loads(os.getxattr(mp, xattrs.JANITOR))["runs"]
