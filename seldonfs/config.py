@@ -116,11 +116,35 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class EmailConfig:
+    """[alerts.email]: one message per alert through SMTP."""
+
+    host: str
+    to: tuple[str, ...]
+    sender: str  # the key is `from`
+    port: int = 25
+    starttls: bool = False
+    username: str = ""
+    password_file: str = ""  # read at each send, never kept in the toml
+
+
+@dataclass(frozen=True)
 class AlertsConfig:
     cooldown: float = 900.0  # the same alert again only after this long
     notifications: str = "output/notifications"  # folder for JSON files; "" = none
     webhook: str = ""  # URL that gets each alert as a JSON POST; "" = none
+    format: str = "json"  # of the webhook's body: "json" (the alert) or "slack" ({"text": ...})
+    email: EmailConfig | None = None
     quarantine_backlog: int = 100  # files waiting in quarantine that raise an alert
+    quarantine_rate: int = 0  # percent of the last hour's files quarantined that raise an alert; 0 = off
+    quarantine_wait: float = 7 * 86400.0  # oldest file waiting in quarantine longer raises an alert; 0 = off
+    free_warning: int = 0  # bytes free on the store's disk below which disk-free-warning; 0 = off
+    free_critical: int = 0  # ... disk-free-critical; 0 = off
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    rotate_after: float = 90 * 86400.0  # a master key older raises key-age; 0 = never
 
 
 @dataclass(frozen=True)
@@ -140,6 +164,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
 
 
 def profile_names() -> list[str]:
@@ -197,7 +222,8 @@ def env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]
 
 
 def parse(raw: dict[str, Any], where: str) -> Config:
-    _only_keys(raw, {"store", "mount", "policy", "janitor", "audit", "monitoring", "alerts", "folders"}, where, "")
+    _only_keys(raw, {"store", "mount", "policy", "janitor", "audit", "monitoring", "alerts", "encryption",
+                    "folders"}, where, "")
     store = _table(raw, "store", where, "")
     _only_keys(store, {"profile"}, where, "store.")
     profile = _get(store, "profile", str, where, "store.", "custom")
@@ -222,17 +248,62 @@ def parse(raw: dict[str, Any], where: str) -> Config:
     )
     if monitoring.address not in ("127.0.0.1", "::1", "localhost"):
         raise ConfigError(f"{where}: monitoring.address: loopback only (127.0.0.1, ::1), have {monitoring.address!r}")
-    al = _Reader(_only(raw, "alerts", AlertsConfig, where), where, "alerts.")
+    alerts = _parse_alerts(raw, where)
+    e = _Reader(_only(raw, "encryption", EncryptionConfig, where), where, "encryption.")
+    encryption = EncryptionConfig(rotate_after=e.duration("rotate_after", EncryptionConfig.rotate_after) or 0.0)
+    return Config(
+        profile=profile, mount=mount, folders=folders, policy=policy, janitor=janitor, audit=audit,
+        monitoring=monitoring, alerts=alerts, encryption=encryption,
+    )
+
+
+def _parse_alerts(raw: dict[str, Any], where: str) -> AlertsConfig:
+    d = AlertsConfig()
+    t = _table(raw, "alerts", where, "")
+    _only_keys(t, set(d.__dataclass_fields__), where, "alerts.")
+    al = _Reader(t, where, "alerts.")
     alerts = AlertsConfig(
-        cooldown=al.duration("cooldown", 900.0), notifications=al.get("notifications", str, "output/notifications"),
-        webhook=al.get("webhook", str, ""), quarantine_backlog=al.integer("quarantine_backlog", 100, 1, 10**9),
+        cooldown=al.duration("cooldown", d.cooldown), notifications=al.get("notifications", str, d.notifications),
+        webhook=al.get("webhook", str, ""), format=al.choice("format", ("json", "slack"), d.format),
+        email=_parse_email(al.table("email"), where),
+        quarantine_backlog=al.integer("quarantine_backlog", d.quarantine_backlog, 1, 10**9),
+        quarantine_rate=al.percent("quarantine_rate", d.quarantine_rate),
+        quarantine_wait=al.duration("quarantine_wait", d.quarantine_wait) or 0.0,
+        free_warning=al.size("free_warning", d.free_warning), free_critical=al.size("free_critical", d.free_critical),
     )
     if alerts.webhook and not alerts.webhook.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: alerts.webhook: want an http:// or https:// URL, have {alerts.webhook!r}")
-    return Config(
-        profile=profile, mount=mount, folders=folders, policy=policy, janitor=janitor, audit=audit,
-        monitoring=monitoring, alerts=alerts,
+    if alerts.free_warning and alerts.free_critical > alerts.free_warning:
+        raise ConfigError(f"{where}: alerts.free_critical: must not be above alerts.free_warning")
+    return alerts
+
+
+def _parse_email(t: dict[str, Any], where: str) -> EmailConfig | None:
+    if not t:
+        return None
+    keys = {"host", "port", "starttls", "username", "password_file", "from", "to"}
+    _only_keys(t, keys, where, "alerts.email.")
+    r = _Reader(t, where, "alerts.email.")
+    for key in ("host", "from", "to"):
+        if key not in t:
+            raise ConfigError(f"{where}: alerts.email.{key}: missing (an [alerts.email] table needs host, from, to)")
+    to = r.strings("to", ())
+    addresses = (r.get("from", str, ""), *to)
+    if not to or any(not a or "@" not in a or any(c.isspace() or c in '<>,;"' or not c.isprintable() for c in a) for a in addresses):
+        raise ConfigError(f"{where}: alerts.email: want plain addresses like ops@example.com in from and to")
+    host = r.get("host", str, "")
+    if not host or any(c.isspace() for c in host):
+        raise ConfigError(f"{where}: alerts.email.host: want a host name, have {host!r}")
+    cfg = EmailConfig(
+        host=host, to=to, sender=addresses[0], port=r.integer("port", 25, 1, 65535),
+        starttls=r.get("starttls", bool, False), username=r.get("username", str, ""),
+        password_file=r.get("password_file", str, ""),
     )
+    if cfg.password_file and not cfg.password_file.startswith("/"):
+        raise ConfigError(f"{where}: alerts.email.password_file: want an absolute path, have {cfg.password_file!r}")
+    if cfg.username and not cfg.password_file:
+        raise ConfigError(f"{where}: alerts.email.password_file: needed with username (the password is never in the toml)")
+    return cfg
 
 
 def _only(raw: dict[str, Any], name: str, kind: type, where: str) -> dict[str, Any]:
