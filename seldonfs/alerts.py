@@ -230,6 +230,7 @@ class Watch:
     def __init__(self, alerts: Alerts, sources, clock: Callable[[], float] = time.time) -> None:
         self.alerts, self.sources, self.clock = alerts, sources, clock
         self.seen_damage = 0
+        self.caps_due = 0.0  # when the capped folders are walked next
         self.decided: collections.deque[tuple[float, int, int]] = collections.deque()  # (at, committed, quarantined)
 
     async def once(self) -> None:
@@ -256,8 +257,11 @@ class Watch:
                      "blocks failed authentication (seldonfs verify STORE lists them)")
             self.seen_damage = damage
         self._free_space()
-        if s.cfg is not None:
+        if s.cfg is not None and now >= self.caps_due:
+            t0 = time.monotonic()
             usage = await trio.to_thread.run_sync(capped_usage, s.data, s.cfg.folders, _plain_size(s.content))
+            # a large capped tree is walked less often: at most a tenth of the time
+            self.caps_due = now + 10 * (time.monotonic() - t0)
             check_caps(a, usage, clear=True)
         check_key_age(a, s, now)
 

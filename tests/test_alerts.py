@@ -139,8 +139,9 @@ def test_alerts_reach_mail_and_slack(tmp_path: Path) -> None:
 
 def _with_alerts(text: str, extra: str) -> str:
     """seldonfs.toml `text` with `extra` keys at the top of its [alerts] table."""
-    assert "[alerts]\n" in text
-    return text.replace("[alerts]\n", "[alerts]\n" + extra, 1)
+    if "\n[alerts]\n" not in text:
+        return text + "\n[alerts]\n" + extra
+    return text.replace("\n[alerts]\n", "\n[alerts]\n" + extra, 1)
 
 
 def _kinds(mnt: Path) -> set[str]:
