@@ -247,7 +247,7 @@ class Watch:
         if cfg.quarantine_wait and oldest is not None and now - oldest > cfg.quarantine_wait:
             a.raise_("quarantine-waiting", "warning", f"the oldest of {waiting} files in quarantine has waited "
                      f"{(now - oldest) / 86400:.1f} days (alert after {cfg.quarantine_wait / 86400:g}): "
-                     "seldonfs quarantine list STORE")
+                     f"seldonfs quarantine list {a.store}")
         else:
             a.clear("quarantine-waiting")
         self._rate(now)
