@@ -122,6 +122,8 @@ def look(store: Store, key: bytes | None) -> Found:
             for doc in (head, anchor):
                 if doc is not None and isinstance(doc.get("seq"), int):
                     r = conn.execute("SELECT mac FROM audit WHERE seq = ?", (doc["seq"],)).fetchone()
+                    if r is None and doc is anchor:  # an epoch's first record may be a segment's first
+                        r = _segment_first(conn, doc["seq"])
                     if r is not None:
                         macs[doc["seq"]] = bytes(r[0])
         finally:
@@ -131,6 +133,13 @@ def look(store: Store, key: bytes | None) -> Found:
             return Found(key, "ok", None, head, anchor, {})
         return Found(key, f"unreadable ({e})", None, head, anchor, {})
     return Found(key, "ok", (row[0], bytes(row[1])) if row else None, head, anchor, macs)
+
+
+def _segment_first(conn: sqlite3.Connection, seq: int) -> tuple | None:
+    try:
+        return conn.execute("SELECT first_mac FROM audit_segments WHERE first_seq = ?", (seq,)).fetchone()
+    except sqlite3.OperationalError:  # a catalog from before segments
+        return None
 
 
 def judge(f: Found) -> str | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import hashlib
 import hmac
 import json
 import logging
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import anchor, crypto, faults
+from . import anchor, crypto, faults, segments
 from .anchor import HEAD_NAME, head_tag, read_head
 from .errors import SeldonError
 from .reserve import Reserve
@@ -57,6 +58,7 @@ RETRY_S = 1.0  # how often a writer tries again while records wait
 MAX_WAITING = 100_000  # records kept while the catalog refuses them (about 30 MB); more are lost, and counted
 CLOSE_TRIES = 30  # seconds an ending writer keeps trying to store what waits
 RESET_OP, GAP_OP = "reset", "gap"
+EXPIRED = "expired"  # an Event: a segment removed after [audit] retain
 ZERO_MAC = bytes(32)
 FIELDS = ("seq", "ns", "uid", "gid", "pid", "proc", "op", "path", "path2", "result", "bytes", "detail")
 _WRAP_LABEL = b"seldonfs audit key"
@@ -155,10 +157,15 @@ class ChainWriter:
     a dead writer never stored (`LOST_NAME`), are lost, and a `gap` record
     says how many and why as soon as a batch is stored again."""
 
-    def __init__(self, root: Path, catalog_path: Path, key: bytes, reserve: Reserve | None = None) -> None:
+    def __init__(
+        self, root: Path, catalog_path: Path, key: bytes, reserve: Reserve | None = None,
+        seal: segments.Spec | None = None,
+    ) -> None:
         self.root = root
         self.key = key
         self.reserve = reserve
+        self.seal = seal  # [audit] segment: old records go to sealed segment files
+        self.seal_error = ""  # why the last sealing failed, until one succeeds
         self.conn = sqlite3.connect(catalog_path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -199,7 +206,24 @@ class ChainWriter:
             (self.root / LOST_NAME).unlink(missing_ok=True)
         self.waiting = []
         self._after_commit(durable)
+        if self.seal is not None:
+            self._seal_due()
         return True
+
+    def _seal_due(self) -> None:
+        """Move the records due into segment files; a failure (a full
+        disk) leaves them in the table, tried again after the next batch."""
+        assert self.seal is not None
+        try:
+            while (due := segments.next_range(self.conn, self.seal.every, time.time_ns())) is not None:
+                s = segments.seal(self.conn, self.root / "data", self.seal, self.key, *due)
+                _say(f"seldonfs: audit writer: records {s.first_seq}..{s.last_seq} sealed in {s.name}")
+            if self.seal_error:
+                self.seal_error = ""
+        except (OSError, sqlite3.Error) as e:
+            if not self.seal_error:
+                _say(f"seldonfs: ERROR audit writer: cannot seal a segment (tried again with every batch): {e}")
+            self.seal_error = str(e)
 
     def _commit(self, batch: list[tuple], durable: bool) -> None:
         rows = []
@@ -337,12 +361,16 @@ class AuditLog:
     what reached the pipe is written even if this process is killed."""
 
     def __init__(
-        self, root: Path, catalog_path: Path, key: bytes, reads: bool = False, lock_fd: int | None = None
+        self, root: Path, catalog_path: Path, key: bytes, reads: bool = False, lock_fd: int | None = None,
+        seal: segments.Spec | None = None, sealed: segments.Reader | None = None, retain_s: float | None = None,
     ) -> None:
         self.root = root
         self.catalog_path = catalog_path
         self.key = key
         self.reads = reads
+        self.seal = seal  # when to seal segments ([audit] segment), for the writer
+        self.sealed = sealed or segments.Reader(root / "data", None)  # how to read them (the store's keys)
+        self.retain_s = retain_s
         self.lock_fd = lock_fd
         self.queue: list[tuple] = []
         self.sent = stored_seq(catalog_path)  # records handed on so far
@@ -375,6 +403,7 @@ class AuditLog:
             os.close(to_child)
             os.close(from_child)
         self._send(self.key)  # the key goes by the pipe, never by argv
+        self._send(self.seal)  # and so do the store's keys, which seal segments
 
     def record(
         self, op: str, uid: int, gid: int, pid: int, path: str, path2: str = "",
@@ -474,7 +503,8 @@ class AuditLog:
         self.flush(durable=True)
 
     def jsonl(self) -> Iterator[bytes]:
-        """The chain as JSON lines (system/logs/audit.jsonl), up to now."""
+        """The chain as JSON lines (system/logs/audit.jsonl), up to now:
+        the records of the table (sealed segments are files of their own)."""
         self.flush(durable=True)
         conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True)
         try:
@@ -493,7 +523,7 @@ class AuditLog:
         head = read_head(self.root)
         conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True, timeout=10)
         try:
-            n, brk = verify(conn, self.key, head)
+            n, brk = verify(conn, self.key, head, sealed=self.sealed, retain_s=self.retain_s)
         finally:
             conn.close()
         problem = anchor.judge(anchor.look(Store(self.root), self.key)) if brk is None else None
@@ -570,11 +600,12 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int) -> None
         return None if data is None else pickle.loads(data)
 
     key = message()
-    if not isinstance(key, bytes):
+    seal = message()
+    if not isinstance(key, bytes) or not (seal is None or isinstance(seal, segments.Spec)):
         return
     reserve = Reserve(root)
     reserve.ensure()
-    w = ChainWriter(root, catalog_path, key, reserve)
+    w = ChainWriter(root, catalog_path, key, reserve, seal)
     w.write([], durable=False)  # the gap record of what a previous writer could not store
     try:
         while True:
@@ -680,10 +711,15 @@ def rows(conn: sqlite3.Connection) -> Iterator[tuple]:
 
 
 def verify(
-    conn: sqlite3.Connection, key: bytes, head: dict[str, Any] | None, events: list[Event] | None = None
+    conn: sqlite3.Connection, key: bytes, head: dict[str, Any] | None, events: list[Event] | None = None,
+    sealed: segments.Reader | None = None, retain_s: float | None = None,
 ) -> tuple[int, Break | None]:
-    """Walk the chain in storage order. Returns (records checked, first
-    break); resets and gaps met on the way go to `events`.
+    """Walk the chain in storage order: the sealed segments (segments.py,
+    read with `sealed`), then the table. Returns (records checked, first
+    break); resets, gaps and expired segments met on the way go to `events`.
+    A segment whose file is gone is a break (deleted) until `retain_s`
+    seconds have passed since its last record, then an expired part of
+    the chain, which goes on from the last MAC its index names.
 
     The kind of a break: a record whose MAC fails while the next one chains
     on from it was *edited*; one the chain skips over, or one with a number
@@ -696,31 +732,70 @@ def verify(
         return 0, h_seq
     prev_mac, prev_seq, n, epoch = ZERO_MAC, 0, 0, 1
     pending: tuple | None = None  # (row, mac) that failed, held to see what follows
-    for r in rows(conn):
-        row, mac = tuple(r[:-1]), bytes(r[-1])
+
+    def step(row: tuple, mac: bytes) -> Break | None:
+        nonlocal prev_mac, prev_seq, n, epoch, pending
         seq = row[0]
         n += 1
         if pending is not None:
             p_row, p_mac = pending
             if mac_of(key, prev_mac, row) == mac:
-                return n, Break(p_row[0], "inserted", f"record {p_row[0]} was not written by the filesystem")
-            return n, Break(p_row[0], "edited", f"record {p_row[0]} was changed after it was written")
+                return Break(p_row[0], "inserted", f"record {p_row[0]} was not written by the filesystem")
+            return Break(p_row[0], "edited", f"record {p_row[0]} was changed after it was written")
         if seq > prev_seq + 1 and not (row[6] == RESET_OP and mac_of(key, prev_mac, row) == mac):
             kind = "reordered" if mac_at(conn, prev_seq + 1) is not None else "deleted"
             what = (
                 f"record {prev_seq + 1} is stored after record {seq}" if kind == "reordered"
                 else f"record {prev_seq + 1}" + (f"..{seq - 1}" if seq - 1 > prev_seq + 1 else "") + " missing"
             )
-            return n, Break(prev_seq + 1, kind, what)
+            return Break(prev_seq + 1, kind, what)
         if seq <= prev_seq:
-            return n, Break(seq, "inserted", f"a second record {seq} after record {prev_seq}")
+            return Break(seq, "inserted", f"a second record {seq} after record {prev_seq}")
         if mac_of(key, prev_mac, row) != mac:
             pending = (row, mac)
-            continue
+            return None
         if row[6] in (RESET_OP, GAP_OP) and events is not None:
             epoch += row[6] == RESET_OP
             events.append(Event(seq, row[6], row[11], epoch))
         prev_mac, prev_seq = mac, seq
+        return None
+
+    for s in segments.index(conn):
+        if not segments.authentic(key, s):
+            return n, Break(s.first_seq, "edited", f"the index entry of segment {s.name} does not authenticate")
+        body = sealed.body(s) if sealed is not None else None
+        if body is None:
+            if sealed is not None and retain_s is not None and s.last_ns < time.time_ns() - retain_s * 1e9:
+                if events is not None:
+                    events.append(Event(s.first_seq, EXPIRED, f"segment {s.name} (records {s.first_seq}.."
+                                        f"{s.last_seq}) removed after the retention", epoch))
+                if pending is None:
+                    prev_mac, prev_seq = s.last_mac, s.last_seq
+                continue
+            why = "is missing" if sealed is not None else "cannot be read without the store's keys"
+            return n, Break(s.first_seq, "deleted", f"segment {s.name} (records {s.first_seq}..{s.last_seq}) {why}")
+        try:
+            for line in segments.lines(body):
+                # the common case without parsing the record: the next
+                # number, its MAC right, neither a reset nor a gap
+                canon, mac = segments.split_line(line)
+                if (pending is None and int(canon[1:canon.index(b",")]) == prev_seq + 1
+                        and hmac.digest(key, prev_mac + canon, "sha256") == mac
+                        and b'"reset"' not in canon and b'"gap"' not in canon):
+                    n += 1
+                    prev_mac, prev_seq = mac, prev_seq + 1
+                    continue
+                brk = step(tuple(json.loads(canon)), mac)
+                if brk is not None:
+                    return n, brk
+        except (OSError, ValueError, KeyError, EOFError) as e:
+            return n, Break(s.first_seq, "edited", f"segment {s.name} is damaged: {e}")
+        if hashlib.sha256(body).hexdigest() != s.sha256 or (pending is None and prev_mac != s.last_mac):
+            return n, Break(s.first_seq, "edited", f"segment {s.name} is not the file its index names")
+    for r in rows(conn):
+        brk = step(tuple(r[:-1]), bytes(r[-1]))
+        if brk is not None:
+            return n, brk
     if pending is not None:
         p_seq = pending[0][0]
         if h_seq is not None and p_seq > h_seq:
@@ -752,9 +827,52 @@ def mac_at(conn: sqlite3.Connection, seq: int) -> bytes | None:
     return bytes(row[0]) if row else None
 
 
+def sealed_in(conn: sqlite3.Connection, since_ns: int | None, until_ns: int | None) -> list[segments.Segment]:
+    """The segments that hold records of the time range, oldest first."""
+    return [s for s in segments.index(conn)
+            if (since_ns is None or s.last_ns >= since_ns) and (until_ns is None or s.first_ns < until_ns)]
+
+
 def query(
     conn: sqlite3.Connection, since_ns: int | None = None, until_ns: int | None = None,
     path: str | None = None, uid: int | None = None, op: str | None = None, newest_first: bool = False,
+    sealed: segments.Reader | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Records that match, oldest first (or newest first); with `sealed`,
+    those in sealed segments too (OSError: a segment's file is gone)."""
+    live = _query_table(conn, since_ns, until_ns, path, uid, op, newest_first)
+    if sealed is None:
+        yield from live
+        return
+    want = _matcher(since_ns, until_ns, path, uid, op)
+    # a plain path is looked for in the line before the line is parsed
+    needle = _JSON(path).encode() if path is not None and not any(c in path for c in "*?[") else b""
+    segs = sealed_in(conn, since_ns, until_ns)
+    if newest_first:
+        yield from live
+    for s in reversed(segs) if newest_first else segs:
+        body = sealed.body(s)
+        if body is None:
+            raise FileNotFoundError(errno.ENOENT, f"segment {s.name} (records {s.first_seq}..{s.last_seq}) is missing")
+        recs = [rec for rec in (dict(zip(FIELDS, segments.parse_line(line)[0])) for line in segments.lines(body)
+                                if needle in line) if want(rec)]
+        yield from reversed(recs) if newest_first else recs
+    if not newest_first:
+        yield from live
+
+
+def _matcher(since_ns: int | None, until_ns: int | None, path: str | None, uid: int | None, op: str | None):
+    def want(rec: dict[str, Any]) -> bool:
+        return ((since_ns is None or rec["ns"] >= since_ns) and (until_ns is None or rec["ns"] < until_ns)
+                and (uid is None or rec["uid"] == uid) and (op is None or rec["op"] == op)
+                and (path is None or fnmatch.fnmatchcase(rec["path"], path)
+                     or fnmatch.fnmatchcase(rec["path2"] or "", path)))
+    return want
+
+
+def _query_table(
+    conn: sqlite3.Connection, since_ns: int | None, until_ns: int | None,
+    path: str | None, uid: int | None, op: str | None, newest_first: bool,
 ) -> Iterator[dict[str, Any]]:
     where, args = [], []
     for clause, value in (("ns >= ?", since_ns), ("ns < ?", until_ns), ("uid = ?", uid), ("op = ?", op)):

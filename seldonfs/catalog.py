@@ -22,7 +22,7 @@ from . import FORMAT_VERSION
 CATALOG_NAME = "catalog.sqlite"
 
 #: Schema version of the catalog; migrations move older catalogs forward.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Columns added after a table first shipped: (table, column, type).
 ADDED_COLUMNS = (("files", "ino", int), ("files", "ingest_ns", int), ("versions", "ino", int))
@@ -133,6 +133,7 @@ def create_tables(db: sqlite_utils.Database) -> None:
     #             quarantine, release, version, restore, mount, unmount,
     #             passwd, rekey, janitor-delete/-archive/-move/-rmdir, control,
     #             damaged (content that failed authentication, read through the mount),
+    #             distribute, download, distribution (distributions.py),
     #             reset (a new epoch after a break: seq may skip the lost chain's
     #             numbers), gap (records lost: how many and why, in detail)
     #   path    - the object, relative to the mount root; path2 - the other
@@ -151,6 +152,42 @@ def create_tables(db: sqlite_utils.Database) -> None:
     db["audit"].create_index(["path"], if_not_exists=True)
     db["audit"].create_index(["path2"], if_not_exists=True)
     db["audit"].create_index(["ns"], if_not_exists=True)
+    # audit_segments: sealed segments of the audit chain (segments.py), files
+    #   under [audit] segments_to holding records first_seq..last_seq, which
+    #   have left the audit table. name - the file, relative to data/;
+    #   sha256 - of its plaintext; first_mac, last_mac - of its first and
+    #   last record; tag - HMAC under the audit key over all of the row.
+    db["audit_segments"].create(
+        {"first_seq": int, "last_seq": int, "first_ns": int, "last_ns": int, "count": int, "name": str,
+         "sha256": str, "first_mac": bytes, "last_mac": bytes, "tag": str},
+        pk="first_seq", if_not_exists=True,
+    )
+    # distributions: one row per recipient a file was given to
+    #   (user.seldon.recipient set through the mount; docs/distribution.md).
+    #   path        - the file, relative to the mount root (follows renames
+    #                 made through the mount)
+    #   ino         - its backing inode number; 0 once it is removed
+    #   sha256      - its checksum when the recipient was set (as files.sha256)
+    #   size        - its plaintext size then
+    #   name, address - the recipient (personal data: the catalog is 0600)
+    #   sent_ns     - when the recipient was set; set_by - that caller's uid
+    #   status      - 'sent', 'delivered', 'failed', 'revoked', 'expired'
+    #   status_ns   - when the status last changed
+    #   opened_ns   - first open for reading through the mount (NULL: never)
+    #   downloads   - opens for reading through the mount while open
+    #                 (status sent or delivered)
+    #   expires_ns  - sent_ns + the folder's distribution_expiry
+    #   expired_ns  - when the janitor marked it expired
+    #   modified_ns - first open for writing or truncate after sent_ns
+    #   outcome     - what the janitor did with the file at expiry: '' (not
+    #                 yet), 'archived', 'deleted', 'kept', 'gone'
+    db["distributions"].create(
+        {"id": int, "path": str, "ino": int, "sha256": str, "size": int, "name": str, "address": str,
+         "sent_ns": int, "set_by": int, "status": str, "status_ns": int, "opened_ns": int, "downloads": int,
+         "expires_ns": int, "expired_ns": int, "modified_ns": int, "outcome": str},
+        pk="id", defaults={"downloads": 0, "outcome": ""}, if_not_exists=True,
+    )
+    db["distributions"].create_index(["ino"], if_not_exists=True)
     # janitor_runs: one row per janitor run (in a mount or by the command).
     #   started_ns - when it started; seconds - how long it took
     #   trigger    - 'schedule', 'request' (seldonfs janitor), 'emergency',
@@ -197,7 +234,7 @@ class Catalog:
     def migrate(self) -> None:
         """Bring a catalog of an older schema up to this one: missing tables
         are created, missing columns added (schema 2 -> 3: files.ino,
-        files.ingest_ns; 3 -> 4: janitor_runs; 4 -> 5: versions.ino). Never
+        files.ingest_ns; 3 -> 4: janitor_runs; 4 -> 5: versions.ino; 5 -> 6: distributions). Never
         drops anything."""
         create_tables(self.db)
         for table, column, kind in ADDED_COLUMNS:
@@ -289,5 +326,119 @@ class Catalog:
         names = [c[0] for c in cur.description]
         return [dict(zip(names, r)) for r in cur]
 
+    # ------------------------------------------------------------ distributions
+
+    def add_distribution(self, row: dict) -> int:
+        row = {**row, "path": db_name(row["path"])}
+        cols = ", ".join(row)
+        cur = self.conn.execute(
+            f"INSERT INTO distributions ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
+        )
+        return cur.lastrowid
+
+    def open_distribution(self, ino: int, address: str, sha256: str) -> int | None:
+        """The id of an open record of file `ino` to `address` with checksum `sha256`."""
+        row = self.conn.execute(
+            "SELECT id FROM distributions WHERE ino = ? AND address = ? AND sha256 = ?"
+            " AND status IN ('sent', 'delivered')", (ino, address, sha256),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def distributed_files(self) -> list[tuple[int, str]]:
+        """(ino, path) of the files with an open record."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT ino, path FROM distributions WHERE status IN ('sent', 'delivered') AND ino != 0"
+        ).fetchall()
+        return [(ino, name_of(p)) for ino, p in rows]
+
+    def count_download(self, ino: int, now_ns: int) -> list[int]:
+        """An open for reading of file `ino`: counted on each of its open
+        records; returns their ids."""
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            ids = [r[0] for r in self.conn.execute(
+                "SELECT id FROM distributions WHERE ino = ? AND status IN ('sent', 'delivered')", (ino,))]
+            self.conn.execute(
+                "UPDATE distributions SET downloads = downloads + 1, opened_ns = coalesce(opened_ns, ?)"
+                " WHERE ino = ? AND status IN ('sent', 'delivered')", (now_ns, ino),
+            )
+        return ids
+
+    def distribution_modified(self, ino: int, now_ns: int) -> None:
+        self.conn.execute(
+            "UPDATE distributions SET modified_ns = ? WHERE ino = ? AND modified_ns IS NULL AND outcome = ''",
+            (now_ns, ino),
+        )
+
+    def distribution_moved(self, ino: int, path: str) -> None:
+        self.conn.execute("UPDATE distributions SET path = ? WHERE ino = ? AND outcome = ''", (db_name(path), ino))
+
+    def distribution_removed(self, ino: int) -> None:
+        """The file's last name is gone: its records keep their path and
+        counts, belong to no inode, and the janitor has nothing to do."""
+        self.conn.execute(
+            "UPDATE distributions SET ino = 0, outcome = 'gone' WHERE ino = ? AND outcome = ''", (ino,)
+        )
+
+    def set_distribution_status(self, rid: int, status: str, now_ns: int) -> bool:
+        cur = self.conn.execute(
+            "UPDATE distributions SET status = ?, status_ns = ? WHERE id = ? AND status != 'expired'",
+            (status, now_ns, rid),
+        )
+        return cur.rowcount == 1
+
+    def expire_distributions(self, now_ns: int, stamp_ns: int) -> int:
+        """Open records whose expiry is at or before `now_ns` become
+        'expired' (stamped `stamp_ns`); returns how many."""
+        cur = self.conn.execute(
+            "UPDATE distributions SET status = 'expired', status_ns = ?, expired_ns = ?"
+            " WHERE status IN ('sent', 'delivered') AND expires_ns <= ?", (stamp_ns, stamp_ns, now_ns),
+        )
+        return cur.rowcount
+
+    def expired_files(self, now_ns: int) -> list[tuple[str, int, list[int]]]:
+        """(path, ino, record ids) of each file the janitor has still to
+        deal with at `now_ns`: it has an expired record (or one due to
+        expire) and no open one left after `now_ns`."""
+        return expired_files(self.conn, now_ns)
+
+    def distribution_outcome(self, ids: list[int], outcome: str) -> None:
+        self.conn.executemany("UPDATE distributions SET outcome = ? WHERE id = ?", [(outcome, i) for i in ids])
+
     def close(self) -> None:
         self.conn.close()
+
+
+def expired_files(conn: sqlite3.Connection, now_ns: int) -> list[tuple[str, int, list[int]]]:
+    """Catalog.expired_files on any connection (the janitor's dry run reads only)."""
+    rows = conn.execute(
+        "SELECT path, ino, group_concat(id) FROM distributions d WHERE outcome = '' AND ino != 0"
+        " AND (status = 'expired' OR status IN ('sent', 'delivered') AND expires_ns <= ?)"
+        " AND NOT EXISTS (SELECT 1 FROM distributions o WHERE o.ino = d.ino AND o.outcome = ''"
+        " AND o.status IN ('sent', 'delivered') AND o.expires_ns > ?)"
+        " GROUP BY ino, path ORDER BY min(id)", (now_ns, now_ns),
+    ).fetchall()
+    return [(name_of(p), ino, [int(i) for i in str(ids).split(",")]) for p, ino, ids in rows]
+
+
+def due_distributions(conn: sqlite3.Connection, now_ns: int) -> int:
+    """How many open records expire at or before `now_ns`."""
+    return conn.execute(
+        "SELECT count(*) FROM distributions WHERE status IN ('sent', 'delivered') AND expires_ns <= ?", (now_ns,)
+    ).fetchone()[0]
+
+
+def distribution_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Records by state: open (sent, delivered), expired, closed (failed,
+    revoked); and the downloads counted on them. All 0 in a catalog from
+    before distributions."""
+    counts = {"open": 0, "expired": 0, "closed": 0, "downloads": 0}
+    try:
+        rows = conn.execute("SELECT status, count(*), sum(downloads) FROM distributions GROUP BY status").fetchall()
+    except sqlite3.OperationalError:
+        return counts
+    for status, n, downloads in rows:
+        state = "open" if status in ("sent", "delivered") else "expired" if status == "expired" else "closed"
+        counts[state] += n
+        counts["downloads"] += downloads or 0
+    return counts

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import trio
 
-from . import _libc, faults, xattrs
+from . import _libc, distributions, faults, xattrs
 from .alerts import Alerts, Failures, check_caps
 from .audit import AuditLog
 from .catalog import Catalog
@@ -43,7 +43,7 @@ from .config import Config
 from .content import reader
 from .core import ROOT_INODE, Core
 from .host import disk_usage, job_from_environ, locked_inodes, mount_device, proc_stat
-from .janitor import TEMP, Action, Request, crash_plan, emergency_plan, inventory, next_time, plan
+from .janitor import JOBS, TEMP, Action, Request, chunk_plan, crash_plan, emergency_plan, inventory, next_time, plan
 from .naming import NAME_MAX, fit
 from .store import walk
 
@@ -334,7 +334,7 @@ class MountJanitor:
         self.last: dict = {}
         self.now: dict = {}  # the running run so far: planned, done, skipped
         self.disk_level = "ok"  # ok, warning, emergency
-        self.totals = {"runs": 0, "done": 0, "skipped": 0, "freed": 0}
+        self.totals = {"runs": 0, "done": 0, "skipped": 0, "freed": 0, "deleted": 0}
         core.on_mkdir = self.on_mkdir
         core.attrs.serve(xattrs.JANITOR, get=self._state_attr, set=self._request_attr)
 
@@ -427,12 +427,17 @@ class MountJanitor:
         try:
             now = t0 + req.later
             plain = self.content.plain_size
-            if req.crash:
+            if req.chunk:
+                job, chunk = req.chunk
+                entries = inventory(self.data, plain, f"{JOBS}/{job}/{chunk}")
+                planned += await self._carry_out(chunk_plan(entries, job, chunk), req, out)
+            elif req.crash:
                 planned += await self._carry_out(crash_plan(self.cfg, inventory(self.data, plain), req.crash), req, out)
             else:
                 usage: dict = {}
                 planned += await self._carry_out(plan(now, self.cfg, inventory(self.data, plain), usage), req, out)
                 self._check_caps(usage)
+                planned += await self._expire_distributions(now, req, out)
             used0 = disk_usage(self.data)[1] if req.emergency else 0
             freed0 = out.freed
             for _ in range(3 if req.emergency else 0):  # a pass, then usage again
@@ -453,6 +458,8 @@ class MountJanitor:
             self.last = {
                 "started": t0, "seconds": round(time.time() - t0, 3), "trigger": req.trigger,
                 "planned": planned, "summary": out.summary(), "skipped": out.skipped_sample,
+                "done": out.done, "deleted": out.by_kind.get("delete", 0), "freed": out.freed,
+                "skipped_count": out.skipped,
             }
             self.catalog.add_janitor_run({
                 "started_ns": int(t0 * 1e9), "seconds": self.last["seconds"], "trigger": req.trigger,
@@ -461,6 +468,7 @@ class MountJanitor:
             })
             for k in ("done", "skipped", "freed"):
                 self.totals[k] += getattr(out, k)
+            self.totals["deleted"] += out.by_kind.get("delete", 0)
             self.totals["runs"] += 1
             return self.last
         except Exception as e:  # a failed run must not take the mount down with it
@@ -473,6 +481,18 @@ class MountJanitor:
         finally:
             self.running = False
             self.runs += 1
+
+    async def _expire_distributions(self, now: float, req: Request, out: Outcome) -> int:
+        """Distribution records past their expiry, and the files left
+        without an open record (distributions.py)."""
+        if req.orphans:
+            return 0
+        stat = distributions.backing_stat(self.data, self.content.plain_size)
+        exp = distributions.expiry_plan(self.cfg, self.catalog.expired_files(int(now * 1e9)), stat)
+        self.catalog.expire_distributions(int(now * 1e9), time.time_ns())
+        planned = await self._carry_out(iter(exp.actions), req, out)
+        distributions.settle(self.catalog, exp, stat)
+        return planned
 
     def _check_caps(self, usage: dict) -> None:
         """Alert when a capped folder is `warn_percent` full (before eviction);

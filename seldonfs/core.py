@@ -364,8 +364,9 @@ class Core(Entries):
         d = self.dirs[fh]
         if start == 0 or d.entries is None:
             d.entries = [os.fsencode(n) for n in os.listdir(d.fd)]
-            if self.virtual.by_dir:
-                d.entries += list(self.virtual.by_dir.get(self.rel_path(d.ino) or "\0", {}))
+            if self.virtual.listing:
+                rel = self.rel_path(d.ino)
+                d.entries += self.virtual.listing.get(rel, []) if rel is not None else []
         hidden = self.hidden if d.ino == ROOT_INODE else ()
         for i in range(start, len(d.entries)):
             if d.entries[i] in hidden:

@@ -38,7 +38,8 @@ from .checks import Checks
 from .commit import Committer
 from .config import FolderRule
 from .content import FileContent
-from .core import Core
+from .core import ROOT_INODE, Core
+from .distributions import Tracker
 from .hooks import Absent, Hooks, Moved, Track
 from .host import job_from_environ
 from .leftovers import Leftovers
@@ -98,6 +99,9 @@ class Engine(Hooks):
         core.attrs.serve(xattrs.RESTORE, set=self._restore_attr)
         core.attrs.serve(xattrs.RELEASE, set=self._release_attr)
         core.attrs.serve(xattrs.JOB, set=self._job_attr)
+        self.dist = Tracker(core, catalog, policy.for_dir, checksum_of(checksum_key), audit)
+        core.attrs.serve(xattrs.RECIPIENT, set=self.dist.add)
+        core.attrs.serve(xattrs.DISTRIBUTION, set=self._distribution_attr)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The background part (large files' checks, catalog batches,
@@ -210,6 +214,8 @@ class Engine(Hooks):
             # again (do_filp_open retries with LOOKUP_REVAL); the grace entry
             # is gone, so the lookup fails and the open creates a new file.
             raise OSError(errno.ESTALE, "pre-commit name opened anew")
+        if self.dist.inos and ino in self.dist.inos:  # one set lookup for any other file
+            self.dist.opening(ino, flags, pid)
         if flags & os.O_ACCMODE == os.O_RDONLY:
             return None
         self.checks.drop_written(ino)  # another writer: its bytes would not be seen
@@ -259,6 +265,8 @@ class Engine(Hooks):
         self.checks.drop_written(ino)
 
     def truncating(self, ino: int, size: int, cur_size: int) -> None:
+        if self.dist.inos and ino in self.dist.inos:
+            self.dist.truncating(ino)
         rel = self.core.rel_path(ino)
         if rel is None:
             return
@@ -311,6 +319,8 @@ class Engine(Hooks):
 
     def renaming(self, new_parent: int, new: bytes, src: os.stat_result, flags: int) -> None:
         d = self._refuse(new_parent, new, stat_m.S_IFMT(src.st_mode))
+        if self.dist.inos:
+            self.dist.renaming(new_parent, new, src)
         rule = None if d is None else self.policy.for_dir(d)
         if rule is None or not rule.versions or flags & _libc.RENAME_NOREPLACE:
             return
@@ -328,6 +338,8 @@ class Engine(Hooks):
         """The last name of a file in a folder with versions goes: its
         versions stay (for the janitor) but belong to no file, so a new
         file at the path never sees them."""
+        if self.dist.inos:
+            self.dist.removing(parent, name)
         d = self.core.rel_path(parent)
         rule = None if d is None else self.policy.for_dir(d)
         if rule is None or not rule.versions:
@@ -342,6 +354,8 @@ class Engine(Hooks):
     def arrived(self, new_parent: int, new: bytes, pid: int) -> None:
         """A file renamed or hard-linked into a folder with a commit rule
         commits there (a link is checked like a copy)."""
+        if self.dist.inos:
+            self.dist.arrived(new_parent, new)
         d = self.core.rel_path(new_parent)
         if d is None or not commits(self.policy.for_dir(d)):
             return
@@ -405,6 +419,11 @@ class Engine(Hooks):
 
     def _release_attr(self, ino: int, value: bytes, uid: int, pid: int) -> None:
         self.committer.release(ino, value.strip() == b"force", uid, pid)
+
+    def _distribution_attr(self, ino: int, value: bytes, uid: int, pid: int) -> None:
+        if ino != ROOT_INODE:
+            raise OSError(errno.EPERM, "reserved attribute prefix")
+        self.dist.set_status(value, uid, pid)
 
     def _job_attr(self, ino: int, value: bytes, uid: int, pid: int) -> None:
         rel = self.core.rel_path(ino)

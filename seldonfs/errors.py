@@ -39,9 +39,15 @@ class WrongKeyError(SeldonError):
 
 
 class ConfigError(SeldonError):
-    """seldonfs.toml is unreadable or invalid; the message names file, key and problem."""
+    """seldonfs.toml is unreadable or invalid; the message names file, key and
+    problem (the first; `config check` lists every one), or `config check`
+    found a problem."""
 
     exit_code = 13
+
+    def __init__(self, msg: str, problems: list | tuple = ()) -> None:
+        super().__init__(msg)
+        self.problems = list(problems)
 
 
 class NotAStoreError(SeldonError):

@@ -122,3 +122,15 @@ def job_from_environ(pid: int) -> str | None:
         if item.startswith(b"SELDON_JOB_ID="):
             return item[len(b"SELDON_JOB_ID="):].decode("utf-8", "replace")
     return None
+
+
+def proc_uid(pid: int) -> int | None:
+    """The real uid of process `pid` (None: gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -12,9 +12,16 @@ emergency plan, keep their candidates).
   `max_files` caps enforced `evict = "oldest"` (mtime) or `"lru"` (atime)
   first (a cap counts its folder's whole subtree), `remove_empty_dirs`,
   and orphan sessions: a direct subfolder of an `orphan_sessions` folder
-  whose creator is gone, or, with no creator on record, untouched for
-  `[janitor] orphan_age`, goes with its contents.
+  whose creator is gone (with `orphan_wait`: and untouched for `[janitor]
+  orphan_age`), or, with no creator on record, untouched for `orphan_age`,
+  goes with its contents. "Untouched" is the newest mtime of the folder and
+  of everything in it (`Inventory.newest`): a write changes a file's mtime,
+  and a name made, removed or renamed in a folder changes the folder's, so
+  a file arriving with an old mtime (cp -p, tar, rename) still counts as a
+  change when it arrives.
 - `crash_plan(cfg, entries, job)`: a crashed job's folders under temp/.
+- `chunk_plan(entries, job, chunk)`: a finished chunk's folder,
+  temp/jobs/JOB/CHUNK, with everything in it.
 - `emergency_plan(cfg, entries, need)`: what to delete, in rule priority
   order, to free `need` bytes.
 - `Request`: one run asked for (schedule, command, disk check, control
@@ -49,6 +56,20 @@ from .store import PRIVATE_DIR, tree
 #: {"pid", "start" (clock ticks after boot, so a reused pid is told apart),
 #: "comm", "job"} of the process it belongs to (cleanup.creator_record).
 TEMP = "temp"  # crash cleanup looks here
+JOBS = "temp/jobs"  # chunk cleanup: JOBS/JOB_ID/CHUNK_ID/
+ID_MAX = 255  # bytes of a job or chunk id (a file name)
+
+
+def valid_id(s: str) -> bool:
+    """A job or chunk id that names exactly one folder: not empty, `.` or
+    `..`, no `/`, NUL or other control character, at most ID_MAX bytes of
+    UTF-8 (a lone surrogate, i.e. bytes that were not UTF-8, fails)."""
+    if s in ("", ".", "..") or "/" in s or any(ord(c) < 32 or ord(c) == 127 for c in s):
+        return False
+    try:
+        return len(s.encode()) <= ID_MAX
+    except UnicodeEncodeError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -128,19 +149,26 @@ class _Tree:
                 yield Action("rmdir", rel, reason, rule)
 
 
-def _orphan(rule: FolderRule, e: Entry, now: float, orphan_age: float) -> str | None:
+def _orphan(rule: FolderRule, e: Entry, now: float, orphan_age: float, newest) -> str | None:
     if not (rule.orphan_sessions and posixpath.dirname(e.rel) == _governed(rule, e.rel)):
         return None
-    if e.creator_alive is False:
+    if e.creator_alive is True:
+        return None
+    if e.creator_alive is False and not rule.orphan_wait:
         return "orphan session: its creator is gone"
-    if e.creator_alive is None and now - e.mtime > orphan_age:
-        return f"orphan session: no creator on record, untouched for {human_age(orphan_age)}"
-    return None
+    if now - newest(e, now - orphan_age) <= orphan_age:
+        return None
+    if e.creator_alive is False:
+        return f"orphan session: its creator is gone and it is untouched for {human_age(orphan_age)}"
+    return f"orphan session: no creator on record, untouched for {human_age(orphan_age)}"
 
 
 def plan(now: float, cfg: Config, entries: Iterable[Entry], usage: dict | None = None) -> Iterator[Action]:
     """The rules' actions; `usage`, if given, receives each capped folder's
-    (bytes, files, rule) before eviction (for `warn_percent`)."""
+    (bytes, files, rule) before eviction (for `warn_percent`). A session
+    folder's age is `entries.newest` when the entries have it (an
+    `Inventory` or `Listed`), else the folder's own mtime."""
+    newest = getattr(entries, "newest", None) or (lambda e, stop_at: e.mtime)
     rules = Rules(cfg)
     tree = _Tree()
     orphans: dict[str, str] = {}  # session folder -> reason
@@ -157,7 +185,7 @@ def plan(now: float, cfg: Config, entries: Iterable[Entry], usage: dict | None =
             continue
         orphaned = _under(e.rel, orphans)
         if e.is_dir:
-            why = orphaned or _orphan(rule, e, now, cfg.janitor.orphan_age)
+            why = orphaned or _orphan(rule, e, now, cfg.janitor.orphan_age, newest)
             if why is not None:
                 orphans.setdefault(e.rel, why)
                 tree.dirs.append((e.rel, why, rule.path))
@@ -227,27 +255,58 @@ def crash_plan(cfg: Config, entries: Iterable[Entry], job: str) -> Iterator[Acti
     yield from tree.empty()
 
 
+def chunk_plan(entries: Iterable[Entry], job: str, chunk: str) -> Iterator[Action]:
+    """Remove a finished chunk's folder JOBS/JOB/CHUNK with everything in
+    it, and nothing else: both ids must pass `valid_id`, and only entries
+    at or under that folder count."""
+    if not (valid_id(job) and valid_id(chunk)):
+        return
+    top = f"{JOBS}/{job}/{chunk}"
+    why = f"chunk {chunk} of job {job} is done"
+    tree = _Tree()
+    for e in entries:
+        if e.rel != top and not e.rel.startswith(top + "/"):
+            continue
+        tree.saw(e.rel)
+        if e.is_dir:
+            tree.dirs.append((e.rel, why, JOBS))
+        else:
+            tree.took(e.rel)
+            yield Action("delete", e.rel, why, JOBS, e.size)
+    yield from tree.empty()
+
+
 def emergency_plan(cfg: Config, entries: Iterable[Entry], need: int) -> Iterator[Action]:
     """Delete until `need` bytes are freed: only from folders whose rules
-    delete (never what they archive or move), lowest `priority` first, and
-    within a priority the files the folder's `evict` order names first."""
+    delete (never what they archive or move), lowest `priority` first;
+    within a priority the files of session folders whose creator is gone
+    (orphans not yet old enough for the rules) first, then the files the
+    folder's `evict` order names first. A folder with `orphan_sessions`
+    takes part even without an age or cap: its files are a job's scratch."""
     rules = Rules(cfg)
-    candidates: list[tuple[int, float, str, int, FolderRule]] = []
+    gone: dict[str, str] = {}  # session folders whose creator is gone
+    candidates: list[tuple[int, bool, float, str, int, FolderRule]] = []
     for e in entries:
-        if e.is_dir or e.rel.split("/")[0] == PRIVATE_DIR:
+        if e.rel.split("/")[0] == PRIVATE_DIR:
             continue
-        rule = rules.for_dir(posixpath.dirname(e.rel))
-        if rule is None or rule.action != "delete" or not _retains(rule):
+        rule = rules.for_dir(e.rel if e.is_dir else posixpath.dirname(e.rel))
+        if rule is None or rule.action != "delete" or not (_retains(rule) or rule.orphan_sessions):
+            continue
+        if e.is_dir:
+            if (e.creator_alive is False and rule.orphan_sessions
+                    and posixpath.dirname(e.rel) == _governed(rule, e.rel)):
+                gone[e.rel] = ""
             continue
         when = e.atime if rule.evict == "lru" else e.mtime
-        candidates.append((rule.priority, when, e.rel, e.size, rule))
-    candidates.sort(key=lambda c: c[:3])
+        candidates.append((rule.priority, _under(e.rel, gone) is None, when, e.rel, e.size, rule))
+    candidates.sort(key=lambda c: c[:4])
     freed = 0
-    for prio, _, rel, size, rule in candidates:
+    for prio, alive, _, rel, size, rule in candidates:
         if freed >= need:
             break
         freed += size
-        yield Action("delete", rel, f"emergency cleanup (priority {prio})", rule.path, size)
+        whose = "" if alive else ", its job's creator is gone"
+        yield Action("delete", rel, f"emergency cleanup (priority {prio}{whose})", rule.path, size)
 
 
 def _retains(r: FolderRule) -> bool:
@@ -255,7 +314,9 @@ def _retains(r: FolderRule) -> bool:
 
 
 def has_retention(cfg: Config) -> bool:
-    return any(_retains(r) or r.orphan_sessions for r in cfg.folders)
+    # distribution expiry needs a janitor too, but its folders are no
+    # emergency cleanup's to delete from
+    return any(_retains(r) or r.orphan_sessions or r.distribution for r in cfg.folders)
 
 
 def creator_alive(record: bytes) -> tuple[bool | None, str]:
@@ -270,18 +331,72 @@ def creator_alive(record: bytes) -> tuple[bool | None, str]:
 
 
 
-def inventory(data: Path, plain_size=lambda n: n) -> Iterator[Entry]:
-    """The store's files and directories, without following a symlink."""
-    for rel, d, st in tree(data):
+class Inventory:
+    """The store's files and directories, without following a symlink
+    (iterate it); `under` (a folder relative to data/) lists only that
+    folder, itself first, and nothing if a part of its path is not a real
+    directory. `newest(e, stop_at)`: the newest mtime of directory entry
+    `e` and of everything in it, read when asked (only session folders are
+    asked); it stops early at one of `stop_at` or later."""
+
+    def __init__(self, data: Path, plain_size=lambda n: n, under: str = "") -> None:
+        self.data, self.plain_size, self.under = Path(data), plain_size, under.strip("/")
+
+    def __iter__(self) -> Iterator[Entry]:
+        base, prefix = self.data, ""
+        if self.under:
+            for part in self.under.split("/"):
+                if part in ("", ".", ".."):
+                    return
+                base = base / part
+                try:
+                    st = os.lstat(base)
+                except OSError:
+                    return
+                if not stat_m.S_ISDIR(st.st_mode):
+                    return
+            prefix = self.under + "/"
+            yield self._entry(self.under, str(base), st)
+        for rel, d, st in tree(base):
+            e = self._entry(prefix + rel, d.path, st)
+            if e is not None:
+                yield e
+
+    def _entry(self, rel: str, path: str, st: os.stat_result) -> Entry | None:
         if stat_m.S_ISDIR(st.st_mode):
             alive, job = None, ""
             try:
-                alive, job = creator_alive(os.getxattr(d.path, xattrs.CREATOR, follow_symlinks=False))
+                alive, job = creator_alive(os.getxattr(path, xattrs.CREATOR, follow_symlinks=False))
             except OSError:
                 pass
-            yield Entry(rel, 0, st.st_mtime, st.st_atime, True, alive, job)
-        elif stat_m.S_ISREG(st.st_mode):
-            yield Entry(rel, plain_size(st.st_size), st.st_mtime, st.st_atime)
+            return Entry(rel, 0, st.st_mtime, st.st_atime, True, alive, job)
+        if stat_m.S_ISREG(st.st_mode):
+            return Entry(rel, self.plain_size(st.st_size), st.st_mtime, st.st_atime)
+        return None
+
+    def newest(self, e: Entry, stop_at: float = float("inf")) -> float:
+        newest = e.mtime
+        if newest >= stop_at:
+            return newest
+        for _, _, st in tree(self.data / e.rel):
+            if st.st_mtime > newest:
+                newest = st.st_mtime
+                if newest >= stop_at:
+                    break
+        return newest
+
+
+class Listed(list):
+    """Entries given as a list (tests, offline tools), with `newest` taken
+    from the list itself, as `Inventory.newest` takes it from the disk."""
+
+    def newest(self, e: Entry, stop_at: float = float("inf")) -> float:
+        return max([e.mtime] + [x.mtime for x in self if x.rel.startswith(e.rel + "/")])
+
+
+def inventory(data: Path, plain_size=lambda n: n, under: str = "") -> Inventory:
+    """The store's files and directories (an `Inventory`)."""
+    return Inventory(data, plain_size, under)
 
 
 def next_time(schedule: str, now: float) -> float:
@@ -301,6 +416,7 @@ class Request:
     later: float = 0.0  # plan as if this much time had passed
     folder: str = ""  # only under this folder
     crash: str = ""  # job id: crash cleanup instead of the rules
+    chunk: tuple[str, str] | None = None  # (job id, chunk id): chunk cleanup instead of the rules
     emergency: bool = False  # then clean down to the warning level
     orphans: bool = False  # only orphan sessions
 

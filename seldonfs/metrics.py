@@ -4,30 +4,36 @@ The request loop counts in plain dicts and integers (`OpStats`: a few
 hundred nanoseconds per request); a scrape turns those, and what is read at
 scrape time (disk usage, folder sizes, quarantine, janitor, audit), into
 metrics by `Collector`. Every metric is defined once, in METRICS; the same
-numbers fill system/monitoring/stats.json (`snapshot()`), which
+numbers fill MOUNT/.seldonfs-stats.json (`snapshot()`), which
 `seldonfs stats` and `seldonfs top` read.
 """
 
 from __future__ import annotations
 
 import bisect
+import platform
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
+from . import __version__
 from .alerts import Failures
+from .catalog import distribution_counts
 from .host import disk_usage
 from .janitor import inventory
+from .naming import shown
 from .store import PRIVATE_DIR
 
 #: name -> (kind, help, labels)
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "seldonfs_operations_total": ("counter", "Filesystem requests answered, by operation and result (OK or errno name)", ("op", "result")),
+    "seldonfs_build_info": ("gauge", "Always 1; the labels name the seldonfs version and the Python running it", ("version", "python")),
+    "seldonfs_operations_total": ("counter", "Filesystem requests answered, by operation and result (ok, or the errno name in lower case)", ("op", "result")),
     "seldonfs_operation_seconds": ("histogram", "Time to answer a filesystem request, by operation", ("op",)),
     "seldonfs_bytes_total": ("counter", "Bytes read or written through the mount (plaintext)", ("direction",)),
     "seldonfs_open_files": ("gauge", "File handles open through the mount", ()),
@@ -37,6 +43,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "seldonfs_disk_bytes": ("gauge", "Size and use of the store's filesystem", ("kind",)),
     "seldonfs_validation_total": ("counter", "Commit verdicts of the policy engine", ("verdict",)),
     "seldonfs_quarantine_files": ("gauge", "Files waiting in quarantine", ()),
+    "seldonfs_distribution_records": ("gauge", "Distribution records, by state (open, expired, closed)", ("state",)),
+    "seldonfs_distribution_downloads": ("gauge", "Opens for reading counted on distribution records", ()),
     "seldonfs_janitor_runs_total": ("counter", "Janitor runs finished", ()),
     "seldonfs_janitor_actions_total": ("counter", "Janitor actions, by result", ("result",)),
     "seldonfs_janitor_freed_bytes_total": ("counter", "Bytes the janitor deleted or archived", ()),
@@ -45,7 +53,7 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "seldonfs_audit_chain_intact": ("gauge", "1 when the last verify found the chain intact, 0 when broken, -1 before any", ()),
     "seldonfs_integrity_errors_total": ("counter", "Reads refused because a block failed authentication", ()),
     "seldonfs_alerts_active": ("gauge", "Alerts raised and not yet cleared, by kind", ("kind",)),
-    "seldonfs_uptime_seconds": ("gauge", "Seconds since the mount started", ()),
+    "seldonfs_start_time_seconds": ("gauge", "When the mount started, in seconds since the Unix epoch", ()),
 }
 
 #: Histogram buckets, in seconds (and nanoseconds, for counting).
@@ -136,6 +144,16 @@ class Sources:
                 "rotate_after_days": round(rotate / 86400, 3) if rotate else None,
                 "rotate_due": bool(rotate) and age > rotate}
 
+    def distributions(self) -> dict[str, int]:
+        try:
+            conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True, timeout=1)
+            try:
+                return distribution_counts(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return {"open": 0, "expired": 0, "closed": 0, "downloads": 0}
+
     def disk(self) -> dict[str, Any]:
         pct, used, total = disk_usage(self.data)
         j = self.janitor_cfg
@@ -185,6 +203,7 @@ def snapshot(s: Sources) -> dict[str, Any]:
         "disk": s.disk(),
         "validation": {"ok": policy.get("commit", 0), "quarantined": policy.get("quarantine", 0)},
         "quarantine_files": s.quarantine(),
+        "distributions": s.distributions(),
         "janitor": None if j is None else {
             "running": j.running, "runs": j.totals["runs"], "done": j.totals["done"],
             "skipped": j.totals["skipped"], "freed": j.totals["freed"],
@@ -210,9 +229,13 @@ class Collector:
     def collect(self):
         snap = snapshot(self.s)
         counted = self.s.ops or OpStats()
+        f = self._family("seldonfs_build_info")
+        f.add_metric([__version__, platform.python_version()], 1)
+        yield f
+        yield self._one("seldonfs_start_time_seconds", self.s.started)
         f = self._family("seldonfs_operations_total")
         for (op, result), n in sorted(dict(counted.counts).items()):
-            f.add_metric([op, result], n)
+            f.add_metric([op, result.lower()], n)  # stats.json and the audit chain keep "OK", "ENOENT"
         yield f
         f = self._family("seldonfs_operation_seconds")
         for op, h in sorted(dict(counted.hist).items()):
@@ -230,8 +253,9 @@ class Collector:
         yield self._one("seldonfs_open_files", snap["open_files"])
         files, size = self._family("seldonfs_folder_files"), self._family("seldonfs_folder_bytes")
         for folder, v in snap["folders"].items():
-            files.add_metric([folder], v["files"])
-            size.add_metric([folder], v["bytes"])
+            label = shown(folder)  # a name that is not UTF-8 would fail the whole scrape
+            files.add_metric([label], v["files"])
+            size.add_metric([label], v["bytes"])
         yield files
         yield size
         yield self._one("seldonfs_disk_used_ratio", snap["disk"]["percent"] / 100)
@@ -244,6 +268,11 @@ class Collector:
             f.add_metric([verdict], n)
         yield f
         yield self._one("seldonfs_quarantine_files", snap["quarantine_files"])
+        f = self._family("seldonfs_distribution_records")
+        for state in ("open", "expired", "closed"):
+            f.add_metric([state], snap["distributions"][state])
+        yield f
+        yield self._one("seldonfs_distribution_downloads", snap["distributions"]["downloads"])
         j = snap["janitor"] or {"runs": 0, "done": 0, "skipped": 0, "freed": 0}
         yield self._one("seldonfs_janitor_runs_total", j["runs"])
         f = self._family("seldonfs_janitor_actions_total")
@@ -260,7 +289,6 @@ class Collector:
         for a in snap["alerts"]:
             f.add_metric([a["kind"]], 1)
         yield f
-        yield self._one("seldonfs_uptime_seconds", snap["uptime_s"])
 
     def _one(self, name: str, value: float):
         f = self._family(name)
@@ -269,6 +297,10 @@ class Collector:
 
 
 def registry(sources: Sources) -> CollectorRegistry:
+    """The mount's metrics, and the daemon process's (process_*: resident
+    memory, CPU seconds, open and allowed descriptors, start time; read
+    from /proc/self at each scrape by prometheus_client)."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(Collector(sources))
+    ProcessCollector(registry=reg)
     return reg

@@ -29,7 +29,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import anchor, audit, config, fuseloop, janitor, keys, offline, sdnotify
+from . import anchor, audit, config, fuseloop, janitor, keys, offline, sdnotify, segments
 from .alerts import Alerts, Failures, send_head, verify_audit, watch
 from .audit import AuditLog
 from .catalog import Catalog
@@ -47,7 +47,7 @@ from .metrics import Sources, registry, snapshot
 from .policy import Policy
 from .rules import Rules
 from .store import Store, StoreLock
-from .virtual import VIRTUAL_BASE, Virtual, VirtualFile
+from .virtual import STATS_NAME, VIRTUAL_BASE, Virtual, VirtualFile
 
 log = logging.getLogger(__name__)
 
@@ -229,18 +229,26 @@ def open_audit(store: Store, cfg: Config, content: ContentLayer, lock_fd: int) -
     if not (store.root / audit.KEY_NAME).exists():
         audit.create_key(store.root, keys_, kid)
     key = audit.load_key(store.root, keys_)
-    return audit.AuditLog(store.root, store.catalog_path, key, reads=cfg.audit.reads, lock_fd=lock_fd)
+    file_keys = None if keys_ is None else (keys_, kid, content.block_size)  # type: ignore[attr-defined]
+    a = cfg.audit
+    seal = None if a.segment is None else segments.Spec(
+        a.segment, a.segments_to, *(file_keys or (None, 0, 4096)))
+    return audit.AuditLog(store.root, store.catalog_path, key, reads=a.reads, lock_fd=lock_fd, seal=seal,
+                          sealed=segments.Reader(store.data, file_keys), retain_s=a.retain)
 
 
 def virtual_files(store: Store, mountpoint: Path, sources: Sources, auditlog: AuditLog | None, metrics_url: str | None) -> Virtual:
-    """system/logs/audit.jsonl and system/monitoring/stats.json (virtual.py)."""
+    """The numbers at MOUNT/.seldonfs-stats.json (every mount, every profile;
+    left out of listings) and, for a tree that has those folders,
+    system/monitoring/stats.json and system/logs/audit.jsonl (virtual.py)."""
 
     def stats() -> Iterator[bytes]:
         doc = {"store": str(store.root), "mountpoint": str(mountpoint), "pid": os.getpid(),
                "metrics_url": metrics_url, **snapshot(sources)}
         yield json.dumps(doc, indent=2).encode() + b"\n"
 
-    files = [VirtualFile(VIRTUAL_BASE + 2, "system/monitoring", b"stats.json", stats)]
+    files = [VirtualFile(VIRTUAL_BASE + 3, "", STATS_NAME, stats, listed=False),
+             VirtualFile(VIRTUAL_BASE + 2, "system/monitoring", b"stats.json", stats)]
     if auditlog is not None:
         files.append(VirtualFile(VIRTUAL_BASE + 1, "system/logs", b"audit.jsonl", auditlog.jsonl))
     return Virtual(files)
@@ -319,7 +327,7 @@ def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine:
     sources.failures = failures
     sources.cfg = cfg
     port = cfg.monitoring.port
-    url = f"http://{cfg.monitoring.address}:{port}/metrics" if port else None
+    url = metrics_url(cfg.monitoring.address, port) if port else None
     core.virtual = virtual_files(store, mountpoint, sources, auditlog, url)
     served = Served(store, cfg, sources, alerts, auditlog, janitor_)
     served.control = Control(
@@ -331,7 +339,21 @@ def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine:
     except BaseException:
         served.control.close()
         raise
+    if port and not config.is_loopback(cfg.monitoring.address):
+        log.info("metrics at http://%s/metrics for anyone who reaches that address; the control API only on %s "
+                 "and loopback", _host_port(cfg.monitoring.address, port), store.root / "control.sock")
     return served
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def metrics_url(address: str, port: int) -> str:
+    """Where this machine scrapes the mount: an unspecified address
+    (0.0.0.0, ::) as the loopback one it includes, IPv6 in brackets."""
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address, address)
+    return f"http://{_host_port(local, port)}/metrics"
 
 
 def _finish_rekey_copy(store: Store, content: ContentLayer) -> None:

@@ -355,7 +355,7 @@ def janitor_due(now: float, cfg: Config, items: list[Item]) -> dict[str, Any]:
 
 def build(
     now: float, cfg: Config, items: Iterable[Item], commits: list[Commit], backlog: list[Quarantined],
-    owner: int, store: dict[str, Any] | None = None,
+    owner: int, store: dict[str, Any] | None = None, distributions: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The whole report. The filesystem's own files (data/.seldon: versions)
     are counted apart from the visible tree, and checked for permissions."""
@@ -382,6 +382,8 @@ def build(
         "permissions": permission_problems(every, owner),
         "classification": classification(now, commits, backlog),
         "janitor": janitor_due(now, cfg, visible),
+        # distribution records by state, and their downloads (catalog.distribution_counts)
+        "distributions": dict(distributions or {"open": 0, "expired": 0, "closed": 0, "downloads": 0}),
     }
 
 
@@ -455,6 +457,9 @@ def render_text(rep: dict[str, Any], max_problems: int = 50) -> str:
     section("Permission problems", _permission_lines(rep["permissions"], max_problems))
     section("Data classification (validation at commit)", _classification_lines(rep["classification"]))
     section("Janitor: due now (dry run, nothing changed)", _janitor_lines(rep["janitor"]))
+    d = rep["distributions"]
+    section("Distributions", [f"{d['open']:,} open, {d['expired']:,} expired, {d['closed']:,} failed or revoked; "
+                              f"{d['downloads']:,} downloads counted"])
     return "\n".join(out) + "\n"
 
 

@@ -146,6 +146,8 @@ def render_html(rep: dict[str, Any]) -> str:
             ("permission problems", f"{rep['permissions']['count']:,}"),
             ("in quarantine", f"{rep['classification']['backlog']['files']:,}"),
             ("janitor actions due", f"{rep['janitor']['actions']:,}"),
+            ("distributions open", f"{rep['distributions']['open']:,}"),
+            ("distributions expired", f"{rep['distributions']['expired']:,}"),
         ))
         + "</ul>",
         _folders(rep), _largest(rep), _ages(rep), _extensions(rep), _permissions(rep), _classification(rep),

@@ -56,6 +56,6 @@ class Rules:
     def any_policy(self) -> bool:
         return any(
             r.naming or r.validates or r.route or r.versions or not r.files_at_root
-            or r.allow_extensions or r.deny_names or r.max_size is not None
+            or r.allow_extensions or r.deny_names or r.max_size is not None or r.distribution
             for r in self.cfg.folders
         ) or self.policy.min_free > 0

@@ -113,7 +113,7 @@ def check_init_target(root: Path) -> None:
 def init_store(root: Path, profile: str, encryption: dict[str, Any] | None) -> Store:
     """Create a store in `root` (missing or empty) from a shipped profile.
     `encryption` is the block keys.new_block() made, None for a plain store."""
-    text = config.profile_text(profile)
+    text = config.with_default_tables(config.profile_text(profile))
     cfg = config.parse(tomllib.loads(text), f"profile {profile}")
     check_init_target(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """`seldonfs top`'s frame: two snapshots of a mount's
-system/monitoring/stats.json in, the lines of one screen out.
+.seldonfs-stats.json in, the lines of one screen out.
 
 Everything here is a pure function of (snapshot_a, snapshot_b, dt, width,
 height): rates are the difference of two snapshots over `dt` seconds, and
@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import json
 import locale
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .report import human
+from .virtual import STATS_NAME
 
-#: Where a mount publishes its counters, relative to the mount point.
-STATS = Path("system") / "monitoring" / "stats.json"
+#: Where a mount publishes its counters, relative to the mount point (every
+#: profile; the seldon tree has the same document at system/monitoring/stats.json).
+STATS = Path(os.fsdecode(STATS_NAME))
 DASH = "–"
 LABEL = 12  # width of the section labels in the left column
 

@@ -1,5 +1,6 @@
-"""Read-only files the filesystem makes up: system/logs/audit.jsonl and
-system/monitoring/stats.json.
+"""Read-only files the filesystem makes up: MOUNT/.seldonfs-stats.json (every
+mount), and system/logs/audit.jsonl and system/monitoring/stats.json where
+the tree has those folders.
 
 A virtual file has a fixed inode number far above any the backing
 filesystem hands out here, size 0, mode 0400 and the daemon's owner (they
@@ -17,6 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 VIRTUAL_BASE = 1 << 62
+#: A mount's numbers at its root, whatever its profile's tree (`seldonfs stats`, `top`, `status` read it).
+STATS_NAME = b".seldonfs-stats.json"
 MODE = stat_m.S_IFREG | 0o400  # the daemon's user (the store's owner) reads them; no one else
 CHUNK = 64 << 10
 
@@ -26,9 +29,10 @@ Producer = Callable[[], Iterator[bytes]]
 @dataclass(frozen=True)
 class VirtualFile:
     ino: int
-    dir: str  # relative to the mount root
+    dir: str  # relative to the mount root ("" is the root)
     name: bytes
     produce: Producer
+    listed: bool = True  # False: found by its name only, as .zfs is (readdir leaves it out)
 
 
 class Stream:
@@ -84,6 +88,10 @@ class Virtual:
         for f in files:
             self.by_dir.setdefault(f.dir, {})[f.name] = f
         self.names = {f.name for f in files}
+        self.listing: dict[str, list[bytes]] = {}
+        for f in files:
+            if f.listed:
+                self.listing.setdefault(f.dir, []).append(f.name)
 
     def find(self, dir_rel: str | None, name: bytes) -> VirtualFile | None:
         if name not in self.names or dir_rel is None:

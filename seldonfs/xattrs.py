@@ -6,7 +6,9 @@ name had to be shortened to fit 255 bytes, VERSION_OF on a kept version,
 CREATOR on a folder under temp/, JOB on a file (the one name a writer may
 set, through the mount). Control attributes are answered, never stored:
 VERSIONS (read: a file's versions), RESTORE and RELEASE (write: act on a
-file), JANITOR (on the mount root: read the janitor's state, write a run).
+file), JANITOR (on the mount root: read the janitor's state, write a run),
+RECIPIENT (write: a distribution record of a file) and DISTRIBUTION (on
+the mount root, write: a record's status); neither is ever readable.
 
 `Namespace` routes a control attribute to the part of the mount that
 serves it (the policy engine, the janitor); any other `user.seldon.*`
@@ -29,6 +31,8 @@ VERSIONS = b"user.seldon.versions"  # control, read: JSON list
 RESTORE = b"user.seldon.restore"  # control, write: a version number
 RELEASE = b"user.seldon.release"  # control, write: b"" or b"force"; root only
 JANITOR = b"user.seldon.janitor"  # control, on the mount root: state / a run; root only
+RECIPIENT = b"user.seldon.recipient"  # control, write: a distribution record; the file's owner or root
+DISTRIBUTION = b"user.seldon.distribution"  # control, on the mount root, write: "ID STATUS"; store owner or root
 
 #: Control attributes only root may write.
 ROOT_ONLY = frozenset({RELEASE, JANITOR})

@@ -182,6 +182,21 @@ def mount_profile(tmp_path: Path, profile: str, encrypted: bool = False, **kw):
     return store, mounted(store, tmp_path / "mnt", **kw)
 
 
+def configure(store: Path, table: str, *lines: str) -> None:
+    """Add `lines` ("key = value") to `[table]` of the store's
+    seldonfs.toml, into the table when the profile has one already."""
+    conf = store / "seldonfs.toml"
+    text = conf.read_text()
+    head = f"[{table}]\n"
+    body = "".join(line + "\n" for line in lines)
+    if text.startswith(head) or f"\n{head}" in text:
+        i = text.index(head) if text.startswith(head) else text.index(f"\n{head}") + 1
+        text = text[:i + len(head)] + body + text[i + len(head):]
+    else:
+        text += f"\n{head}{body}"
+    conf.write_text(text)
+
+
 def profile_config(profile: str):
     """The shipped `profile` as loaded (a seldonfs.config.Config)."""
     import tomllib

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -16,6 +18,7 @@ import pytest
 
 from .conftest import (
     as_user,
+    configure,
     init_store,
     key_args,
     mounted,
@@ -199,8 +202,7 @@ def test_fsynced_changes_survive_kill_9(store: Path, tmp_path: Path) -> None:
 
 
 def test_audit_can_be_off(store: Path, tmp_path: Path) -> None:
-    with open(store / "seldonfs.toml", "a") as f:
-        f.write("\n[audit]\nenabled = false\n")
+    configure(store, "audit", "enabled = false")
     with mounted(store, tmp_path / "mnt"):
         (tmp_path / "mnt" / "input" / "processed" / "x").write_text("x")
     assert records(store) == []
@@ -541,3 +543,87 @@ def test_a_query_can_keep_the_newest_records(store: Path, tmp_path: Path) -> Non
     assert [json.loads(l)["seq"] for l in r.stdout.splitlines()] == every[-3:][::-1]
     r = seldonfs("audit", store, "--reverse")
     assert r.returncode == 0 and f"{len(every)} record(s)" in r.stdout
+
+
+def segment_store(tmp_path: Path, encrypted: bool, retain: str = "7y") -> Path:
+    """A seldon store whose audit segments hold 1,000 records, in archive/audit."""
+    store = init_store(tmp_path / "store", encrypted=encrypted)
+    cfg = store / "seldonfs.toml"
+    text = cfg.read_text()
+    for old, new in (('segment = "monthly"', "segment = 1000"), ('retain = "7y"', f'retain = "{retain}"'),
+                     ('segments_to = "archive/compliance/audit"', 'segments_to = "archive/audit"')):
+        assert old in text
+        text = text.replace(old, new)
+    cfg.write_text(text)
+    return store
+
+
+def fill(mnt: Path, files: int) -> None:
+    d = mnt / "input" / "processed"
+    for i in range(files):
+        (d / f"f{i}.txt").write_text(f"record {i}\n")
+
+
+def sealed_files(store: Path) -> list[Path]:
+    return sorted((store / "data" / "archive" / "audit").glob("audit-*.jsonl.gz"))
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
+def test_old_records_move_to_sealed_segments(tmp_path: Path, encrypted: bool) -> None:
+    store = segment_store(tmp_path, encrypted)
+    mnt = tmp_path / "mnt"
+    with mounted(store, mnt):
+        fill(mnt, 500)
+        wait_for(lambda: sealed_files(store), what="a sealed segment")
+        (seg,) = [p.name for p in sealed_files(store)]
+        # the segment reads through the mount as any file of the tree
+        first = subprocess.run(["gzip", "-dc", mnt / "archive" / "audit" / seg], capture_output=True,
+                               check=True).stdout.splitlines()[0]
+        assert json.loads(first)[0] == 1  # record 1 and its MAC
+    with mounted(store, mnt):  # the epoch's first record, now sealed, still anchors it
+        fill(mnt, 10)
+    conn = sqlite3.connect(store / "catalog.sqlite")
+    live, low = conn.execute("SELECT count(*), min(seq) FROM audit").fetchone()
+    conn.close()
+    out = verify(store)
+    assert out.returncode == 0, out.stdout + out.stderr
+    total = int(re.search(r"(\d+) records verified", out.stdout)[1])
+    assert low > 1000 and live < total  # the table holds only what is not sealed
+    rec = records(store, "--since", "1h", "--op", "mount", *key_args(store))
+    assert [r["seq"] for r in rec][0] == 1  # a query reaches into the segment
+
+
+def test_a_lost_or_changed_segment_breaks_the_chain_until_retained(tmp_path: Path) -> None:
+    store = segment_store(tmp_path, encrypted=False, retain="3s")
+    with mounted(store, tmp_path / "mnt"):
+        fill(tmp_path / "mnt", 500)
+        wait_for(lambda: sealed_files(store), what="a sealed segment")
+    (seg,) = sealed_files(store)
+    lines = gzip.decompress(seg.read_bytes()).splitlines()
+    kept = seg.read_bytes()
+    rec = json.loads(lines[5])
+    rec[1] += 1  # record 6 a nanosecond later
+    lines[5] = json.dumps(rec, separators=(",", ":"), ensure_ascii=False).encode()
+    seg.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    out = verify(store)
+    assert out.returncode == 26 and "record 6: edited" in out.stdout, out.stdout
+    seg.write_bytes(kept)
+    assert verify(store).returncode == 0
+    seg.unlink()
+    out = verify(store)
+    if out.returncode == 0:  # already past the 3 s retention on a slow machine
+        assert "removed after the retention" in out.stdout
+    else:
+        assert out.returncode == 26 and "is missing" in out.stdout, out.stdout
+        time.sleep(3)
+        out = verify(store)
+        assert out.returncode == 0 and "removed after the retention" in out.stdout, out.stdout
+    assert seldonfs("audit", "verify", store, "--strict").returncode == 26
+
+
+def test_a_segment_config_is_checked(tmp_path: Path) -> None:
+    store = init_store(tmp_path / "store", "--profile", "seldon", encrypted=False)
+    text = (store / "seldonfs.toml").read_text().replace('retain = "7y"', 'retain = "8y"')
+    (store / "seldonfs.toml").write_text(text)
+    out = seldonfs("mount", store, tmp_path / "mnt")
+    assert out.returncode != 0 and "audit.retain" in out.stderr and "archive/compliance" in out.stderr

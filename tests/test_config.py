@@ -94,3 +94,94 @@ def test_alert_and_key_settings(tmp_path: Path) -> None:
     assert cfg.encryption.rotate_after == 30 * 86400
     assert config.load(tmp_path / "seldonfs.toml").encryption == config.parse({"encryption": {"rotate_after": "30d"}},
                                                                                "x").encryption
+
+
+THREE_PROBLEMS = (
+    '[mount]\nattr_timeout = 30.0\nsurplus = 1\n'  # an unknown key
+    '[janitor]\ncheck_every = "5 minutes"\n'  # a bad duration
+    '[folders."a"]\nmode = 0o17777\nmax_age = "30d"\n'  # a bad folder mode
+)
+THREE_KEYS = ["mount.surplus", "janitor.check_every", "folders.'a'.mode"]
+
+
+def test_parsing_collects_every_problem(tmp_path: Path) -> None:
+    p = tmp_path / "seldonfs.toml"
+    p.write_text(THREE_PROBLEMS)
+    cfg, problems = config.check_file(p)
+    assert [x.key for x in problems] == THREE_KEYS
+    assert cfg is not None and cfg.folders[0].max_age == 30 * 86400  # the good keys still read
+    with pytest.raises(ConfigError) as e:  # a mount names the first, and how many more
+        config.load(p)
+    assert str(e.value) == f"{p}: mount.surplus: unknown key (allowed: {', '.join(sorted(config.MountConfig.__dataclass_fields__))}) " \
+        "(and 2 more problems: `seldonfs config check` lists all)"
+    assert [x.key for x in e.value.problems] == THREE_KEYS and e.value.exit_code == 13
+
+
+def test_config_check_names_all_problems(tmp_path: Path) -> None:
+    import json
+
+    from .conftest import init_store, seldonfs
+
+    store = init_store(tmp_path / "store", "--profile", "reorg", encrypted=False)
+    r = seldonfs("config", "check", store)
+    assert r.returncode == 0 and r.stdout == f"{store / 'seldonfs.toml'}: no problems\n", r.stdout + r.stderr
+    conf = store / "seldonfs.toml"
+    conf.write_text(THREE_PROBLEMS)
+    r = seldonfs("config", "check", store)
+    assert r.returncode == 13, r.stderr
+    lines = r.stdout.splitlines()
+    assert [line.split(": ")[1] for line in lines] == THREE_KEYS and all(l.startswith(f"{conf}: ") for l in lines)
+    assert "'5 minutes'" in lines[1] and "permission mode" in lines[2]
+    assert r.stderr == f"seldonfs: {conf}: 3 problems\n"
+    r = seldonfs("config", "check", conf, "--json")  # the file itself, as JSON
+    doc = json.loads(r.stdout)
+    assert r.returncode == 13 and doc["file"] == str(conf) and doc["ok"] is False
+    assert [x["key"] for x in doc["problems"]] == THREE_KEYS and "unknown key" in doc["problems"][0]["message"]
+    conf.write_text("[mount\n")
+    r = seldonfs("config", "check", store, "--json")
+    assert r.returncode == 13 and json.loads(r.stdout)["problems"][0]["key"] == ""
+    assert "not valid TOML" in json.loads(r.stdout)["problems"][0]["message"]
+    r = seldonfs("mount", store, tmp_path / "mnt")  # a mount refuses it with one line, exit 13
+    assert r.returncode == 13 and "not valid TOML" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert seldonfs("config", "check", tmp_path / "nowhere").returncode == 14
+
+
+@pytest.mark.parametrize("name", config.profile_names())
+def test_init_shows_the_tables_a_profile_leaves_out_with_their_defaults(name: str) -> None:
+    """seldonfs init's seldonfs.toml: [monitoring], [alerts], [audit]
+    commented out; uncommented, they are the defaults, and commented they
+    leave room for a script to append the table itself."""
+    import re
+
+    text = config.with_default_tables(config.profile_text(name))
+    assert config.parse(tomllib.loads(text), name) == config.parse(tomllib.loads(config.profile_text(name)), name)
+    kinds = {"monitoring": config.MonitoringConfig, "alerts": config.AlertsConfig, "audit": config.AuditConfig,
+             "encryption": config.EncryptionConfig}
+    left_out = [t for t in kinds if t not in tomllib.loads(config.profile_text(name))]
+    assert left_out  # every profile leaves some to the defaults
+    for table in left_out:
+        assert f"\n# [{table}]\n" in text
+        tomllib.loads(text + f"\n[{table}]\n")  # appending the table stays valid TOML
+    shown = "\n".join(re.sub(r"^# (\[\w+\]|\w+ = \S+).*$", r"\1", line) for line in text.splitlines())
+    cfg = config.parse(tomllib.loads(shown), name)
+    assert [getattr(cfg, t) for t in left_out] == [kinds[t]() for t in left_out]
+    keys = set(re.findall(r"^# (\w+) = ", text, re.M))
+    fields = [f for t in left_out for f in kinds[t].__dataclass_fields__.values()]
+    # a key that is off unless set is shown as an example, indented
+    assert keys == {f.name for f in fields if f.default is not None}
+    assert set(re.findall(r"^#   (\w+) = ", text, re.M)) == {f.name for f in fields if f.default is None}
+
+
+def test_one_mistake_is_one_problem() -> None:
+    """A key with a problem reads as its default: what depends on it is
+    not reported as wrong too. Problems come in the file's order."""
+    _, problems = config.check(tomllib.loads(
+        '[policy.patterns]\nticket = "TCK-("\n'  # a broken pattern a folder uses
+        '[janitor]\nwarning = "high"\nemergency = 90\n'  # a wrong type beside a valid threshold
+        '[folders."a"]\nsensitive = ["ticket", "ssn"]\nroute = "("\nroute_to = "b/{name}"\n'
+        '[folders."b"]\nmax_files = "many"\nallow_extensions = ["json", ".csv"]\n'
+    ))
+    assert [x.key for x in problems] == [
+        "policy.patterns.ticket", "janitor.warning", "folders.'a'.route", "folders.'b'.max_files",
+        "folders.'b'.allow_extensions",
+    ], problems

@@ -4,8 +4,10 @@ the control API's token, alerts to a webhook and notification files,
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -20,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from seldonfs import config
 from seldonfs.errors import ConfigError
 
-from .conftest import as_user, init_store, mounted, needs_fuse, seldonfs, wait_for, webhook_server
+from .conftest import as_user, configure, init_store, mounted, needs_fuse, seldonfs, wait_for, webhook_server
 
 
 def _free_port() -> int:
@@ -93,7 +95,7 @@ def test_metrics_control_and_alerts(tmp_path: Path) -> None:
                 (m / "input" / "processed" / f"f{i}.csv").write_text("a,b\n1,2\n" * 100)
             (m / "input" / "raw" / "broken.json").write_text("{not json")  # quarantined
             after = _samples(base + "/metrics")
-            ok = lambda s, op: s.get(("seldonfs_operations_total", (("op", op), ("result", "OK"))), 0)  # noqa: E731
+            ok = lambda s, op: s.get(("seldonfs_operations_total", (("op", op), ("result", "ok"))), 0)  # noqa: E731
             assert ok(after, "create") >= ok(before, "create") + 21
             assert after[("seldonfs_bytes_total", (("direction", "written"),))] >= 20 * 800
             assert after[("seldonfs_validation_total", (("verdict", "quarantined"),))] == 1
@@ -183,8 +185,7 @@ def test_the_mount_verifies_its_audit_chain_and_alerts_on_a_break(tmp_path: Path
     import sqlite3
 
     store = init_store(tmp_path / "store", encrypted=False)
-    conf = store / "seldonfs.toml"
-    conf.write_text(conf.read_text() + '\n[audit]\nverify_every = "1s"\n')
+    configure(store, "audit", 'verify_every = "1s"')
     m = tmp_path / "mnt"
     stats = lambda: json.loads((m / "system" / "monitoring" / "stats.json").read_text())  # noqa: E731
     with mounted(store, m, expect_log_problems=True):
@@ -216,3 +217,140 @@ def test_a_busy_metrics_port_fails_the_mount_with_one_line(tmp_path: Path) -> No
         assert not (store / "control.sock").exists()
     finally:
         busy.close()
+
+
+def _non_loopback_address(version: int) -> str | None:
+    """An address of this machine (IPv4 or IPv6) that is not loopback nor
+    link-local (`hostname -I`), or None."""
+    import ipaddress
+    import subprocess
+
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for a in out.split():
+        ip = ipaddress.ip_address(a)
+        if ip.version == version and not ip.is_loopback and not ip.is_link_local:
+            return a
+    return None
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? '
+                     r'(-?[0-9.e+-]+|[+-]Inf|NaN)$')
+
+
+def _check_exposition(text: str) -> None:
+    """Prometheus text format, line by line: every family has a HELP and a
+    TYPE line before its samples, every sample line parses, names belong
+    to the family announced last."""
+    helped, typed, current = set(), {}, None
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name = line.split(" ", 3)[2]
+            helped.add(name)
+        elif line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind in ("counter", "gauge", "histogram", "summary", "untyped"), line
+            assert name in helped and name not in typed, line
+            typed[name], current = kind, name
+        else:
+            m = _SAMPLE.match(line)
+            assert m, f"not a sample line: {line!r}"
+            name = m[1]
+            family = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
+            assert current is not None and (name == current or any(
+                name == current + s for s in family.get(typed[current], ()))), (current, line)
+
+
+@needs_fuse
+@pytest.mark.parametrize("version", [4, 6], ids=["ipv4", "ipv6"])
+def test_prometheus_scrapes_a_non_loopback_address(tmp_path: Path, version: int) -> None:
+    """Issue 20 item 6: `[monitoring] address` set to one of this machine's
+    non-loopback addresses; /metrics and / answer there without a token,
+    the control API does not (403, token or not)."""
+    import platform
+    import time
+
+    from seldonfs import __version__
+
+    address = _non_loopback_address(version)
+    if address is None:
+        pytest.skip(f"no IPv{version} address but loopback and link-local on this machine (hostname -I)")
+    with socket.socket(socket.AF_INET6 if version == 6 else socket.AF_INET) as s:
+        s.bind((address, 0))
+        port = s.getsockname()[1]
+    store = init_store(tmp_path / "store", "--profile", "vision", encrypted=False)
+    conf = store / "seldonfs.toml"
+    assert "\n# [monitoring]\n# port = 0 " in conf.read_text()  # init shows the table, commented out
+    conf.write_text(conf.read_text() + f'\n[monitoring]\nport = {port}\naddress = "{address}"\n')
+    assert seldonfs("config", "check", store).returncode == 0
+    m = tmp_path / "mnt"
+    base = f"http://{address}:{port}" if version == 4 else f"http://[{address}]:{port}"
+    before = time.time()
+    with mounted(store, m):
+        (m / "temp" / "cache" / "images" / "a.png").write_bytes(b"\x89PNG")
+        with pytest.raises(OSError) as e:
+            (m / "temp" / "cache").rmdir()  # an error result too
+        assert e.value.errno == errno.ENOTEMPTY
+        with urllib.request.urlopen(base + "/metrics?from=prometheus", timeout=10) as r:
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = r.read().decode()
+        _check_exposition(text)
+        openmetrics = urllib.request.Request(base + "/metrics", headers={
+            "Accept": "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4"})
+        with urllib.request.urlopen(openmetrics, timeout=10) as r:  # what Prometheus asks for
+            assert r.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+            assert r.read().endswith(b"\n# EOF\n")
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(text) for s in fam.samples}
+        build = samples[("seldonfs_build_info", (("python", platform.python_version()), ("version", __version__)))]
+        assert build == 1
+        assert samples[("seldonfs_operations_total", (("op", "create"), ("result", "ok")))] >= 1
+        assert samples[("seldonfs_operations_total", (("op", "rmdir"), ("result", "enotempty")))] >= 1
+        results = {dict(k[1])["result"] for k in samples if k[0] == "seldonfs_operations_total"}
+        assert results == {r.lower() for r in results}, results
+        assert samples[("process_resident_memory_bytes", ())] > 1 << 20
+        assert samples[("process_open_fds", ())] >= 3 and samples[("process_cpu_seconds_total", ())] > 0
+        started = samples[("seldonfs_start_time_seconds", ())]
+        assert samples[("process_start_time_seconds", ())] - 2 <= started and before - 2 <= started <= time.time()
+        assert not any(k[0] == "seldonfs_uptime_seconds" for k in samples)
+
+        with urllib.request.urlopen(base + "/", timeout=10) as r:
+            page = r.read().decode()
+            assert r.headers["Content-Type"].startswith("text/html") and '<a href="metrics">' in page
+            assert f"seldonfs {__version__}" in page
+        token = (store / "control.token").read_text().strip()
+        for headers in ({}, {"Authorization": f"Bearer {token}"}):
+            for method in ("GET", "POST"):
+                path = "/api/v1/health" if method == "GET" else "/api/v1/cleanup/scheduled"
+                with pytest.raises(urllib.error.HTTPError) as e:
+                    urllib.request.urlopen(urllib.request.Request(base + path, headers=headers, method=method), timeout=10)
+                assert e.value.code == 403 and "loopback only" in json.loads(e.value.read())["error"]
+                e.value.close()
+        assert json.loads(seldonfs("ctl", m, "health").stdout)["status"] == "ok"  # the socket still answers
+        assert json.loads(seldonfs("stats", m, "--json").stdout)["metrics_url"] == base + "/metrics"
+    log = (store / "seldonfs.log").read_text()
+    assert f"metrics at {base}/metrics for anyone who reaches that address" in log
+
+
+def test_metrics_of_folders_with_any_name(tmp_path: Path) -> None:
+    """A folder whose name is not UTF-8, or holds a quote, a backslash or a
+    newline, is a label like any other: the scrape does not fail."""
+    from prometheus_client import generate_latest
+
+    from seldonfs.metrics import Sources, registry
+
+    data = tmp_path / "data"
+    for name in (b"bad\xff", b'q"uote\\back\nline', b"plain"):
+        (data / os.fsdecode(name) / "sub").mkdir(parents=True)
+        (data / os.fsdecode(name) / "sub" / "f").write_bytes(b"12345")
+    sources = Sources(None, data, tmp_path / "catalog.sqlite")
+    sources._count_folders()
+    sources._folders_at = float("inf")  # no second count in a thread
+    text = generate_latest(registry(sources)).decode()
+    _check_exposition(text)
+    files = {s.labels["folder"]: s.value for fam in text_string_to_metric_families(text)
+             for s in fam.samples if s.name == "seldonfs_folder_files"}
+    assert files == {"bad\\xff": 1, "bad\\xff/sub": 1, 'q"uote\\back\\x0aline': 1, 'q"uote\\back\\x0aline/sub': 1,
+                     "plain": 1, "plain/sub": 1}, files

@@ -7,7 +7,8 @@ archives; each `patterns` age deletes a matching name; a `max_total` or
 `max_files` cap evicts the oldest (or least recently used) file, and
 alerts at `warn_percent`; an empty
 subfolder goes where `remove_empty_dirs` says; the session folder of a
-process that exited goes where `orphan_sessions` says. Files are written
+process that exited goes where `orphan_sessions` says (with `orphan_wait`,
+only once it is also older than `[janitor] orphan_age`). Files are written
 with ordinary file I/O, aged with utime(2) through the mount, and the
 mount's janitor is asked to run once.
 """
@@ -110,7 +111,13 @@ def _make_cases(m: Path, cfg: config.Config) -> list[Case]:
         if r.orphan_sessions:
             code = "import os, sys; os.makedirs(sys.argv[1]); open(sys.argv[1] + '/f', 'w').write('x')"
             subprocess.run([sys.executable, "-c", code, str(m / r.path / "exited")], check=True)
-            cases.append(Case(r.path, "orphan_sessions", f"{r.path}/exited", "rmdir"))
+            cases.append(Case(r.path, "orphan_sessions", f"{r.path}/exited", "kept" if r.orphan_wait else "rmdir"))
+            if r.orphan_wait:  # gone and untouched for orphan_age: an orphan
+                subprocess.run([sys.executable, "-c", code, str(m / r.path / "exited-old")], check=True)
+                old = time.time() - cfg.janitor.orphan_age - H
+                for p in (m / r.path / "exited-old" / "f", m / r.path / "exited-old"):
+                    os.utime(p, (old, old))
+                cases.append(Case(r.path, "orphan_wait", f"{r.path}/exited-old", "rmdir"))
     return cases
 
 

@@ -15,13 +15,15 @@ import sys
 from .. import __version__
 from ..errors import SeldonError
 from . import (
-    audit_cmd, ctl_cmd, decrypt_cmd, fsck_cmd, janitor_cmd, init_cmd, mount_cmd, passwd_cmd, quarantine_cmd, rekey_cmd,
-    report_cmd, stats_cmd, status_cmd, top_cmd, umount_cmd, verify_cmd, versions_cmd,
+    audit_cmd, config_cmd, ctl_cmd, decrypt_cmd, distributions_cmd, fsck_cmd, janitor_cmd, init_cmd, mount_cmd,
+    passwd_cmd, quarantine_cmd, rekey_cmd, report_cmd, stats_cmd, status_cmd, top_cmd, umount_cmd, verify_cmd,
+    versions_cmd,
 )
 
 COMMANDS = (
-    init_cmd, mount_cmd, umount_cmd, audit_cmd, quarantine_cmd, versions_cmd, verify_cmd, decrypt_cmd,
-    passwd_cmd, rekey_cmd, fsck_cmd, janitor_cmd, report_cmd, status_cmd, stats_cmd, top_cmd, ctl_cmd,
+    init_cmd, config_cmd, mount_cmd, umount_cmd, audit_cmd, quarantine_cmd, versions_cmd, distributions_cmd,
+    verify_cmd, decrypt_cmd, passwd_cmd, rekey_cmd, fsck_cmd, janitor_cmd, report_cmd, status_cmd, stats_cmd, top_cmd,
+    ctl_cmd,
 )
 
 

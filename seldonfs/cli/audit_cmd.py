@@ -1,7 +1,7 @@
 """seldonfs audit: query the audit chain, or verify it.
 
     seldonfs audit STORE|MOUNTPOINT [--since T] [--until T] [--path GLOB] [--uid N] [--op OP] [--json]
-                   [-n N] [--reverse]
+                   [-n N] [--reverse] [--keyfile FILE | --passphrase-file FILE]
     seldonfs audit verify STORE|MOUNTPOINT [--head FILE|JSON] [--strict] [--keyfile FILE | --passphrase-file FILE]
     seldonfs audit head STORE|MOUNTPOINT
     seldonfs audit reset STORE --reason TEXT [--keyfile FILE | --passphrase-file FILE]
@@ -20,7 +20,10 @@ elsewhere: exit 26 if the chain no longer holds the record one names.
 records a break the mount refuses (a lost, emptied or rebuilt catalog, a
 lost head) and starts a new epoch; the store must not be mounted. Query,
 verify and head read the catalog read-only and work beside a running
-mount; verify and reset need the key of an encrypted store.
+mount; verify and reset need the key of an encrypted store, and so does a
+query that reaches into sealed segments (`[audit] segment`): verify walks
+them and the table as one chain, a query reads those its time range
+touches.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import anchor, audit, keys
+from .. import anchor, audit, keys, segments
 from ..errors import DamageFound, SeldonError, UsageError
 from ..naming import shown
 from ..store import Store, StoreLock
@@ -62,6 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--limit", type=int, metavar="N",
                    help=f"only the newest N records (on a terminal without --json: {TERMINAL_LIMIT} unless given)")
     p.add_argument("--reverse", action="store_true", help="newest first")
+    add_key_args(p)  # records in sealed segments of an encrypted store
     p.set_defaults(func=run)
     # `seldonfs audit verify|head|reset TARGET`: main() turns them into these
     v = sub.add_parser(VERIFY, prog="seldonfs audit verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,7 +107,9 @@ def run(args: argparse.Namespace) -> None:
     if limit is None and not args.json and os.isatty(1):
         limit = TERMINAL_LIMIT
     with catalog_readonly(args.target) as conn:
-        records = audit.query(conn, since, until, args.path, args.uid, args.op, newest_first=limit is not None or args.reverse)
+        sealed = _reader(args, conn, since, until)
+        records = audit.query(conn, since, until, args.path, args.uid, args.op,
+                              newest_first=limit is not None or args.reverse, sealed=sealed)
         if limit is not None:  # the newest N, shown oldest first unless --reverse
             records = list(itertools.islice(records, max(limit, 0)))
             if not args.reverse:
@@ -124,6 +130,17 @@ def run(args: argparse.Namespace) -> None:
     print(f"{n} record(s)" + (", the newest (-n N for more)" if limit is not None and n == limit else ""))
 
 
+def _reader(args: argparse.Namespace, conn: sqlite3.Connection, since: int | None,
+            until: int | None) -> segments.Reader | None:
+    """How to read the sealed segments the query reaches into (None: it
+    reaches none); an encrypted store's segments need its key."""
+    if not audit.sealed_in(conn, since, until):
+        return None
+    store = store_of(args.target)
+    block = store.identity().get("encryption")
+    return _sealed_with(store, block, keys.unlock(block, key_source(args)) if block is not None else None)
+
+
 def run_verify(args: argparse.Namespace) -> None:
     target = args.target
     store = store_of(target)
@@ -137,7 +154,9 @@ def run_verify(args: argparse.Namespace) -> None:
     events: list[audit.Event] = []
     try:
         with catalog_readonly(target) as conn:
-            n, brk = audit.verify(conn, key, audit.read_head(store.root), events)
+            cfg = store.load_config()
+            n, brk = audit.verify(conn, key, audit.read_head(store.root), events,
+                                  sealed=_sealed_with(store, block, unlocked), retain_s=cfg.audit.retain)
             last = conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()[0]
             store_id = store.identity().get("store_id", "")
             wrong = [(h.get("seq"), anchor.check_kept(h, key, store_id, audit.mac_at(conn, h.get("seq")), last))
@@ -147,7 +166,7 @@ def run_verify(args: argparse.Namespace) -> None:
     secs = time.perf_counter() - t0
     for ev in events:
         print(f"epoch {ev.epoch} started at seq {ev.seq} after a break: {ev.detail}" if ev.op == audit.RESET_OP
-              else f"gap at record {ev.seq}: {ev.detail}")
+              else f"{ev.detail}" if ev.op == audit.EXPIRED else f"gap at record {ev.seq}: {ev.detail}")
     if brk is None:
         problem = anchor.judge(anchor.look(store, key))
         brk = None if problem is None else audit.Break(0, "anchor", problem)
@@ -161,10 +180,16 @@ def run_verify(args: argparse.Namespace) -> None:
         raise DamageFound(f"{len(wrong)} of {len(kept)} kept head(s) do not match the chain")
     rate = f"{n / secs:,.0f} records/s" if secs > 0 else ""
     matched = f"; {len(kept)} kept head(s) match" if kept else ""
-    noted = f" ({len(events)} reset(s) and gap(s) above)" if events else ""
+    noted = f" ({len(events)} reset(s), gap(s) and expired segment(s) above)" if events else ""
     print(f"{n} records verified in {secs:.2f} s ({rate}): chain intact{noted}{matched}")
     if events and args.strict:
         raise DamageFound(f"{len(events)} reset(s) and gap(s): the history is incomplete (--strict)")
+
+
+def _sealed_with(store: Store, block: dict | None, unlocked: dict[int, bytes] | None) -> segments.Reader:
+    if block is None or unlocked is None:
+        return segments.Reader(store.data, None)
+    return segments.Reader(store.data, (unlocked, block["current_key_id"], block["block_size"]))
 
 
 def _kept_heads(text: str) -> list[dict]:

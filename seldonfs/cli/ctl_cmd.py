@@ -1,7 +1,10 @@
-"""seldonfs ctl STORE|MOUNTPOINT COMMAND [ARG]: talk to a running mount.
+"""seldonfs ctl STORE|MOUNTPOINT COMMAND [ARG [CHUNK_ID]]: talk to a running mount.
 
 Commands: health, stats, metrics, reload, cleanup scheduled|emergency|
-orphaned, crash JOB_ID, task ID. Goes through STORE/control.sock; root and
+orphaned|stats, crash JOB_ID, chunk JOB_ID CHUNK_ID (the chunk is done:
+its folder temp/jobs/JOB_ID/CHUNK_ID goes), task ID. health, cleanup stats
+and task ask seed 004's /api/v1/cleanup/... endpoints; stats the numbers
+of stats.json. Goes through STORE/control.sock; root and
 the store's owner are let in by their credentials, anyone else needs the
 token: --token-file FILE, else $SELDONFS_TOKEN_FILE, else $SELDONFS_TOKEN,
 else STORE/control.token if readable (--token TOKEN also works, but puts
@@ -19,14 +22,16 @@ import json
 import os
 import socket
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from ..control import SOCKET_NAME, TOKEN_NAME
 from ..errors import SeldonError, UsageError
+from ..janitor import valid_id
 from .common import mount_of
 
-COMMANDS = ("health", "stats", "metrics", "reload", "cleanup", "crash", "task")
+COMMANDS = ("health", "stats", "metrics", "reload", "cleanup", "crash", "chunk", "task")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("target", type=Path, metavar="STORE|MOUNTPOINT")
     p.add_argument("command", choices=COMMANDS, metavar="COMMAND", help=", ".join(COMMANDS))
     p.add_argument("arg", nargs="?", metavar="ARG", help="cleanup kind, job id or task id")
+    p.add_argument("arg2", nargs="?", metavar="CHUNK_ID", help="chunk: the chunk id")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--token-file", type=Path, metavar="FILE",
                    help="read the control token from FILE (else $SELDONFS_TOKEN_FILE, $SELDONFS_TOKEN, "
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> None:
     if method == "POST" and "id" in doc and not args.no_wait:
         while doc["state"] in ("queued", "waiting", "running"):
             time.sleep(0.1)
-            doc = json.loads(call(root, "GET", f"/api/v1/tasks/{doc['id']}", token)[1])
+            doc = json.loads(call(root, "GET", f"/api/v1/cleanup/task/{doc['id']}/status", token)[1])
     print(json.dumps(doc, indent=2))
     if doc.get("state") == "failed":
         raise SeldonError(f"cleanup failed: {doc.get('error')}")
@@ -119,20 +125,35 @@ def run(args: argparse.Namespace) -> None:
 
 def _route(args: argparse.Namespace) -> tuple[str, str]:
     c, arg = args.command, args.arg
-    if c in ("health", "stats"):
-        return "GET", f"/api/v1/{c}"
+    if args.arg2 is not None and c != "chunk":
+        raise UsageError(f"ctl {c}: one argument at most")
+    if c == "health":
+        return "GET", "/api/v1/cleanup/health"
+    if c == "stats":
+        return "GET", "/api/v1/stats"
     if c == "metrics":
         return "GET", "/metrics"
     if c == "reload":
         return "POST", "/api/v1/reload"
     if c == "task":
-        if not (arg or "").isdigit():
-            raise UsageError("ctl task: want a task id")
-        return "GET", f"/api/v1/tasks/{arg}"
+        if not arg or not all(ch in "0123456789abcdef" for ch in arg):
+            raise UsageError("ctl task: want a task id (hex digits)")
+        return "GET", f"/api/v1/cleanup/task/{arg}/status"
     if c == "crash":
-        if not arg or "/" in arg:
-            raise UsageError("ctl crash: want a job id")
-        return "POST", f"/api/v1/cleanup/crash/{arg}"
+        if not arg or not valid_id(arg):
+            raise UsageError("ctl crash: want a job id (a folder name: no '/', '.', '..' or control characters)")
+        return "POST", f"/api/v1/cleanup/crash/{_quote(arg)}"
+    if c == "chunk":
+        if not (arg and args.arg2 and valid_id(arg) and valid_id(args.arg2)):
+            raise UsageError("ctl chunk: want JOB_ID CHUNK_ID (folder names: no '/', '.', '..' or control characters)")
+        return "POST", f"/api/v1/cleanup/chunk/{_quote(arg)}/{_quote(args.arg2)}"
+    if arg == "stats":
+        return "GET", "/api/v1/cleanup/stats"
     if arg not in ("scheduled", "emergency", "orphaned"):
-        raise UsageError("ctl cleanup: want scheduled, emergency or orphaned")
+        raise UsageError("ctl cleanup: want scheduled, emergency, orphaned or stats")
     return "POST", f"/api/v1/cleanup/{arg}"
+
+
+def _quote(s: str) -> str:
+    """A path segment: percent-encoded UTF-8 (valid_id refused anything else)."""
+    return urllib.parse.quote(s, safe="")

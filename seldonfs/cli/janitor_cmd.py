@@ -33,9 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-from .. import anchor, audit, config, janitor, xattrs
+from .. import anchor, audit, config, distributions, janitor, xattrs
 from ..blockformat import EncryptedContent, plain_size
-from ..catalog import Catalog
+from ..catalog import Catalog, due_distributions, expired_files
 from ..cleanup import Outcome, execute
 from ..config import parse_duration
 from ..content import PlainContent
@@ -75,7 +75,11 @@ def run(args: argparse.Namespace) -> None:
     cfg = config.load(store.config_path)
     later = _later(args)
     size = (lambda n: plain_size(n, int(block["block_size"]))) if block else (lambda n: n)
-    actions = _wanted(args, _plan(args, cfg, store.data, size, time.time() + later))
+    now = time.time() + later
+    actions = _wanted(args, _plan(args, cfg, store.data, size, now))
+    exp, due = (None, 0) if args.crash else _expiry(store, cfg, size, now)
+    if exp is not None:
+        actions += _wanted(args, exp.actions)
     for a in actions:
         _show(args, a)
     files = [a for a in actions if a.kind != "rmdir"]
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> None:
         f"({', '.join(f'{n} {k}' for k, n in by_kind.items() if n) or 'nothing'}); "
         f"{len(actions) - len(files)} directories"
     )
-    if args.dry_run or not actions:
+    if args.dry_run or not (actions or due):
         return
     lock = StoreLock(store)
     lock.acquire()  # exit 11 while mounted
@@ -114,6 +118,9 @@ def run(args: argparse.Namespace) -> None:
         cat = Catalog(store.catalog_path)
         try:
             cat.migrate()
+            if exp is not None:  # records past their expiry, files archived or deleted for them
+                cat.expire_distributions(int(now * 1e9), time.time_ns())
+                distributions.settle(cat, exp, distributions.backing_stat(store.data, size))
             cat.add_janitor_run({
                 "started_ns": int(t0 * 1e9), "seconds": round(time.time() - t0, 3),
                 "trigger": "crash" if args.crash else "emergency" if args.emergency else "offline",
@@ -131,6 +138,18 @@ def run(args: argparse.Namespace) -> None:
 
 def _later(args: argparse.Namespace) -> float:
     return parse_duration(args.older_than, "--older-than", "value") if args.older_than else 0.0
+
+
+def _expiry(store, cfg, size, now: float) -> tuple[distributions.Expiry | None, int]:
+    """What distribution expiry asks for (distributions.py), and how many
+    records are due; read only (a catalog from before distributions has none)."""
+    try:
+        with catalog_readonly(store.root) as conn:
+            files = expired_files(conn, int(now * 1e9))
+            due = due_distributions(conn, int(now * 1e9))
+    except sqlite3.OperationalError:
+        return None, 0
+    return distributions.expiry_plan(cfg, files, distributions.backing_stat(store.data, size)), due
 
 
 def _plan(args: argparse.Namespace, cfg, data: Path, size, now: float) -> list[janitor.Action]:

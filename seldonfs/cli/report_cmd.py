@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .. import config, report
 from ..blockformat import plain_size
+from ..catalog import distribution_counts
 from ..errors import SeldonError
 from ..host import FSTYPE, find_mount
 from .common import catalog_readonly, store_of
@@ -47,6 +48,7 @@ def make(target: Path, now: float | None = None) -> dict:
     size = (lambda n: plain_size(n, int(block["block_size"]))) if block else (lambda n: n)
     with catalog_readonly(target) as conn:
         commits, backlog = report.read_catalog(conn)
+        dist = distribution_counts(conn)
     found = find_mount(Path(os.path.abspath(target)))
     info = {
         "root": str(store.root), "encrypted": block is not None,
@@ -54,7 +56,7 @@ def make(target: Path, now: float | None = None) -> dict:
     }
     items = report.scan(store.data, size)
     owner = os.stat(store.data).st_uid
-    return report.build(time.time() if now is None else now, cfg, items, commits, backlog, owner, info)
+    return report.build(time.time() if now is None else now, cfg, items, commits, backlog, owner, info, dist)
 
 
 def run(args: argparse.Namespace) -> None:

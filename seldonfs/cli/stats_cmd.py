@@ -1,6 +1,7 @@
 """seldonfs stats STORE|MOUNTPOINT [--json]: a running mount's numbers.
 
-Reads MOUNTPOINT/system/monitoring/stats.json (no token needed): uptime,
+Reads MOUNTPOINT/.seldonfs-stats.json (no token needed; every mount has it,
+whatever its profile, though `ls -a` does not list it): uptime,
 requests by operation and result, bytes read and written, folders, disk,
 validation verdicts, quarantine, janitor, audit, integrity errors, the
 master key's age (`key`, null for a plain store), alerts.
@@ -13,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..virtual import STATS_NAME
 from .common import mount_of
 
-STATS = "system/monitoring/stats.json"
+STATS = os.fsdecode(STATS_NAME)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

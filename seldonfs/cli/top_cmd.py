@@ -7,7 +7,8 @@ threshold, red at the emergency one), the janitor (running, runs, files
 done and skipped, bytes freed, the last run), validation and the
 quarantine backlog, audit records, damaged reads, active alerts, uptime.
 Rates are the difference between two snapshots of
-MOUNTPOINT/system/monitoring/stats.json, read as any file is: no token, no
+MOUNTPOINT/.seldonfs-stats.json (every mount has it, whatever its profile),
+read as any file is: no token, no
 network. A value the mount does not publish shows as "–". `q` quits.
 `--once` prints one plain frame (two snapshots SECONDS apart) to stdout
 and exits, for scripts. A STORE is found at its mount; exit 10 when there
