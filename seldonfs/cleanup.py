@@ -36,7 +36,7 @@ from pathlib import Path
 import trio
 
 from . import _libc, distributions, faults, xattrs
-from .alerts import Alerts, Failures
+from .alerts import Alerts, Failures, check_caps
 from .audit import AuditLog
 from .catalog import Catalog
 from .config import Config
@@ -561,11 +561,9 @@ class MountJanitor:
         return planned
 
     def _check_caps(self, usage: dict) -> None:
-        """Alert when a capped folder is `warn_percent` full (before eviction)."""
-        for folder, (total, _, rule) in sorted(usage.items()):
-            if rule.warn_percent and rule.max_total and total * 100 >= rule.max_total * rule.warn_percent:
-                self.alerts.raise_("folder-full", "warning", f"{folder}/ holds {total:,} bytes, "
-                                   f"{100 * total // rule.max_total} % of its {rule.max_total:,}-byte cap", about=folder)
+        """Alert when a capped folder is `warn_percent` full (before eviction);
+        the mount's alert watch checks the same between runs."""
+        check_caps(self.alerts, usage)
 
     async def _carry_out(self, actions: Iterator[Action], req: Request, out: Outcome) -> int:
         """Pull a batch from the planner in a worker thread, act on it a STEP

@@ -134,11 +134,35 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class EmailConfig:
+    """[alerts.email]: one message per alert through SMTP."""
+
+    host: str
+    to: tuple[str, ...]
+    sender: str  # the key is `from`
+    port: int = 25
+    starttls: bool = False
+    username: str = ""
+    password_file: str = ""  # read at each send, never kept in the toml
+
+
+@dataclass(frozen=True)
 class AlertsConfig:
     cooldown: float = 900.0  # the same alert again only after this long
     notifications: str = "output/notifications"  # folder for JSON files; "" = none
     webhook: str = ""  # URL that gets each alert as a JSON POST; "" = none
+    format: str = "json"  # of the webhook's body: "json" (the alert) or "slack" ({"text": ...})
+    email: EmailConfig | None = None
     quarantine_backlog: int = 100  # files waiting in quarantine that raise an alert
+    quarantine_rate: int = 0  # percent of the last hour's files quarantined that raise an alert; 0 = off
+    quarantine_wait: float = 7 * 86400.0  # oldest file waiting in quarantine longer raises an alert; 0 = off
+    free_warning: int = 0  # bytes free on the store's disk below which disk-free-warning; 0 = off
+    free_critical: int = 0  # ... disk-free-critical; 0 = off
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    rotate_after: float = 90 * 86400.0  # a master key older raises key-age; 0 = never
 
 
 @dataclass(frozen=True)
@@ -162,6 +186,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
 
 
 def profile_names() -> list[str]:
@@ -206,12 +231,24 @@ DEFAULT_TABLES = {
 # metrics = true             # count every request: operation, result, latency
 """,
     "alerts": """
-# Alerts (docs/operations.md): to the log, notification files, a webhook.
+# Alerts (docs/operations.md): to the log, notification files, a webhook, mail.
 # [alerts]
 # cooldown = "15m"           # the same kind of alert again only after this long
 # notifications = "output/notifications"  # a JSON file per alert; "" for none
 # webhook = ""               # an http(s):// URL each alert is POSTed to
+# format = "json"            # the webhook's body; "slack": {"text": ...}
 # quarantine_backlog = 100   # files waiting in quarantine that raise an alert
+# quarantine_rate = 0        # percent of the last hour's files quarantined; 0: off
+# quarantine_wait = "7d"     # the oldest file in quarantine waiting longer; "0s": off
+# free_warning = 0           # bytes free on the store's disk, e.g. "50GB"; 0: off
+# free_critical = 0          # e.g. "10GB"; 0: off
+# Off unless set: one mail per alert (the password only in password_file):
+#   email = {host = "smtp.example.com", port = 587, starttls = true, username = "alerts", password_file = "/etc/seldonfs/smtp.pw", from = "seldonfs@example.com", to = ["ops@example.com"]}
+""",
+    "encryption": """
+# The master key (docs/configuration.md).
+# [encryption]
+# rotate_after = "90d"       # an older master key raises key-age; "0s": never
 """,
     "audit": """
 # The audit chain (docs/audit.md).
@@ -313,7 +350,7 @@ def _env_overrides(raw: dict[str, Any], env: Mapping[str, str], p: _Problems) ->
     return {**raw, "janitor": janitor} if janitor or "janitor" in raw else raw
 
 
-TOP_KEYS = {"store", "mount", "policy", "janitor", "audit", "monitoring", "alerts", "folders"}
+TOP_KEYS = {"store", "mount", "policy", "janitor", "audit", "monitoring", "alerts", "encryption", "folders"}
 
 
 def parse(raw: dict[str, Any], where: str) -> Config:
@@ -370,16 +407,61 @@ def check(raw: dict[str, Any]) -> tuple[Config, list[Problem]]:
         port=m.integer("port", 0, 0, 65535), address=m.address("address", "127.0.0.1"),
         metrics=m.get("metrics", bool, True),
     )
-    al = _Reader(_only(raw, "alerts", AlertsConfig, p), "alerts.", p)
-    alerts = AlertsConfig(
-        cooldown=al.duration("cooldown", 900.0), notifications=al.get("notifications", str, "output/notifications"),
-        webhook=al.url("webhook", ""), quarantine_backlog=al.integer("quarantine_backlog", 100, 1, 10**9),
-    )
+    alerts = _parse_alerts(raw, p)
+    e = _Reader(_only(raw, "encryption", EncryptionConfig, p), "encryption.", p)
+    encryption = EncryptionConfig(rotate_after=e.duration("rotate_after", EncryptionConfig.rotate_after) or 0.0)
     cfg = Config(
         profile=profile, mount=mount, folders=folders, policy=policy, janitor=janitor, audit=audit,
-        monitoring=monitoring, alerts=alerts,
+        monitoring=monitoring, alerts=alerts, encryption=encryption,
     )
     return cfg, sorted(p.items, key=_in_file_order(raw))
+
+
+def _parse_alerts(raw: dict[str, Any], p: _Problems) -> AlertsConfig:
+    d = AlertsConfig()
+    al = _Reader(_only(raw, "alerts", AlertsConfig, p), "alerts.", p)
+    alerts = AlertsConfig(
+        cooldown=al.duration("cooldown", d.cooldown), notifications=al.get("notifications", str, d.notifications),
+        webhook=al.url("webhook", ""), format=al.choice("format", ("json", "slack"), d.format),
+        email=_parse_email(al.table("email"), p),
+        quarantine_backlog=al.integer("quarantine_backlog", d.quarantine_backlog, 1, 10**9),
+        quarantine_rate=al.percent("quarantine_rate", d.quarantine_rate),
+        quarantine_wait=al.duration("quarantine_wait", d.quarantine_wait) or 0.0,
+        free_warning=al.size("free_warning", d.free_warning), free_critical=al.size("free_critical", d.free_critical),
+    )
+    if alerts.free_warning and alerts.free_critical > alerts.free_warning:
+        p.add("alerts.free_critical", "must not be above alerts.free_warning")
+    return alerts
+
+
+def _parse_email(t: dict[str, Any], p: _Problems) -> EmailConfig | None:
+    if not t:
+        return None
+    where = "alerts.email."
+    _only_keys(t, {"host", "port", "starttls", "username", "password_file", "from", "to"}, where, p)
+    r = _Reader(t, where, p)
+    missing = [k for k in ("host", "from", "to") if k not in t]
+    for key in missing:
+        p.add(where + key, "missing (an [alerts.email] table needs host, from, to)")
+    to = r.strings("to", ())
+    addresses = (r.get("from", str, ""), *to)
+    if not missing and (not to or any(
+            not a or "@" not in a or any(c.isspace() or c in '<>,;"' or not c.isprintable() for c in a)
+            for a in addresses)):
+        p.add("alerts.email", "want plain addresses like ops@example.com in from and to")
+    host = r.get("host", str, "")
+    if "host" in t and (not host or any(c.isspace() for c in host)):
+        p.add(where + "host", f"want a host name, have {host!r}")
+    cfg = EmailConfig(
+        host=host, to=to, sender=addresses[0], port=r.integer("port", 25, 1, 65535),
+        starttls=r.get("starttls", bool, False), username=r.get("username", str, ""),
+        password_file=r.get("password_file", str, ""),
+    )
+    if cfg.password_file and not cfg.password_file.startswith("/"):
+        p.add(where + "password_file", f"want an absolute path, have {cfg.password_file!r}")
+    if cfg.username and not cfg.password_file:
+        p.add(where + "password_file", "needed with username (the password is never in the toml)")
+    return cfg
 
 
 def _deepest(folders: tuple[FolderRule, ...], path: str) -> FolderRule | None:

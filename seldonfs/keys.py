@@ -8,7 +8,9 @@ The block (written at init, 0600 like the whole store.json)::
       "block_size": 4096,
       "current_key_id": 2857193621,
       "keys": [{"key_id": 2857193621, "wrapped": "<hex>"}],
-      "unlock": {"method": "argon2id", "params": {...}}    or {"method": "keyfile"}
+      "unlock": {"method": "argon2id", "params": {...}}    or {"method": "keyfile"},
+      "key_created": "2026-01-31T12:00:00Z",
+      "secret_changed": "2026-01-31T12:00:00Z"
     }
 
 Every master key in "keys" is wrapped by the same key-encryption key (KEK),
@@ -16,13 +18,24 @@ derived from the passphrase (Argon2id, parameters beside it) or the key file.
 More than one key is listed only while `seldonfs rekey` moves files to a new
 one. A plain store has "encryption": null. The format itself is in
 docs/file-format.md; the primitives in crypto.py.
+
+"key_created" (init, rekey) and "secret_changed" (init, passwd) are when
+the current master key was made and when its passphrase or key file last
+changed; `[encryption] rotate_after` raises the key-age alert on the first.
+They are plain, not sealed: validated when read (a date that does not parse,
+or lies in the future, counts as missing), and a store written before them
+gets them at its first mount. Someone who can rewrite store.json can make a
+key look younger, which hides the alert and nothing else: the same person
+can already delete the wrapped keys (docs/design.md, "Key age").
 """
 
 from __future__ import annotations
 
+import calendar
 import getpass
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +44,33 @@ from . import crypto
 from .errors import UsageError, WrongKeyError
 
 CIPHER = "AES-256-GCM"
+KEY_CREATED = "key_created"
+SECRET_CHANGED = "secret_changed"
+_STAMP = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def stamp(t: float | None = None) -> str:
+    return time.strftime(_STAMP, time.gmtime(time.time() if t is None else t))
+
+
+def when(block: dict[str, Any], field: str, now: float | None = None) -> float | None:
+    """The time `field` of the block records, None when it is missing,
+    does not parse, or lies in the future (more than a day: clock skew)."""
+    v = block.get(field)
+    try:
+        t = float(calendar.timegm(time.strptime(v, _STAMP))) if isinstance(v, str) else None
+    except ValueError:
+        return None
+    if t is None or t > (time.time() if now is None else now) + 86400:
+        return None
+    return t
+
+
+def dated(block: dict[str, Any], now: float | None = None) -> dict[str, Any] | None:
+    """The block with the dates it lacks set to `now` (a store made before
+    they were kept), None when it has both."""
+    missing = [f for f in (KEY_CREATED, SECRET_CHANGED) if when(block, f, now) is None]
+    return dict(block, **{f: stamp(now) for f in missing}) if missing else None
 
 
 @dataclass(frozen=True)
@@ -120,6 +160,7 @@ def new_block(source: KeySource, block_size: int) -> dict[str, Any]:
     kid = crypto.key_id(master)
     block["current_key_id"] = kid
     block["keys"] = [{"key_id": kid, "wrapped": crypto.wrap_key(kek, master, _label(kid)).hex()}]
+    block[KEY_CREATED] = block[SECRET_CHANGED] = stamp()
     return block
 
 
@@ -166,7 +207,7 @@ def rewrap(block: dict[str, Any], keys: dict[int, bytes], source: KeySource) -> 
         unlock_: dict[str, Any] = {"method": "keyfile"}
     else:
         unlock_ = {"method": "argon2id", "params": crypto.default_kdf_params().to_json()}
-    out = dict(block, unlock=unlock_)
+    out = dict(block, unlock=unlock_, **{SECRET_CHANGED: stamp()})
     return with_keys(out, keys, _kek(out, source.secret(confirm=True)))
 
 

@@ -95,6 +95,9 @@ class Sources:
         self.content, self.janitor_cfg = content, janitor_cfg
         self.started = time.time()
         self.audit_verify: dict | None = None  # the last verify in the mount (alerts.verify_audit)
+        self.cfg = None  # the mount's Config, as last (re)loaded
+        self.key_created: float | None = None  # the master key's dates (keys.when); None: a plain store
+        self.secret_changed: float | None = None
         self._folders: dict[str, list[int]] = {}
         self._folders_at = 0.0
         self._lock = threading.Lock()
@@ -116,14 +119,31 @@ class Sources:
             self.failures("folder count", e)
 
     def quarantine(self) -> int:
+        return self.quarantine_oldest()[0]
+
+    def quarantine_oldest(self) -> tuple[int, float | None]:
+        """Files waiting in quarantine, and when the oldest of them came."""
         try:
             conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True, timeout=1)
             try:
-                return conn.execute("SELECT count(*) FROM quarantine WHERE released_ns IS NULL").fetchone()[0]
+                n, oldest = conn.execute(
+                    "SELECT count(*), min(at_ns) FROM quarantine WHERE released_ns IS NULL").fetchone()
+                return n, None if oldest is None else oldest / 1e9
             finally:
                 conn.close()
         except sqlite3.Error:
-            return 0
+            return 0, None
+
+    def key(self) -> dict[str, Any] | None:
+        """The master key's age (None: a plain store)."""
+        if self.key_created is None:
+            return None
+        rotate = self.cfg.encryption.rotate_after if self.cfg is not None else 0
+        age = time.time() - self.key_created
+        return {"created": _iso(self.key_created), "age_days": round(age / 86400, 1),
+                "secret_changed": _iso(self.secret_changed) if self.secret_changed is not None else None,
+                "rotate_after_days": round(rotate / 86400, 3) if rotate else None,
+                "rotate_due": bool(rotate) and age > rotate}
 
     def distributions(self) -> dict[str, int]:
         try:
@@ -140,6 +160,10 @@ class Sources:
         j = self.janitor_cfg
         return {"percent": round(pct, 2), "used": used, "total": total,
                 "warning": j.warning if j else None, "emergency": j.emergency if j else None}
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def _walk_folders(data: Path, plain_size) -> dict[str, list[int]]:
@@ -188,6 +212,7 @@ def snapshot(s: Sources) -> dict[str, Any]:
         },
         "alerts": s.alerts.active() if s.alerts is not None else [],
         "refusals": s.refusals.listing() if s.refusals is not None else [],
+        "key": s.key(),
     }
 
 

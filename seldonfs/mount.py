@@ -285,6 +285,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         stack.callback(lock.release)
         setup_logging(store, foreground, debug, log_level)
         _finish_rekey_copy(store, prep.content)
+        block = _date_key(store)
         _raise_nofile_limit()
         # Modes arrive already masked by the caller's umask; ours must not
         # mask them again.
@@ -315,6 +316,9 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         if engine is not None:
             stack.callback(engine.close)  # its last file records
         served = _side_tasks(store, cfg, mountpoint, core, engine, catalog, auditlog, prep.content, failures, refusals)
+        if block is not None:
+            served.sources.key_created = keys.when(block, keys.KEY_CREATED)
+            served.sources.secret_changed = keys.when(block, keys.SECRET_CHANGED)
         stack.callback(served.control.close)
         ops = SeldonOperations(core, cfg.mount, writeback, auditlog, cfg.monitoring.metrics, refusals)
         served.sources.ops = ops.stats
@@ -343,6 +347,7 @@ def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine:
                       engine.counts if engine is not None else None)
     sources.failures = failures
     sources.refusals = refusals
+    sources.cfg = cfg
     port = cfg.monitoring.port
     url = metrics_url(cfg.monitoring.address, port) if port else None
     core.virtual = virtual_files(store, mountpoint, sources, auditlog, url, refusals)
@@ -383,6 +388,27 @@ def _finish_rekey_copy(store: Store, content: ContentLayer) -> None:
     if block is not None and keys_ is not None and (store.root / offline.REKEY_JOURNAL).exists():
         log.info("an interrupted rekey's copy is finished first; run seldonfs rekey %s to complete it", store.root)
         offline.Rekey(store, keys_, block).finish_interrupted()
+
+
+def _date_key(store: Store) -> dict | None:
+    """The encryption block (None: a plain store), with the dates of its
+    master key and secret written into store.json if it has none (a store
+    made before they were kept: its key counts as made now; said once)."""
+    ident = store.identity()
+    block = ident.get("encryption")
+    if block is None:
+        return None
+    new = keys.dated(block)
+    if new is None:
+        return block
+    try:
+        store.write_identity(dict(ident, encryption=new))
+    except OSError as e:
+        log.info("cannot write the master key's date into store.json (%s): counted from this mount", e)
+        return new
+    log.info("store.json kept no date for the master key: it counts as made now (%s); "
+             "[encryption] rotate_after counts from then", new[keys.KEY_CREATED])
+    return new
 
 
 def _fuse_init(ops: SeldonOperations, mountpoint: Path, fuse_opts: set[str], foreground: bool, store: Store) -> None:
@@ -460,6 +486,7 @@ def _reload(served: Served) -> dict:
         served.janitor.cfg = new
     served.alerts.cfg = new.alerts
     served.sources.janitor_cfg = new.janitor
+    served.sources.cfg = new
     served.cfg = new
     later = [k for k in ("folders", "policy", "mount", "audit", "monitoring") if getattr(old, k) != getattr(new, k)]
     return {"reloaded": True, "applied": ["janitor", "alerts"], "at_next_mount": later}

@@ -28,7 +28,7 @@ from .blockformat import (
 )
 from .content import ContentDamaged
 from .errors import DamageFound, UsageError
-from .keys import with_keys
+from .keys import KEY_CREATED, stamp, with_keys
 from .store import Store, copy_sparse, walk
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ def start_rekey(block: dict[str, Any], keys: dict[int, bytes], kek: bytes) -> di
     master = crypto.new_master_key()
     kid = crypto.key_id(master)
     keys[kid] = master
-    return with_keys(dict(block, current_key_id=kid), keys, kek)
+    return with_keys(dict(block, current_key_id=kid, **{KEY_CREATED: stamp()}), keys, kek)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

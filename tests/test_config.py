@@ -55,6 +55,47 @@ def test_errors_name_file_key_problem(tmp_path: Path, text: str, message: str) -
     assert e.value.exit_code == 13
 
 
+_MAIL = '[alerts.email]\nhost = "smtp.example.com"\nfrom = "fs@example.com"\nto = ["ops@example.com"]\n'
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[alerts]\nformat = "teams"\n', "alerts.format: want one of json, slack"),
+        ('[alerts]\nfree_warning = "10GB"\nfree_critical = "20GB"\n', "alerts.free_critical: must not be above"),
+        ('[alerts]\nquarantine_rate = 101\n', "alerts.quarantine_rate: must be 0..100"),
+        ('[alerts.email]\nhost = "smtp.example.com"\nto = ["ops@example.com"]\n', "alerts.email.from: missing"),
+        (_MAIL.replace("ops@", "ops@example.com\\r\\nBcc: evil@"), "alerts.email: want plain addresses"),
+        (_MAIL.replace('["ops@example.com"]', "[]"), "alerts.email: want plain addresses"),
+        (_MAIL + 'username = "u"\n', "alerts.email.password_file: needed with username"),
+        (_MAIL + 'password = "secret"\n', "alerts.email.password: unknown key"),
+        (_MAIL + 'password_file = "pw"\n', "alerts.email.password_file: want an absolute path"),
+        ('[encryption]\nrotate_after = "soon"\n', "encryption.rotate_after"),
+    ],
+)
+def test_alert_and_key_settings_refused(tmp_path: Path, text: str, message: str) -> None:
+    p = tmp_path / "seldonfs.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        config.load(p)
+
+
+def test_alert_and_key_settings(tmp_path: Path) -> None:
+    p = tmp_path / "seldonfs.toml"
+    p.write_text('[alerts]\nformat = "slack"\nfree_warning = "50GB"\nfree_critical = "10GB"\nquarantine_wait = "0s"\n'
+                 + _MAIL + 'port = 587\nstarttls = true\nusername = "u"\npassword_file = "/etc/seldonfs/smtp.pw"\n'
+                 '[encryption]\nrotate_after = "30d"\n')
+    cfg = config.load(p)
+    assert (cfg.alerts.format, cfg.alerts.free_warning, cfg.alerts.free_critical, cfg.alerts.quarantine_wait) == (
+        "slack", 50 * 10**9, 10 * 10**9, 0)
+    assert cfg.alerts.email == config.EmailConfig(host="smtp.example.com", to=("ops@example.com",),
+                                                  sender="fs@example.com", port=587, starttls=True, username="u",
+                                                  password_file="/etc/seldonfs/smtp.pw")
+    assert cfg.encryption.rotate_after == 30 * 86400
+    assert config.load(tmp_path / "seldonfs.toml").encryption == config.parse({"encryption": {"rotate_after": "30d"}},
+                                                                               "x").encryption
+
+
 THREE_PROBLEMS = (
     '[mount]\nattr_timeout = 30.0\nsurplus = 1\n'  # an unknown key
     '[janitor]\ncheck_every = "5 minutes"\n'  # a bad duration
@@ -114,7 +155,8 @@ def test_init_shows_the_tables_a_profile_leaves_out_with_their_defaults(name: st
 
     text = config.with_default_tables(config.profile_text(name))
     assert config.parse(tomllib.loads(text), name) == config.parse(tomllib.loads(config.profile_text(name)), name)
-    kinds = {"monitoring": config.MonitoringConfig, "alerts": config.AlertsConfig, "audit": config.AuditConfig}
+    kinds = {"monitoring": config.MonitoringConfig, "alerts": config.AlertsConfig, "audit": config.AuditConfig,
+             "encryption": config.EncryptionConfig}
     left_out = [t for t in kinds if t not in tomllib.loads(config.profile_text(name))]
     assert left_out  # every profile leaves some to the defaults
     for table in left_out:

@@ -519,3 +519,84 @@ def test_swapped_committed_files_are_found_by_verify(estore: Path, tmp_path: Pat
     }
     r = seldonfs("fsck", estore, "--keyfile", key)
     assert r.returncode == 26 and f"cannot repair: input/raw/{b.name}: {problem}" in r.stdout, r.stdout
+
+
+def _age_key(store: Path, days: float) -> None:
+    """Make the master key look `days` old: its date in store.json is plain
+    (keys.py says why), so an edit is the real way to age it."""
+    import time
+
+    ident = json.loads((store / "store.json").read_text())
+    ident["encryption"]["key_created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - days * 86400))
+    (store / "store.json").write_text(json.dumps(ident))
+
+
+def _alert_kinds(doc: dict) -> set[str]:
+    return {a["kind"] for a in doc.get("alerts", [])}
+
+
+@needs_fuse
+def test_key_age(estore: Path, tmp_path: Path) -> None:
+    """init dates the master key; a store written before the dates gets them
+    at its first mount (INFO, no warning); a key older than
+    [encryption] rotate_after shows key-age in ctl health, status and stats;
+    passwd moves only the secret's date, rekey resets the key's age."""
+    import time
+
+    block = json.loads((estore / "store.json").read_text())["encryption"]
+    made = time.mktime(time.strptime(block["key_created"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert abs(made - time.time()) < 120 and block["secret_changed"] == block["key_created"]
+
+    # an older store: no dates; its first mount gives them, said at INFO
+    ident = json.loads((estore / "store.json").read_text())
+    del ident["encryption"]["key_created"], ident["encryption"]["secret_changed"]
+    (estore / "store.json").write_text(json.dumps(ident))
+    m = tmp_path / "m"
+    with mounted(estore, m):
+        r = seldonfs("ctl", m, "health")
+        assert r.returncode == 0 and "key-age" not in _alert_kinds(json.loads(r.stdout)), r.stdout
+    assert "kept no date for the master key" in (estore / "seldonfs.log").read_text()
+    assert "key_created" in json.loads((estore / "store.json").read_text())["encryption"]
+
+    # 120 days old, rotate_after 90 days (the default)
+    _age_key(estore, 120)
+    with mounted(estore, m, expect_log_problems=True):
+        r = seldonfs("ctl", m, "health")
+        assert r.returncode == 0, r.stderr
+        health = json.loads(r.stdout)
+        assert "key-age" in _alert_kinds(health), health
+        r = seldonfs("status", m)
+        assert "key-age" in r.stdout and "master key 120 days old" in r.stdout, r.stdout
+        (st,) = [json.loads(l) for l in seldonfs("status", m, "--json").stdout.splitlines()]
+        assert st["key"]["rotate_due"] and "key-age" in _alert_kinds(st), st
+        stats = json.loads(seldonfs("stats", m, "--json").stdout)
+        assert stats["key"]["age_days"] == pytest.approx(120, abs=0.1) and stats["key"]["rotate_after_days"] == 90
+    r = seldonfs("status", estore)
+    assert "not mounted" in r.stdout and "key-age" in r.stdout, r.stdout
+
+    # a longer rotate_after: not due
+    conf = estore / "seldonfs.toml"
+    conf.write_text(conf.read_text() + '\n[encryption]\nrotate_after = "180d"\n')
+    r = seldonfs("status", estore, "--json")
+    assert json.loads(r.stdout)["key"]["rotate_due"] is False, r.stdout
+
+    # passwd: a new secret, the same key (and its age)
+    old = json.loads((estore / "store.json").read_text())["encryption"]
+    newkey = tmp_path / "new.key"
+    r = seldonfs("passwd", estore, "--keyfile", keyfile_of(estore), "--new-keyfile", newkey)
+    assert r.returncode == 0, r.stderr
+    after = json.loads((estore / "store.json").read_text())["encryption"]
+    assert after["key_created"] == old["key_created"] and after["secret_changed"] > old["secret_changed"]
+    shutil.move(newkey, keyfile_of(estore))
+
+    # rekey: a new key, age 0
+    conf.write_text(conf.read_text().replace('"180d"', '"100d"'))
+    assert json.loads(seldonfs("status", estore, "--json").stdout)["key"]["rotate_due"]
+    r = seldonfs("rekey", estore, "--keyfile", keyfile_of(estore))
+    assert r.returncode == 0, r.stderr
+    k = json.loads(seldonfs("status", estore, "--json").stdout)["key"]
+    assert k["age_days"] < 0.1 and not k["rotate_due"], k
+    (estore / "seldonfs.log").unlink()  # the aged mount's warnings are behind us
+    with mounted(estore, m):
+        health = json.loads(seldonfs("ctl", m, "health").stdout)
+        assert "key-age" not in _alert_kinds(health), health

@@ -50,8 +50,9 @@ def test_json_is_all_of_stdout(tmp_path: Path) -> None:
     r = seldonfs("decrypt", store, *k, "-o", tmp_path / "out", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["damaged"] == [], r.stderr
     r = seldonfs("status", store, "--json")
-    assert _json_lines(r.stdout) == [{"store": str(store), "mounted": False, "profile": "seldon",
-                                      "disk_percent": _json_lines(r.stdout)[0]["disk_percent"]}]
+    (doc,) = _json_lines(r.stdout)
+    assert doc == {"store": str(store), "mounted": False, "profile": "seldon", "disk_percent": doc["disk_percent"],
+                   "key": doc["key"]} and doc["key"]["age_days"] < 1 and not doc["key"]["rotate_due"]
 
     plain = init_store(tmp_path / "plain", encrypted=False)
     (plain / "data/temp/processing/old.tmp").write_text("x" * 10)

@@ -3,7 +3,8 @@
 Reads MOUNTPOINT/.seldonfs-stats.json (no token needed; every mount has it,
 whatever its profile, though `ls -a` does not list it): uptime,
 requests by operation and result, bytes read and written, folders, disk,
-validation verdicts, quarantine, janitor, audit, integrity errors, alerts.
+validation verdicts, quarantine, janitor, audit, integrity errors, the
+master key's age (`key`, null for a plain store), alerts.
 The JSON also names the live mount's metrics URL (`metrics_url`, null when
 `[monitoring] port` is 0). A STORE is found at its mount; exit 10 when
 there is none.
@@ -68,6 +69,10 @@ def run(args: argparse.Namespace) -> None:
               + (f"; last: {j['last'].get('summary')}" if j.get("last") else ""))
     print(f"audit      {s['audit_records'] if s['audit_records'] is not None else 'off'} records; "
           f"integrity errors {s['damaged_reads']}")
+    if k := s.get("key"):
+        print(f"key        master key {k['age_days']:.0f} days old (made {k['created']}, secret changed "
+              f"{k['secret_changed']}; rotate after {k['rotate_after_days'] or 'never'} days"
+              + (": due)" if k["rotate_due"] else ")"))
     for a in s.get("alerts", []):
         print(f"alert      {a['level']}: {a['message']}")
     print(f"metrics    {s.get('metrics_url') or 'off ([monitoring] port = 0)'}")
