@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from . import anchor, crypto, faults, segments
+from .records import FIELDS, JSON, ZERO_MAC, mac_of, text
 from .anchor import HEAD_NAME, head_tag, read_head
 from .errors import SeldonError
 from .reserve import Reserve
@@ -59,17 +60,15 @@ MAX_WAITING = 100_000  # records kept while the catalog refuses them (about 30 M
 CLOSE_TRIES = 30  # seconds an ending writer keeps trying to store what waits
 RESET_OP, GAP_OP = "reset", "gap"
 EXPIRED = "expired"  # an Event: a segment removed after [audit] retain
-ZERO_MAC = bytes(32)
-FIELDS = ("seq", "ns", "uid", "gid", "pid", "proc", "op", "path", "path2", "result", "bytes", "detail")
 _WRAP_LABEL = b"seldonfs audit key"
 
 
-def _say(text: str) -> None:
+def _say(line: str) -> None:
     """A line for the log (the writer's stderr is the daemon's, the store's
     log file): when the disk is full it cannot be written, and that must not
     end the writer, whose records are waiting for that same space."""
     try:
-        print(text, file=sys.stderr, flush=True)
+        print(line, file=sys.stderr, flush=True)
     except OSError:
         pass
 
@@ -132,19 +131,6 @@ def load_key(root: Path, keys: dict[int, bytes] | None) -> bytes:
 
 
 # ---------------------------------------------------------------- records
-
-
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def canonical(row: tuple) -> bytes:
-    """The bytes a record's MAC covers: its fields (FIELDS order) as a JSON
-    array without spaces, UTF-8."""
-    return _JSON(row).encode()
-
-
-def mac_of(key: bytes, prev: bytes, row: tuple) -> bytes:
-    return hmac.digest(key, prev + canonical(row), "sha256")
 
 
 class ChainWriter:
@@ -418,8 +404,8 @@ class AuditLog:
         result: str = "OK", nbytes: int = 0, detail: str = "",
     ) -> None:
         item = (
-            time.time_ns(), uid, gid, pid, self._proc(pid), op, _text(path), _text(path2), result, nbytes,
-            _text(detail),
+            time.time_ns(), uid, gid, pid, self._proc(pid), op, text(path), text(path2), result, nbytes,
+            text(detail),
         )
         with self._qlock:
             self.queue.append(item)
@@ -518,7 +504,7 @@ class AuditLog:
         try:
             for r in conn.execute(f"SELECT {', '.join(FIELDS)}, mac FROM audit ORDER BY seq"):
                 rec = dict(zip(FIELDS, r[:-1]), mac=bytes(r[-1]).hex())
-                yield _JSON(rec).encode() + b"\n"
+                yield JSON(rec).encode() + b"\n"
         finally:
             conn.close()
 
@@ -563,18 +549,6 @@ class AuditLog:
         except subprocess.TimeoutExpired:
             log.error("audit writer did not exit; killing it")
             self.child.kill()
-
-
-def _text(s: str) -> str:
-    """Valid UTF-8 text for the record: a name that is not UTF-8 (its bytes
-    came in as surrogates, see os.fsdecode) shows them as \\xNN."""
-    if s.isascii():
-        return s
-    try:
-        s.encode("utf-8")
-        return s
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -662,7 +636,7 @@ def append_offline_many(
     try:
         who = (os.getuid(), os.getgid(), os.getpid(), "seldonfs")
         now = time.time_ns()
-        if not w.write([(now, *who, op, _text(p), _text(p2), res, n, _text(det))
+        if not w.write([(now, *who, op, text(p), text(p2), res, n, text(det))
                         for op, p, p2, res, n, det in records], durable=True):
             raise SeldonError(f"{catalog_path}: the audit records of this command were not stored: {w.failing}")
     finally:
@@ -688,7 +662,7 @@ def reset(root: Path, catalog_path: Path, key: bytes, reason: str, found: anchor
     w = ChainWriter(root, catalog_path, key)
     try:
         item = (time.time_ns(), os.getuid(), os.getgid(), os.getpid(), "seldonfs", RESET_OP, "", "", "OK", 0,
-                _text(detail))
+                text(detail))
         epoch = w.begin_epoch(item, anchor.next_seq(found, w.seq))
         return epoch, w.seq
     finally:
@@ -857,7 +831,7 @@ def query(
         return
     want = _matcher(since_ns, until_ns, path, uid, op)
     # a plain path is looked for in the line before the line is parsed
-    needle = _JSON(path).encode() if path is not None and not any(c in path for c in "*?[") else b""
+    needle = JSON(path).encode() if path is not None and not any(c in path for c in "*?[") else b""
     segs = sealed_in(conn, since_ns, until_ns)
     if newest_first:
         yield from live

@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 
 from . import journal
+from .records import FIELDS
 
 KINDS = ("none", "journal", "syslog")
 MESSAGE_ID = "395df4b653a1436aa705dd8fc75f5e4d"  # journalctl MESSAGE_ID=... selects the audit records
 SYSLOG_SOCKET = "/dev/log"
 AUTHPRIV = 10
-FIELDS = ("seq", "ns", "uid", "gid", "pid", "proc", "op", "path", "path2", "result", "bytes", "detail")  # audit.FIELDS
 
 
 def severity(result: str) -> int:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .audit import _text  # names that are not UTF-8: \xNN, as the chain writes them
+from .records import text as _text  # names that are not UTF-8: \xNN, as the chain writes them
 
 LAST = 100  # refusals kept per mount
 

@@ -8,7 +8,7 @@ profile keeps them in its compliance archive). A segment is one file
     STORE/data/<segments_to>/audit-<first seq>-<last seq>.jsonl.gz
 
 gzip'd JSON lines, one record per line: a JSON array of its fields in
-audit.FIELDS order (the bytes its MAC covers), then its MAC in hex;
+records.FIELDS order (the bytes its MAC covers), then its MAC in hex;
 encrypted like any file of an encrypted store, so it
 reads through the mount (`zcat`) and `seldonfs rekey` moves it to a new
 key. The catalog's `audit_segments` table indexes them: range, times,
@@ -39,6 +39,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .records import FIELDS, canonical
 
 
 
@@ -122,10 +124,8 @@ def next_range(conn: sqlite3.Connection, every: int | str, now_ns: int) -> tuple
 
 
 def line_of(row: tuple, mac: bytes) -> bytes:
-    """A record's line: the bytes its MAC covers (audit.canonical, a JSON
+    """A record's line: the bytes its MAC covers (records.canonical, a JSON
     array of its fields), with the MAC in hex as one more element."""
-    from .audit import canonical
-
     return canonical(row)[:-1] + b',"' + mac.hex().encode() + b'"]\n'
 
 
@@ -143,8 +143,6 @@ def parse_line(line: bytes) -> tuple[tuple, bytes]:
 def seal(conn: sqlite3.Connection, data: Path, spec: Spec, key: bytes, first: int, hi: int) -> Segment:
     """Write records first..hi into a segment file, then move them out of
     the table and index the file, in one transaction."""
-    from .audit import FIELDS
-
     rows = conn.execute(f"SELECT {', '.join(FIELDS)}, mac FROM audit WHERE seq BETWEEN ? AND ? ORDER BY seq",
                         (first, hi)).fetchall()
     body = gzip.compress(b"".join(line_of(tuple(r[:-1]), bytes(r[-1])) for r in rows), 6, mtime=0)

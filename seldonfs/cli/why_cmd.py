@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..audit import _text
+from ..records import text as _text
 from ..errors import MountPointError, SeldonError
 from ..naming import shown
 from ..virtual import REFUSALS_NAME
