@@ -160,12 +160,18 @@ def _hint_failures_are_debug(record: logging.LogRecord) -> bool:
     """An entry invalidation is a hint to the kernel's cache (a moved file,
     the inode budget); pyfuse3 logs one that failed, e.g. because the
     kernel has already dropped the entry or the mount is going away, as an
-    error with a traceback. Keep it, as DEBUG without the traceback."""
+    error with a traceback. Keep it, as DEBUG without the traceback. An
+    answer to a request the kernel has given up on is INFO, not an error."""
     if record.getMessage().startswith("Failed to submit invalidate_entry"):
         exc = record.exc_info[1] if record.exc_info else None
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         record.msg, record.args, record.exc_info, record.exc_text = f"{record.getMessage()}: {exc}", None, None, None
         return logging.getLogger().isEnabledFor(logging.DEBUG)
+    if "fuse_reply_* failed with No such file or directory" in record.getMessage():
+        # The kernel no longer waits for that answer: the request was
+        # interrupted (its caller gone), or the mount is being torn down
+        # (a release answered after `fusermount3 -u -z`). Nothing is lost.
+        record.levelno, record.levelname = logging.INFO, "INFO"
     return True
 
 

@@ -149,17 +149,28 @@ def catalog_readonly(target: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def mounted_file(path: Path) -> str:
-    """`path` if it is a file inside a SeldonFS mount, else a usage error."""
+def mount_above(path: Path) -> tuple[Path, str]:
+    """(mount point, path inside it) of PATH, which need not exist;
+    MountPointError (exit 10) when it is not inside a SeldonFS mount."""
     from ..host import FSTYPE, find_mount
 
-    if not path.exists():
-        raise UsageError(f"{path}: no such file")
     p = Path(os.path.abspath(path))
     for parent in (p, *p.parents):
         found = find_mount(parent)
         if found is not None:
             if found[1] != FSTYPE:
                 break
-            return str(p)
-    raise UsageError(f"{path}: not inside a SeldonFS mount")
+            rel = p.relative_to(parent).as_posix()
+            return parent, "" if rel == "." else rel
+    raise MountPointError(f"{shown(str(path))}: not inside a SeldonFS mount")
+
+
+def mounted_file(path: Path) -> str:
+    """`path` if it is a file inside a SeldonFS mount, else a usage error."""
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    try:
+        mount_above(path)
+    except MountPointError:
+        raise UsageError(f"{path}: not inside a SeldonFS mount") from None
+    return os.path.abspath(path)

@@ -28,11 +28,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..errors import SeldonError
 from ..records import text as _text
-from ..errors import MountPointError, SeldonError
 from ..naming import shown
 from ..virtual import REFUSALS_NAME
-from .common import add_json_arg
+from .common import add_json_arg, mount_above
 
 REFUSALS = os.fsdecode(REFUSALS_NAME)
 
@@ -43,22 +43,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", type=Path, metavar="PATH")
     add_json_arg(p, "the refusals as one JSON document")
     p.set_defaults(func=run)
-
-
-def mount_above(path: Path) -> tuple[Path, str]:
-    """(mount point, path inside it) of PATH, which need not exist;
-    MountPointError (exit 10) when it is not inside a SeldonFS mount."""
-    from ..host import FSTYPE, find_mount
-
-    p = Path(os.path.abspath(path))
-    for parent in (p, *p.parents):
-        found = find_mount(parent)
-        if found is not None:
-            if found[1] != FSTYPE:
-                break
-            rel = p.relative_to(parent).as_posix()
-            return parent, "" if rel == "." else rel
-    raise MountPointError(f"{shown(str(path))}: not inside a SeldonFS mount")
 
 
 def matches(r: dict[str, Any], rel: str) -> bool:
