@@ -200,3 +200,34 @@ def test_free_space_folder_caps_and_quarantine_alerts(tmp_path: Path) -> None:
     finally:
         hook.shutdown()
         hook.server_close()
+
+
+def test_a_hanging_mail_server_delays_no_write(tmp_path: Path) -> None:
+    """Issue 19: an SMTP server that accepts the connection and never
+    answers holds the alert's mail for its 10 s timeout; writes through the
+    mount meanwhile return at once (the mail has a thread of its own)."""
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(8)  # accepted by the kernel, never answered
+    pw = tmp_path / "smtp.pw"
+    pw.write_text(PASSWORD)
+    pw.chmod(0o600)
+    store = init_store(tmp_path / "store", encrypted=False)
+    conf = store / "seldonfs.toml"
+    conf.write_text(_with_alerts(conf.read_text(), "quarantine_backlog = 1\n") + _email_toml(hang.getsockname()[1], pw))
+    m = tmp_path / "mnt"
+    try:
+        with mounted(store, m, expect_log_problems=True):
+            for i in range(3):
+                (m / "input" / "raw" / f"broken{i}.json").write_text("{not json")
+            wait_for(lambda: "quarantine-backlog" in _kinds(m), timeout=40, what="the alert")
+            slowest = 0.0
+            for i in range(40):  # about 4 s of writes while the mail hangs
+                t = time.perf_counter()
+                (m / "input" / "processed" / f"f{i}.txt").write_text("x" * 4096)
+                slowest = max(slowest, time.perf_counter() - t)
+                time.sleep(0.1)
+            print(f"slowest of 40 writes while the mail hangs: {slowest * 1000:.1f} ms")
+            assert slowest < 0.5, slowest
+    finally:
+        hang.close()
