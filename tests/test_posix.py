@@ -445,7 +445,12 @@ def test_more_files_than_the_inode_budget(tmp_path: Path) -> None:
             (d / f"f{i:04d}").write_bytes(b"%d" % i)
         assert sorted(os.listdir(d)) == [f"f{i:04d}" for i in range(2000)]
         assert all((d / f"f{i:04d}").read_bytes() == b"%d" % i for i in range(2000))
-        known = json.loads((m / "system" / "monitoring" / "stats.json").read_text())["inodes_known"]
+        # The invalidations go to the kernel from one queue and the forgets
+        # come back later: on a loaded machine they lag behind the reads.
+        stats = m / "system" / "monitoring" / "stats.json"
+        deadline = time.monotonic() + 60
+        while (known := json.loads(stats.read_text())["inodes_known"]) >= 600 and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert known < 600, known
         for i in range(2000):
             (d / f"f{i:04d}").unlink()
