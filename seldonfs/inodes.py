@@ -226,16 +226,18 @@ class InodeTable:
         if node is None:
             self.nodes[ino] = Node(fd, 1, stat_m.S_IFMT(st.st_mode))
             if self.max_inodes and len(self.nodes) > max(self.max_inodes, self._next_relief):
-                self._relieve()
+                self.relieve()
         else:
             os.close(fd)
             node.nlookup += 1
         return self._stat(ino, st)
 
-    def _relieve(self) -> None:
+    def relieve(self) -> None:
         """Ask the kernel to forget the oldest files no handle has open,
         down to three quarters of the budget. Directories stay: the kernel
-        keeps a directory while it knows anything inside."""
+        keeps a directory while it knows anything inside. Called past the
+        budget on a lookup, and now and then by the mount (`over_budget`):
+        an invalidation the kernel missed is asked again."""
         want = len(self.nodes) - self.max_inodes * 3 // 4
         open_inos = self.open_inodes()
         parents: dict[str, int | None] = {}
@@ -260,6 +262,9 @@ class InodeTable:
         log.debug("%d inodes known: asking the kernel to forget %d", len(self.nodes), len(victims))
         for parent, name in victims:  # dropped from the kernel's cache; forgets follow
             self.notify(parent, name)
+
+    def over_budget(self) -> bool:
+        return bool(self.max_inodes) and len(self.nodes) > self.max_inodes
 
     def lookup(self, parent: int, name: bytes, uid: int = -1) -> Stat:
         """One more lookup of `name` in `parent` by a process of user `uid`

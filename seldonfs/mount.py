@@ -506,6 +506,7 @@ async def _serve(engine: Engine | None, served: Served) -> None:
         if engine is not None:
             await nursery.start(engine.run)  # content checks of large files; catalog batches
         nursery.start_soon(watch, served.alerts, served.sources)
+        nursery.start_soon(_keep_inode_budget, served.sources.core)
         if served.auditlog is not None:
             nursery.start_soon(send_head, served.auditlog, served.alerts, served.sources)
         if served.auditlog is not None and served.cfg.audit.verify_every:
@@ -520,6 +521,15 @@ async def _serve(engine: Engine | None, served: Served) -> None:
             served.control.close()  # before the loop goes: its threads hand work to it
         # Unmounted from outside (fusermount3 -u, umount): stop the rest.
         nursery.cancel_scope.cancel()
+
+
+async def _keep_inode_budget(core: Core) -> None:
+    """Past the descriptor budget with no lookups coming (the ones that
+    ask the kernel to forget), ask again every few seconds."""
+    while True:
+        await trio.sleep(5)
+        if core.over_budget():
+            core.relieve()
 
 
 async def _on_signals(served: Served) -> None:
