@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import functools
 import hashlib
 import hmac
 import io
@@ -204,6 +205,7 @@ def detect_mime(head: bytes, rule: FolderRule, ext: str) -> str:
     return _FULL_MAGIC.from_buffer(head) if fails else mime
 
 
+@functools.lru_cache(maxsize=1024)  # a few kinds of files, checked at every commit
 def _mime_ok(mime: str, allowed: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(mime, a) for a in allowed)
 
