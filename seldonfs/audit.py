@@ -375,6 +375,7 @@ class AuditLog:
         self._restart_at = 0.0
         self._base = self.sent  # the last record number when the writer started
         self._handed = 0  # records handed to it since
+        self._unsynced = True  # handed since the last durable answer: a sync has to ask for one
         self._spawn()
         self._dead = False
         self._stop = threading.Event()
@@ -448,8 +449,8 @@ class AuditLog:
             if lost:
                 items.insert(0, (time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0,
                                  f"{lost} records lost: the audit writer process died"))
-            if not items and not durable:
-                return
+            if not items and (not durable or not self._unsynced):
+                return  # nothing new since the last sync (fsx: most fsyncs) costs no round trip
             handed = False
             try:
                 self._send((items, durable))
@@ -459,6 +460,7 @@ class AuditLog:
                 self._lost = 0
                 if durable and os.read(self._in, 1) != b"k":
                     raise OSError(errno.EPIPE, "writer gone")
+                self._unsynced = not durable
             except OSError as e:
                 log.error("audit writer process gone (%s): starting another; a gap record will count what it "
                           "took with it", e)
