@@ -488,12 +488,14 @@ class EncryptedFile:
         header `head` of a new file.
 
         If the last block moves on, the old one is resealed as not final (and
-        padded to B bytes). The writes go: space reserved for all of them,
-        then the blocks past the old last one, then the header, then the old
-        blocks (the old last one among them). Up to the last step nothing old
-        is touched: a failure (ENOSPC, EIO) cuts the backing file back to
+        padded to B bytes). The writes go: space reserved for those that
+        overwrite old bytes and grow the file or may fill a hole, then the
+        blocks past the old last one, then the header, then the old blocks
+        (the old last one among them). Up to the last step nothing old is
+        touched: a failure (ENOSPC, EIO) cuts the backing file back to
         `bsize` bytes, so the file is as before (and a new one empty, never
-        a header alone)."""
+        a header alone). So a write wholly past the old end (a new file, an
+        append of whole blocks) needs no reservation."""
         h, aead = self._ready()
         bs, last = self.block_size, (new - 1) // self.block_size
         oldlast = (old - 1) // bs if old else -1
@@ -511,12 +513,13 @@ class EncryptedFile:
         holes: list[tuple[int, int]] = []  # holes inside the file the reservation fills
         try:
             for at, buf in pieces:
-                if at + len(buf) > bsize or self._sparse:
+                if at < bsize and (at + len(buf) > bsize or self._sparse):
                     # Space first: a full disk fails here, before a byte is
-                    # written (docs/file-format.md, "Writing on a full disk").
-                    # A file with holes may have one here; overwriting a file
-                    # without holes needs no new space and skips the call.
-                    if self._sparse and at < bsize:
+                    # overwritten (docs/file-format.md, "Writing on a full
+                    # disk"). A file with holes may have one here;
+                    # overwriting a file without holes needs no new space,
+                    # and what fails past the end is cut off again.
+                    if self._sparse:
                         holes += _holes(self.fd, at, min(at + len(buf), bsize))
                     faults.reserve(self.fd, at, len(buf))
             for at, buf in pieces:
