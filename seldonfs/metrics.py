@@ -199,6 +199,7 @@ def snapshot(s: Sources) -> dict[str, Any]:
         "policy": policy,
         "task_failures": dict(s.failures.counts),
         "ops": ops,
+        "op_seconds": {op: h[-1] / 1e9 for op, h in dict(counted.hist).items()},  # time in the handler, in all
         "bytes": {"read": counted.read, "written": counted.written},
         "folders": {k: {"files": v[0], "bytes": v[1]} for k, v in sorted(s.folders().items())},
         "disk": s.disk(),
