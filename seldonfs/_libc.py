@@ -1,5 +1,5 @@
 """The few Linux calls the os module lacks: renameat2, fallocate with
-FALLOC_FL_KEEP_SIZE, and the AT_EMPTY_PATH forms of fchownat and utimensat
+FALLOC_FL_KEEP_SIZE, sync_file_range, and the AT_EMPTY_PATH forms of fchownat and utimensat
 that act on an O_PATH descriptor itself (needed for symlinks, which cannot
 be opened any other way).
 """
@@ -21,6 +21,7 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 FALLOC_FL_KEEP_SIZE = 1
 FALLOC_FL_PUNCH_HOLE = 2
+SYNC_FILE_RANGE_WRITE = 2
 
 
 class _Timespec(ctypes.Structure):
@@ -31,6 +32,7 @@ _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.
 _libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
 _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
 
 def _check(res: int) -> None:
@@ -72,3 +74,9 @@ def utimens_path_fd(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None
 
     times = (_Timespec * 2)(ts(atime_ns), ts(mtime_ns))
     _check(_libc.utimensat(fd, b"", times, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+
+
+def write_behind(fd: int) -> None:
+    """Start writing the file's dirty pages to disk, without waiting for
+    them (a hint: its errors come back at fsync, as any writeback's)."""
+    _libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
