@@ -4,7 +4,7 @@ judgement whether the catalog's chain still matches its anchors.
 Two anchors, both sealed with a tag under the audit key (docs/audit.md):
 
     STORE/audit.head    {"seq", "mac", "tag"}: the last record stored,
-                        rewritten after every batch
+                        rewritten after every batch (two slots, in place)
     STORE/store.json    "audit": {"epoch", "seq", "mac", "tag"}: the first
                         record of the current epoch (record 1, or the
                         `reset` record of `seldonfs audit reset`), written
@@ -19,6 +19,7 @@ copy of the head (`seldonfs audit head`) does.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import os
@@ -42,27 +43,70 @@ def anchor_tag(key: bytes, epoch: int, seq: int, mac: bytes) -> str:
     return hmac.digest(key, b"anchor\0%d\0%d\0" % (epoch, seq) + mac, "sha256").hex()
 
 
+HEAD_SLOT = 256  # audit.head: two slots of this size, each a JSON line padded with spaces
+
+
 def read_head(root: Path) -> dict[str, Any] | None:
+    """The newer of audit.head's two slots that parses (an older store's
+    single document is read too); one that fails its tag check when
+    neither parses: reported."""
     try:
-        doc = json.loads((root / HEAD_NAME).read_text())
+        data = (root / HEAD_NAME).read_bytes()
     except FileNotFoundError:
         return None
+    slots = [data[:HEAD_SLOT], data[HEAD_SLOT:]] if len(data) == 2 * HEAD_SLOT else [data]
+    docs = [doc for doc in map(_head_doc, slots) if doc is not None]
+    return max(docs, key=_head_seq) if docs else {"seq": 0, "mac": "", "tag": ""}
+
+
+def _head_doc(raw: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(raw)
     except ValueError:
-        doc = None
-    return doc if isinstance(doc, dict) else {"seq": 0, "mac": "", "tag": ""}  # fails its tag check: reported
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _head_seq(doc: dict[str, Any] | None) -> int:
+    seq = doc.get("seq") if doc is not None else None
+    return seq if isinstance(seq, int) else -1
 
 
 def write_head(root: Path, key: bytes, seq: int, mac: bytes, durable: bool) -> None:
-    doc = {"seq": seq, "mac": mac.hex(), "tag": head_tag(key, seq, mac)}
-    tmp = root / (HEAD_NAME + ".part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Name record `seq` in audit.head. It is written in place, over the
+    older of its two slots, so a write torn by a crash leaves the other
+    (at most one batch older), and a sync is one fdatasync of a file that
+    keeps its size: a third of a new file's fsync and rename (measured;
+    an application's fsync waits for it). A missing or old-format head is
+    replaced whole, by rename."""
+    line = json.dumps({"seq": seq, "mac": mac.hex(), "tag": head_tag(key, seq, mac)}).encode()
+    line = line.ljust(HEAD_SLOT - 1) + b"\n"
+    path = root / HEAD_NAME
     try:
-        os.write(fd, json.dumps(doc).encode())
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1
+    if fd >= 0:
+        try:
+            old = os.pread(fd, 2 * HEAD_SLOT + 1, 0)
+            if len(old) == 2 * HEAD_SLOT:
+                older = 0 if _head_seq(_head_doc(old[:HEAD_SLOT])) <= _head_seq(_head_doc(old[HEAD_SLOT:])) else 1
+                if os.pwrite(fd, line, older * HEAD_SLOT) != HEAD_SLOT:
+                    raise OSError(errno.EIO, "short write")
+                if durable:
+                    os.fdatasync(fd)
+                return
+        finally:
+            os.close(fd)
+    tmp = root / (HEAD_NAME + ".part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, line + line)
         if durable:
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, root / HEAD_NAME)
+    os.replace(tmp, path)
 
 
 def read_anchor(root: Path) -> dict[str, Any] | None:

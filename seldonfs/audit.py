@@ -434,40 +434,63 @@ class AuditLog:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         _write_all(self._out, struct.pack("<I", len(data)) + data)
 
-    def flush(self, durable: bool) -> None:
-        """Hand on what is queued; `durable`: wait until the writer has it on disk."""
+    def flush(self, durable: bool, meanwhile: Callable[[], None] | None = None) -> None:
+        """Hand on what is queued; `durable`: wait until the writer has it on
+        disk. `meanwhile` (the data's own fsync) runs while the writer
+        syncs, so the two disk waits overlap; its exception is raised after
+        the wait."""
         with self._plock:
-            if self._dead and not self._restart():
-                with self._qlock:
-                    if len(self.queue) > MAX_WAITING:  # the rest waits for the next writer
-                        self._lost += len(self.queue) - MAX_WAITING
-                        del self.queue[MAX_WAITING:]
-                return
+            waiting = self._hand_on(durable)
+            failed = None
+            if meanwhile is not None:
+                try:
+                    meanwhile()
+                except BaseException as e:  # noqa: BLE001 - raised below, once the writer has answered
+                    failed = e
+            if waiting:
+                try:
+                    if os.read(self._in, 1) != b"k":
+                        raise OSError(errno.EPIPE, "writer gone")
+                    self._unsynced = False
+                except OSError as e:
+                    self._gone(e)
+            if failed is not None:
+                raise failed
+
+    def _hand_on(self, durable: bool) -> bool:
+        """Send the queue (under `_plock`); True: a durable batch went, and
+        the writer's answer is to be read."""
+        if self._dead and not self._restart():
             with self._qlock:
-                items, self.queue = self.queue, []
-            lost = self._lost
-            if lost:
-                items.insert(0, (time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0,
-                                 f"{lost} records lost: the audit writer process died"))
-            if not items and (not durable or not self._unsynced):
-                return  # nothing new since the last sync (fsx: most fsyncs) costs no round trip
-            handed = False
-            try:
-                self._send((items, durable))
-                handed = True
-                self.sent += len(items)
-                self._handed += len(items)
-                self._lost = 0
-                if durable and os.read(self._in, 1) != b"k":
-                    raise OSError(errno.EPIPE, "writer gone")
-                self._unsynced = not durable
-            except OSError as e:
-                log.error("audit writer process gone (%s): starting another; a gap record will count what it "
-                          "took with it", e)
-                self._dead = True
-                if not handed:  # a dead reader got none of it: kept, in order, for the next writer
-                    with self._qlock:
-                        self.queue[:0] = items[1:] if lost else items
+                if len(self.queue) > MAX_WAITING:  # the rest waits for the next writer
+                    self._lost += len(self.queue) - MAX_WAITING
+                    del self.queue[MAX_WAITING:]
+            return False
+        with self._qlock:
+            items, self.queue = self.queue, []
+        lost = self._lost
+        if lost:
+            items.insert(0, (time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0,
+                             f"{lost} records lost: the audit writer process died"))
+        if not items and (not durable or not self._unsynced):
+            return False  # nothing new since the last sync (fsx: most fsyncs) costs no round trip
+        try:
+            self._send((items, durable))
+        except OSError as e:
+            self._gone(e)
+            with self._qlock:  # a dead reader got none of it: kept, in order, for the next writer
+                self.queue[:0] = items[1:] if lost else items
+            return False
+        self.sent += len(items)
+        self._handed += len(items)
+        self._lost = 0
+        self._unsynced = True
+        return durable
+
+    def _gone(self, e: OSError) -> None:
+        log.error("audit writer process gone (%s): starting another; a gap record will count what it "
+                  "took with it", e)
+        self._dead = True
 
     def _restart(self) -> bool:
         """A new writer process after the last one died (at most one try a
@@ -494,9 +517,10 @@ class AuditLog:
         log.warning("audit writer restarted")
         return True
 
-    def sync(self) -> None:
-        """Every queued record on disk, durably: before a data fsync is answered."""
-        self.flush(durable=True)
+    def sync(self, meanwhile: Callable[[], None] | None = None) -> None:
+        """Every queued record on disk, durably, before a data fsync
+        (`meanwhile`, run while the writer syncs) is answered."""
+        self.flush(True, meanwhile)
 
     def jsonl(self) -> Iterator[bytes]:
         """The chain as JSON lines (system/logs/audit.jsonl), up to now:

@@ -350,9 +350,10 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def fsync(self, fh, datasync):
-        self.core.fsync(fh, datasync)
-        if self.audit is not None:
-            self.audit.sync()  # the records of a change are durable before the change is
+        if self.audit is None:
+            self.core.fsync(fh, datasync)
+        else:  # the records of a change are durable when the change is; the two syncs overlap
+            self.audit.sync(lambda: self.core.fsync(fh, datasync))
 
     @_errors
     async def opendir(self, inode, ctx):
@@ -371,9 +372,10 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def fsyncdir(self, fh, datasync):
-        self.core.fsyncdir(fh, datasync)
-        if self.audit is not None:
-            self.audit.sync()
+        if self.audit is None:
+            self.core.fsyncdir(fh, datasync)
+        else:
+            self.audit.sync(lambda: self.core.fsyncdir(fh, datasync))
 
     @_errors
     async def statfs(self, ctx):

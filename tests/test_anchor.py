@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from seldonfs import anchor
@@ -57,3 +59,28 @@ def test_a_kept_head() -> None:
     assert "not of this one" in anchor.check_kept(dict(HEAD, store="t"), KEY, "s", M5, 9)
     assert "does not authenticate" in anchor.check_kept(HEAD, bytes(32), "s", M5, 9)
     assert "not a head" in anchor.check_kept({"seq": 1}, KEY, "s", M5, 9)
+
+
+def test_the_head_is_rewritten_in_place_over_its_older_slot(tmp_path) -> None:
+    path = tmp_path / anchor.HEAD_NAME
+    path.write_text(json.dumps(HEAD))  # a head written before the two slots
+    assert anchor.read_head(tmp_path) == HEAD
+    anchor.write_head(tmp_path, KEY, 6, OTHER, durable=True)  # replaced whole: both slots
+    ino = path.stat().st_ino
+    assert path.stat().st_size == 2 * anchor.HEAD_SLOT and anchor.read_head(tmp_path)["seq"] == 6
+    for seq in (7, 8, 9):
+        anchor.write_head(tmp_path, KEY, seq, OTHER, durable=seq % 2 == 0)
+        head = anchor.read_head(tmp_path)
+        assert head == {"seq": seq, "mac": OTHER.hex(), "tag": anchor.head_tag(KEY, seq, OTHER)}
+    assert path.stat().st_ino == ino and oct(path.stat().st_mode & 0o777) == "0o600"
+    # A write torn by a crash garbles the slot it went to: the other one counts.
+    data = bytearray(path.read_bytes())
+    newer = 0 if json.loads(data[: anchor.HEAD_SLOT])["seq"] == 9 else 1
+    data[newer * anchor.HEAD_SLOT + 10 : newer * anchor.HEAD_SLOT + 60] = b"\0" * 50
+    path.write_bytes(bytes(data))
+    assert anchor.read_head(tmp_path)["seq"] == 8
+    anchor.write_head(tmp_path, KEY, 10, OTHER, durable=True)  # over the garbled slot
+    assert anchor.read_head(tmp_path)["seq"] == 10
+    assert json.loads(path.read_bytes()[(1 - newer) * anchor.HEAD_SLOT :])["seq"] == 8
+    path.write_bytes(b"\0" * 2 * anchor.HEAD_SLOT)  # neither parses: fails its tag check
+    assert anchor.judge(Found(KEY, "ok", (5, M5), anchor.read_head(tmp_path), ANCHOR, STORED))
