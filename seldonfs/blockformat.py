@@ -581,7 +581,8 @@ class EncryptedFile:
         old = self._read_blocks(range(n, n + 1), bsize)
         buf = self._sealed(h, aead, n, [old[: rest + 1]], n)
         at = block_offset(n, self.block_size)
-        faults.reserve(self.fd, at, len(buf))  # it may have been a hole
+        if self._sparse:  # it may be a hole; else it is allocated and at least as long
+            faults.reserve(self.fd, at, len(buf))
         self._pwrite_all(buf, at)
         try:
             faults.ftruncate(self.fd, backing_size(new, self.block_size))
