@@ -54,9 +54,13 @@ def read_head(root: Path) -> dict[str, Any] | None:
         data = (root / HEAD_NAME).read_bytes()
     except FileNotFoundError:
         return None
-    slots = [data[:HEAD_SLOT], data[HEAD_SLOT:]] if len(data) == 2 * HEAD_SLOT else [data]
-    docs = [doc for doc in map(_head_doc, slots) if doc is not None]
+    docs = [doc for doc in map(_head_doc, _head_slots(data)) if doc is not None]
     return max(docs, key=_head_seq) if docs else {"seq": 0, "mac": "", "tag": ""}
+
+
+def _head_slots(data: bytes) -> list[bytes]:
+    """A two-slot head's slots; an older single document as one."""
+    return [data[:HEAD_SLOT], data[HEAD_SLOT:]] if len(data) == 2 * HEAD_SLOT else [data]
 
 
 def _head_doc(raw: bytes) -> dict[str, Any] | None:
@@ -85,12 +89,13 @@ def write_head(root: Path, key: bytes, seq: int, mac: bytes, durable: bool) -> N
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        fd = -1
-    if fd >= 0:
+        pass
+    else:
         try:
-            old = os.pread(fd, 2 * HEAD_SLOT + 1, 0)
-            if len(old) == 2 * HEAD_SLOT:
-                older = 0 if _head_seq(_head_doc(old[:HEAD_SLOT])) <= _head_seq(_head_doc(old[HEAD_SLOT:])) else 1
+            slots = _head_slots(os.pread(fd, 2 * HEAD_SLOT + 1, 0))
+            if len(slots) == 2:
+                seqs = [_head_seq(_head_doc(slot)) for slot in slots]
+                older = seqs.index(min(seqs))
                 if os.pwrite(fd, line, older * HEAD_SLOT) != HEAD_SLOT:
                     raise OSError(errno.EIO, "short write")
                 if durable:

@@ -491,11 +491,12 @@ class EncryptedFile:
         padded to B bytes). The writes go: space reserved for those that
         overwrite old bytes and grow the file or may fill a hole, then the
         blocks past the old last one and the header (a new file's in the
-        same pwrite), then the old blocks (the old last one among them). Up to the last step nothing old is
-        touched: a failure (ENOSPC, EIO) cuts the backing file back to
-        `bsize` bytes, so the file is as before (and a new one empty, never
-        a header alone). So a write wholly past the old end (a new file, an
-        append of whole blocks) needs no reservation."""
+        same pwrite), then the old blocks (the old last one among them). Up
+        to the last step nothing old is touched: a failure (ENOSPC, EIO)
+        cuts the backing file back to `bsize` bytes, so the file is as
+        before (and a new one empty, never a header alone). So a write
+        wholly past the old end (a new file, an append of whole blocks)
+        needs no reservation."""
         h, aead = self._ready()
         bs, last = self.block_size, (new - 1) // self.block_size
         oldlast = (old - 1) // bs if old else -1

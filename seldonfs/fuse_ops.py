@@ -350,10 +350,15 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def fsync(self, fh, datasync):
+        self._synced(lambda: self.core.fsync(fh, datasync))
+
+    def _synced(self, fsync) -> None:
+        """Run `fsync`; the records of a change are durable when the change
+        is: the audit writer syncs them meanwhile, the two waits overlap."""
         if self.audit is None:
-            self.core.fsync(fh, datasync)
-        else:  # the records of a change are durable when the change is; the two syncs overlap
-            self.audit.sync(lambda: self.core.fsync(fh, datasync))
+            fsync()
+        else:
+            self.audit.sync(fsync)
 
     @_errors
     async def opendir(self, inode, ctx):
@@ -372,10 +377,7 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def fsyncdir(self, fh, datasync):
-        if self.audit is None:
-            self.core.fsyncdir(fh, datasync)
-        else:
-            self.audit.sync(lambda: self.core.fsyncdir(fh, datasync))
+        self._synced(lambda: self.core.fsyncdir(fh, datasync))
 
     @_errors
     async def statfs(self, ctx):
