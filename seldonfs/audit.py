@@ -56,6 +56,7 @@ KEY_NAME = "audit.key"
 LOST_NAME = "audit.lost"  # records a writer could not store before it ended, for the next one's gap record
 BATCH_S = 0.1  # the most a kill -9 of the daemon can lose
 RETRY_S = 1.0  # how often a writer tries again while records wait
+SETTLE_S = 1.0  # the most a stored record waits to be synced and named by the head (see ChainWriter)
 MAX_WAITING = 100_000  # records kept while the catalog refuses them (about 30 MB); more are lost, and counted
 CLOSE_TRIES = 30  # seconds an ending writer keeps trying to store what waits
 RESET_OP, GAP_OP = "reset", "gap"
@@ -141,7 +142,16 @@ class ChainWriter:
     with the next one; `reserve` (the mount's writer) is given up first so
     the retry can succeed. Only past `MAX_WAITING` kept records, or records
     a dead writer never stored (`LOST_NAME`), are lost, and a `gap` record
-    says how many and why as soon as a batch is stored again."""
+    says how many and why as soon as a batch is stored again.
+
+    The head and the anchor name only records that are on disk for good.
+    A batch that need not be durable is committed without a sync. A power
+    cut can take it back, so the head is not rewritten for it. The batch
+    is *settled* with the next durable one, or at the latest `SETTLE_S`
+    later: one fdatasync of the WAL, then the head and its fdatasync. A head
+    written ahead of the WAL could outlive the records it names, and
+    `audit verify` and the mount would then report a truncation that
+    nobody made."""
 
     def __init__(
         self, root: Path, catalog_path: Path, key: bytes, reserve: Reserve | None = None,
@@ -155,7 +165,9 @@ class ChainWriter:
         self.forward = forward  # the rows stored, to the journal or syslog (audit_forward.py)
         self.conn = sqlite3.connect(catalog_path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")  # synced when settled
+        self.wal = Path(f"{catalog_path}-wal")
+        self.settle_at: float | None = None  # when records stored unsynced must be settled
         row = self.conn.execute("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         self.seq, self.mac = (row[0], bytes(row[1])) if row else (0, ZERO_MAC)
         self.anchored = anchor.read_anchor(root) is not None
@@ -166,8 +178,9 @@ class ChainWriter:
 
     def write(self, items: list[tuple], durable: bool) -> bool:
         """Store what waits and `items` (records without seq) in one
-        transaction; `durable`: synced to disk, the head too. False when the
-        catalog refused them: they wait for the next call."""
+        transaction; `durable`: settled (synced, named by the head) before
+        it returns. False when the catalog refused them: they wait for the
+        next call."""
         room = MAX_WAITING - len(self.waiting)
         if len(items) > room:
             self._lose(len(items) - room, f"more than {MAX_WAITING} records waited for the catalog")
@@ -177,12 +190,12 @@ class ChainWriter:
             return True
         batch = self.waiting + ([self._gap()] if self.lost else [])
         try:
-            self._commit(batch, durable)
+            self._commit(batch)
         except sqlite3.Error as e:
             if not (_full(e) and self.reserve is not None and self.reserve.release()):
                 return self._refused(e)
             try:  # the reserve's room is the catalog's now
-                self._commit(batch, durable)
+                self._commit(batch)
             except sqlite3.Error as e2:
                 return self._refused(e2)
         if self.failing:
@@ -212,7 +225,10 @@ class ChainWriter:
                 _say(f"seldonfs: ERROR audit writer: cannot seal a segment (tried again with every batch): {e}")
             self.seal_error = str(e)
 
-    def _commit(self, batch: list[tuple], durable: bool) -> None:
+    def _commit(self, batch: list[tuple]) -> None:
+        """Store `batch`, unsynced: due to be settled."""
+        if not batch:
+            return
         rows = []
         seq, mac = self.seq, self.mac
         for item in batch:
@@ -220,8 +236,6 @@ class ChainWriter:
             row = (seq, *item)
             mac = mac_of(self.key, mac, row)
             rows.append((*row, mac))
-        if durable:
-            self.conn.execute("PRAGMA synchronous=FULL")
         try:
             self.conn.execute("BEGIN")
             self.conn.executemany(_INSERT, rows)
@@ -230,10 +244,9 @@ class ChainWriter:
             if self.conn.in_transaction:
                 self.conn.rollback()
             raise
-        finally:
-            if durable:
-                self.conn.execute("PRAGMA synchronous=NORMAL")
         self.seq, self.mac = seq, mac
+        if self.settle_at is None:
+            self.settle_at = time.monotonic() + SETTLE_S
         if self.forward is not None:
             try:
                 self.forward(rows)
@@ -241,22 +254,45 @@ class ChainWriter:
                 _say(f"seldonfs: ERROR audit writer: forwarding records failed: {e}")
 
     def _after_commit(self, durable: bool) -> None:
-        """The head, the anchor of a chain that has none yet, the reserve:
-        each tried again after the next batch when it fails now."""
+        """Settle when asked or due; the reserve."""
+        if durable or self.due() == 0:
+            self.settle()
+        if self.reserve is not None:
+            self.reserve.ensure()
+
+    def due(self) -> float | None:
+        """Seconds until what is stored unsynced must be settled (None:
+        nothing is)."""
+        return None if self.settle_at is None else max(self.settle_at - time.monotonic(), 0.0)
+
+    def settle(self) -> None:
+        """Sync what is stored, then name it in the head (and anchor a
+        chain that has no anchor yet); tried again after the next batch
+        when it fails now."""
         try:
-            anchor.write_head(self.root, self.key, self.seq, self.mac, durable)
+            if self.settle_at is not None:
+                self._sync_wal()
+            anchor.write_head(self.root, self.key, self.seq, self.mac, durable=True)
             if not self.anchored and self.seq:
                 epoch, seq, mac = self._epoch_start()
                 anchor.write_anchor(self.root, self.key, epoch, seq, mac)
                 self.anchored = True
             self.anchor_error = ""
+            self.settle_at = None
         except OSError as e:
             if not self.anchor_error:
-                _say(f"seldonfs: ERROR audit writer: cannot write the chain's anchors (tried again with every "
-                     f"batch): {e}")
+                _say(f"seldonfs: ERROR audit writer: cannot sync the records or write the chain's anchors (tried "
+                     f"again with every batch): {e}")
             self.anchor_error = str(e)
-        if self.reserve is not None:
-            self.reserve.ensure()
+
+    def _sync_wal(self) -> None:
+        """Every committed transaction on disk: what synchronous=FULL would
+        have synced at each commit, in one fdatasync."""
+        fd = os.open(self.wal, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _epoch_start(self) -> tuple[int, int, bytes]:
         """(epoch, seq, mac) of the current epoch's first record: the last
@@ -272,7 +308,9 @@ class ChainWriter:
         the last stored record, and anchor the new epoch; returns it."""
         epoch = max(anchor.epoch_of(anchor.read_anchor(self.root)), self._epoch_start()[0] if self.seq else 1) + 1
         self.seq = seq - 1  # the numbers a lost chain used are not used again
-        self._commit([item], durable=True)
+        self._commit([item])
+        self._sync_wal()
+        self.settle_at = None
         anchor.write_head(self.root, self.key, self.seq, self.mac, durable=True)
         anchor.write_anchor(self.root, self.key, epoch, self.seq, self.mac)
         return epoch
@@ -620,8 +658,12 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward
     w.write([], durable=False)  # the gap record of what a previous writer could not store
     try:
         while True:
-            if w.waiting and not select.select([fd_in], [], [], RETRY_S)[0]:
-                w.write([], durable=False)  # the disk may have room again
+            waits = [t for t in (RETRY_S if w.waiting else None, w.due()) if t is not None]
+            if waits and not select.select([fd_in], [], [], min(waits))[0]:
+                if w.waiting:
+                    w.write([], durable=False)  # the disk may have room again
+                if w.due() == 0:
+                    w.settle()  # needs no new space: an fdatasync, the head rewritten in place
                 continue
             msg = message()
             if msg is None:

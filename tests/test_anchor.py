@@ -1,13 +1,18 @@
-"""anchor.judge: what a store's anchors say about its catalog's chain (pure, no FUSE)."""
+"""anchor.judge: what a store's anchors say about its catalog's chain (pure,
+no FUSE); what the audit writer lets the head name."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
+import time
 
 import pytest
 
-from seldonfs import anchor
+from seldonfs import anchor, audit
 from seldonfs.anchor import Found
+from seldonfs.catalog import Catalog
 
 KEY = bytes(range(32))
 M1, M5, OTHER = b"\x01" * 32, b"\x05" * 32, b"\x07" * 32
@@ -84,3 +89,39 @@ def test_the_head_is_rewritten_in_place_over_its_older_slot(tmp_path) -> None:
     assert json.loads(path.read_bytes()[(1 - newer) * anchor.HEAD_SLOT :])["seq"] == 8
     path.write_bytes(b"\0" * 2 * anchor.HEAD_SLOT)  # neither parses: fails its tag check
     assert anchor.judge(Found(KEY, "ok", (5, M5), anchor.read_head(tmp_path), ANCHOR, STORED))
+
+
+def test_the_head_names_only_records_on_disk_for_good(tmp_path) -> None:
+    """A batch stored without a sync is named by the head once settled: a
+    power cut that takes the batch back leaves a head the catalog has."""
+    (tmp_path / "store.json").write_text("{}")
+    catalog = tmp_path / "catalog.sqlite"
+    c = Catalog(catalog)
+    c.migrate()
+    c.close()
+    w = audit.ChainWriter(tmp_path, catalog, KEY)
+    item = (time.time_ns(), 0, 0, 1, "t", "setattr", "/a", "", "OK", 0, "size=1")
+    try:
+        assert w.write([item] * 3, durable=True)
+        assert anchor.read_head(tmp_path)["seq"] == 3 and w.due() is None
+        cut = tmp_path / "cut"  # what a power cut leaves: the synced catalog...
+        cut.mkdir()
+        for name in (catalog.name, catalog.name + "-wal"):
+            shutil.copy(tmp_path / name, cut / name)
+        assert w.write([item] * 2, durable=False)
+        assert anchor.read_head(tmp_path)["seq"] == 3 and 0 < w.due() <= audit.SETTLE_S
+        shutil.copy(tmp_path / anchor.HEAD_NAME, cut / anchor.HEAD_NAME)  # ...and the head as written
+        conn = sqlite3.connect(cut / catalog.name)
+        try:
+            assert audit.verify(conn, KEY, anchor.read_head(cut)) == (3, None)
+        finally:
+            conn.close()
+        w.settle_at = time.monotonic()  # due: the next batch settles the ones before
+        assert w.write([item], durable=False)
+        assert anchor.read_head(tmp_path)["seq"] == 6 and w.due() is None
+        assert w.write([item], durable=False) and anchor.read_head(tmp_path)["seq"] == 6
+        w.settle()
+        assert anchor.read_head(tmp_path)["seq"] == 7 and w.due() is None
+        assert json.loads((tmp_path / "store.json").read_text())[anchor.FIELD]["seq"] == 1
+    finally:
+        w.close()
