@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 KEY_NAME = "audit.key"
 LOST_NAME = "audit.lost"  # records a writer could not store before it ended, for the next one's gap record
+OPEN_NAME = "audit.open"  # there while a mount's writer runs: found by the next one, the last did not end
+UNCLEAN = ("records stored in the last second before it may be lost: the previous audit writer did not end "
+           "(a power loss, or killed together with the daemon)")
 BATCH_S = 0.1  # the most a kill -9 of the daemon can lose
 RETRY_S = 1.0  # how often a writer tries again while records wait
 SETTLE_S = 1.0  # the most a stored record waits to be synced and named by the head (see ChainWriter)
@@ -167,9 +170,12 @@ class ChainWriter:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")  # synced when settled
         self.wal = Path(f"{catalog_path}-wal")
-        self.settle_at: float | None = None  # when records stored unsynced must be settled
         row = self.conn.execute("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         self.seq, self.mac = (row[0], bytes(row[1])) if row else (0, ZERO_MAC)
+        # When what is stored unsynced must be settled: at once for what a
+        # writer before this one may have left unsettled.
+        self.settle_at: float | None = time.monotonic() if self.seq else None
+        self.named = -1  # the record the head was last settled at
         self.anchored = anchor.read_anchor(root) is not None
         self.waiting: list[tuple] = []  # records the catalog has not taken yet
         self.failing = ""  # why, while records wait
@@ -246,7 +252,9 @@ class ChainWriter:
             raise
         self.seq, self.mac = seq, mac
         if self.settle_at is None:
-            self.settle_at = time.monotonic() + SETTLE_S
+            # A chain not anchored yet is settled at once: records with no
+            # head at all would read as a chain cut short.
+            self.settle_at = time.monotonic() + (SETTLE_S if self.anchored else 0.0)
         if self.forward is not None:
             try:
                 self.forward(rows)
@@ -267,8 +275,10 @@ class ChainWriter:
 
     def settle(self) -> None:
         """Sync what is stored, then name it in the head (and anchor a
-        chain that has no anchor yet); tried again after the next batch
-        when it fails now."""
+        chain that has no anchor yet); tried again with the next batch, or
+        `RETRY_S` later, when it fails now."""
+        if self.settle_at is None and self.named == self.seq:
+            return  # settled already (an fsync with nothing new)
         try:
             if self.settle_at is not None:
                 self._sync_wal()
@@ -277,13 +287,15 @@ class ChainWriter:
                 epoch, seq, mac = self._epoch_start()
                 anchor.write_anchor(self.root, self.key, epoch, seq, mac)
                 self.anchored = True
-            self.anchor_error = ""
-            self.settle_at = None
         except OSError as e:
             if not self.anchor_error:
                 _say(f"seldonfs: ERROR audit writer: cannot sync the records or write the chain's anchors (tried "
                      f"again with every batch): {e}")
             self.anchor_error = str(e)
+            self.settle_at = time.monotonic() + RETRY_S
+        else:
+            self.anchor_error = ""
+            self.settle_at, self.named = None, self.seq
 
     def _sync_wal(self) -> None:
         """Every committed transaction on disk: what synchronous=FULL would
@@ -310,7 +322,7 @@ class ChainWriter:
         self.seq = seq - 1  # the numbers a lost chain used are not used again
         self._commit([item])
         self._sync_wal()
-        self.settle_at = None
+        self.settle_at, self.named = None, self.seq
         anchor.write_head(self.root, self.key, self.seq, self.mac, durable=True)
         anchor.write_anchor(self.root, self.key, epoch, self.seq, self.mac)
         return epoch
@@ -547,6 +559,8 @@ class AuditLog:
         try:
             self._lost += max(0, self._handed - _stored_since(self.catalog_path, self._base, self.child.pid))
             self._base, self._handed = stored_seq(self.catalog_path), 0
+            with contextlib.suppress(OSError):  # counted: the next writer need not guess
+                (self.root / OPEN_NAME).unlink(missing_ok=True)
             self._spawn()
         except (OSError, sqlite3.Error) as e:
             log.error("cannot start another audit writer: %s", e)
@@ -654,8 +668,14 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward
     reserve.ensure()
     from .audit_forward import make
 
+    unclean = _mark_open(root)
+    if unclean:
+        _say(f"seldonfs: WARNING audit writer: {UNCLEAN}")
     w = ChainWriter(root, catalog_path, key, reserve, seal, make(forward, root))
-    w.write([], durable=False)  # the gap record of what a previous writer could not store
+    # The gap records of what a previous writer could not store, or may
+    # have lost unsettled.
+    w.write([(time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0, UNCLEAN)] if unclean else [],
+            durable=False)
     try:
         while True:
             waits = [t for t in (RETRY_S if w.waiting else None, w.due()) if t is not None]
@@ -680,6 +700,39 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward
                 break
             time.sleep(RETRY_S)
         w.close()
+        _mark_closed(root)
+
+
+def _mark_open(root: Path) -> bool:
+    """Leave `OPEN_NAME` for as long as this writer runs; True when the
+    last writer left it there. A writer that ends removes it; the daemon
+    removes it for a writer it saw die, whose loss it counts itself. It is
+    empty: no data block to find on a full disk."""
+    path = root / OPEN_NAME
+    was = path.exists()
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        _sync_dir(root)
+    except OSError as e:
+        _say(f"seldonfs: ERROR audit writer: cannot write {path} (a power loss would leave no gap record): {e}")
+    return was
+
+
+def _mark_closed(root: Path) -> None:
+    try:
+        (root / OPEN_NAME).unlink(missing_ok=True)
+        _sync_dir(root)
+    except OSError as e:
+        _say(f"seldonfs: ERROR audit writer: cannot remove {root / OPEN_NAME} (the next mount will record a gap "
+             f"that did not happen): {e}")
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def append_offline(root: Path, catalog_path: Path, key: bytes, op: str, detail: str) -> None:

@@ -123,5 +123,13 @@ def test_the_head_names_only_records_on_disk_for_good(tmp_path) -> None:
         w.settle()
         assert anchor.read_head(tmp_path)["seq"] == 7 and w.due() is None
         assert json.loads((tmp_path / "store.json").read_text())[anchor.FIELD]["seq"] == 1
+        assert w.write([item], durable=False)  # left unsettled by a writer that ends here
+    finally:
+        w.close()
+    w = audit.ChainWriter(tmp_path, catalog, KEY)  # the next one settles it first
+    try:
+        assert w.due() == 0 and anchor.read_head(tmp_path)["seq"] == 7
+        w.settle()
+        assert anchor.read_head(tmp_path)["seq"] == 8 and w.due() is None
     finally:
         w.close()

@@ -467,6 +467,35 @@ def test_a_dead_writer_leaves_a_gap_record(tmp_path: Path) -> None:
     assert seldonfs("audit", "verify", store, "--strict").returncode == 26
 
 
+
+def test_a_writer_that_did_not_end_leaves_a_gap_record(tmp_path: Path) -> None:
+    """A power loss takes the daemon and its writer at once: what the writer
+    stored in its last second, not yet settled, may be gone, and the next
+    writer records that. A writer that ends records nothing of the kind."""
+    from seldonfs.audit import OPEN_NAME, UNCLEAN
+
+    store = init_store(tmp_path / "store", encrypted=False)
+    m = tmp_path / "mnt"
+    with mounted(store, m, expect_log_problems=True) as daemon:
+        (m / "input" / "processed" / "before").write_text("x")
+        writer = writer_of(daemon)
+        wait_for((store / OPEN_NAME).exists, what="the writer's mark")
+        daemon.send_signal(signal.SIGSTOP)  # it must not start another writer
+        os.kill(writer, signal.SIGKILL)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        unmount(m)
+    assert (store / OPEN_NAME).exists()
+    with mounted(store, m, expect_log_problems=True):  # the warning of the gap
+        (m / "input" / "processed" / "after").write_text("x")
+    assert not (store / OPEN_NAME).exists()
+    with mounted(store, m):
+        pass
+    r = verify(store)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (gap,) = records(store, "--op", "gap")
+    assert gap["detail"] == UNCLEAN and gap["uid"] == 0
+
 @needs_root
 def test_a_full_disk_keeps_the_records(tmp_path: Path) -> None:
     with small_disk(tmp_path / "fs", 32) as fs:
