@@ -137,6 +137,11 @@ def load_key(root: Path, keys: dict[int, bytes] | None) -> bytes:
 # ---------------------------------------------------------------- records
 
 
+def gap_record(detail: str) -> tuple:
+    """A `gap` record (records lost: how many and why), by this process."""
+    return (time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0, detail)
+
+
 class ChainWriter:
     """MACs records and stores them: one per store at a time (the daemon's
     writer process, or an offline command holding the store lock).
@@ -339,8 +344,7 @@ class ChainWriter:
         _say(f"seldonfs: ERROR audit writer: {n} records lost: {why}")
 
     def _gap(self) -> tuple:
-        return (time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0,
-                f"{self.lost} records lost: {self.lost_why}")
+        return gap_record(f"{self.lost} records lost: {self.lost_why}")
 
     def close(self) -> None:
         """What still waits is lost: counted in `LOST_NAME` for the next
@@ -520,8 +524,7 @@ class AuditLog:
             items, self.queue = self.queue, []
         lost = self._lost
         if lost:
-            items.insert(0, (time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0,
-                             f"{lost} records lost: the audit writer process died"))
+            items.insert(0, gap_record(f"{lost} records lost: the audit writer process died"))
         if not items and (not durable or not self._unsynced):
             return False  # nothing new since the last sync (fsx: most fsyncs) costs no round trip
         try:
@@ -674,8 +677,7 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward
     w = ChainWriter(root, catalog_path, key, reserve, seal, make(forward, root))
     # The gap records of what a previous writer could not store, or may
     # have lost unsettled.
-    w.write([(time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0, UNCLEAN)] if unclean else [],
-            durable=False)
+    w.write([gap_record(UNCLEAN)] if unclean else [], durable=False)
     try:
         while True:
             waits = [t for t in (RETRY_S if w.waiting else None, w.due()) if t is not None]

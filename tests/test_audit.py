@@ -467,7 +467,6 @@ def test_a_dead_writer_leaves_a_gap_record(tmp_path: Path) -> None:
     assert seldonfs("audit", "verify", store, "--strict").returncode == 26
 
 
-
 def test_a_writer_that_did_not_end_leaves_a_gap_record(tmp_path: Path) -> None:
     """A power loss takes the daemon and its writer at once: what the writer
     stored in its last second, not yet settled, may be gone, and the next
@@ -495,6 +494,7 @@ def test_a_writer_that_did_not_end_leaves_a_gap_record(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     (gap,) = records(store, "--op", "gap")
     assert gap["detail"] == UNCLEAN and gap["uid"] == 0
+
 
 @needs_root
 def test_a_full_disk_keeps_the_records(tmp_path: Path) -> None:
