@@ -57,7 +57,10 @@ LOST_NAME = "audit.lost"  # records a writer could not store before it ended, fo
 OPEN_NAME = "audit.open"  # there while a mount's writer runs: found by the next one, the last did not end
 UNCLEAN = ("records stored in the last second before it may be lost: the previous audit writer did not end "
            "(a power loss, or killed together with the daemon)")
-BATCH_S = 0.1  # the most a kill -9 of the daemon can lose
+DAEMON_GONE = ("records of its last 0.1 s, and the writes and reads of descriptors it still had open, may be "
+               "missing: the mount's daemon ended without unmounting (killed, or crashed)")
+END = "end"  # the daemon's last message to its writer: without it, end of input means the daemon died
+BATCH_S = 0.1  # the most a kill -9 of the daemon can lose (a gap record says so)
 RETRY_S = 1.0  # how often a writer tries again while records wait
 SETTLE_S = 1.0  # the most a stored record waits to be synced and named by the head (see ChainWriter)
 MAX_WAITING = 100_000  # records kept while the catalog refuses them (about 30 MB); more are lost, and counted
@@ -153,13 +156,14 @@ class ChainWriter:
     says how many and why as soon as a batch is stored again.
 
     The head and the anchor name only records that are on disk for good.
-    A batch that need not be durable is committed without a sync. A power
-    cut can take it back, so the head is not rewritten for it. The batch
-    is *settled* with the next durable one, or at the latest `SETTLE_S`
-    later: one fdatasync of the WAL, then the head and its fdatasync. A head
-    written ahead of the WAL could outlive the records it names, and
-    `audit verify` and the mount would then report a truncation that
-    nobody made."""
+    A batch is committed without a sync. A power cut can take it back, so
+    the head is not rewritten for it. The batch is *settled* with the next
+    durable one, or at the latest `SETTLE_S` later: one fdatasync of the
+    WAL, then the head and its fdatasync. A head written ahead of the WAL
+    could outlive the records it names, and `audit verify` and the mount
+    would then report a truncation that nobody made. An fsync through the
+    mount needs its records on disk, not named: `sync()` is the WAL's
+    fdatasync alone, and the settle follows as due."""
 
     def __init__(
         self, root: Path, catalog_path: Path, key: bytes, reserve: Reserve | None = None,
@@ -181,6 +185,7 @@ class ChainWriter:
         # writer before this one may have left unsettled.
         self.settle_at: float | None = time.monotonic() if self.seq else None
         self.named = -1  # the record the head was last settled at
+        self.synced = -1 if self.seq else 0  # the last record the WAL is synced to
         self.anchored = anchor.read_anchor(root) is not None
         self.waiting: list[tuple] = []  # records the catalog has not taken yet
         self.failing = ""  # why, while records wait
@@ -286,30 +291,44 @@ class ChainWriter:
             return  # settled already (an fsync with nothing new)
         try:
             if self.settle_at is not None:
-                self._sync_wal()
+                self.sync(quiet=False)
             anchor.write_head(self.root, self.key, self.seq, self.mac, durable=True)
             if not self.anchored and self.seq:
                 epoch, seq, mac = self._epoch_start()
                 anchor.write_anchor(self.root, self.key, epoch, seq, mac)
                 self.anchored = True
         except OSError as e:
-            if not self.anchor_error:
-                _say(f"seldonfs: ERROR audit writer: cannot sync the records or write the chain's anchors (tried "
-                     f"again with every batch): {e}")
-            self.anchor_error = str(e)
+            self._failed(e)
             self.settle_at = time.monotonic() + RETRY_S
         else:
             self.anchor_error = ""
             self.settle_at, self.named = None, self.seq
 
-    def _sync_wal(self) -> None:
-        """Every committed transaction on disk: what synchronous=FULL would
-        have synced at each commit, in one fdatasync."""
-        fd = os.open(self.wal, os.O_RDONLY | os.O_CLOEXEC)
+    def _failed(self, e: OSError) -> None:
+        if not self.anchor_error:
+            _say(f"seldonfs: ERROR audit writer: cannot sync the records or write the chain's anchors (tried "
+                 f"again with every batch): {e}")
+        self.anchor_error = str(e)
+
+    def sync(self, quiet: bool = True) -> None:
+        """Every committed transaction on disk, named by the head at the
+        next settle: what synchronous=FULL would have synced at each
+        commit, in one fdatasync. `quiet`: a failure is logged, and the
+        settle tries again; else it is raised."""
+        if self.synced == self.seq:
+            return
         try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.wal, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if not quiet:
+                raise
+            self._failed(e)
+        else:
+            self.synced = self.seq
 
     def _epoch_start(self) -> tuple[int, int, bytes]:
         """(epoch, seq, mac) of the current epoch's first record: the last
@@ -326,7 +345,7 @@ class ChainWriter:
         epoch = max(anchor.epoch_of(anchor.read_anchor(self.root)), self._epoch_start()[0] if self.seq else 1) + 1
         self.seq = seq - 1  # the numbers a lost chain used are not used again
         self._commit([item])
-        self._sync_wal()
+        self.sync(quiet=False)
         self.settle_at, self.named = None, self.seq
         anchor.write_head(self.root, self.key, self.seq, self.mac, durable=True)
         anchor.write_anchor(self.root, self.key, epoch, self.seq, self.mac)
@@ -623,6 +642,8 @@ class AuditLog:
         self._stop.set()
         self._thread.join()
         self.flush(durable=True)
+        with contextlib.suppress(OSError):
+            self._send(END)  # a clean end: no gap record
         os.close(self._out)  # end of input: the writer exits
         os.close(self._in)
         try:
@@ -649,10 +670,11 @@ def _read_exact(fd: int, n: int) -> bytes | None:
 
 
 def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward: str = "none") -> None:
-    """The writer process: (items, durable) messages until end of input;
-    each stored batch also goes to `forward` (audit_forward.py).
-    It ignores SIGINT/SIGTERM: the daemon's unmount ends it (end of input),
-    and a killed daemon still gets everything it had handed on stored."""
+    """The writer process: (items, durable) messages until `END` or end of
+    input; each stored batch also goes to `forward` (audit_forward.py).
+    It ignores SIGINT/SIGTERM: the daemon's unmount ends it (`END`), and a
+    killed daemon still gets everything it had handed on stored, and a gap
+    record for what it had not."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -678,6 +700,7 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward
     # The gap records of what a previous writer could not store, or may
     # have lost unsettled.
     w.write([gap_record(UNCLEAN)] if unclean else [], durable=False)
+    ended = False
     try:
         while True:
             waits = [t for t in (RETRY_S if w.waiting else None, w.due()) if t is not None]
@@ -688,14 +711,19 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward
                     w.settle()  # needs no new space: an fdatasync, the head rewritten in place
                 continue
             msg = message()
-            if msg is None:
+            if msg is None or msg == END:
+                ended = msg == END
                 break
             items, durable = msg  # type: ignore[misc]
             # A refused batch waits in `w` (a full disk reads as waiting
             # records, not as a failed fsync: the data's own fsync reports it).
-            w.write(items, durable)
+            w.write(items, durable=False)
             if durable:
+                w.sync()  # an fsync: the records on disk; the head names them when the settle is due
                 os.write(fd_out, b"k")
+        if not ended:  # end of input without the daemon's goodbye
+            _say(f"seldonfs: WARNING audit writer: {DAEMON_GONE}")
+            w.write([gap_record(DAEMON_GONE)], durable=False)
     finally:
         for _ in range(CLOSE_TRIES):  # unmounted while the disk is full: some time to get room
             if w.write([], durable=True):

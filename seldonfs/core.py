@@ -66,7 +66,7 @@ class Handle:
     content: FileContent
     track: Track | None = None  # the hooks' state, for files they follow
     opener: Caller | None = None  # who opened it (release has no caller)
-    written: int = 0  # bytes written through it, for the audit record
+    written: int = 0  # bytes written through it since its last audit record
     nread: int = 0
 
 

@@ -22,7 +22,7 @@ from pyfuse3 import FUSEError
 
 from .audit import AuditLog
 from .config import MountConfig
-from .core import Caller, Core, Stat
+from .core import Caller, Core, Handle, Stat
 from .hooks import Absent
 from .metrics import OpStats
 from .refusals import Refusals, Refused
@@ -340,16 +340,32 @@ class SeldonOperations(pyfuse3.Operations):
         self._write_refused.discard(fh)
         h = self.core.release(fh)
         if self.audit is not None and h is not None and h.opener is not None:
-            who = h.opener
-            if h.written or h.nread and self.audit.reads:
-                path = self._path(h.ino)
-            if h.written:
-                self.audit.record("write", who.uid, who.gid, who.pid, path, nbytes=h.written)
+            self._record_writes(h)
             if h.nread and self.audit.reads:
-                self.audit.record("read", who.uid, who.gid, who.pid, path, nbytes=h.nread)
+                who = h.opener
+                self.audit.record("read", who.uid, who.gid, who.pid, self._path(h.ino), nbytes=h.nread)
+
+    def record_open_writes(self) -> None:
+        """At the end of the mount: the writes of handles still open (a
+        SIGTERM does not wait for them to be closed), which no release
+        will record."""
+        if self.audit is not None:
+            for h in self.core.handles.values():
+                self._record_writes(h)
+
+    def _record_writes(self, h: Handle) -> None:
+        """The bytes written through `h` since its last write record, if any
+        (at release, and at fsync: durable data has a durable record)."""
+        if h.written and h.opener is not None:
+            who = h.opener
+            self.audit.record("write", who.uid, who.gid, who.pid, self._path(h.ino), nbytes=h.written)
+            h.written = 0
 
     @_errors
     async def fsync(self, fh, datasync):
+        h = self.core.handles.get(fh)
+        if self.audit is not None and h is not None:
+            self._record_writes(h)  # synced with the data below
         self._synced(lambda: self.core.fsync(fh, datasync))
 
     def _synced(self, fsync) -> None:

@@ -330,6 +330,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         served.sources.ops = ops.stats
         _fuse_init(ops, mountpoint, prep.fuse_opts, foreground, store)
         stack.callback(_unmount, mountpoint, auditlog)
+        stack.callback(ops.record_open_writes)  # before the unmount record
         log.info("mounted %s at %s", store.root, mountpoint)
         if auditlog is not None:
             auditlog.record("mount", os.getuid(), os.getgid(), os.getpid(), "", detail=str(mountpoint))

@@ -123,13 +123,18 @@ def test_the_head_names_only_records_on_disk_for_good(tmp_path) -> None:
         w.settle()
         assert anchor.read_head(tmp_path)["seq"] == 7 and w.due() is None
         assert json.loads((tmp_path / "store.json").read_text())[anchor.FIELD]["seq"] == 1
+        assert w.write([item], durable=False)
+        w.sync()  # an fsync's: on disk, named by the head at the settle
+        assert w.synced == 8 and anchor.read_head(tmp_path)["seq"] == 7 and 0 < w.due() <= audit.SETTLE_S
+        w.settle()
+        assert anchor.read_head(tmp_path)["seq"] == 8 and w.due() is None
         assert w.write([item], durable=False)  # left unsettled by a writer that ends here
     finally:
         w.close()
     w = audit.ChainWriter(tmp_path, catalog, KEY)  # the next one settles it first
     try:
-        assert w.due() == 0 and anchor.read_head(tmp_path)["seq"] == 7
+        assert w.due() == 0 and anchor.read_head(tmp_path)["seq"] == 8
         w.settle()
-        assert anchor.read_head(tmp_path)["seq"] == 8 and w.due() is None
+        assert anchor.read_head(tmp_path)["seq"] == 9 and w.due() is None
     finally:
         w.close()

@@ -496,6 +496,53 @@ def test_a_writer_that_did_not_end_leaves_a_gap_record(tmp_path: Path) -> None:
     assert gap["detail"] == UNCLEAN and gap["uid"] == 0
 
 
+def test_a_killed_daemon_leaves_its_fsynced_writes_and_a_gap_record(tmp_path: Path) -> None:
+    """Bytes fsync'ed through a descriptor have their write record before
+    the fsync returns, not only at the close; a daemon killed before the
+    close leaves, by its writer, a gap record for what it had not handed on.
+    A clean unmount leaves none."""
+    from seldonfs.audit import DAEMON_GONE
+
+    store = init_store(tmp_path / "store", encrypted=False)
+    m = tmp_path / "mnt"
+    with mounted(store, m, expect_log_problems=True) as daemon:  # the warning of the gap
+        fd = os.open(m / "input" / "processed" / "synced", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, b"x" * 1000)
+        os.fsync(fd)
+        os.write(fd, b"y" * 24)  # not synced, not closed: no record
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        with pytest.raises(OSError):
+            os.close(fd)  # the flush cannot reach the daemon
+        unmount(m)
+    with mounted(store, m):  # after the writer has ended; and a clean end
+        pass
+    r = verify(store)
+    assert r.returncode == 0, r.stdout + r.stderr
+    writes = [(x["path"], x["bytes"]) for x in records(store, "--op", "write")]
+    assert writes == [("input/processed/synced", 1000)]
+    (gap,) = records(store, "--op", "gap")
+    assert gap["detail"] == DAEMON_GONE
+
+
+def test_the_writes_of_files_open_at_a_sigterm_are_recorded(tmp_path: Path) -> None:
+    """A SIGTERM unmounts without waiting for open files: no release will
+    come for them, so the end of the mount records their writes."""
+    store = init_store(tmp_path / "store", encrypted=False)  # no writeback cache: the write reaches the daemon
+    m = tmp_path / "mnt"
+    with mounted(store, m) as daemon:
+        fd = os.open(m / "input" / "processed" / "open", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, b"z" * 500)
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+        with pytest.raises(OSError):
+            os.close(fd)
+    writes = [(x["path"], x["bytes"]) for x in records(store, "--op", "write")]
+    assert writes == [("input/processed/open", 500)]
+    assert records(store, "--op", "gap") == []
+    assert (store / "data" / "input" / "processed" / "open").read_bytes() == b"z" * 500
+
+
 @needs_root
 def test_a_full_disk_keeps_the_records(tmp_path: Path) -> None:
     with small_disk(tmp_path / "fs", 32) as fs:
