@@ -290,8 +290,7 @@ class ChainWriter:
         if self.settle_at is None and self.named == self.seq:
             return  # settled already (an fsync with nothing new)
         try:
-            if self.settle_at is not None:
-                self.sync(quiet=False)
+            self.sync(quiet=False)  # nothing to do when the WAL is synced already
             anchor.write_head(self.root, self.key, self.seq, self.mac, durable=True)
             if not self.anchored and self.seq:
                 epoch, seq, mac = self._epoch_start()

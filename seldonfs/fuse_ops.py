@@ -349,14 +349,13 @@ class SeldonOperations(pyfuse3.Operations):
         """At the end of the mount: the writes of handles still open (a
         SIGTERM does not wait for them to be closed), which no release
         will record."""
-        if self.audit is not None:
-            for h in self.core.handles.values():
-                self._record_writes(h)
+        for h in self.core.handles.values():
+            self._record_writes(h)
 
     def _record_writes(self, h: Handle) -> None:
         """The bytes written through `h` since its last write record, if any
         (at release, and at fsync: durable data has a durable record)."""
-        if h.written and h.opener is not None:
+        if self.audit is not None and h.written and h.opener is not None:
             who = h.opener
             self.audit.record("write", who.uid, who.gid, who.pid, self._path(h.ino), nbytes=h.written)
             h.written = 0
@@ -364,7 +363,7 @@ class SeldonOperations(pyfuse3.Operations):
     @_errors
     async def fsync(self, fh, datasync):
         h = self.core.handles.get(fh)
-        if self.audit is not None and h is not None:
+        if h is not None:
             self._record_writes(h)  # synced with the data below
         self._synced(lambda: self.core.fsync(fh, datasync))
 
