@@ -177,6 +177,9 @@ def test_luhn_check_digit(digits: list[int]) -> None:
     [
         (b"visa 4111 1111 1111 1111", True),
         (b"visa 4111-1111-1111-1111.", True),
+        (b"visa 4111 1111-1111 1111", True),  # separators mixed
+        (b"ref-4111111111111111", True),
+        (b"visa 4111  1111 1111 1111", False),  # two separators: 4 and 12 digits
         (b"amex 3782 822463 10005", True),
         (b"mc 5555555555554444", True),
         (b"mc 2223003122003222", True),
@@ -196,6 +199,42 @@ def test_luhn_check_digit(digits: list[int]) -> None:
 def test_card_numbers_need_an_issuer_and_luhn(text: bytes, card: bool) -> None:
     rule = FolderRule("x", sensitive=("card",))
     assert (check(rule, "x.txt", text).reasons == ["contains a payment card number"]) is card
+
+
+@pytest.mark.parametrize(
+    "text, ssn",
+    [
+        (b"ssn 123-45-6789", True),
+        (b"123-45-6789", True),
+        (b"ssn: 123-45-6789.", True),
+        (b"phone 1123-45-6789", False),  # part of a longer number
+        (b"part 123-45-67890", False),
+        (b"range 9-123-45-6789", False),
+        (b"spaced 123 45 6789", False),
+        (b"area 000-12-3456 666-12-3456 912-12-3456", False),
+        (b"group 123-00-4567 serial 123-45-0000", False),
+    ],
+)
+def test_ssns_are_found_only_written_alone(text: bytes, ssn: bool) -> None:
+    rule = FolderRule("x", sensitive=("ssn",))
+    assert (check(rule, "x.txt", text).reasons == ["contains a US social security number"]) is ssn
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        (b"AKIAIOSFODNN7EXAMPLE", True),
+        (b"a-ASIAIOSFODNN7EXAMPLE-b", True),
+        (b"XAKIAIOSFODNN7EXAMPLE", False),  # part of a longer word
+        (b"9AKIAIOSFODNN7EXAMPLE", False),
+        (b"AKIAIOSFODNN7EXAMPLE1", False),
+        (b"AKIAAKIAIOSFODNN7EXAMPLE", False),
+        (b"AKIAIOSFODNN7EXAMPL", False),
+    ],
+)
+def test_aws_keys_are_found_only_written_alone(text: bytes, key: bool) -> None:
+    rule = FolderRule("x", sensitive=("aws_key",))
+    assert (check(rule, "x.txt", text).reasons == ["contains an AWS access key"]) is key
 
 
 def test_template_reads_its_names_back() -> None:
