@@ -419,9 +419,12 @@ class Engine(Hooks):
             self._refused(posixpath.join(d, os.fsdecode(new)), "link into a write-once folder")
 
     def changing(self, ino: int, what: str) -> None:
-        self._refuse_held(ino, f"change its {what}")
+        if self.policy.any_write_once:
+            self._refuse_held(ino, f"change its {what}")
 
     def _refuse_held(self, ino: int, what: str) -> None:
+        if not self.policy.any_write_once:
+            return
         rel = self.core.rel_path(ino) if ino in self.core.nodes else None
         if rel is None or ino in self.fresh:
             return
@@ -435,6 +438,8 @@ class Engine(Hooks):
             self._refused(rel, what)
 
     def _refuse_held_name(self, parent: int, d: str, name: bytes, what: str) -> None:
+        if not self.policy.any_write_once:
+            return
         rule = self.policy.for_dir(d)
         if rule is None or not rule.write_once:
             return

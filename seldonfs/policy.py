@@ -76,6 +76,8 @@ class Policy:
             r.quarantine for r in rules.cfg.folders if r.quarantine
         })
         self.extra_patterns = validation.compile_patterns(self.pol.patterns)
+        # most configurations have none: the checks before each change end here
+        self.any_write_once = any(r.write_once for r in rules.cfg.folders)
 
     def for_dir(self, d: str) -> FolderRule | None:
         return self.rules.for_dir(d)
@@ -90,6 +92,8 @@ class Policy:
         if kind == stat_m.S_IFDIR:
             return None
         rule = self.rules.for_dir(d)
+        if rule is None:
+            return None
         if kind not in (stat_m.S_IFREG, stat_m.S_IFLNK) and commits(rule):
             return "no fifos, sockets or devices in a checked folder"
         text = os.fsdecode(name)
