@@ -1,5 +1,5 @@
 """The few Linux calls the os module lacks: renameat2, fallocate with
-FALLOC_FL_KEEP_SIZE, sync_file_range, and the AT_EMPTY_PATH forms of fchownat and utimensat
+FALLOC_FL_KEEP_SIZE, sync_file_range, syncfs, and the AT_EMPTY_PATH forms of fchownat and utimensat
 that act on an O_PATH descriptor itself (needed for symlinks, which cannot
 be opened any other way).
 """
@@ -33,6 +33,7 @@ _libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.
 _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_libc.syncfs.argtypes = [ctypes.c_int]
 
 
 def _check(res: int) -> None:
@@ -80,3 +81,8 @@ def write_behind(fd: int) -> None:
     """Start writing the file's dirty pages to disk, without waiting for
     them (a hint: its errors come back at fsync, as any writeback's)."""
     _libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+
+
+def syncfs(fd: int) -> None:
+    """Write back the dirty data of the filesystem that holds `fd`, and wait."""
+    _check(_libc.syncfs(fd))

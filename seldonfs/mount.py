@@ -29,7 +29,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import anchor, audit, config, fuseloop, janitor, journal, keys, offline, sdnotify, segments
+from . import _libc, anchor, audit, config, fuseloop, janitor, journal, keys, offline, sdnotify, segments
 from .alerts import Alerts, Failures, send_head, verify_audit, watch
 from .audit import AuditLog
 from .catalog import Catalog
@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 # Options mount(8) and fstab pass that mean nothing to FUSE (libfuse would
 # refuse them as unknown).
 FSTAB_ONLY = {"defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "owner"}
+# How long a SIGTERM waits for the kernel's cached writes of open files
+# (within `docker stop`'s 10 s before its SIGKILL).
+WRITE_BACK_S = 8
 
 
 def fuse_options(opts: list[str], store: Store) -> set[str]:
@@ -358,7 +361,7 @@ def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine:
     port = cfg.monitoring.port
     url = metrics_url(cfg.monitoring.address, port) if port else None
     core.virtual = virtual_files(store, mountpoint, sources, auditlog, url, refusals)
-    served = Served(store, cfg, sources, alerts, auditlog, janitor_)
+    served = Served(store, cfg, sources, alerts, auditlog, janitor_, mountpoint=mountpoint)
     served.control = Control(
         store.root, ensure_token(store.root), sources, registry(sources), janitor_, auditlog,
         functools.partial(_reload, served),
@@ -481,6 +484,7 @@ class Served:
     auditlog: AuditLog | None
     janitor: MountJanitor | None = None
     control: Control = None  # type: ignore[assignment]
+    mountpoint: Path = Path()
 
 
 def _reload(served: Served) -> dict:
@@ -540,8 +544,34 @@ async def _on_signals(served: Served) -> None:
                 _reload_on_hup(served)
                 continue
             log.info("signal %d: unmounting", signum)
+            await _write_back(served.mountpoint)
             pyfuse3.terminate()
             return
+
+
+async def _write_back(mountpoint: Path) -> None:
+    """Before a SIGTERM's unmount: have the kernel send the writes it still
+    holds for files that are open (the writeback cache keeps a write(2)'s
+    bytes in its pages until close, fsync or its own flush), while the loop
+    serves them. Without this they went with the mount, though each
+    write(2) had been told its bytes were taken. A mount that does not
+    answer within WRITE_BACK_S is unmounted anyway, with a warning."""
+
+    def sync() -> None:
+        fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _libc.syncfs(fd)
+        finally:
+            os.close(fd)
+
+    with trio.move_on_after(WRITE_BACK_S) as scope:
+        try:
+            await trio.to_thread.run_sync(sync, abandon_on_cancel=True)
+        except OSError as e:
+            log.warning("unmounting: the writes the kernel still held could not all be sent: %s", e)
+    if scope.cancelled_caught:
+        log.warning("unmounting: the kernel's cached writes took over %d s; not all of them may be stored",
+                    WRITE_BACK_S)
 
 
 def _reload_on_hup(served: Served) -> None:

@@ -3,6 +3,7 @@ foreground), umount, signals, kill -9, mount(8), and the documented exit codes."
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -168,6 +169,25 @@ def test_signal_unmounts_cleanly(store: Path, tmp_path: Path, sig: int) -> None:
         assert proc.wait(timeout=20) == 0
         assert not os.path.ismount(m)
         assert _lock_free(store)
+
+
+@needs_fuse
+def test_a_sigterm_stores_what_open_files_were_told_was_written(store: Path, tmp_path: Path) -> None:
+    """The writeback cache (an encrypted store) holds written bytes in the
+    kernel until close; a SIGTERM has them sent before it unmounts."""
+    m = tmp_path / "m"
+    data = [os.urandom(300_000) for _ in range(4)]
+    with mounted(store, m) as proc:
+        fds = [os.open(m / f"input/processed/open{i}", os.O_CREAT | os.O_WRONLY, 0o644) for i in range(4)]
+        for fd, d in zip(fds, data):
+            assert os.write(fd, d) == len(d)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the mount is gone: the close's flush cannot reach it
+    for i, d in enumerate(data):
+        assert stored(store, f"input/processed/open{i}") == d
 
 
 @needs_fuse
