@@ -186,6 +186,7 @@ class ChainWriter:
         self.settle_at: float | None = time.monotonic() if self.seq else None
         self.named = -1  # the record the head was last settled at
         self.synced = -1 if self.seq else 0  # the last record the WAL is synced to
+        self.sync_failed = False  # the last fdatasync of the WAL failed: write it again first
         self.anchored = anchor.read_anchor(root) is not None
         self.waiting: list[tuple] = []  # records the catalog has not taken yet
         self.failing = ""  # why, while records wait
@@ -303,31 +304,62 @@ class ChainWriter:
             self.anchor_error = ""
             self.settle_at, self.named = None, self.seq
 
-    def _failed(self, e: OSError) -> None:
+    def _failed(self, e: Exception) -> None:
         if not self.anchor_error:
             _say(f"seldonfs: ERROR audit writer: cannot sync the records or write the chain's anchors (tried "
                  f"again with every batch): {e}")
         self.anchor_error = str(e)
 
-    def sync(self, quiet: bool = True) -> None:
+    def sync(self, quiet: bool = True) -> bool:
         """Every committed transaction on disk, named by the head at the
         next settle: what synchronous=FULL would have synced at each
-        commit, in one fdatasync. `quiet`: a failure is logged, and the
-        settle tries again; else it is raised."""
-        if self.synced == self.seq:
-            return
+        commit, in one fdatasync. `quiet`: a failure is logged and False
+        returned (the settle tries again); else it is raised.
+
+        A failed fdatasync may have left the failed pages clean in memory,
+        so the next one would succeed with them still not on disk
+        ("fsyncgate"). After a failure the WAL is therefore written again
+        from what the kernel holds before it is synced."""
+        if self.synced == self.seq and not self.sync_failed:
+            return True
         try:
+            if self.sync_failed:
+                self._rewrite_wal()
             fd = os.open(self.wal, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                os.fdatasync(fd)
+                faults.walsync(fd)
             finally:
                 os.close(fd)
-        except OSError as e:
+        except (OSError, sqlite3.Error) as e:
+            self.sync_failed = True
             if not quiet:
-                raise
+                raise OSError(getattr(e, "errno", None) or errno.EIO, str(e)) from e
             self._failed(e)
-        else:
-            self.synced = self.seq
+            return False
+        if self.sync_failed:
+            _say("seldonfs: audit writer: the WAL was written again and synced after the failure")
+            self.sync_failed = False
+        self.synced = self.seq
+        return True
+
+    def _rewrite_wal(self) -> None:
+        """Write the WAL's bytes back in place (dirty again), holding the
+        catalog's write lock so no other connection appends or restarts it
+        meanwhile."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            fd = os.open(self.wal, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                off = 0
+                while chunk := os.pread(fd, 1 << 20, off):
+                    view = memoryview(chunk)
+                    while view:
+                        done = os.pwrite(fd, view, off)
+                        view, off = view[done:], off + done
+            finally:
+                os.close(fd)
+        finally:
+            self.conn.execute("ROLLBACK")
 
     def _epoch_start(self) -> tuple[int, int, bytes]:
         """(epoch, seq, mac) of the current epoch's first record: the last
@@ -510,7 +542,8 @@ class AuditLog:
         """Hand on what is queued; `durable`: wait until the writer has it on
         disk. `meanwhile` (the data's own fsync) runs while the writer
         syncs, so the two disk waits overlap; its exception is raised after
-        the wait."""
+        the wait, and so is EIO when the writer could not sync the records
+        (an fsync is a promise for both)."""
         with self._plock:
             waiting = self._hand_on(durable)
             failed = None
@@ -521,9 +554,12 @@ class AuditLog:
                     failed = e
             if waiting:
                 try:
-                    if os.read(self._in, 1) != b"k":
+                    answer = os.read(self._in, 1)
+                    if answer not in (b"k", b"e"):
                         raise OSError(errno.EPIPE, "writer gone")
-                    self._unsynced = False
+                    if answer == b"e" and meanwhile is not None and failed is None:
+                        failed = OSError(errno.EIO, "the audit records of this change could not be synced")
+                    self._unsynced = answer == b"e"
                 except OSError as e:
                     self._gone(e)
             if failed is not None:
@@ -718,8 +754,9 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward
             # records, not as a failed fsync: the data's own fsync reports it).
             w.write(items, durable=False)
             if durable:
-                w.sync()  # an fsync: the records on disk; the head names them when the settle is due
-                os.write(fd_out, b"k")
+                # an fsync: the records on disk (the head names them when the
+                # settle is due); "e": they could not be, the fsync fails
+                os.write(fd_out, b"k" if w.sync() else b"e")
         if not ended:  # end of input without the daemon's goodbye
             _say(f"seldonfs: WARNING audit writer: {DAEMON_GONE}")
             w.write([gap_record(DAEMON_GONE)], durable=False)

@@ -8,13 +8,16 @@ reads it; it is documented in docs/design.md ("Faults").
 
     SELDONFS_FAULTS="KIND:N:ERRNO[,KIND:N:ERRNO...]"   e.g. "pwrite:3:ENOSPC"
     SELDONFS_FAULTS="KIND:N:KILL"   the process kills itself (SIGKILL) there
+    SELDONFS_FAULTS="KIND:*:ERRNO"  every call of that kind fails
     SELDONFS_FAULTS="count:FILE"    count the calls of each kind into FILE (JSON)
 
 KIND is one of KINDS. The Nth call of that kind (counting from 1 in this
 process) fails with OSError(ERRNO), or ends the process as kill -9 would,
 before it does anything; the calls before and after it run as usual.
 "catalog" is the engine's batch of file records (commit.py), which fails
-as a full database would.
+as a full database would. "walsync" is the audit writer's fdatasync of the
+catalog's WAL; the writer is a process of its own and counts its calls
+itself ("count:FILE" counts the daemon's).
 
 Who calls these names instead of the plain functions: the content layer
 (plain and sealed files), fsync of files the mount writes, the store's
@@ -32,7 +35,7 @@ from collections import Counter
 
 from . import _libc
 
-KINDS = ("pwrite", "reserve", "ftruncate", "fsync", "rename", "catalog")
+KINDS = ("pwrite", "reserve", "ftruncate", "fsync", "rename", "catalog", "walsync")
 
 _spec = os.environ.get("SELDONFS_FAULTS", "")
 _count_file: str | None = None
@@ -45,18 +48,18 @@ for item in filter(None, _spec.split(",")):
     n, _, err = rest.partition(":")
     if kind not in KINDS:
         raise ValueError(f"SELDONFS_FAULTS: unknown kind {kind!r} (one of {', '.join(KINDS)})")
-    _plan[kind] = (int(n), -1 if err == "KILL" else getattr(errno, err))
+    _plan[kind] = (0 if n == "*" else int(n), -1 if err == "KILL" else getattr(errno, err))
 _calls: Counter[str] = Counter()
 
 
 def hit(kind: str) -> None:
     """Count a call of `kind`; raise the planned error if it is the one."""
     _calls[kind] += 1
-    if _count_file is not None:
+    if _count_file is not None and kind != "walsync":  # the audit writer's process: the file is the daemon's
         with open(_count_file, "w") as f:
             json.dump(_calls, f)
     planned = _plan.get(kind)
-    if planned is not None and planned[0] == _calls[kind]:
+    if planned is not None and planned[0] in (0, _calls[kind]):
         if planned[1] == -1:
             os.kill(os.getpid(), signal.SIGKILL)
         raise OSError(planned[1], f"{os.strerror(planned[1])} (injected: {kind} call {planned[0]})")
@@ -68,6 +71,7 @@ if not _spec:
     ftruncate = os.ftruncate
     fsync = os.fsync
     fdatasync = os.fdatasync
+    walsync = os.fdatasync
     reserve = _libc.reserve
     renameat2 = _libc.renameat2
     replace = os.replace
@@ -91,6 +95,10 @@ else:
 
     def fdatasync(fd: int) -> None:
         hit("fsync")
+        os.fdatasync(fd)
+
+    def walsync(fd: int) -> None:
+        hit("walsync")
         os.fdatasync(fd)
 
     def reserve(fd: int, off: int, length: int) -> None:

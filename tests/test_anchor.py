@@ -3,14 +3,16 @@ no FUSE); what the audit writer lets the head name."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import sqlite3
 import time
 
 import pytest
 
-from seldonfs import anchor, audit
+from seldonfs import anchor, audit, faults
 from seldonfs.anchor import Found
 from seldonfs.catalog import Catalog
 
@@ -138,3 +140,51 @@ def test_the_head_names_only_records_on_disk_for_good(tmp_path) -> None:
         assert anchor.read_head(tmp_path)["seq"] == 9 and w.due() is None
     finally:
         w.close()
+
+
+def test_a_failed_wal_sync_is_not_taken_back_by_the_next(tmp_path, monkeypatch) -> None:
+    """fsyncgate: after a failed fdatasync the kernel may keep the failed
+    pages as clean, and the next fdatasync succeeds without writing them.
+    The writer says the sync failed, names nothing in the head meanwhile,
+    and writes the WAL again before its next sync counts."""
+    (tmp_path / "store.json").write_text("{}")
+    catalog = tmp_path / "catalog.sqlite"
+    c = Catalog(catalog)
+    c.migrate()
+    c.close()
+    item = (time.time_ns(), 0, 0, 1, "t", "setattr", "/a", "", "OK", 0, "size=1")
+    syncs = 0
+    real_sync, real_pwrite = faults.walsync, os.pwrite
+
+    def fail_first(fd: int) -> None:
+        nonlocal syncs
+        syncs += 1
+        if syncs == 1:
+            raise OSError(errno.EIO, "injected")
+        real_sync(fd)
+
+    rewritten: list[int] = []
+    monkeypatch.setattr(faults, "walsync", fail_first)
+    w = audit.ChainWriter(tmp_path, catalog, KEY)
+    try:
+        assert w.write([item] * 2, durable=False)  # settled at once (no anchor yet): the sync fails
+        assert syncs == 1 and w.sync_failed and w.synced < w.seq and anchor.read_head(tmp_path) is None
+        monkeypatch.setattr(os, "pwrite", lambda fd, data, off: rewritten.append(off) or real_pwrite(fd, data, off))
+        assert w.sync()
+        monkeypatch.setattr(os, "pwrite", real_pwrite)
+        assert rewritten and rewritten[0] == 0 and not w.sync_failed and w.synced == w.seq == 2
+        w.settle()
+        assert anchor.read_head(tmp_path)["seq"] == 2
+        syncs = 0  # the same for an fsync's sync: False, then written again
+        assert w.write([item], durable=False) and not w.sync()
+        rewritten.clear()
+        monkeypatch.setattr(os, "pwrite", lambda fd, data, off: rewritten.append(off) or real_pwrite(fd, data, off))
+        assert w.sync() and rewritten and w.synced == 3
+    finally:
+        monkeypatch.setattr(os, "pwrite", real_pwrite)
+        w.close()
+    conn = sqlite3.connect(catalog)
+    try:
+        assert audit.verify(conn, KEY, anchor.read_head(tmp_path))[1] is None
+    finally:
+        conn.close()

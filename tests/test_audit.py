@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -541,6 +542,36 @@ def test_the_writes_of_files_open_at_a_sigterm_are_recorded(tmp_path: Path) -> N
     assert writes == [("input/processed/open", 500)]
     assert records(store, "--op", "gap") == []
     assert (store / "data" / "input" / "processed" / "open").read_bytes() == b"z" * 500
+
+
+def test_an_fsync_fails_when_its_records_cannot_be_synced(tmp_path: Path) -> None:
+    """An fsync promises the change and its records on disk: when the audit
+    writer cannot sync the records (EIO from the WAL's fdatasync, injected),
+    the fsync fails with EIO, though the data's own fdatasync passed."""
+    store = init_store(tmp_path / "store", encrypted=False)
+    m = tmp_path / "mnt"
+    with mounted(store, m):  # the chain's head and anchor, before the disk fails
+        pass
+    with mounted(store, m, expect_log_problems=True, env={"SELDONFS_FAULTS": "walsync:*:EIO"}):
+        fd = os.open(m / "input" / "processed" / "f", os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, b"x" * 100)
+            with pytest.raises(OSError) as e:
+                os.fsync(fd)
+            assert e.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+    assert "ERROR audit writer: cannot sync the records" in (store.parent / f"mount-{m.name}.stderr").read_text()
+    with mounted(store, m, expect_log_problems=True):  # the disk well again: the records are settled
+        assert (m / "input" / "processed" / "f").read_bytes() == b"x" * 100
+        fd = os.open(m / "input" / "processed" / "f", os.O_WRONLY)
+        try:
+            os.write(fd, b"y")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    r = seldonfs("audit", "verify", *key_args(store), store)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 @needs_root
