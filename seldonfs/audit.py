@@ -352,10 +352,8 @@ class ChainWriter:
             try:
                 off = 0
                 while chunk := os.pread(fd, 1 << 20, off):
-                    view = memoryview(chunk)
-                    while view:
-                        done = os.pwrite(fd, view, off)
-                        view, off = view[done:], off + done
+                    _pwrite_all(fd, chunk, off)
+                    off += len(chunk)
             finally:
                 os.close(fd)
         finally:
@@ -692,6 +690,13 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _pwrite_all(fd: int, data: bytes, off: int) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, off)
+        view, off = view[done:], off + done
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:

@@ -419,8 +419,7 @@ class Engine(Hooks):
             self._refused(posixpath.join(d, os.fsdecode(new)), "link into a write-once folder")
 
     def changing(self, ino: int, what: str) -> None:
-        if self.policy.any_write_once:
-            self._refuse_held(ino, f"change its {what}")
+        self._refuse_held(ino, f"change its {what}")
 
     def _refuse_held(self, ino: int, what: str) -> None:
         if not self.policy.any_write_once:
