@@ -33,7 +33,7 @@ from pathlib import Path
 
 from . import _libc, faults
 from .content import ContentDamaged, ContentLayer, FileContent
-from .entries import Caller, Entries
+from .entries import Caller, Entries, credentials, set_id_left
 from .hooks import Track
 from .inodes import PROBED_XATTRS, ROOT_INODE, Node, Stat, _proc
 from .virtual import Stream
@@ -116,6 +116,7 @@ class Core(Entries):
         atime_ns: int | None = None,
         mtime_ns: int | None = None,
         fh: int | None = None,
+        caller: Caller | None = None,
     ) -> Stat:
         if ino in self.virtual.by_ino:
             raise OSError(errno.EACCES, "a read-only file of the filesystem")
@@ -125,8 +126,9 @@ class Core(Entries):
             self.hooks.changing(ino, "owner")
         if mode is not None:
             self.hooks.changing(ino, "mode")
-        if size is not None and node.fmt == stat_m.S_IFREG:
-            self.hooks.truncating(ino, size, self.content.plain_size(os.fstat(node.fd).st_size))
+        before = os.fstat(node.fd) if size is not None and node.fmt == stat_m.S_IFREG else None
+        if before is not None:
+            self.hooks.truncating(ino, size, self.content.plain_size(before.st_size))
         if size is not None:
             if handle is not None:
                 self._guarded(ino, handle.content.truncate, size)
@@ -136,6 +138,8 @@ class Core(Entries):
                     self._guarded(ino, self.content.attach(fd).truncate, size)
                 finally:
                     os.close(fd)
+            if caller is not None and before is not None:
+                self._drop_set_id(node, before, caller)
         if uid is not None or gid is not None:
             # chown before chmod: chown by root clears set-id bits, and the
             # kernel sends the mode it wants kept along with the chown.
@@ -184,11 +188,38 @@ class Core(Entries):
         handle = Handle(ino, fd, self.content.attach(fd), track, opener)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
             self._guarded(ino, handle.content.truncate, 0)
+            self._drop_privileges(self._node(ino), fd, opener)
         self.handles[fh] = handle
         if track is not None:
             track.readable = self._open_flags(flags) & os.O_ACCMODE != os.O_WRONLY
             self.hooks.opened(ino, track, created)
         return fh
+
+    def _drop_privileges(self, node: Node, fd: int, caller: Caller | None) -> None:
+        """open(O_TRUNC) for writing: what a truncate takes from a file on a
+        local disk, its set-ID bits (`_drop_set_id`) and its file
+        capabilities, whoever truncates. The kernel does this for
+        truncate(2) and write(2), but leaves an O_TRUNC to us (we truncate
+        at open: atomic_o_trunc)."""
+        if caller is not None:
+            self._drop_set_id(node, os.fstat(fd), caller)
+        bit = PROBED_XATTRS[b"security.capability"]
+        if not node.absent_xattrs & bit:
+            try:
+                os.removexattr(fd, b"security.capability")
+            except OSError as e:
+                if e.errno not in (errno.ENODATA, errno.ENOTSUP):
+                    raise
+            node.absent_xattrs |= bit
+
+    def _drop_set_id(self, node: Node, st: os.stat_result, caller: Caller) -> None:
+        """`caller` truncated the file: the set-ID bits it may not keep
+        (entries.set_id_left; the kernel's FUSE code drops set-group-ID
+        only where group execute is set)."""
+        if st.st_mode & (stat_m.S_ISUID | stat_m.S_ISGID):
+            mode = set_id_left(st.st_mode, st.st_gid, *credentials(caller))
+            if mode != st.st_mode:
+                os.chmod(_proc(node.fd), stat_m.S_IMODE(mode))
 
     def direct_io(self, fh: int) -> bool:
         """The handle bypasses the kernel's page cache (a virtual file; a

@@ -37,6 +37,38 @@ class Caller:
     umask: int = 0o022
 
 
+CAP_FSETID = 4  # linux/capability.h
+
+
+def set_id_left(mode: int, file_gid: int, privileged: bool, groups: frozenset[int]) -> int:
+    """The mode a regular file keeps when a caller truncates or writes it:
+    without CAP_FSETID (`privileged`) it loses set-user-ID, and set-group-ID
+    where group execute is set or it is not in the file's group (`groups`),
+    as the kernel's setattr_should_drop_suidgid decides for a local disk."""
+    if privileged or not stat_m.S_ISREG(mode):
+        return mode
+    if mode & stat_m.S_ISGID and (mode & stat_m.S_IXGRP or file_gid not in groups):
+        mode &= ~stat_m.S_ISGID
+    return mode & ~stat_m.S_ISUID
+
+
+def credentials(caller: Caller) -> tuple[bool, frozenset[int]]:
+    """Whether `caller` holds CAP_FSETID, and its groups, from
+    /proc/<pid>/status; a process gone by then counts as root if its uid
+    is 0, in its own group only."""
+    privileged, groups = caller.uid == 0, {caller.gid}
+    try:
+        with open(f"/proc/{caller.pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"CapEff:"):
+                    privileged = bool(int(line.split()[1], 16) >> CAP_FSETID & 1)
+                elif line.startswith(b"Groups:"):
+                    groups.update(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return privileged, frozenset(groups)
+
+
 
 
 class Entries(InodeTable):

@@ -202,7 +202,7 @@ class SeldonOperations(pyfuse3.Operations):
     async def setattr(self, inode, attr, fields, fh, ctx):
         if self.audit is None:
             try:
-                return self._setattr(inode, attr, fields, fh)
+                return self._setattr(inode, attr, fields, fh, ctx)
             except Refused as e:
                 self.refusals.add("setattr", ctx.uid, ctx.pid, self._path(inode), e.errno, e.reason)
                 raise
@@ -223,11 +223,11 @@ class SeldonOperations(pyfuse3.Operations):
             # With the writeback cache the kernel keeps file times itself and
             # hands them back after writes, renames and unlinks; the writes
             # are recorded. (An explicit `touch -m` looks the same: unrecorded.)
-            return self._setattr(inode, attr, fields, fh)
+            return self._setattr(inode, attr, fields, fh, ctx)
         with self._audited("setattr", ctx, inode, detail=" ".join(changed)):
-            return self._setattr(inode, attr, fields, fh)
+            return self._setattr(inode, attr, fields, fh, ctx)
 
-    def _setattr(self, inode, attr, fields, fh):
+    def _setattr(self, inode, attr, fields, fh, ctx):
         st = self.core.setattr(
             inode,
             mode=attr.st_mode if fields.update_mode else None,
@@ -237,6 +237,7 @@ class SeldonOperations(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             fh=fh,
+            caller=_caller(ctx),
         )
         return self._entry(st)
 
@@ -283,13 +284,15 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode, flags, ctx):
+        how = {os.O_RDONLY: "r", os.O_WRONLY: "w", os.O_RDWR: "rw"}.get(flags & os.O_ACCMODE, "?")
+        if flags & os.O_TRUNC and how != "r":  # the contents go, as at a truncate to 0: recorded so
+            with self._audited("open", ctx, inode, detail=how + "+trunc"):
+                return self._file_info(self.core.open(inode, flags, _caller(ctx)))
         try:
             return self._file_info(self.core.open(inode, flags, _caller(ctx)))
         except OSError as e:
             if e.errno == errno.EPERM and self.audit is not None:  # a refusal of the policy (write-once)
-                mode = {os.O_RDONLY: "r", os.O_WRONLY: "w", os.O_RDWR: "rw"}.get(flags & os.O_ACCMODE, "?")
-                self.audit.record("open", ctx.uid, ctx.gid, ctx.pid, self._path(inode), result="EPERM",
-                                  detail=mode + ("+trunc" if flags & os.O_TRUNC else ""))
+                self.audit.record("open", ctx.uid, ctx.gid, ctx.pid, self._path(inode), result="EPERM", detail=how)
             raise
 
     @_errors

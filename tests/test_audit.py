@@ -60,6 +60,7 @@ def test_each_change_is_recorded_with_who_did_it(store: Path, tmp_path: Path) ->
             "os.rename(d + '/a', d + '/sub/b')\n"
             "os.chmod(d + '/sub/b', 0o600)\n"
             "os.truncate(d + '/sub/b', 2)\n"
+            "with open(d + '/sub/b', 'w') as f: f.write('new')\n"
             "os.setxattr(d + '/sub/b', 'user.note', b'x')\n"
             "os.removexattr(d + '/sub/b', 'user.note')\n"
             "os.link(d + '/sub/b', d + '/c')\n"
@@ -86,6 +87,8 @@ def test_each_change_is_recorded_with_who_did_it(store: Path, tmp_path: Path) ->
         ("rename", f"{p}/a", f"{p}/sub/b", "OK", 0, ""),
         ("setattr", f"{p}/sub/b", "", "OK", 0, "mode=600"),
         ("setattr", f"{p}/sub/b", "", "OK", 0, "size=2"),
+        ("open", f"{p}/sub/b", "", "OK", 0, "w+trunc"),
+        ("write", f"{p}/sub/b", "", "OK", 3, ""),
         ("setxattr", f"{p}/sub/b", "", "OK", 0, "user.note"),
         ("removexattr", f"{p}/sub/b", "", "OK", 0, "user.note"),
         ("link", f"{p}/sub/b", f"{p}/c", "OK", 0, ""),
