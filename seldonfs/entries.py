@@ -69,8 +69,6 @@ def credentials(caller: Caller) -> tuple[bool, frozenset[int]]:
     return privileged, frozenset(groups)
 
 
-
-
 class Entries(InodeTable):
     def __init__(self, data_root: Path, content: ContentLayer) -> None:
         super().__init__(data_root, content)

@@ -10,6 +10,7 @@ import pytest
 
 from seldonfs.content import PlainContent
 from seldonfs.core import ROOT_INODE, Caller, Core
+from seldonfs.entries import credentials, set_id_left
 
 ME = Caller(os.getuid(), os.getgid(), os.getpid())
 
@@ -170,3 +171,23 @@ def test_a_files_path_is_remembered_until_something_moves(core: Core) -> None:
     core.link(st.ino, ROOT_INODE, b"h")
     core.unlink(d.ino, b"g")  # the name the inode is pinned by is gone
     assert core.rel_path(st.ino) is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "privileged", "groups", "left"),
+    [
+        (0o106777, False, {5}, 0o100777),  # set-user-ID and group-executable set-group-ID go
+        (0o106777, True, {5}, 0o106777),  # CAP_FSETID keeps them
+        (0o102767, False, {5}, 0o102767),  # set-group-ID without group execute stays in the group
+        (0o102767, False, {6}, 0o100767),  # and goes outside it
+        (0o046777, False, {6}, 0o046777),  # a directory's are not a truncate's business
+    ],
+)
+def test_set_id_left_by_a_truncate(mode: int, privileged: bool, groups: set[int], left: int) -> None:
+    assert set_id_left(mode, 5, privileged, frozenset(groups)) == left
+
+
+def test_credentials_of_this_process_and_of_one_gone() -> None:
+    privileged, groups = credentials(Caller(os.getuid(), os.getgid(), os.getpid()))
+    assert privileged == (os.geteuid() == 0) and os.getgid() in groups
+    assert credentials(Caller(1000, 1000, 2**22 + 1)) == (False, frozenset({1000}))
