@@ -205,11 +205,13 @@ class Core(Entries):
             self._drop_set_id(node, os.fstat(fd), caller)
         bit = PROBED_XATTRS[b"security.capability"]
         if not node.absent_xattrs & bit:
-            try:
-                os.removexattr(fd, b"security.capability")
+            try:  # asked first: removing one needs CAP_SETFCAP even where there is none
+                os.getxattr(fd, b"security.capability")
             except OSError as e:
                 if e.errno not in (errno.ENODATA, errno.ENOTSUP):
                     raise
+            else:
+                os.removexattr(fd, b"security.capability")
             node.absent_xattrs |= bit
 
     def _drop_set_id(self, node: Node, st: os.stat_result, caller: Caller) -> None:
