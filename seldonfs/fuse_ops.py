@@ -237,7 +237,7 @@ class SeldonOperations(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             fh=fh,
-            caller=_caller(ctx),
+            caller=_caller(ctx) if fields.update_size else None,  # who truncates keeps set-ID bits or not
         )
         return self._entry(st)
 
@@ -290,10 +290,9 @@ class SeldonOperations(pyfuse3.Operations):
                 return self._file_info(self.core.open(inode, flags, _caller(ctx)))
         try:
             return self._file_info(self.core.open(inode, flags, _caller(ctx)))
-        except OSError as e:
-            if e.errno == errno.EPERM and self.audit is not None:  # a refusal of the policy (write-once)
-                self.audit.record("open", ctx.uid, ctx.gid, ctx.pid, self._path(inode), result="EPERM", detail=how)
-            raise
+        except Refused:  # by the folder rules (write-once): recorded with the reason
+            with self._audited("open", ctx, inode, detail=how):
+                raise
 
     @_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
