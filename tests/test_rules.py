@@ -4,11 +4,12 @@ No FUSE here."""
 from __future__ import annotations
 
 import os
+import shutil
 import tomllib
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seldonfs import config, validation
@@ -156,6 +157,32 @@ def check(rule: FolderRule, name: str, data: bytes) -> validation.Verdict:
 def scanned(kind: str, text: bytes) -> list[str]:
     """What the checks with the one sensitive-data scan `kind` say of `text`."""
     return check(FolderRule("x", sensitive=(kind,)), "x.txt", text).reasons
+
+
+# Digits, separators and the starts of keys, with pieces of what each scan
+# looks for: data where the C and the Python scans could disagree.
+_SCAN_PIECES = (
+    b"4111 1111 1111 1111", b"4111-1111-1111-1111", b"378282246310005", b"5555555555554444", b"6011111111111117",
+    b"2221000000000009", b"30569309025904", b"3530111333300000", b"123-45-6789", b"AKIA", b"ASIA",
+    b"-----BEGIN ", b"RSA ", b"PRIVATE KEY-----",
+)
+_scan_data = st.lists(
+    st.one_of(st.sampled_from(_SCAN_PIECES), st.lists(st.sampled_from(b"0123456789  --AKSIZx.\n"), max_size=30).map(bytes)),
+    max_size=10,
+).map(b"".join)
+
+
+@pytest.mark.skipif(validation._scan is None, reason="the C scans are not built here (setup.py: no compiler)")
+@settings(max_examples=3000)
+@given(_scan_data)
+def test_the_c_scans_find_what_the_python_ones_find(data: bytes) -> None:
+    for name, python in validation.PYTHON_SCANS.items():
+        assert validation.SENSITIVE[name](data) == python(data), name
+
+
+def test_the_c_scans_are_built_where_there_is_a_compiler() -> None:
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert validation._scan is not None and validation.SENSITIVE is not validation.PYTHON_SCANS
 
 
 def test_patterns_are_found_across_chunk_borders() -> None:
