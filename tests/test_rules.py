@@ -3,6 +3,8 @@ No FUSE here."""
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import shutil
 import tomllib
@@ -178,6 +180,31 @@ _scan_data = st.lists(
 def test_the_c_scans_find_what_the_python_ones_find(data: bytes) -> None:
     for name, python in validation.PYTHON_SCANS.items():
         assert validation.SENSITIVE[name](data) == python(data), name
+
+
+@pytest.fixture(scope="module")
+def guarded() -> memoryview:
+    """Three pages, the first and last PROT_NONE: a read past either end of
+    data laid against them faults."""
+    page = mmap.PAGESIZE
+    mm = mmap.mmap(-1, 3 * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(base, page, 0) == 0 and libc.mprotect(base + 2 * page, page, 0) == 0
+    return memoryview(mm)
+
+
+@pytest.mark.skipif(validation._scan is None, reason="the C scans are not built here (setup.py: no compiler)")
+@settings(max_examples=1000)
+@given(_scan_data)
+def test_the_c_scans_read_nothing_outside_their_data(guarded: memoryview, data: bytes) -> None:
+    page = mmap.PAGESIZE
+    data = data[:page]
+    want = validation._scan.scan(data, 15)
+    for at in (page, 2 * page - len(data)):  # against the guard before it, and the one after
+        guarded[at:at + len(data)] = data
+        assert validation._scan.scan(guarded[at:at + len(data)], 15) == want
 
 
 def test_the_c_scans_are_built_where_there_is_a_compiler() -> None:
