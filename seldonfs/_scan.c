@@ -2,7 +2,7 @@
  *
  * scan(data, kinds) -> the kinds (bits: 1 SSN, 2 card, 4 AWS key, 8 private
  * key) of `kinds` that `data` contains. Each test finds exactly what its
- * Python version in validation.py finds (tests/test_validation_native.py
+ * Python version in validation.py finds (tests/test_rules.py
  * compares the two on generated data); this one reads the bytes once per
  * kind at C speed, without the digit map, and without the GIL.
  *

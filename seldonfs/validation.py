@@ -180,6 +180,7 @@ def _native(bit: int) -> Callable[[bytes], bool]:
 
 
 SENSITIVE = PYTHON_SCANS if _scan is None else {n: _native(b) for n, b in _SCAN_BITS.items()}
+
 _SENSITIVE_LABEL = {
     "ssn": "a US social security number",
     "card": "a payment card number",
