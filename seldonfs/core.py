@@ -38,6 +38,8 @@ from .hooks import Track
 from .inodes import PROBED_XATTRS, ROOT_INODE, Node, Stat, _proc
 from .virtual import Stream
 
+_CAPS = b"security.capability"
+
 __all__ = ["ROOT_INODE", "Caller", "Core", "Handle", "Stat"]
 
 log = logging.getLogger(__name__)
@@ -188,31 +190,30 @@ class Core(Entries):
         handle = Handle(ino, fd, self.content.attach(fd), track, opener)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
             self._guarded(ino, handle.content.truncate, 0)
-            self._drop_privileges(self._node(ino), fd, opener)
+            self._drop_privileges(ino, fd, opener)
         self.handles[fh] = handle
         if track is not None:
             track.readable = self._open_flags(flags) & os.O_ACCMODE != os.O_WRONLY
             self.hooks.opened(ino, track, created)
         return fh
 
-    def _drop_privileges(self, node: Node, fd: int, caller: Caller | None) -> None:
+    def _drop_privileges(self, ino: int, fd: int, caller: Caller | None) -> None:
         """open(O_TRUNC) for writing: what a truncate takes from a file on a
         local disk, its set-ID bits (`_drop_set_id`) and its file
         capabilities, whoever truncates. The kernel does this for
         truncate(2) and write(2), but leaves an O_TRUNC to us (we truncate
         at open: atomic_o_trunc)."""
+        node = self._node(ino)
         if caller is not None:
             self._drop_set_id(node, os.fstat(fd), caller)
-        bit = PROBED_XATTRS[b"security.capability"]
-        if not node.absent_xattrs & bit:
-            try:  # asked first: removing one needs CAP_SETFCAP even where there is none
-                os.getxattr(fd, b"security.capability")
-            except OSError as e:
-                if e.errno not in (errno.ENODATA, errno.ENOTSUP):
-                    raise
-            else:
-                os.removexattr(fd, b"security.capability")
-            node.absent_xattrs |= bit
+        try:  # asked first (an absence is remembered): removing one needs CAP_SETFCAP even where there is none
+            self.getxattr(ino, _CAPS)
+        except OSError as e:
+            if e.errno not in (errno.ENODATA, errno.ENOTSUP):
+                raise
+        else:
+            os.removexattr(fd, _CAPS)
+            node.absent_xattrs |= PROBED_XATTRS[_CAPS]
 
     def _drop_set_id(self, node: Node, st: os.stat_result, caller: Caller) -> None:
         """`caller` truncated the file: the set-ID bits it may not keep
@@ -283,7 +284,7 @@ class Core(Entries):
                 # a new file has no capabilities; nothing else can add them
                 # but setxattr here (the kernel asks before every write)
                 self.nodes[st.ino].absent_xattrs |= (
-                    PROBED_XATTRS[b"security.capability"] | self._new_absent(parent)
+                    PROBED_XATTRS[_CAPS] | self._new_absent(parent)
                 )
                 flags &= ~os.O_TRUNC  # empty already
                 d = self.rel_path(parent)

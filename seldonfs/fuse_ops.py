@@ -102,6 +102,9 @@ class _Audited:
         audit.record(self.op, self.ctx.uid, self.ctx.gid, self.ctx.pid, path, self.path2, result, 0, self.detail)
 
 
+_ACCESS = {os.O_RDONLY: "r", os.O_WRONLY: "w", os.O_RDWR: "rw"}  # as an open record names it
+
+
 def _caller(ctx: pyfuse3.RequestContext) -> Caller:
     return Caller(ctx.uid, ctx.gid, ctx.pid, ctx.umask)
 
@@ -284,7 +287,7 @@ class SeldonOperations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode, flags, ctx):
-        how = {os.O_RDONLY: "r", os.O_WRONLY: "w", os.O_RDWR: "rw"}.get(flags & os.O_ACCMODE, "?")
+        how = _ACCESS.get(flags & os.O_ACCMODE, "?")
         if flags & os.O_TRUNC and how != "r":  # the contents go, as at a truncate to 0: recorded so
             with self._audited("open", ctx, inode, detail=how + "+trunc"):
                 return self._file_info(self.core.open(inode, flags, _caller(ctx)))

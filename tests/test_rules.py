@@ -161,6 +161,10 @@ def scanned(kind: str, text: bytes) -> list[str]:
     return check(FolderRule("x", sensitive=(kind,)), "x.txt", text).reasons
 
 
+needs_c_scans = pytest.mark.skipif(
+    validation._scan is None, reason="the C scans are not built here (setup.py: no compiler)"
+)
+
 # Digits, separators and the starts of keys, with pieces of what each scan
 # looks for: data where the C and the Python scans could disagree.
 _SCAN_PIECES = (
@@ -169,12 +173,15 @@ _SCAN_PIECES = (
     b"-----BEGIN ", b"RSA ", b"PRIVATE KEY-----",
 )
 _scan_data = st.lists(
-    st.one_of(st.sampled_from(_SCAN_PIECES), st.lists(st.sampled_from(b"0123456789  --AKSIZx.\n"), max_size=30).map(bytes)),
+    st.one_of(
+        st.sampled_from(_SCAN_PIECES),
+        st.lists(st.sampled_from(b"0123456789  --AKSIZx.\n"), max_size=30).map(bytes),
+    ),
     max_size=10,
 ).map(b"".join)
 
 
-@pytest.mark.skipif(validation._scan is None, reason="the C scans are not built here (setup.py: no compiler)")
+@needs_c_scans
 @settings(max_examples=3000)
 @given(_scan_data)
 def test_the_c_scans_find_what_the_python_ones_find(data: bytes) -> None:
@@ -195,7 +202,7 @@ def guarded() -> memoryview:
     return memoryview(mm)
 
 
-@pytest.mark.skipif(validation._scan is None, reason="the C scans are not built here (setup.py: no compiler)")
+@needs_c_scans
 @settings(max_examples=1000)
 @given(_scan_data)
 def test_the_c_scans_read_nothing_outside_their_data(guarded: memoryview, data: bytes) -> None:
