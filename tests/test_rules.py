@@ -225,6 +225,41 @@ def test_patterns_are_found_across_chunk_borders() -> None:
     assert check(rule, "x.txt", data).reasons == ["contains an AWS access key"]
 
 
+# Text as the checks see it: ASCII text with the control bytes libmagic's
+# text test takes and those it does not, shapes its other tests look for
+# (JSON, CSV, tar's and gzip's magic), and bytes past ASCII.
+_HEAD_PIECES = (
+    b"{", b"}", b"[", b"]", b'"k": ', b"1,2,3\n", b"a;b;c\r\n", b"#!/bin/sh\n", b"<?xml ", b"\x1f\x8b",
+    b"ustar\x0000", b"\xc3\xa9", b"\xff\xfe", b"\x00", b"\x7f", b"\x1b[0m", b"\x0c", b"\x01",
+)
+_head_data = st.lists(
+    st.one_of(st.sampled_from(_HEAD_PIECES), st.text(st.characters(max_codepoint=126), max_size=40).map(str.encode)),
+    max_size=12,
+).map(b"".join)
+
+
+@settings(max_examples=2000)
+@given(_head_data)
+def test_the_mime_shortcut_says_what_libmagic_says(head: bytes) -> None:
+    if head:
+        assert validation.builtin_mime(head) == validation._FAST_MAGIC.from_buffer(head)
+
+
+def test_the_mime_shortcut_agrees_on_short_heads_and_real_files() -> None:
+    """Every head of one and two bytes, and the first 8 KiB of the
+    interpreter's own library (source, bytecode-free binaries, data)."""
+    heads = [bytes([a]) for a in range(256)] + [bytes([a, b]) for a in range(256) for b in range(0, 256, 3)]
+    lib = os.path.dirname(os.__file__)
+    for root, _, names in os.walk(lib):
+        for n in sorted(names)[:20]:
+            with open(os.path.join(root, n), "rb") as f:
+                heads.append(f.read(validation.HEAD))
+        if len(heads) > 30_000:
+            break
+    differ = [h[:20] for h in heads if h and validation.builtin_mime(h) != validation._FAST_MAGIC.from_buffer(h)]
+    assert not differ
+
+
 def test_checksum_and_mime() -> None:
     v = check(FolderRule("x", allow_mime=("text/*",)), "a.txt", b"hello world\n")
     assert v.ok and v.mime == "text/plain"
