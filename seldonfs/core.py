@@ -35,10 +35,8 @@ from . import _libc, faults
 from .content import ContentDamaged, ContentLayer, FileContent
 from .entries import Caller, Entries, credentials, set_id_left
 from .hooks import Track
-from .inodes import PROBED_XATTRS, ROOT_INODE, Node, Stat, _proc
+from .inodes import CAPS, PROBED_XATTRS, ROOT_INODE, Node, Stat, _proc
 from .virtual import Stream
-
-_CAPS = b"security.capability"
 
 __all__ = ["ROOT_INODE", "Caller", "Core", "Handle", "Stat"]
 
@@ -207,13 +205,13 @@ class Core(Entries):
         if caller is not None:
             self._drop_set_id(node, os.fstat(fd), caller)
         try:  # asked first (an absence is remembered): removing one needs CAP_SETFCAP even where there is none
-            self.getxattr(ino, _CAPS)
+            self.getxattr(ino, CAPS)
         except OSError as e:
             if e.errno not in (errno.ENODATA, errno.ENOTSUP):
                 raise
         else:
-            os.removexattr(fd, _CAPS)
-            node.absent_xattrs |= PROBED_XATTRS[_CAPS]
+            os.removexattr(fd, CAPS)
+            node.absent_xattrs |= PROBED_XATTRS[CAPS]
 
     def _drop_set_id(self, node: Node, st: os.stat_result, caller: Caller) -> None:
         """`caller` truncated the file: the set-ID bits it may not keep
@@ -284,7 +282,7 @@ class Core(Entries):
                 # a new file has no capabilities; nothing else can add them
                 # but setxattr here (the kernel asks before every write)
                 self.nodes[st.ino].absent_xattrs |= (
-                    PROBED_XATTRS[_CAPS] | self._new_absent(parent)
+                    PROBED_XATTRS[CAPS] | self._new_absent(parent)
                 )
                 flags &= ~os.O_TRUNC  # empty already
                 d = self.rel_path(parent)

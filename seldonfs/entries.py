@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import _libc, xattrs
 from .content import ContentLayer
-from .inodes import PROBED_XATTRS, ROOT_INODE, InodeTable, Stat, _proc
+from .inodes import CAPS, PROBED_XATTRS, ROOT_INODE, InodeTable, Stat, _proc
 from .store import walk
 
 # Without SELinux the backing filesystem labels nothing.
@@ -146,7 +146,7 @@ class Entries(InodeTable):
         os.mkdir(name, stat_m.S_IMODE(mode), dir_fd=pfd)
         self._chown_new(pfd, name, owner, os.rmdir)
         st = self.lookup(parent, name)
-        self.nodes[st.ino].absent_xattrs |= self._new_absent(parent) | PROBED_XATTRS[b"security.capability"]
+        self.nodes[st.ino].absent_xattrs |= self._new_absent(parent) | PROBED_XATTRS[CAPS]
         d = self.rel_path(parent)
         if d is not None:
             self.on_mkdir(_proc(self.nodes[st.ino].fd), posixpath.join(d, os.fsdecode(name)), caller.pid)

@@ -43,8 +43,9 @@ from .virtual import Virtual
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
+CAPS = b"security.capability"  # file capabilities: the kernel asks before every write(2)
 PROBED_XATTRS = {
-    b"security.capability": 1,
+    CAPS: 1,
     b"security.selinux": 2,
     b"system.posix_acl_access": 4,
     b"system.posix_acl_default": 8,
