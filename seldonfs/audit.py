@@ -174,6 +174,7 @@ class ChainWriter:
         self.reserve = reserve
         self.seal = seal  # [audit] segment: old records go to sealed segment files
         self.seal_error = ""  # why the last sealing failed, until one succeeds
+        self.seal_next: tuple[int, int] | None = None  # no segment is due before (seq, ns); None: ask the table
         self.forward = forward  # the rows stored, to the journal or syslog (audit_forward.py)
         self.conn = sqlite3.connect(catalog_path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -193,11 +194,12 @@ class ChainWriter:
         self.anchor_error = ""  # why the head or the anchor could not be written, until they can
         self.lost, self.lost_why = _read_lost(root)  # records gone for good, for the next gap record
 
-    def write(self, items: list[tuple], durable: bool) -> bool:
+    def write(self, items: list[tuple], durable: bool, chores: bool = True) -> bool:
         """Store what waits and `items` (records without seq) in one
         transaction; `durable`: settled (synced, named by the head) before
         it returns. False when the catalog refused them: they wait for the
-        next call."""
+        next call. `chores` False: the caller runs `chores()` itself, later
+        (the writer answers an fsync first)."""
         room = MAX_WAITING - len(self.waiting)
         if len(items) > room:
             self._lose(len(items) - room, f"more than {MAX_WAITING} records waited for the catalog")
@@ -222,19 +224,30 @@ class ChainWriter:
             self.lost, self.lost_why = 0, ""
             (self.root / LOST_NAME).unlink(missing_ok=True)
         self.waiting = []
+        if chores:
+            self.chores(durable)
+        return True
+
+    def chores(self, durable: bool = False) -> None:
+        """After a stored batch: settle when asked or due, make the reserve
+        if it is missing, seal the segments due."""
         self._after_commit(durable)
         if self.seal is not None:
             self._seal_due()
-        return True
 
     def _seal_due(self) -> None:
         """Move the records due into segment files; a failure (a full
-        disk) leaves them in the table, tried again after the next batch."""
+        disk) leaves them in the table, tried again after the next batch.
+        Between segments the table is not asked at every batch: only once
+        the oldest record's segment can be due (`segments.due_from`)."""
         assert self.seal is not None
+        if self.seal_next is not None and (self.seq < self.seal_next[0] or time.time_ns() < self.seal_next[1]):
+            return
         try:
             while (due := segments.next_range(self.conn, self.seal.every, time.time_ns())) is not None:
                 s = segments.seal(self.conn, self.root / "data", self.seal, self.key, *due)
                 _say(f"seldonfs: audit writer: records {s.first_seq}..{s.last_seq} sealed in {s.name}")
+            self.seal_next = segments.due_from(self.conn, self.seal.every)
             if self.seal_error:
                 self.seal_error = ""
         except (OSError, sqlite3.Error) as e:
@@ -757,11 +770,14 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward
             items, durable = msg  # type: ignore[misc]
             # A refused batch waits in `w` (a full disk reads as waiting
             # records, not as a failed fsync: the data's own fsync reports it).
-            w.write(items, durable=False)
+            w.write(items, durable=False, chores=not durable)
             if durable:
                 # an fsync: the records on disk (the head names them when the
-                # settle is due); "e": they could not be, the fsync fails
+                # settle is due); "e": they could not be, the fsync fails.
+                # The chores (a settle due, the reserve, a segment) wait
+                # until it has its answer.
                 os.write(fd_out, b"k" if w.sync() else b"e")
+                w.chores()
         if not ended:  # end of input without the daemon's goodbye
             _say(f"seldonfs: WARNING audit writer: {DAEMON_GONE}")
             w.write([gap_record(DAEMON_GONE)], durable=False)

@@ -123,6 +123,18 @@ def next_range(conn: sqlite3.Connection, every: int | str, now_ns: int) -> tuple
     return (first, hi) if hi >= first else None
 
 
+def due_from(conn: sqlite3.Connection, every: int | str) -> tuple[int, int] | None:
+    """(seq, ns): no segment is due while the table's last record is
+    older than seq, or the time earlier than ns (the oldest record's
+    `every` records, or its period, not yet complete); None: the table is
+    empty."""
+    lo = conn.execute("SELECT seq, ns FROM audit ORDER BY seq LIMIT 1").fetchone()
+    if lo is None:
+        return None
+    first, first_ns = lo
+    return (first + every, 0) if isinstance(every, int) else (0, period_end_ns(first_ns, every))
+
+
 def line_of(row: tuple, mac: bytes) -> bytes:
     """A record's line: the bytes its MAC covers (records.canonical, a JSON
     array of its fields), with the MAC in hex as one more element."""

@@ -188,3 +188,39 @@ def test_a_failed_wal_sync_is_not_taken_back_by_the_next(tmp_path, monkeypatch) 
         assert audit.verify(conn, KEY, anchor.read_head(tmp_path))[1] is None
     finally:
         conn.close()
+
+
+def test_the_writer_asks_for_a_due_segment_only_once_one_can_be(tmp_path, monkeypatch) -> None:
+    """A monthly segment: the old month's records are sealed at the first
+    batch; while this month runs no batch asks the table; once it is over
+    the next batch seals it. Chores left to the caller wait for it."""
+    from seldonfs import segments
+
+    (tmp_path / "store.json").write_text("{}")
+    (tmp_path / "data").mkdir()
+    catalog = tmp_path / "catalog.sqlite"
+    c = Catalog(catalog)
+    c.migrate()
+    c.close()
+    w = audit.ChainWriter(tmp_path, catalog, KEY, seal=segments.Spec("monthly", "archive/audit"))
+    asked: list[str] = []
+    w.conn.set_trace_callback(lambda sql: asked.append(sql) if "FROM audit ORDER BY seq LIMIT 1" in sql else None)
+    now = time.time_ns()
+    month_end = segments.period_end_ns(now, "monthly")
+    old = (month_end - 40 * 86400 * 10**9, 0, 0, 1, "t", "setattr", "/a", "", "OK", 0, "")  # last month
+    new = (now, 0, 0, 1, "t", "setattr", "/b", "", "OK", 0, "")
+    sealed = lambda: sorted(p.name for p in (tmp_path / "data" / "archive" / "audit").glob("audit-*.jsonl.gz"))
+    try:
+        assert w.write([old] * 3 + [new], durable=True)
+        assert sealed() == ["audit-000000000001-000000000003.jsonl.gz"]
+        asked.clear()
+        for _ in range(5):
+            assert w.write([new], durable=False)
+        assert asked == [] and len(sealed()) == 1
+        monkeypatch.setattr(audit.time, "time_ns", lambda: month_end + 1)
+        assert w.write([new], durable=False, chores=False)
+        assert asked == [] and len(sealed()) == 1  # the caller runs them
+        w.chores()
+        assert asked and sealed()[1:] == ["audit-000000000004-000000000009.jsonl.gz"]
+    finally:
+        w.close()
