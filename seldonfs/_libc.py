@@ -1,7 +1,7 @@
 """The few Linux calls the os module lacks: renameat2, fallocate with
 FALLOC_FL_KEEP_SIZE, sync_file_range, syncfs, and the AT_EMPTY_PATH forms of fchownat and utimensat
 that act on an O_PATH descriptor itself (needed for symlinks, which cannot
-be opened any other way).
+be opened any other way); and glibc's mallopt.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ UTIME_OMIT = (1 << 30) - 2
 FALLOC_FL_KEEP_SIZE = 1
 FALLOC_FL_PUNCH_HOLE = 2
 SYNC_FILE_RANGE_WRITE = 2
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 
 
 class _Timespec(ctypes.Structure):
@@ -86,3 +88,15 @@ def write_behind(fd: int) -> None:
 def syncfs(fd: int) -> None:
     """Write back the dirty data of the filesystem that holds `fd`, and wait."""
     _check(_libc.syncfs(fd))
+
+
+def keep_freed_memory(mmap_threshold: int, trim_threshold: int) -> bool:
+    """glibc's malloc: blocks up to `mmap_threshold` bytes from the heap, and
+    up to `trim_threshold` free bytes kept at its top, not given back to
+    the kernel at each free. False where the C library has no mallopt
+    (not glibc)."""
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))

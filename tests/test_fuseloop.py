@@ -1,6 +1,10 @@
-"""The request loop's shortcuts through trio (seldonfs/fuseloop.py)."""
+"""The daemon's request loop: its shortcuts through trio (seldonfs/fuseloop.py),
+and the memory it keeps between requests (_libc.keep_freed_memory)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -50,3 +54,26 @@ async def test_the_fast_lock_is_let_go_when_its_holder_fails() -> None:
     except ValueError:
         pass
     assert not lock.held
+
+
+FAULTS = """
+import resource, sys
+from seldonfs import _libc
+from seldonfs.mount import MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD
+assert _libc.keep_freed_memory(MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD)
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(200):  # a write request's data and its sealed blocks, freed after the reply
+    a = bytes(1 << 20)
+    b = bytearray((1 << 20) + 64 * 28)
+    del a, b
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_megabyte_buffers_are_not_given_back_to_the_kernel_between_requests() -> None:
+    """Without `keep_freed_memory` glibc gave these pages back at each free
+    and faulted them in again: about 52,000 faults for the 200 rounds
+    (one per page of a buffer), against under 1,000 with it."""
+    out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 5_000, out.stdout
