@@ -520,10 +520,13 @@ class EncryptedFile:
                     # Space first: a full disk fails here, before a byte is
                     # overwritten (docs/file-format.md, "Writing on a full
                     # disk"). A file with holes may have one here;
-                    # overwriting a file without holes needs no new space,
-                    # and what fails past the end is cut off again.
+                    # overwriting allocated bytes needs no new space, and
+                    # what fails past the end is cut off again.
                     if self._sparse:
-                        holes += _holes(self.fd, at, min(at + len(buf), bsize))
+                        found = _holes(self.fd, at, min(at + len(buf), bsize))
+                        if not found and at + len(buf) <= bsize:
+                            continue
+                        holes += found
                     faults.reserve(self.fd, at, len(buf))
             for at, buf in pieces:
                 self._pwrite_all(buf, at)
@@ -582,7 +585,7 @@ class EncryptedFile:
         old = self._read_blocks(range(n, n + 1), bsize)
         buf = self._sealed(h, aead, n, [old[: rest + 1]], n)
         at = block_offset(n, self.block_size)
-        if self._sparse:  # it may be a hole; else it is allocated and at least as long
+        if self._sparse and _holes(self.fd, at, at + len(buf)):  # else it is allocated and at least as long
             faults.reserve(self.fd, at, len(buf))
         self._pwrite_all(buf, at)
         try:
