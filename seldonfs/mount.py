@@ -301,9 +301,11 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         block = _date_key(store)
         _raise_nofile_limit()
         # A write request's data and its sealed blocks are a megabyte each.
-        # glibc gave that memory back to the kernel at every free and faulted
-        # it in again at the next request: 480 page faults a request, 40 %
-        # of the daemon's CPU time for a 256 MiB copy (docs/design.md).
+        # Left to its own thresholds, glibc could give that memory back to
+        # the kernel at every free and fault it in again at the next request
+        # (it did once the stats file had been read): 480 page faults a
+        # request, 40 % of the daemon's CPU time for a 256 MiB copy
+        # (docs/design.md).
         _libc.keep_freed_memory(MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD)
         # Modes arrive already masked by the caller's umask; ours must not
         # mask them again.

@@ -3,6 +3,7 @@ and the memory it keeps between requests (_libc.keep_freed_memory)."""
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 
@@ -57,7 +58,7 @@ async def test_the_fast_lock_is_let_go_when_its_holder_fails() -> None:
 
 
 FAULTS = """
-import resource, sys
+import resource
 from seldonfs import _libc
 from seldonfs.mount import MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD
 assert _libc.keep_freed_memory(MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD)
@@ -70,7 +71,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_megabyte_buffers_are_not_given_back_to_the_kernel_between_requests() -> None:
     """Without `keep_freed_memory` glibc gave these pages back at each free
     and faulted them in again: about 52,000 faults for the 200 rounds
