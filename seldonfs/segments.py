@@ -98,21 +98,32 @@ def period_end_ns(ns: int, every: str) -> int:
     return end * 10**9
 
 
+def _oldest(conn: sqlite3.Connection) -> tuple[int, int] | None:
+    """(seq, ns) of the table's oldest record; None: the table is empty."""
+    return conn.execute("SELECT seq, ns FROM audit ORDER BY seq LIMIT 1").fetchone()
+
+
+def _due_point(first: int, first_ns: int, every: int | str) -> tuple[int, int]:
+    """(seq, ns): the segment of the record `first` (of time `first_ns`)
+    is not due while the table's last record is older than seq, or the
+    time earlier than ns: its `every` records, or its period, not yet
+    complete."""
+    return (first + every, 0) if isinstance(every, int) else (0, period_end_ns(first_ns, every))
+
+
 def next_range(conn: sqlite3.Connection, every: int | str, now_ns: int) -> tuple[int, int] | None:
     """The records the next segment takes, or None while none is due."""
-    lo = conn.execute("SELECT seq, ns FROM audit ORDER BY seq LIMIT 1").fetchone()
+    lo = _oldest(conn)
     last = conn.execute("SELECT max(seq) FROM audit").fetchone()[0]
     if lo is None or last is None:
         return None
     first, first_ns = lo
+    due_seq, end = _due_point(first, first_ns, every)
+    if last < due_seq or now_ns < end:
+        return None
     if isinstance(every, int):
-        if last - first + 1 <= every:
-            return None
         hi = first + every - 1
     else:
-        end = period_end_ns(first_ns, every)
-        if end > now_ns:
-            return None
         row = conn.execute("SELECT max(seq) FROM audit WHERE ns < ? AND seq < ?", (end, last)).fetchone()
         hi = row[0] if row[0] is not None else first
     hi = min(hi, last - 1)  # the last record stays: audit.head names it
@@ -124,15 +135,10 @@ def next_range(conn: sqlite3.Connection, every: int | str, now_ns: int) -> tuple
 
 
 def due_from(conn: sqlite3.Connection, every: int | str) -> tuple[int, int] | None:
-    """(seq, ns): no segment is due while the table's last record is
-    older than seq, or the time earlier than ns (the oldest record's
-    `every` records, or its period, not yet complete); None: the table is
-    empty."""
-    lo = conn.execute("SELECT seq, ns FROM audit ORDER BY seq LIMIT 1").fetchone()
-    if lo is None:
-        return None
-    first, first_ns = lo
-    return (first + every, 0) if isinstance(every, int) else (0, period_end_ns(first_ns, every))
+    """`next_range`'s due point for the table's oldest record (`_due_point`),
+    so the writer need not ask before it; None: the table is empty."""
+    lo = _oldest(conn)
+    return None if lo is None else _due_point(*lo, every)
 
 
 def line_of(row: tuple, mac: bytes) -> bytes:
