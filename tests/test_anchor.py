@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from seldonfs import anchor, audit, faults
+from seldonfs import anchor, audit, faults, segments
 from seldonfs.anchor import Found
 from seldonfs.catalog import Catalog
 
@@ -194,8 +194,6 @@ def test_the_writer_asks_for_a_due_segment_only_once_one_can_be(tmp_path, monkey
     """A monthly segment: the old month's records are sealed at the first
     batch; while this month runs no batch asks the table; once it is over
     the next batch seals it. Chores left to the caller wait for it."""
-    from seldonfs import segments
-
     (tmp_path / "store.json").write_text("{}")
     (tmp_path / "data").mkdir()
     catalog = tmp_path / "catalog.sqlite"
