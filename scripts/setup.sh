@@ -37,10 +37,10 @@ if [[ ${with_tests:-} == 1 ]]; then
 	lock=$REPO/requirements-test.lock
 	stamp=$VENV/.seldonfs-installed-tests
 fi
-# setup.py and seldonfs/_scan.c: the C scans are built in place by the
+# setup.py and seldonfs/*.c: the C parts are built in place by the
 # editable install, so a change to them needs it again.
 if [[ ! -x $VENV/bin/python || ! -f $stamp || $lock -nt $stamp ]] \
-	|| [[ $REPO/pyproject.toml -nt $stamp || $REPO/setup.py -nt $stamp || $REPO/seldonfs/_scan.c -nt $stamp ]]; then
+	|| [[ $REPO/pyproject.toml -nt $stamp || $REPO/setup.py -nt $stamp || $REPO/seldonfs/_scan.c -nt $stamp || $REPO/seldonfs/_structure.c -nt $stamp ]]; then
 	echo "setup: virtualenv $VENV" >&2
 	[[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
 	have=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')

@@ -9,13 +9,10 @@ phrases stored in `user.seldon.reason` and the catalog.
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import functools
 import hashlib
 import hmac
-import io
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,11 +20,11 @@ from typing import Any
 
 import magic
 
+from . import structure
 from .config import FolderRule
 
 CHUNK = 1 << 20
 HEAD = 8 << 10  # what libmagic is shown
-STRUCTURE_LIMIT = 256 << 20  # larger files skip the JSON/CSV parse (noted in the verdict)
 _OVERLAP = 128  # bytes carried between chunks so no pattern is cut in two
 
 # Content a name's extension promises (extension check); unknown extensions pass.
@@ -309,8 +306,8 @@ def check_content(
     patterns = {**SENSITIVE, **(extra_patterns or {})}
     wanted = [(n, patterns[n]) for n in rule.sensitive]
     found: set[str] = set()
-    keep_all = rule.check_structure and size <= STRUCTURE_LIMIT and extension(name) in (".json", ".csv", ".pdf")
-    whole = bytearray() if keep_all else None
+    ext = extension(name)
+    shape = structure.checker(ext, size) if rule.check_structure else None
     head = b""
     carry = b""
     off = 0
@@ -321,8 +318,8 @@ def check_content(
         if off == 0:
             head = chunk[:HEAD]
         digest.update(chunk)
-        if whole is not None:
-            whole += chunk
+        if shape is not None:
+            shape.feed(chunk)
         if wanted:
             window = carry + chunk
             for n, test in wanted:
@@ -331,40 +328,18 @@ def check_content(
             carry = window[-_OVERLAP:]
         off += len(chunk)
     v.sha256 = digest.hexdigest()
-    ext = extension(name)
     v.mime = detect_mime(head, rule, ext)
     if rule.allow_mime and not _mime_ok(v.mime, rule.allow_mime):
         v.reasons.append(f"type {v.mime} not allowed here")
     if rule.check_extension and head and ext in EXTENSION_MIME and not _mime_ok(v.mime, EXTENSION_MIME[ext]):
         v.reasons.append(f"content is {v.mime}, not what {ext} promises")
-    if whole is not None:
-        problem = _structure(ext, bytes(whole))
-        if problem:
-            v.reasons.append(problem)
+    problem = shape.end() if shape is not None else None
+    if problem:
+        v.reasons.append(problem)
     for n in rule.sensitive:
         if n in found:
             v.reasons.append(f"contains {_SENSITIVE_LABEL.get(n, n)}")
     return v
-
-
-def _structure(ext: str, data: bytes) -> str | None:
-    if ext == ".json":
-        try:
-            json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            return f"not valid JSON: {str(e).splitlines()[0]}"
-    elif ext == ".csv":
-        try:
-            text = data.decode("utf-8-sig")
-            widths = {len(row) for row in csv.reader(io.StringIO(text)) if row}
-        except (UnicodeDecodeError, csv.Error) as e:
-            return f"not valid CSV: {e}"
-        if len(widths) > 1:
-            return f"not valid CSV: rows have {min(widths)} to {max(widths)} columns"
-    elif ext == ".pdf":
-        if not data.startswith(b"%PDF-") or b"%%EOF" not in data[-1024:]:
-            return "not a complete PDF (header or %%EOF trailer missing)"
-    return None
 
 
 def compile_patterns(patterns: tuple[tuple[str, str], ...]) -> dict[str, Callable[[bytes], bool]]:

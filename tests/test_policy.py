@@ -256,6 +256,7 @@ def test_write_crossing_the_size_limit_fails_with_efbig(pmnt: Path) -> None:
     [
         ("broken.json", b'{"a": ', "not valid JSON"),
         ("ragged.csv", b"a,b\n1,2\n3\n", "not valid CSV"),
+        ("deep.json", b"[" * 100_000 + b"]" * 100_000, "not valid JSON: nested"),  # past json.loads's stack
         ("fake.json", bytes(range(256)) * 8, "not what .json promises"),
         ("ssn.txt", b"id 078-05-1120 on file", "social security number"),
         ("card.txt", b"card 4111 1111 1111 1111 exp 12/29", "payment card"),
