@@ -9,12 +9,16 @@ a change is not checked again.
 
 `Checks.verdict` runs on the caller's thread; `run` touches nothing shared
 and is what a worker thread calls for a large file. Damage and read errors
-become an "unreadable" verdict (content.Unreadable), never an exception.
+become an "unreadable" verdict (content.Unreadable), and a check that fails
+in itself (a fault of ours, or of libmagic, on what a user wrote) a "could
+not be checked" one: never an exception, which would fail the commit and
+leave the file unchecked under its written name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import posixpath
 from collections.abc import Callable
@@ -23,11 +27,14 @@ from typing import Any
 from . import validation
 from .config import FolderRule
 from .content import ContentLayer, FileContent, Unreadable, reader
+from .naming import shown
 
 #: Files up to this size are checked on the request loop; larger ones in a
 #: worker thread, so a large file never stalls other operations.
 INLINE_CHECK_BYTES = 1 << 20
 SHADOWS = 64  # new files whose written bytes are kept for their commit check, at most
+
+log = logging.getLogger(__name__)
 
 Key = tuple[int, int]  # (mtime_ns, plaintext size): the file as it was checked
 
@@ -118,6 +125,11 @@ class Checks:
             )
         except Unreadable as e:
             return validation.Verdict(reasons=[f"unreadable: {e.strerror}"], size=key[1])
+        except Exception as e:  # the file goes to quarantine: no way around the checks
+            log.exception("%s: the checks failed", shown(rel))
+            why = (str(e).splitlines() or [""])[0][:160]
+            reason = f"could not be checked: {type(e).__name__}" + (f": {why}" if why else "")
+            return validation.Verdict(reasons=[reason], size=key[1])
 
     def checksum_file(self, fd: int) -> str:
         """The file's recorded kind of checksum (as a commit records it), read through `fd`."""

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seldonfs import structure, validation
+from seldonfs.checks import Checks
 from seldonfs.config import FolderRule
 
 needs_c = pytest.mark.skipif(structure._structure is None, reason="the C checks are not built here (no compiler)")
@@ -185,3 +186,18 @@ def test_pdf_needs_its_header_and_trailer_whatever_the_chunks() -> None:
 def test_the_c_checks_are_built_where_there_is_a_compiler() -> None:
     if shutil.which("cc") or shutil.which("gcc"):
         assert structure._structure is not None
+
+
+def test_a_check_that_fails_in_itself_is_a_verdict_not_an_exception() -> None:
+    """Whatever goes wrong inside the checks (here a reader that raises what
+    no reader should), the file gets a verdict that sends it to quarantine:
+    an exception would fail the commit and leave it unchecked where names
+    are managed."""
+
+    class Broken:
+        def read(self, off: int, size: int) -> bytes:
+            raise RuntimeError("boom\nsecond line")
+
+    checks = Checks(None, {})  # type: ignore[arg-type]  # the layer is not read: the content is given
+    v = checks.run(-1, "in/x\n.json", FolderRule("in", check_structure=True), (0, 10), Broken())  # type: ignore[arg-type]
+    assert v.reasons == ["could not be checked: RuntimeError: boom"] and not v.ok
