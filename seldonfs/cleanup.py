@@ -258,7 +258,7 @@ def _read_meta(tfd: int, name: str, content) -> dict | None:
         return None
     try:
         meta = json.loads(content.attach(fd).read(0, content.plain_size(os.fstat(fd).st_size)))
-    except (ValueError, OSError):
+    except (ValueError, OSError, RecursionError):  # RecursionError: nested past json.loads's stack
         return None
     finally:
         os.close(fd)

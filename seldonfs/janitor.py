@@ -367,7 +367,7 @@ def creator_alive(record: bytes) -> tuple[bool | None, str]:
     try:
         c = json.loads(record)
         pid, start, job = int(c["pid"]), int(c["start"]), str(c.get("job") or "")
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None, ""
     return start_time(pid) == start, job
 
@@ -477,7 +477,7 @@ class Request:
                 folder=str(d.get("folder", "")).strip("/"),
                 crash=str(d.get("crash") or ""), emergency=bool(d.get("emergency", False)),
             )
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):
             raise OSError(errno.EINVAL, "not a janitor request") from None
 
     def wants(self, a: Action) -> bool:

@@ -3,6 +3,7 @@ the dry-run command that shows it. The clock is an argument: no sleeps."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -383,6 +384,11 @@ def test_a_command_request_reads_each_field_by_name() -> None:
     assert (req.trigger, req.emergency, req.chunk, req.crash) == ("emergency", True, None, "")
     assert (req.later, req.older_than, req.folder, req.rules) == (3600.0, 86400.0, "temp", frozenset({"temp/processing"}))
     assert janitor.Request.parse(b"").older_than == 0.0
+    for bad in (b"[1", b"[" * 100_000, b'"x"'):  # nested past json.loads's stack: EINVAL too, not EIO
+        with pytest.raises(OSError) as e:
+            janitor.Request.parse(bad)
+        assert e.value.errno == errno.EINVAL
+    assert janitor.creator_alive(b"[" * 100_000) == (None, "")
 
 
 def test_older_than_plans_only_older_files_under_temp() -> None:
