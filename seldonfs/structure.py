@@ -62,7 +62,7 @@ class _Pdf(Checker):
     def feed(self, chunk: bytes) -> None:
         if len(self.head) < 5:
             self.head += chunk[: 5 - len(self.head)]
-        self.tail = (self.tail + chunk)[-PDF_TAIL:]
+        self.tail = chunk[-PDF_TAIL:] if len(chunk) >= PDF_TAIL else (self.tail + chunk)[-PDF_TAIL:]
 
     def end(self) -> str | None:
         if self.head != b"%PDF-" or b"%%EOF" not in self.tail:

@@ -201,3 +201,17 @@ def test_a_check_that_fails_in_itself_is_a_verdict_not_an_exception() -> None:
     checks = Checks(None, {})  # type: ignore[arg-type]  # the layer is not read: the content is given
     v = checks.run(-1, "in/x\n.json", FolderRule("in", check_structure=True), (0, 10), Broken())  # type: ignore[arg-type]
     assert v.reasons == ["could not be checked: RuntimeError: boom"] and not v.ok
+
+
+def test_without_the_c_checks_the_python_ones_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where setup.py found no compiler: the same verdicts from the Python
+    checks, which look only at files up to PYTHON_LIMIT."""
+    monkeypatch.setattr(structure, "_structure", None)
+    for ext, good, bad in ((".json", b'{"a": [1, 2.5e3, null]}', b'{"a": }'), (".csv", b"a,b\n1,2\n", b"a,b\n1\n")):
+        for data, ok in ((good, True), (bad, False)):
+            c = structure.checker(ext, len(data))
+            assert isinstance(c, structure._Whole)
+            c.feed(data[:3])
+            c.feed(data[3:])
+            assert (c.end() is None) == ok
+    assert structure.checker(".json", structure.PYTHON_LIMIT + 1) is None
