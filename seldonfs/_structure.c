@@ -152,7 +152,7 @@ static void json_close(json_t *j, unsigned char c)
 {
     char open = c == '}' ? '{' : '[';
     if (j->depth == 0 || j->stack[j->depth - 1] != open) {
-        json_fail(j, c == '}' ? "Expecting ',' delimiter" : "Expecting ',' delimiter");
+        json_fail(j, "Expecting ',' delimiter");
         return;
     }
     j->depth--;
