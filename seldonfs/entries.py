@@ -238,6 +238,9 @@ class Entries(InodeTable):
         finally:
             if opened >= 0:
                 os.close(opened)
+        moved_node = self.nodes.get(self._ino(src.st_ino))
+        if moved_node is not None:  # the kernel moves its entry with it
+            moved_node.kname = (new_parent, new)
         self.hooks.arrived(new_parent, new, uid)
 
     def _rename(self, ofd: int, old: bytes, nfd: int, new: bytes, flags: int) -> None:

@@ -85,6 +85,9 @@ class Node:
     absent_xattrs: int = 0
     path: str | None = None  # a file's rel_path, while `Core.renames` is still `path_gen`
     path_gen: int = -1
+    # The (parent, name) of the kernel's last entry for it: where the kernel
+    # holds it, which a commit's move in the store does not change.
+    kname: tuple[int, bytes] | None = None
 
 
 
@@ -238,7 +241,12 @@ class InodeTable:
         down to three quarters of the budget. Directories stay: the kernel
         keeps a directory while it knows anything inside. Called past the
         budget on a lookup, and now and then by the mount (`over_budget`):
-        an invalidation the kernel missed is asked again."""
+        an invalidation the kernel missed is asked again.
+
+        A file is dropped under the name the kernel holds it by (`kname`),
+        which is not its name in the store once a commit moved it: asked by
+        the new name, the kernel kept every committed file, and a managed
+        folder ran out of descriptors after about 20,000 of them."""
         want = len(self.nodes) - self.max_inodes * 3 // 4
         open_inos = self.open_inodes()
         parents: dict[str, int | None] = {}
@@ -248,6 +256,10 @@ class InodeTable:
             if len(victims) >= want:
                 break
             if node.fmt == stat_m.S_IFDIR or ino in open_inos or ino in last_round:
+                continue
+            if node.kname is not None and node.kname[0] in self.nodes:
+                victims.append(node.kname)
+                self._offered.add(ino)
                 continue
             rel = self.rel_path(ino)
             if not rel:
@@ -291,13 +303,17 @@ class InodeTable:
                 raise
             found = self.lookup(moved.parent, moved.name) if moved.parent is not None else self.lookup_path(moved.rel)
             found.volatile = True  # others must not see the old name
+            self.nodes[found.ino].kname = (parent, name)
             return found
         ino = self._ino(st.st_ino)
         node = self.nodes.get(ino)
         if node is not None:  # known: no new descriptor needed
             node.nlookup += 1
+            node.kname = (parent, name)
             return self._stat(ino, st)
-        return self._register(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd))
+        found = self._register(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd))
+        self.nodes[found.ino].kname = (parent, name)
+        return found
 
     def lookup_path(self, rel: str) -> Stat:
         """A lookup by path below the root (never following a symlink)."""

@@ -493,3 +493,28 @@ def test_more_files_than_the_inode_budget(tmp_path: Path) -> None:
         for i in range(2000):
             (d / f"f{i:04d}").unlink()
         assert os.listdir(d) == []
+
+
+@needs_fuse
+def test_committed_files_are_forgotten_under_the_budget_too(tmp_path: Path) -> None:
+    """A commit moves a new file to its managed name in the store; the
+    kernel still holds it by the written name. Asked to drop the managed
+    name, it kept every committed file, and a naming folder ran out of
+    descriptors (EMFILE at every create) after about 20,000 files."""
+    from .conftest import init_store, mounted
+
+    store = init_store(tmp_path / "store", encrypted=False)
+    conf = store / "seldonfs.toml"
+    conf.write_text(conf.read_text().replace("[mount]\n", "[mount]\nmax_inodes = 200\n", 1)
+                    + '\n[folders."named"]\nnaming = "{seq:05d}_{name}"\n')
+    (store / "data" / "named").mkdir()
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        d = m / "named"
+        for i in range(1500):
+            (d / f"f{i:04d}.txt").write_bytes(b"%d" % i)
+        assert len(os.listdir(d)) == 1500 and all(n[5] == "_" for n in os.listdir(d))
+        stats = m / "system" / "monitoring" / "stats.json"
+        wait_for(lambda: json.loads(stats.read_text())["inodes_known"] < 600, timeout=60,
+                 what="fewer than 600 inodes known (the kernel forgetting committed files)")
+        assert sorted(p.read_bytes() for p in d.iterdir()) == sorted(b"%d" % i for i in range(1500))
