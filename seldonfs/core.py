@@ -278,7 +278,7 @@ class Core(Entries):
                 if mode & (stat_m.S_ISUID | stat_m.S_ISGID):
                     os.fchmod(fd, stat_m.S_IMODE(mode))  # chown cleared them
             st = self._register(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd))
-            self.nodes[st.ino].kname = (parent, name)
+            self._known_as(self.nodes[st.ino], parent, name)
             if created:
                 # a new file has no capabilities; nothing else can add them
                 # but setxattr here (the kernel asks before every write)

@@ -218,6 +218,7 @@ class Entries(InodeTable):
         it (a tool renames its output after close)."""
         ofd = self._node(old_parent).fd
         nfd = self._node(new_parent).fd
+        held_as = (old_parent, old)  # the kernel's name for it, whatever the store's is
         self._refuse_own(old_parent, old)
         self._refuse_own(new_parent, new)
         opened = -1
@@ -240,7 +241,9 @@ class Entries(InodeTable):
                 os.close(opened)
         moved_node = self.nodes.get(self._ino(src.st_ino))
         if moved_node is not None:  # the kernel moves its entry with it
-            moved_node.kname = (new_parent, new)
+            if moved_node.knames is not None and held_as in moved_node.knames:
+                moved_node.knames.remove(held_as)
+            self._known_as(moved_node, new_parent, new)
         self.hooks.arrived(new_parent, new, uid)
 
     def _rename(self, ofd: int, old: bytes, nfd: int, new: bytes, flags: int) -> None:

@@ -85,11 +85,15 @@ class Node:
     absent_xattrs: int = 0
     path: str | None = None  # a file's rel_path, while `Core.renames` is still `path_gen`
     path_gen: int = -1
-    # The (parent, name) of the kernel's last entry for it: where the kernel
-    # holds it, which a commit's move in the store does not change.
-    kname: tuple[int, bytes] | None = None
+    # The (parent, name)s the kernel was given it by (lookups, creates,
+    # listings, its renames): where the kernel may hold it, which a commit's
+    # move in the store does not change. At most KNAMES, the newest.
+    knames: list[tuple[int, bytes]] | None = None
 
 
+
+
+KNAMES = 4
 
 
 def _proc(fd: int) -> str:
@@ -190,6 +194,16 @@ class InodeTable:
         # can miss, e.g. when it overtakes the reply that made the entry).
         self._offered: set[int] = set()
 
+    @staticmethod
+    def _known_as(node: Node, parent: int, name: bytes) -> None:
+        """The kernel got an entry for `node` as `name` in `parent`."""
+        k = (parent, name)
+        if node.knames is None:
+            node.knames = [k]
+        elif k not in node.knames:
+            node.knames.append(k)
+            del node.knames[:-KNAMES]
+
     def open_inodes(self) -> set[int]:
         """Inodes some handle has open (core.Core knows its handles)."""
         return set()
@@ -243,10 +257,11 @@ class InodeTable:
         budget on a lookup, and now and then by the mount (`over_budget`):
         an invalidation the kernel missed is asked again.
 
-        A file is dropped under the name the kernel holds it by (`kname`),
-        which is not its name in the store once a commit moved it: asked by
-        the new name, the kernel kept every committed file, and a managed
-        folder ran out of descriptors after about 20,000 of them."""
+        A file is dropped under every name the kernel was given it by
+        (`knames`): once a commit moved it, the kernel holds it by the name
+        it was written under, and by its managed name too after a listing.
+        Asked by its name in the store alone, the kernel kept committed
+        files, and a managed folder ran out of descriptors."""
         want = len(self.nodes) - self.max_inodes * 3 // 4
         open_inos = self.open_inodes()
         parents: dict[str, int | None] = {}
@@ -257,8 +272,9 @@ class InodeTable:
                 break
             if node.fmt == stat_m.S_IFDIR or ino in open_inos or ino in last_round:
                 continue
-            if node.kname is not None and node.kname[0] in self.nodes:
-                victims.append(node.kname)
+            held = [k for k in node.knames or () if k[0] in self.nodes]
+            if held:
+                victims += held
                 self._offered.add(ino)
                 continue
             rel = self.rel_path(ino)
@@ -303,16 +319,16 @@ class InodeTable:
                 raise
             found = self.lookup(moved.parent, moved.name) if moved.parent is not None else self.lookup_path(moved.rel)
             found.volatile = True  # others must not see the old name
-            self.nodes[found.ino].kname = (parent, name)
+            self._known_as(self.nodes[found.ino], parent, name)
             return found
         ino = self._ino(st.st_ino)
         node = self.nodes.get(ino)
         if node is not None:  # known: no new descriptor needed
             node.nlookup += 1
-            node.kname = (parent, name)
+            self._known_as(node, parent, name)
             return self._stat(ino, st)
         found = self._register(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd))
-        self.nodes[found.ino].kname = (parent, name)
+        self._known_as(self.nodes[found.ino], parent, name)
         return found
 
     def lookup_path(self, rel: str) -> Stat:
