@@ -226,12 +226,17 @@ static void json_feed(json_t *j, bytes_t d, Py_ssize_t n)
                 json_fail(j, "Expecting value");
             break;
         case J_INT:
+        case J_FRAC:
             while (i < n && is_digit(d[i]))
                 i++;
             if (i == n)
                 continue;
             c = d[i];
             j->pos = base + i;
+            if (c == '.' && j->state == J_FRAC) {
+                json_value_done(j);
+                continue; /* a second point: the next token's, and wrong there */
+            }
             /* fall through */
         case J_ZERO:
             if (c == '.')
@@ -248,20 +253,6 @@ static void json_feed(json_t *j, bytes_t d, Py_ssize_t n)
                 j->state = J_FRAC;
             else
                 json_fail(j, "Extra data");
-            break;
-        case J_FRAC:
-            while (i < n && is_digit(d[i]))
-                i++;
-            if (i == n)
-                continue;
-            c = d[i];
-            j->pos = base + i;
-            if (c == 'e' || c == 'E')
-                j->state = J_E;
-            else {
-                json_value_done(j);
-                continue;
-            }
             break;
         case J_E:
             if (c == '+' || c == '-')

@@ -9,7 +9,9 @@ expects one.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 import shutil
 import subprocess
@@ -241,3 +243,17 @@ def archive_day(folder: Path) -> Path:
     assert len(days) == 1, days
     assert re.fullmatch(r"\d{4}/\d\d/\d\d", str(days[0].relative_to(folder))), days[0]
     return days[0]
+
+
+@pytest.fixture(scope="session")
+def guarded() -> memoryview:
+    """Three pages, the first and last PROT_NONE: a read past either end of
+    data laid against them faults (the C scans and checks must read nothing
+    outside what they are given)."""
+    page = mmap.PAGESIZE
+    mm = mmap.mmap(-1, 3 * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(base, page, 0) == 0 and libc.mprotect(base + 2 * page, page, 0) == 0
+    return memoryview(mm)

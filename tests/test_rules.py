@@ -3,7 +3,6 @@ No FUSE here."""
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import shutil
@@ -187,19 +186,6 @@ _scan_data = st.lists(
 def test_the_c_scans_find_what_the_python_ones_find(data: bytes) -> None:
     for name, python in validation.PYTHON_SCANS.items():
         assert validation.SENSITIVE[name](data) == python(data), name
-
-
-@pytest.fixture(scope="module")
-def guarded() -> memoryview:
-    """Three pages, the first and last PROT_NONE: a read past either end of
-    data laid against them faults."""
-    page = mmap.PAGESIZE
-    mm = mmap.mmap(-1, 3 * page)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    assert libc.mprotect(base, page, 0) == 0 and libc.mprotect(base + 2 * page, page, 0) == 0
-    return memoryview(mm)
 
 
 @needs_c_scans

@@ -4,7 +4,6 @@ get a verdict, not an exception or the daemon's memory."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import mmap
 import shutil
@@ -77,19 +76,6 @@ _CSV_PIECES = (b'"', b",", b"\n", b"\r", b"\r\n", b"a", b"1.5", b"\x00", b"\xc3\
 @given(st.lists(st.sampled_from(_CSV_PIECES), max_size=40).map(b"".join), st.lists(st.integers(0, 100), max_size=4))
 def test_the_c_csv_check_accepts_what_csv_reader_accepts(data: bytes, cuts: list[int]) -> None:
     assert (native(".csv", data, cuts) is None) == (structure.python_check(".csv", data) is None), data
-
-
-@pytest.fixture(scope="module")
-def guarded() -> memoryview:
-    """Three pages, the first and last PROT_NONE: a read past either end of
-    data laid against them faults."""
-    page = mmap.PAGESIZE
-    mm = mmap.mmap(-1, 3 * page)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    assert libc.mprotect(base, page, 0) == 0 and libc.mprotect(base + 2 * page, page, 0) == 0
-    return memoryview(mm)
 
 
 @needs_c
