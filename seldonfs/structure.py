@@ -4,13 +4,13 @@ A `Checker` is fed the file's plaintext in order, chunk by chunk, as the
 commit's checks read it, and says at the end what is wrong, if anything.
 
 JSON and CSV are checked by the C checkers of `_structure.c` where setup.py
-could build them: they stream, keep nothing of the file, and take 2-3 us
+could build them: they stream, keep nothing of the file, and take 2-4 us
 for a 4 KiB record where json.loads takes 17 us and csv.reader 30 us. They
 accept what the Python checks below accept (tests/test_structure.py
 compares them on generated data), with two differences:
 JSON nested deeper than 1,000 levels is refused with its own message
-(json.loads runs out of stack there), and an integer longer than 4,300
-digits is taken (Python's int() refuses it; RFC 8259 does not).
+(json.loads runs out of stack a little before that), and an integer longer
+than 4,300 digits is taken (Python's int() refuses it; RFC 8259 does not).
 
 The Python checks keep the whole file in memory, so they look only at files
 up to PYTHON_LIMIT; they serve where the C ones are not built, and for JSON
@@ -29,7 +29,6 @@ try:
 except ImportError:  # no compiler at install time
     _structure = None
 
-EXTENSIONS = (".json", ".csv", ".pdf")
 PYTHON_LIMIT = 256 << 20
 PDF_TAIL = 1024  # where %%EOF must be
 
