@@ -6,7 +6,7 @@
  * end(checker) -> None, or the problem the end of the file shows.
  *
  * They accept exactly what validation.py's Python checks accept
- * (tests/test_rules.py compares the two on generated data), except that
+ * (tests/test_structure.py compares the two on generated data), except that
  * JSON nested deeper than MAX_DEPTH is refused with its own message and an
  * integer of more than 4,300 digits is taken (Python's int() refuses it):
  *
@@ -19,8 +19,8 @@
  *   `field_limit` characters, a line break inside an unquoted field, or
  *   rows of different widths (empty rows aside).
  *
- * Unlike json.loads they build nothing: memory stays at the checker's few
- * hundred bytes whatever the file, and no nesting recurses. The GIL is let
+ * Unlike json.loads they build nothing: memory stays at the checker's
+ * kilobyte whatever the file, and no nesting recurses. The GIL is let
  * go for chunks of 64 KiB and more (large files are checked in a thread).
  */
 
@@ -398,14 +398,23 @@ static void csv_save_field(csv_t *c)
     c->field_len = 0;
 }
 
-static void csv_add_char(csv_t *c)
+/* `count` more characters on the current field, as csv.reader adds them. */
+static void csv_grow(csv_t *c, long long count)
 {
-    if (c->field_len >= c->field_limit) {
+    if (c->field_len + count > c->field_limit) {
         snprintf(c->problem, sizeof c->problem, "field larger than field limit (%lld)", c->field_limit);
         c->state = C_ERROR;
         return;
     }
-    c->field_len++;
+    c->field_len += count;
+}
+
+static void csv_add_char(csv_t *c) { csv_grow(c, 1); }
+
+static void csv_not_utf8(csv_t *c)
+{
+    snprintf(c->problem, sizeof c->problem, "not UTF-8 (line %lld)", c->line);
+    c->state = C_ERROR;
 }
 
 static void csv_row_done(csv_t *c)
@@ -500,8 +509,7 @@ static void csv_feed(csv_t *c, bytes_t d, Py_ssize_t n)
         unsigned char b = d[i];
         if (c->u8_need) {
             if (b < c->u8_lo || b > c->u8_hi) {
-                snprintf(c->problem, sizeof c->problem, "not UTF-8 (line %lld)", c->line);
-                c->state = C_ERROR;
+                csv_not_utf8(c);
                 break;
             }
             c->u8_lo = 0x80;
@@ -511,8 +519,7 @@ static void csv_feed(csv_t *c, bytes_t d, Py_ssize_t n)
         }
         if (b >= 0x80) {
             if (!utf8_lead(b, 0, &c->u8_need, &c->u8_lo, &c->u8_hi)) {
-                snprintf(c->problem, sizeof c->problem, "not UTF-8 (line %lld)", c->line);
-                c->state = C_ERROR;
+                csv_not_utf8(c);
                 break;
             }
             csv_char(c, 0x80);
@@ -523,12 +530,7 @@ static void csv_feed(csv_t *c, bytes_t d, Py_ssize_t n)
             while (k < n && csv_plain[d[k]])
                 k++;
             if (k > i) {
-                if (c->field_len + (k - i) > c->field_limit) {
-                    c->field_len = c->field_limit;
-                    csv_add_char(c);
-                    break;
-                }
-                c->field_len += k - i;
+                csv_grow(c, k - i);
                 i = k - 1;
                 continue;
             }
@@ -548,8 +550,7 @@ static void csv_end(csv_t *c)
     if (c->state == C_ERROR)
         return;
     if (c->u8_need) {
-        snprintf(c->problem, sizeof c->problem, "not UTF-8 (line %lld)", c->line);
-        c->state = C_ERROR;
+        csv_not_utf8(c);
         return;
     }
     if (!c->last_newline)
