@@ -31,9 +31,14 @@ except ImportError:  # no compiler at install time
 
 PYTHON_LIMIT = 256 << 20
 PDF_TAIL = 1024  # where %%EOF must be
+_TYPE = {".json": "application/json", ".csv": "text/csv"}  # what a passed check proves
 
 
 class Checker:
+    #: The MIME type a file that passed this check is known to be, or None
+    #: where the check does not settle it (validation then asks libmagic).
+    proves: str | None = None
+
     def feed(self, chunk: bytes) -> None:
         raise NotImplementedError
 
@@ -54,6 +59,8 @@ def checker(ext: str, size: int) -> Checker | None:
 
 
 class _Pdf(Checker):
+    proves = "application/pdf"
+
     def __init__(self) -> None:
         self.head = b""
         self.tail = b""
@@ -74,6 +81,7 @@ class _Whole(Checker):
 
     def __init__(self, ext: str) -> None:
         self.ext = ext
+        self.proves = _TYPE[ext]
         self.data = bytearray()
 
     def feed(self, chunk: bytes) -> None:
@@ -122,6 +130,10 @@ class _Native(Checker):
         self.start = b""  # until there are four bytes (or the whole file)
         self.inner: object = None  # the C checker, or the Python one for UTF-16/32 JSON
         self.problem: str | None = None
+
+    @property
+    def proves(self) -> str | None:  # type: ignore[override]
+        return None if self.inner is False else _TYPE[self.ext]  # False: not checked (too large)
 
     def _begin(self, head: bytes) -> bytes:
         if head.startswith(codecs.BOM_UTF8):

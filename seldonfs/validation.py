@@ -328,12 +328,16 @@ def check_content(
             carry = window[-_OVERLAP:]
         off += len(chunk)
     v.sha256 = digest.hexdigest()
-    v.mime = detect_mime(head, rule, ext)
+    problem = shape.end() if shape is not None else None
+    proven = shape.proves if shape is not None and problem is None and head else None
+    if proven and (not rule.allow_mime or _mime_ok(proven, rule.allow_mime)):
+        v.mime = proven  # libmagic would take 20-30 us in the daemon to say as much, or less
+    else:
+        v.mime = detect_mime(head, rule, ext)
     if rule.allow_mime and not _mime_ok(v.mime, rule.allow_mime):
         v.reasons.append(f"type {v.mime} not allowed here")
     if rule.check_extension and head and ext in EXTENSION_MIME and not _mime_ok(v.mime, EXTENSION_MIME[ext]):
         v.reasons.append(f"content is {v.mime}, not what {ext} promises")
-    problem = shape.end() if shape is not None else None
     if problem:
         v.reasons.append(problem)
     for n in rule.sensitive:

@@ -3,6 +3,7 @@ No FUSE here."""
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import shutil
@@ -209,6 +210,29 @@ def test_patterns_are_found_across_chunk_borders() -> None:
     rule = FolderRule("x", sensitive=("aws_key",))
     data = b"a" * (validation.CHUNK - 10) + b" AKIAIOSFODNN7EXAMPLE " + b"b" * 100
     assert check(rule, "x.txt", data).reasons == ["contains an AWS access key"]
+
+
+def test_a_passed_structure_check_types_the_file_without_libmagic() -> None:
+    """A file that passed its structure check is the type it proves;
+    libmagic, shown only the first 8 KiB, calls a longer JSON text/plain.
+    Where the folder's allow_mime would refuse that type, or the check
+    failed, libmagic decides as before."""
+    big = json.dumps([{"id": "%032x" % i, "n": i} for i in range(400)]).encode()
+    assert len(big) > validation.HEAD
+    checked = FolderRule("x", check_extension=True, check_structure=True)
+    assert check(FolderRule("x", check_extension=True), "a.json", big).mime == "text/plain"
+    v = check(checked, "a.json", big)
+    assert (v.mime, v.reasons) == ("application/json", [])
+    rows = b"".join(b"%d,x%d\n" % (i, i) for i in range(10))
+    assert check(checked, "a.csv", rows).mime == "text/csv"
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 4 + b"\n%%EOF\n"
+    assert check(checked, "a.pdf", pdf).mime == "application/pdf"
+    assert check(checked, "a.csv", b"").mime == "inode/x-empty"
+    bad = check(checked, "a.json", big[:-1])
+    assert bad.mime == "text/plain" and bad.reasons[0].startswith("not valid JSON")
+    plain_only = FolderRule("x", check_structure=True, allow_mime=("text/plain",))
+    one_column = b"a\nb\nc\n"
+    assert check(plain_only, "a.csv", one_column).mime == "text/plain"
 
 
 # Text as the checks see it: ASCII text with the control bytes libmagic's
