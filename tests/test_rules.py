@@ -9,6 +9,7 @@ import os
 import shutil
 import tomllib
 from datetime import datetime, timezone
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -187,6 +188,23 @@ _scan_data = st.lists(
 def test_the_c_scans_find_what_the_python_ones_find(data: bytes) -> None:
     for name, python in validation.PYTHON_SCANS.items():
         assert validation.SENSITIVE[name](data) == python(data), name
+
+
+@needs_c_scans
+@settings(max_examples=1000)
+@given(_scan_data)
+def test_the_checks_report_what_each_scan_finds(data: bytes) -> None:
+    """The commit's checks report what they would with the Python scans,
+    and a pattern of [policy.patterns] under a built-in's name replaces it."""
+    rule = FolderRule("x", sensitive=("ssn", "card", "aws_key", "private_key"))
+    native = check(rule, "x.txt", data).reasons
+    with mock.patch.object(validation, "_scan", None), mock.patch.object(validation, "SENSITIVE", validation.PYTHON_SCANS):
+        assert check(rule, "x.txt", data).reasons == native
+    mine = validation.compile_patterns((("card", "AKIA"),))
+    got = validation.check_content(rule, "x.txt", len(data), lambda off, n: data[off:off + n], mine).reasons
+    card = "contains a payment card number"
+    assert (card in got) == (b"AKIA" in data)
+    assert [r for r in got if r != card] == [r for r in native if r != card]
 
 
 @needs_c_scans
