@@ -241,6 +241,7 @@ def test_a_passed_structure_check_types_the_file_without_libmagic() -> None:
     assert check(FolderRule("x", check_extension=True), "a.json", big).mime == "text/plain"
     v = check(checked, "a.json", big)
     assert (v.mime, v.reasons) == ("application/json", [])
+    assert check(FolderRule("x", allow_mime=("application/json",), check_structure=True), "a.json", big).ok
     rows = b"".join(b"%d,x%d\n" % (i, i) for i in range(10))
     assert check(checked, "a.csv", rows).mime == "text/csv"
     pdf = b"%PDF-1.4\n" + bytes(range(256)) * 4 + b"\n%%EOF\n"
