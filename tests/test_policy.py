@@ -49,6 +49,11 @@ naming = "{{ts}}-{{job}}-{{seq:03d}}_{{name}}"
 check_structure = true
 sensitive = ["private_key"]
 
+[folders."jsononly"]
+naming = "{{ts}}-{{job}}-{{seq:03d}}_{{name}}"
+allow_mime = ["application/json"]
+check_structure = true
+
 [folders."typed"]
 allow_extensions = [".json", ".csv"]
 deny_names = ["*.exe"]
@@ -72,7 +77,7 @@ route_unmatched = "quarantine"
 [folders."plain"]
 """
 MANAGED = re.compile(r"^\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d{3}-(?P<job>[A-Za-z0-9._-]+)-(?P<seq>\d{3,})_(?P<name>.+)$")
-FOLDERS = ("in", "strict", "bulk", "typed", "q", "reports", "temp/work", "inbox", "sorted", "plain")
+FOLDERS = ("in", "strict", "bulk", "jsononly", "typed", "q", "reports", "temp/work", "inbox", "sorted", "plain")
 
 
 def write_rules(store: Path, policy_extra: str = "") -> None:
@@ -289,6 +294,21 @@ def test_valid_look_alikes_pass(pmnt: Path) -> None:
     assert sorted(MANAGED.match(n)["name"] for n in names(pmnt / "in")) == sorted(ok)
     assert names(pmnt / "q") == []
 
+
+def test_json_longer_than_what_libmagic_sees_is_json(pmnt: Path, tmp_path: Path) -> None:
+    """libmagic is shown the first 8 KiB and calls a longer JSON text/plain;
+    the structure check read all of it, so a folder that allows only
+    application/json takes it (it was quarantined), and still quarantines
+    what is not JSON."""
+    src = tmp_path / "big.json"
+    src.write_text(json.dumps([{"id": "%032x" % i, "sha256": "%064x" % i} for i in range(200)]))
+    assert src.stat().st_size > 16384
+    subprocess.run(["cp", src, pmnt / "jsononly" / "big.json"], check=True)
+    assert managed(pmnt / "jsononly", "big.json").read_bytes() == src.read_bytes()
+    (pmnt / "jsononly" / "cut.json").write_bytes(src.read_bytes()[:-1])
+    (q,) = list((pmnt / "q").iterdir())
+    assert q.name.endswith("_cut.json") and "not valid JSON" in reason(q)
+    assert names(pmnt / "jsononly") == [managed(pmnt / "jsononly", "big.json").name]
 
 def test_the_check_sees_every_change_to_the_content(pmnt: Path) -> None:
     """A new file's check reads what its writer wrote as it was kept in

@@ -252,6 +252,11 @@ def test_a_passed_structure_check_types_the_file_without_libmagic() -> None:
     plain_only = FolderRule("x", check_structure=True, allow_mime=("text/plain",))
     one_column = b"a\nb\nc\n"
     assert check(plain_only, "a.csv", one_column).mime == "text/plain"
+    # Any text passes as a CSV of one column: a folder that allows only CSV
+    # still has libmagic tell a script from a table.
+    csv_only = FolderRule("x", check_structure=True, allow_mime=("text/csv",))
+    assert check(csv_only, "a.csv", b"#!/bin/sh\necho hi\nls\n").reasons == ["type text/x-shellscript not allowed here"]
+    assert check(csv_only, "a.csv", rows).ok
 
 
 # Text as the checks see it: ASCII text with the control bytes libmagic's
