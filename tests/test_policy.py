@@ -310,6 +310,7 @@ def test_json_longer_than_what_libmagic_sees_is_json(pmnt: Path, tmp_path: Path)
     assert q.name.endswith("_cut.json") and "not valid JSON" in reason(q)
     assert names(pmnt / "jsononly") == [managed(pmnt / "jsononly", "big.json").name]
 
+
 def test_the_check_sees_every_change_to_the_content(pmnt: Path) -> None:
     """A new file's check reads what its writer wrote as it was kept in
     memory; every other way its bytes can change must show in the check."""
