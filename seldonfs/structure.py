@@ -32,6 +32,9 @@ except ImportError:  # no compiler at install time
 PYTHON_LIMIT = 256 << 20
 PDF_TAIL = 1024  # where %%EOF must be
 _TYPE = {".json": "application/json", ".csv": "text/csv"}  # what a passed check proves
+#: Types any text passes as (a CSV of one column): they settle a file's type
+#: only where the folder does not limit types (`allow_mime`).
+LOOSE = frozenset({"text/csv"})
 
 
 class Checker:

@@ -330,8 +330,8 @@ def check_content(
     v.sha256 = digest.hexdigest()
     problem = shape.end() if shape is not None else None
     proven = shape.proves if shape is not None and problem is None and head else None
-    if proven == "text/csv" and rule.allow_mime:
-        proven = None  # any text is a CSV of one column: where types are limited, libmagic tells them apart
+    if proven in structure.LOOSE and rule.allow_mime:
+        proven = None  # libmagic tells a script from a table
     if proven and (not rule.allow_mime or _mime_ok(proven, rule.allow_mime)):
         v.mime = proven  # libmagic: 20-30 us of the daemon's time, and text/plain for a JSON over 8 KiB
     else:
