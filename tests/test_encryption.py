@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from seldonfs import offline
-from seldonfs.blockformat import BLOCK_OVERHEAD, DEFAULT_BLOCK_SIZE, HEADER_SIZE
+from seldonfs.blockformat import BLOCK_OVERHEAD, DEFAULT_BLOCK_SIZE, HEADER_SIZE, backing_size
 from seldonfs.keys import KeySource, unlock, unlock_kek
 from seldonfs.store import Store
 
@@ -600,3 +600,38 @@ def test_key_age(estore: Path, tmp_path: Path) -> None:
     with mounted(estore, m):
         health = json.loads(seldonfs("ctl", m, "health").stdout)
         assert "key-age" not in _alert_kinds(health), health
+
+
+@needs_fuse
+def test_a_store_made_with_a_smaller_block_size_uses_it_everywhere(tmp_path: Path) -> None:
+    s = init_store(tmp_path / "store", "--block-size", "4K")
+    assert json.loads((s / "store.json").read_text())["encryption"]["block_size"] == 4096
+    data = bytearray(os.urandom(5 * 4096 + 100))
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    m = tmp_path / "m"
+    with mounted(s, m):
+        f = m / "input/processed/f.bin"
+        subprocess.run(["cp", src, f], check=True)
+        # a page rewritten in place, then the file cut inside a block
+        subprocess.run(["dd", "if=/dev/zero", f"of={f}", "bs=4096", "seek=2", "count=1", "conv=notrunc,fsync",
+                        "status=none"], check=True)
+        data[2 * 4096 : 3 * 4096] = bytes(4096)
+        os.truncate(f, 4 * 4096 + 7)
+        del data[4 * 4096 + 7 :]
+        assert f.read_bytes() == data
+    assert _backing(s, "f.bin").stat().st_size == backing_size(len(data), 4096)
+    r = seldonfs("verify", s, "--keyfile", keyfile_of(s))
+    assert r.returncode == 0, r.stdout + r.stderr
+    with mounted(s, m):  # read back by a new mount: the size comes from store.json
+        assert (m / "input/processed/f.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("size", ["3000", "2K", "2M", "16X", "0"])
+def test_init_refuses_a_block_size_the_format_cannot_take(tmp_path: Path, size: str) -> None:
+    r = seldonfs("init", tmp_path / "s", "--keyfile", tmp_path / "k", "--block-size", size)
+    assert r.returncode == 2 and "--block-size" in r.stderr, r.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "k").exists()
+    r = seldonfs("init", tmp_path / "s", "--no-encryption", "--block-size", "4K")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "seldonfs: --block-size is for encrypted stores: drop it, or drop --no-encryption"], r.stderr
