@@ -3,8 +3,8 @@ create a store.
 
 Contents are encrypted unless --no-encryption is given, in blocks of
 --block-size bytes (4K to 1M, a power of two; default 16K): smaller blocks
-cost less for small writes in place (databases, fsx), larger ones less for
-large sequential reads and writes (docs/design.md, "Block size"). The master key is
+take less CPU for a small write in place, larger ones for large reads and
+writes (docs/design.md, "Block size"). The master key is
 wrapped by a passphrase (asked twice on a terminal, or from
 --passphrase-file / $SELDONFS_PASSPHRASE_FILE / $SELDONFS_PASSPHRASE) or by
 a key file; --keyfile FILE creates FILE (32 random bytes, mode 0600) if it
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from .. import keys
 from ..blockformat import DEFAULT_BLOCK_SIZE, MAX_BLOCK_SHIFT
-from ..errors import UsageError
 from ..config import profile_names, profile_text
+from ..errors import UsageError
 from ..store import check_init_target, init_store
 from .common import add_json_arg, add_key_args, key_source, say
 
