@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from .. import keys
-from ..blockformat import DEFAULT_BLOCK_SIZE, MAX_BLOCK_SHIFT
+from ..blockformat import DEFAULT_BLOCK_SIZE, block_shift
 from ..config import profile_names, profile_text
 from ..errors import UsageError
 from ..store import check_init_target, init_store
@@ -54,9 +54,13 @@ def block_size(text: str) -> int:
         n = int(t[:-1] if unit > 1 else t) * unit
     except ValueError:
         raise argparse.ArgumentTypeError(f"want a size such as 4K, 16K or 65536, have {text!r}") from None
-    if n < MIN_CLI_BLOCK or n > 1 << MAX_BLOCK_SHIFT or n & (n - 1):
-        raise argparse.ArgumentTypeError(f"want a power of two from 4K to 1M, have {text!r}")
-    return n
+    try:
+        if n >= MIN_CLI_BLOCK:
+            block_shift(n)  # the format's own bounds: a power of two up to 1M
+            return n
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"want a power of two from 4K to 1M, have {text!r}")
 
 
 def run(args: argparse.Namespace) -> None:
