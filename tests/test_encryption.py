@@ -627,10 +627,12 @@ def test_a_store_made_with_a_smaller_block_size_uses_it_everywhere(tmp_path: Pat
         assert (m / "input/processed/f.bin").read_bytes() == data
 
 
-@pytest.mark.parametrize("size", ["3000", "2K", "2M", "16X", "0"])
+@pytest.mark.parametrize("size", ["3000", "2K", "2M", "16X", "0", "16KB"])
 def test_init_refuses_a_block_size_the_format_cannot_take(tmp_path: Path, size: str) -> None:
     r = seldonfs("init", tmp_path / "s", "--keyfile", tmp_path / "k", "--block-size", size)
     assert r.returncode == 2 and "--block-size" in r.stderr, r.stderr
+    if size == "16KB":  # decimal, as the config's sizes read it: 16,000 bytes
+        assert "KB is decimal: 16,000 bytes" in r.stderr, r.stderr
     assert not (tmp_path / "s").exists() and not (tmp_path / "k").exists()
     r = seldonfs("init", tmp_path / "s", "--no-encryption", "--block-size", "4K")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [

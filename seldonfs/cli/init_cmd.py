@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from .. import keys
@@ -39,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-encryption", action="store_true", help="store contents as they are")
     p.add_argument(
         "--block-size", type=block_size, metavar="SIZE",
-        help="encrypted block: 4K to 1M, a power of two (bytes, or with K or M; default 16K)",
+        help="encrypted block: 4K to 1M, a power of two (bytes, or with K/KiB or M/MiB; KB and MB are decimal; default 16K)",
     )
     add_json_arg(p, "one JSON document")
     add_key_args(p)
@@ -47,20 +48,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def block_size(text: str) -> int:
-    """`--block-size`: bytes, or a number with K or M (KiB, MiB)."""
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = {"K": 1 << 10, "M": 1 << 20}.get(t[-1:], 1)
-    try:
-        n = int(t[:-1] if unit > 1 else t) * unit
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"want a size such as 4K, 16K or 65536, have {text!r}") from None
+    """`--block-size`: bytes, or a number with K or M (binary, as dd reads
+    them) or with KiB or MiB; KB and MB are decimal, as in the config's
+    sizes (docs/configuration.md), so 16KB is 16,000 bytes and refused."""
+    m = re.fullmatch(r"\s*(\d+)\s*(k|m|kib|mib|kb|mb|b)?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"want a size such as 4K, 16KiB or 65536, have {text!r}")
+    unit = m[2].lower() if m[2] else "b"
+    n = int(m[1]) * {"k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "kb": 10**3, "mb": 10**6}.get(unit, 1)
     try:
         if n >= MIN_CLI_BLOCK:
             block_shift(n)  # the format's own bounds: a power of two up to 1M
             return n
     except ValueError:
         pass
-    raise argparse.ArgumentTypeError(f"want a power of two from 4K to 1M, have {text!r}")
+    decimal = f" ({unit.upper()} is decimal: {n:,} bytes)" if unit in ("kb", "mb") else ""
+    raise argparse.ArgumentTypeError(f"want a power of two from 4K to 1M, have {text!r}{decimal}")
 
 
 def run(args: argparse.Namespace) -> None:
