@@ -708,7 +708,8 @@ def _check_emergency(folders: tuple[FolderRule, ...], p: _Problems) -> None:
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w|y)\s*$")
 _DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
-_SIZE_B = {
+#: What each unit of a size means (docs/configuration.md): KB decimal, KiB binary.
+SIZE_UNITS = {
     None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
     "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
 }
@@ -857,7 +858,7 @@ class _Reader:
         m = _SIZE.match(v) if isinstance(v, str) else None
         if m is None:
             raise self._bad(key, f"want a size like \"100MB\" or \"10GiB\", have {v!r}")
-        return int(float(m[1]) * _SIZE_B[m[2]])
+        return int(float(m[1]) * SIZE_UNITS[m[2]])
 
     @_collected
     def path(self, key: str, default: str | None) -> str | None:

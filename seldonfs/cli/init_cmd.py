@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import keys
 from ..blockformat import DEFAULT_BLOCK_SIZE, block_shift
-from ..config import profile_names, profile_text
+from ..config import SIZE_UNITS, profile_names, profile_text
 from ..errors import UsageError
 from ..store import check_init_target, init_store
 from .common import add_json_arg, add_key_args, key_source, say
@@ -47,6 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# The config's units (any case), and K and M alone as binary, as dd reads them.
+_UNITS = {u.lower(): v for u, v in SIZE_UNITS.items() if u} | {"k": 1 << 10, "m": 1 << 20}
+
+
 def block_size(text: str) -> int:
     """`--block-size`: bytes, or a number with K or M (binary, as dd reads
     them) or with KiB or MiB; KB and MB are decimal, as in the config's
@@ -55,7 +59,7 @@ def block_size(text: str) -> int:
     if m is None:
         raise argparse.ArgumentTypeError(f"want a size such as 4K, 16KiB or 65536, have {text!r}")
     unit = m[2].lower() if m[2] else "b"
-    n = int(m[1]) * {"k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "kb": 10**3, "mb": 10**6}.get(unit, 1)
+    n = int(m[1]) * _UNITS[unit]
     try:
         if n >= MIN_CLI_BLOCK:
             block_shift(n)  # the format's own bounds: a power of two up to 1M
