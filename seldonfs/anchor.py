@@ -219,6 +219,9 @@ def judge(f: Found) -> str | None:
         return f"{HEAD_NAME} is missing: the end of the chain cannot be checked"
     if head[0] > f.last[0]:
         return f"records {f.last[0] + 1}..{head[0]} are missing at the end ({HEAD_NAME} names {head[0]})"
+    if anchor is not None and head[0] < anchor[1]:  # an epoch is anchored only after a head names its first record
+        return (f"{HEAD_NAME} names record {head[0]}, before record {anchor[1]} where {IDENTITY_NAME} anchors "
+                f"epoch {anchor[0]} (an old head put back?)")
     if head[0] and f.mac_at.get(head[0]) != head[1]:
         return f"record {head[0]} is not the one {HEAD_NAME} names"
     if anchor is not None and f.mac_at.get(anchor[1]) != anchor[2]:

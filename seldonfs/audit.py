@@ -210,12 +210,12 @@ class ChainWriter:
         batch = self.waiting + ([self._gap()] if self.lost else [])
         try:
             self._commit(batch)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:  # OSError: a new chain's first head
             if not (_full(e) and self.reserve is not None and self.reserve.release()):
                 return self._refused(e)
             try:  # the reserve's room is the catalog's now
                 self._commit(batch)
-            except sqlite3.Error as e2:
+            except (sqlite3.Error, OSError) as e2:
                 return self._refused(e2)
         if self.failing:
             _say(f"seldonfs: audit writer: the catalog takes records again ({len(batch)} stored)")
@@ -259,6 +259,8 @@ class ChainWriter:
         """Store `batch`, unsynced: due to be settled."""
         if not batch:
             return
+        if self.seq == 0 and not self.anchored:
+            self._begin_chain()
         rows = []
         seq, mac = self.seq, self.mac
         for item in batch:
@@ -284,6 +286,16 @@ class ChainWriter:
                 self.forward(rows)
             except Exception as e:  # noqa: BLE001 - a copy elsewhere must never cost the chain
                 _say(f"seldonfs: ERROR audit writer: forwarding records failed: {e}")
+
+    def _begin_chain(self) -> None:
+        """A new chain's head names record 0, on disk before its first
+        record is: a kill or a power loss before the first settle then
+        leaves records past the head, which the next writer settles, not
+        records with no head at all, which the mount must refuse (the head
+        deleted, or never written?)."""
+        if anchor.read_head(self.root) is None:
+            anchor.write_head(self.root, self.key, 0, ZERO_MAC, durable=True)
+            _sync_dir(self.root)
 
     def _after_commit(self, durable: bool) -> None:
         """Settle when asked or due; the reserve."""
@@ -393,7 +405,7 @@ class ChainWriter:
         anchor.write_anchor(self.root, self.key, epoch, self.seq, self.mac)
         return epoch
 
-    def _refused(self, e: sqlite3.Error) -> bool:
+    def _refused(self, e: sqlite3.Error | OSError) -> bool:
         if not self.failing:
             _say(f"seldonfs: ERROR audit writer: {len(self.waiting)} records wait: {e}; retrying")
         self.failing = str(e)
@@ -421,7 +433,9 @@ class ChainWriter:
         self.conn.close()
 
 
-def _full(e: sqlite3.Error) -> bool:
+def _full(e: sqlite3.Error | OSError) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
     return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(e)
 
 

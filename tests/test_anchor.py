@@ -15,12 +15,14 @@ import pytest
 from seldonfs import anchor, audit, faults, segments
 from seldonfs.anchor import Found
 from seldonfs.catalog import Catalog
+from seldonfs.store import Store
 
 KEY = bytes(range(32))
 M1, M5, OTHER = b"\x01" * 32, b"\x05" * 32, b"\x07" * 32
 HEAD = {"seq": 5, "mac": M5.hex(), "tag": anchor.head_tag(KEY, 5, M5)}
 ANCHOR = {"epoch": 1, "seq": 1, "mac": M1.hex(), "tag": anchor.anchor_tag(KEY, 1, 1, M1)}
 STORED = {1: M1, 5: M5}
+GENESIS = {"seq": 0, "mac": bytes(32).hex(), "tag": anchor.head_tag(KEY, 0, bytes(32))}  # a new chain's first head
 
 
 @pytest.mark.parametrize(
@@ -39,6 +41,8 @@ STORED = {1: M1, 5: M5}
         (Found(KEY, "ok", None, None, ANCHOR, {}), "no audit records; store.json anchors epoch 1 at record 1"),
         (Found(KEY, "ok", (3, M1), HEAD, ANCHOR, {1: M1}), "records 4..5 are missing at the end"),
         (Found(KEY, "ok", (5, M5), None, ANCHOR, STORED), "audit.head is missing"),
+        (Found(KEY, "ok", (5, M5), GENESIS, None, STORED), None),  # killed before a new chain's first settle
+        (Found(KEY, "ok", (5, M5), GENESIS, ANCHOR, STORED), "audit.head names record 0, before record 1"),
         (Found(KEY, "ok", (5, OTHER), HEAD, ANCHOR, {1: M1, 5: OTHER}), "record 5 is not the one audit.head names"),
         (Found(KEY, "ok", (5, M5), HEAD, ANCHOR, {5: M5}), "record 1 is not the one store.json anchors"),
         (Found(KEY, "ok", (5, M5), dict(HEAD, seq=9), ANCHOR, STORED), "audit.head does not authenticate"),
@@ -168,7 +172,10 @@ def test_a_failed_wal_sync_is_not_taken_back_by_the_next(tmp_path, monkeypatch) 
     w = audit.ChainWriter(tmp_path, catalog, KEY)
     try:
         assert w.write([item] * 2, durable=False)  # settled at once (no anchor yet): the sync fails
-        assert syncs == 1 and w.sync_failed and w.synced < w.seq and anchor.read_head(tmp_path) is None
+        assert syncs == 1 and w.sync_failed and w.synced < w.seq and anchor.read_head(tmp_path)["seq"] == 0
+        # a new chain's first head, written before its first records: a
+        # kill now leaves a store that mounts (and the next writer settles)
+        assert anchor.judge(anchor.look(Store(tmp_path), KEY)) is None
         monkeypatch.setattr(os, "pwrite", lambda fd, data, off: rewritten.append(off) or real_pwrite(fd, data, off))
         assert w.sync()
         monkeypatch.setattr(os, "pwrite", real_pwrite)
