@@ -49,6 +49,7 @@ from .records import FIELDS, JSON, ZERO_MAC, mac_of, text
 from .anchor import HEAD_NAME, head_tag, read_head
 from .errors import SeldonError
 from .reserve import Reserve
+from .store import sync_dir
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ class ChainWriter:
         deleted, or never written?)."""
         if anchor.read_head(self.root) is None:
             anchor.write_head(self.root, self.key, 0, ZERO_MAC, durable=True)
-            _sync_dir(self.root)
+            sync_dir(self.root)
 
     def _after_commit(self, durable: bool) -> None:
         """Settle when asked or due; the reserve."""
@@ -813,7 +814,7 @@ def _mark_open(root: Path) -> bool:
     was = path.exists()
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        _sync_dir(root)
+        sync_dir(root)
     except OSError as e:
         _say(f"seldonfs: ERROR audit writer: cannot write {path} (a power loss would leave no gap record): {e}")
     return was
@@ -822,18 +823,10 @@ def _mark_open(root: Path) -> bool:
 def _mark_closed(root: Path) -> None:
     try:
         (root / OPEN_NAME).unlink(missing_ok=True)
-        _sync_dir(root)
+        sync_dir(root)
     except OSError as e:
         _say(f"seldonfs: ERROR audit writer: cannot remove {root / OPEN_NAME} (the next mount will record a gap "
              f"that did not happen): {e}")
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def append_offline(root: Path, catalog_path: Path, key: bytes, op: str, detail: str) -> None:

@@ -9,6 +9,8 @@ Layout of a store directory::
     data/            the visible tree, mirrored
     lock             flock()ed by whoever owns the store (a mount)
     seldonfs.log     the mount daemon's log
+    init.unfinished  only while `init` runs (one killed leaves it: the next
+                     init clears what it made)
     data/.seldon/    the filesystem's own files, hidden from the mount
                      (versions/: kept versions of files)
 
@@ -40,6 +42,9 @@ IDENTITY_NAME = "store.json"
 DATA_NAME = "data"
 LOCK_NAME = "lock"
 LOG_NAME = "seldonfs.log"
+#: Made first by `init` and removed once store.json is in place: what
+#: stands beside it is an unfinished init's own, and the next init clears it.
+INIT_MARK = "init.unfinished"
 #: Hidden top-level folder of data/ for the filesystem's own files.
 PRIVATE_DIR = ".seldon"
 VERSIONS_DIR = PRIVATE_DIR + "/versions"
@@ -73,6 +78,9 @@ class Store:
         try:
             ident = json.loads(p.read_text())
         except FileNotFoundError:
+            if (self.root / INIT_MARK).exists():
+                raise NotAStoreError(f"{self.root}: its `seldonfs init` did not finish (no {IDENTITY_NAME}); "
+                                     "run `seldonfs init` again") from None
             raise NotAStoreError(f"{self.root}: not a SeldonFS store (no {IDENTITY_NAME})") from None
         except (OSError, ValueError) as e:
             raise NotAStoreError(f"{p}: unreadable: {e}") from None
@@ -94,20 +102,64 @@ class Store:
             f.flush()
             faults.fsync(f.fileno())
         faults.replace(tmp, self.root / IDENTITY_NAME)
+        sync_dir(self.root)  # the rename too: a power loss must not bring the old one back
 
     def load_config(self) -> config.Config:
         return config.load(self.config_path)
 
 
-def check_init_target(root: Path) -> None:
-    """A store is created only in a missing or empty directory."""
+def sync_dir(path: Path) -> None:
+    """fsync a directory: the names made, renamed or removed in it are on disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_init_target(root: Path) -> bool:
+    """A store is created only in a missing or empty directory, or over
+    what an init that did not finish left there (True: `init_store`
+    clears that first)."""
     if root.exists():
         if not root.is_dir():
             raise SeldonError(f"{root}: exists and is not a directory", 1)
         if (root / IDENTITY_NAME).exists():
             raise SeldonError(f"{root}: is already a SeldonFS store", 1)
+        if (root / INIT_MARK).exists():
+            return True
         if any(root.iterdir()):
             raise SeldonError(f"{root}: directory is not empty; refusing to create a store in it", 1)
+    return False
+
+
+_INIT_MADE = {INIT_MARK, IDENTITY_NAME + ".tmp", config.CONFIG_NAME, DATA_NAME,
+              *(CATALOG_NAME + end for end in ("", "-wal", "-shm", "-journal"))}
+
+
+def _clear_unfinished(root: Path) -> None:
+    """Remove what an unfinished init made: its files, and data/ as long
+    as it holds only directories. Anything else there is not init's, so
+    nothing is removed and init refuses."""
+    names = set(os.listdir(root))
+    data = root / DATA_NAME
+    dirs: list[str] = []
+    other = sorted(names - _INIT_MADE)
+    if DATA_NAME in names:
+        if data.is_symlink() or not data.is_dir():
+            other.append(DATA_NAME)
+        else:
+            for d, subdirs, files in os.walk(data):  # a symlink to a directory is listed there, not followed
+                dirs.append(d)
+                links = [x for x in subdirs if os.path.islink(os.path.join(d, x))]
+                other += [os.path.join(d, x) for x in files + links]
+    if other:
+        raise SeldonError(f"{root}: holds an unfinished init and more ({other[0]}, ...); "
+                          "refusing to create a store in it", 1)
+    for d in reversed(dirs):  # the deepest first
+        os.rmdir(d)
+    for name in names - {DATA_NAME, INIT_MARK}:
+        os.unlink(root / name)
 
 
 def init_store(root: Path, profile: str, encryption: dict[str, Any] | None) -> Store:
@@ -115,9 +167,14 @@ def init_store(root: Path, profile: str, encryption: dict[str, Any] | None) -> S
     `encryption` is the block keys.new_block() made, None for a plain store."""
     text = config.with_default_tables(config.profile_text(profile))
     cfg = config.parse(tomllib.loads(text), f"profile {profile}")
-    check_init_target(root)
+    if check_init_target(root):
+        _clear_unfinished(root)
     root.mkdir(parents=True, exist_ok=True)
     store = Store(root.resolve())
+    # kill -9, a power loss or a full disk before store.json is in place
+    # leaves this mark: the next init clears what it finds and starts anew
+    (root / INIT_MARK).touch()
+    sync_dir(root)
     store.data.mkdir(mode=0o755)
     root_fd = os.open(store.data, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
@@ -143,6 +200,8 @@ def init_store(root: Path, profile: str, encryption: dict[str, Any] | None) -> S
     }
     # Written last: a store is a store once its identity exists.
     store.write_identity(ident)
+    (root / INIT_MARK).unlink()
+    sync_dir(root)
     return store
 
 

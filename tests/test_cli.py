@@ -44,6 +44,32 @@ def test_init_refuses_non_empty_dir_and_existing_store(tmp_path: Path) -> None:
     assert r.returncode == 1 and "already a SeldonFS store" in r.stderr
 
 
+@pytest.mark.parametrize("fault", ["fsync:1:KILL", "rename:1:KILL"])
+def test_an_init_killed_before_its_store_json_is_finished_by_the_next(tmp_path: Path, fault: str) -> None:
+    """`init` killed (as by kill -9 or a power loss) before store.json is in
+    place leaves its mark: the mount says so and the next init clears
+    what it made and makes the store. A directory with the mark and
+    anything init does not make is refused, and nothing of it removed."""
+    s, key = tmp_path / "s", tmp_path / "s.key"
+    r = seldonfs("init", s, "--keyfile", key, env={**os.environ, "SELDONFS_FAULTS": fault})
+    assert r.returncode == -signal.SIGKILL and not (s / "store.json").exists() and (s / "catalog.sqlite").exists()
+    r = seldonfs("mount", "--keyfile", key, s, tmp_path / "m")
+    assert r.returncode == 14 and "its `seldonfs init` did not finish" in r.stderr
+    r = seldonfs("init", s, "--keyfile", key)
+    assert r.returncode == 0, r.stderr
+    assert "init that did not finish" in r.stdout
+    assert sorted(p.name for p in s.iterdir()) == ["catalog.sqlite", "data", "seldonfs.toml", "store.json"]
+    assert seldonfs("fsck", "--keyfile", key, s).returncode == 0
+
+    t = tmp_path / "t"
+    seldonfs("init", t, "--keyfile", key, env={**os.environ, "SELDONFS_FAULTS": fault})
+    (t / "data" / "input" / "raw" / "precious").write_text("keep me")
+    (t / "data" / "link").symlink_to("/etc")
+    r = seldonfs("init", t, "--keyfile", key)
+    assert r.returncode == 1 and "holds an unfinished init and more" in r.stderr, r.stderr
+    assert (t / "data" / "input" / "raw" / "precious").read_text() == "keep me" and (t / "init.unfinished").exists()
+
+
 def test_unknown_profile_is_usage_error(tmp_path: Path) -> None:
     r = seldonfs("init", tmp_path / "s", "--profile", "nope")
     assert r.returncode == 2 and "unknown profile 'nope'" in r.stderr

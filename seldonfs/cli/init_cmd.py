@@ -10,6 +10,9 @@ wrapped by a passphrase (asked twice on a terminal, or from
 a key file; --keyfile FILE creates FILE (32 random bytes, mode 0600) if it
 does not exist. Keep the key file outside the store. `--json`: one JSON
 document, {"store", "profile", "encrypted", "keyfile_created"}.
+
+STORE must be missing or empty, or hold what an init that did not finish
+left (its `init.unfinished` mark): that is cleared first.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ def block_size(text: str) -> int:
 
 def run(args: argparse.Namespace) -> None:
     profile_text(args.profile)  # unknown profile: fail before asking for secrets
-    check_init_target(args.store)
+    if check_init_target(args.store):
+        say(args, f"{args.store}: an init that did not finish was here; what it made is cleared first")
     encryption = None
     created = None
     if not args.no_encryption:
