@@ -396,14 +396,18 @@ class ChainWriter:
 
     def begin_epoch(self, item: tuple, seq: int) -> int:
         """Store `item` (a reset record) as record `seq`, chained on from
-        the last stored record, and anchor the new epoch; returns it."""
+        the last stored record, and anchor the new epoch; returns it. The
+        anchor goes first and the head last: a reset stopped before its
+        head leaves the head older than the anchor (or missing), which the
+        mount refuses and a new reset mends, never an anchor of an epoch
+        before this one beside a head that passes."""
         epoch = max(anchor.epoch_of(anchor.read_anchor(self.root)), self._epoch_start()[0] if self.seq else 1) + 1
         self.seq = seq - 1  # the numbers a lost chain used are not used again
         self._commit([item])
         self.sync(quiet=False)
         self.settle_at, self.named = None, self.seq
-        anchor.write_head(self.root, self.key, self.seq, self.mac, durable=True)
         anchor.write_anchor(self.root, self.key, epoch, self.seq, self.mac)
+        anchor.write_head(self.root, self.key, self.seq, self.mac, durable=True)
         return epoch
 
     def _refused(self, e: sqlite3.Error | OSError) -> bool:

@@ -328,7 +328,9 @@ def head_of(store: Path) -> dict:
 def refused_mount(store: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     (tmp_path / "mnt").mkdir(exist_ok=True)
     r = seldonfs("mount", store, tmp_path / "mnt", *key_args(store))
-    assert not os.path.ismount(tmp_path / "mnt")
+    if os.path.ismount(tmp_path / "mnt"):  # a failing test leaves no mount behind
+        unmount(tmp_path / "mnt")
+        pytest.fail(f"the mount was not refused (exit {r.returncode})")
     assert r.returncode == 26 and r.stderr.count("\n") == 1 and "audit reset" in r.stderr, r.stderr
     return r
 
@@ -362,6 +364,25 @@ def test_a_lost_catalog_is_refused_until_a_reset_records_it(store: Path, tmp_pat
     assert head_of(store)["epoch"] == 2
     r = seldonfs("audit", "reset", store, "--reason", "again", *key_args(store))
     assert r.returncode == 2 and "nothing to reset" in r.stderr  # an intact chain has no break to record
+
+
+@pytest.mark.parametrize("fault", ["walsync:1:KILL", "rename:1:KILL"])
+def test_a_reset_killed_before_it_ends_is_refused_until_one_ends(store: Path, tmp_path: Path, fault: str) -> None:
+    """`audit reset` killed after its record is stored (before the WAL's
+    sync, or at store.json's rename, the new epoch's anchor) has not
+    happened for the mount: it refuses the store until a reset ends. Then
+    the anchor names the last reset's epoch, and the chain verifies."""
+    make_chain(store, tmp_path)
+    (store / "audit.head").unlink()
+    r = seldonfs("audit", "reset", store, "--reason", "first try", *key_args(store),
+                 env={**os.environ, "SELDONFS_FAULTS": fault})
+    assert r.returncode == -signal.SIGKILL
+    assert "audit chain is broken" in refused_mount(store, tmp_path).stderr
+    reset(store, "second try")
+    make_chain(store, tmp_path)
+    r = verify(store)
+    assert r.returncode == 0 and "second try" in r.stdout, r.stdout + r.stderr
+    assert head_of(store)["epoch"] == json.loads((store / "store.json").read_text())["audit"]["epoch"] >= 2
 
 
 @pytest.mark.parametrize("head_too", [False, True], ids=["rows", "rows-and-head"])
