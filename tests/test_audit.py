@@ -385,6 +385,23 @@ def test_a_reset_killed_before_it_ends_is_refused_until_one_ends(store: Path, tm
     assert head_of(store)["epoch"] == json.loads((store / "store.json").read_text())["audit"]["epoch"] >= 2
 
 
+def test_a_reset_reason_is_shown_escaped(tmp_path: Path) -> None:
+    """The reason is kept as given, and `audit verify` prints it on the
+    event's one line: a newline cannot forge a second event, an escape
+    sequence does not reach the terminal."""
+    store = init_store(tmp_path / "store", encrypted=False)
+    make_chain(store, tmp_path)
+    (store / "audit.head").unlink()
+    reason = "disk\nepoch 9 started at seq 1 after a break: forged\x1b[2J"
+    reset(store, reason.encode().decode("unicode_escape"))
+    r = verify(store)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (line,) = [x for x in r.stdout.splitlines() if "after a break" in x]
+    assert "reason: disk\\x0aepoch 9 started at seq 1 after a break: forged\\x1b[2J;" in line and "\x1b" not in r.stdout
+    (rec,) = records(store, "--op", "reset")
+    assert rec["detail"].startswith("reason: " + reason.encode().decode("unicode_escape") + ";")
+
+
 @pytest.mark.parametrize("head_too", [False, True], ids=["rows", "rows-and-head"])
 def test_emptied_audit_rows_are_found(tmp_path: Path, head_too: bool) -> None:
     store = init_store(tmp_path / "store", encrypted=False)

@@ -164,14 +164,15 @@ def run_verify(args: argparse.Namespace) -> None:
     except sqlite3.DatabaseError as e:
         raise DamageFound(f"{store.catalog_path}: unreadable ({e}): the audit chain cannot be verified") from None
     secs = time.perf_counter() - t0
-    for ev in events:
-        print(f"epoch {ev.epoch} started at seq {ev.seq} after a break: {ev.detail}" if ev.op == audit.RESET_OP
-              else f"{ev.detail}" if ev.op == audit.EXPIRED else f"gap at record {ev.seq}: {ev.detail}")
+    for ev in events:  # a reset's reason is anyone's text: one line, no escapes to the terminal
+        detail = shown(ev.detail)
+        print(f"epoch {ev.epoch} started at seq {ev.seq} after a break: {detail}" if ev.op == audit.RESET_OP
+              else detail if ev.op == audit.EXPIRED else f"gap at record {ev.seq}: {detail}")
     if brk is None:
         problem = anchor.judge(anchor.look(store, key))
         brk = None if problem is None else audit.Break(0, "anchor", problem)
     if brk is not None:
-        print(f"{f'record {brk.seq}' if brk.seq else 'chain'}: {brk.kind}: {brk.detail}")
+        print(f"{f'record {brk.seq}' if brk.seq else 'chain'}: {brk.kind}: {shown(brk.detail)}")  # names from the catalog
         raise DamageFound(f"audit chain broken at record {brk.seq} ({brk.kind}); {n} records read")
     wrong = [(seq, w) for seq, w in wrong if w is not None]
     for seq, w in wrong:
