@@ -37,6 +37,7 @@ from typing import Any
 from . import FORMAT_VERSION, _libc, config, faults, rules
 from .catalog import CATALOG_NAME, Catalog
 from .errors import NotAStoreError, SeldonError, StoreLockedError
+from .naming import shown
 
 IDENTITY_NAME = "store.json"
 DATA_NAME = "data"
@@ -154,7 +155,7 @@ def _clear_unfinished(root: Path) -> None:
                 links = [x for x in subdirs if os.path.islink(os.path.join(d, x))]
                 other += [os.path.join(d, x) for x in files + links]
     if other:
-        raise SeldonError(f"{root}: holds an unfinished init and more ({other[0]}, ...); "
+        raise SeldonError(f"{root}: holds an unfinished init and more (first: {shown(other[0])}); "
                           "refusing to create a store in it", 1)
     for d in reversed(dirs):  # the deepest first
         os.rmdir(d)
