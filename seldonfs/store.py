@@ -138,10 +138,11 @@ _INIT_MADE = {INIT_MARK, IDENTITY_NAME + ".tmp", config.CONFIG_NAME, DATA_NAME,
               *(CATALOG_NAME + end for end in ("", "-wal", "-shm", "-journal"))}
 
 
-def _clear_unfinished(root: Path) -> None:
-    """Remove what an unfinished init made: its files, and data/ as long
-    as it holds only directories. Anything else there is not init's, so
-    nothing is removed and init refuses."""
+def unfinished_init(root: Path) -> list[Path]:
+    """What an unfinished init made in `root`, in the order to remove it:
+    its files, then data/'s directories, the deepest first. SeldonError
+    when anything else is there (a file in data/, a symlink, a name init
+    does not make): then none of it is init's to remove."""
     names = set(os.listdir(root))
     data = root / DATA_NAME
     dirs: list[str] = []
@@ -157,10 +158,7 @@ def _clear_unfinished(root: Path) -> None:
     if other:
         raise SeldonError(f"{root}: holds an unfinished init and more (first: {shown(other[0])}); "
                           "refusing to create a store in it", 1)
-    for d in reversed(dirs):  # the deepest first
-        os.rmdir(d)
-    for name in names - {DATA_NAME, INIT_MARK}:
-        os.unlink(root / name)
+    return [root / n for n in sorted(names - {DATA_NAME, INIT_MARK})] + [Path(d) for d in reversed(dirs)]
 
 
 def init_store(root: Path, profile: str, encryption: dict[str, Any] | None) -> Store:
@@ -169,7 +167,8 @@ def init_store(root: Path, profile: str, encryption: dict[str, Any] | None) -> S
     text = config.with_default_tables(config.profile_text(profile))
     cfg = config.parse(tomllib.loads(text), f"profile {profile}")
     if check_init_target(root):
-        _clear_unfinished(root)
+        for p in unfinished_init(root):
+            (os.rmdir if p.is_dir() else os.unlink)(p)
     root.mkdir(parents=True, exist_ok=True)
     store = Store(root.resolve())
     # kill -9, a power loss or a full disk before store.json is in place

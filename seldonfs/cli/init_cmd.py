@@ -26,7 +26,7 @@ from .. import keys
 from ..blockformat import DEFAULT_BLOCK_SIZE, block_shift
 from ..config import SIZE_UNITS, profile_names, profile_text
 from ..errors import UsageError
-from ..store import check_init_target, init_store
+from ..store import check_init_target, init_store, unfinished_init
 from .common import add_json_arg, add_key_args, key_source, say
 
 
@@ -75,7 +75,7 @@ def block_size(text: str) -> int:
 
 def run(args: argparse.Namespace) -> None:
     profile_text(args.profile)  # unknown profile: fail before asking for secrets
-    if check_init_target(args.store):
+    if check_init_target(args.store) and unfinished_init(args.store):
         say(args, f"{args.store}: an init that did not finish was here; what it made is cleared first")
     encryption = None
     created = None
