@@ -186,6 +186,7 @@ def seal(conn: sqlite3.Connection, data: Path, spec: Spec, key: bytes, first: in
 def _write_file(folder: Path, name: str, body: bytes, spec: Spec) -> None:
     from . import faults
     from .blockformat import EncryptedFile
+    from .store import sync_dir
 
     part = folder / f".{name}.part"
     fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -198,11 +199,7 @@ def _write_file(folder: Path, name: str, body: bytes, spec: Spec) -> None:
     finally:
         os.close(fd)
     os.rename(part, folder / name)
-    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    sync_dir(folder)
 
 
 def index(conn: sqlite3.Connection) -> list[Segment]:
