@@ -65,9 +65,16 @@ def test_an_init_killed_before_its_store_json_is_finished_by_the_next(tmp_path: 
     seldonfs("init", t, "--keyfile", key, env={**os.environ, "SELDONFS_FAULTS": fault})
     (t / "data" / "input" / "raw" / "precious").write_text("keep me")
     (t / "data" / "link").symlink_to("/etc")
+    (t / "seldonfs.toml").unlink()
+    (t / "seldonfs.toml").symlink_to("/etc")  # one of init's names, but not a file init made
     r = seldonfs("init", t, "--keyfile", key)
     assert r.returncode == 1 and "holds an unfinished init and more" in r.stderr, r.stderr
     assert (t / "data" / "input" / "raw" / "precious").read_text() == "keep me" and (t / "init.unfinished").exists()
+    (t / "data" / "input" / "raw" / "precious").unlink()
+    (t / "data" / "link").unlink()
+    r = seldonfs("init", t, "--keyfile", key)  # only the symlink among init's names now
+    assert r.returncode == 1 and "(first: seldonfs.toml)" in r.stderr, r.stderr
+    assert (t / "seldonfs.toml").is_symlink() and (t / "catalog.sqlite").exists()
 
 
 def test_unknown_profile_is_usage_error(tmp_path: Path) -> None:
