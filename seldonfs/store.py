@@ -147,7 +147,7 @@ def unfinished_init(root: Path) -> list[Path]:
     data = root / DATA_NAME
     dirs: list[str] = []
     other = sorted(names - _INIT_MADE)
-    other += [n for n in sorted(names & _INIT_MADE - {DATA_NAME}) if not stat_m.S_ISREG(os.lstat(root / n).st_mode)]
+    other += [n for n in sorted(names & (_INIT_MADE - {DATA_NAME})) if not stat_m.S_ISREG(os.lstat(root / n).st_mode)]
     if DATA_NAME in names:
         if data.is_symlink() or not data.is_dir():
             other.append(DATA_NAME)
