@@ -1,10 +1,12 @@
 # shellcheck shell=bash
 # Sourced by scripts/run and scripts/test: installs what is missing, idempotently.
-#   system: fuse3, libfuse3-dev, libmagic1, pkg-config, a C compiler, python3-venv,
-#           tmux (the test of seldonfs top's terminal view)
+#   system: fuse3, libfuse3-dev, libmagic1, pkg-config, a C compiler, patch, python3-venv,
+#           liburing-dev (FUSE over io_uring), tmux (the test of seldonfs top's
+#           terminal view)
 #   python: a virtualenv at $SELDONFS_VENV (default: .venv in the checkout)
 #           with seldonfs and the versions of requirements.lock (hash-checked);
-#           the test extras too (requirements-test.lock) for scripts/test
+#           the test extras too (requirements-test.lock) for scripts/test;
+#           pyfuse3 rebuilt from the same sdist with contrib/pyfuse3's patch
 #   mount(8) helper links /sbin/mount.fuse.seldonfs and /sbin/mount.seldonfs
 set -euo pipefail
 
@@ -12,7 +14,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${SELDONFS_VENV:-$REPO/.venv}
 
 need_apt=()
-for pkg in fuse3 libfuse3-dev libmagic1 pkg-config gcc python3-dev python3-venv attr rsync tmux; do
+for pkg in fuse3 libfuse3-dev liburing-dev libmagic1 pkg-config gcc patch python3-dev python3-venv attr rsync tmux; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -40,7 +42,8 @@ fi
 # setup.py and seldonfs/*.c: the C parts are built in place by the
 # editable install, so a change to them needs it again.
 if [[ ! -x $VENV/bin/python || ! -f $stamp || $lock -nt $stamp ]] \
-	|| [[ $REPO/pyproject.toml -nt $stamp || $REPO/setup.py -nt $stamp || $REPO/seldonfs/_scan.c -nt $stamp || $REPO/seldonfs/_structure.c -nt $stamp ]]; then
+	|| [[ $REPO/pyproject.toml -nt $stamp || $REPO/setup.py -nt $stamp ]] \
+	|| [[ $REPO/seldonfs/_scan.c -nt $stamp || $REPO/seldonfs/_structure.c -nt $stamp || $REPO/seldonfs/_uring.c -nt $stamp ]]; then
 	echo "setup: virtualenv $VENV" >&2
 	[[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
 	have=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -56,6 +59,28 @@ if [[ ! -x $VENV/bin/python || ! -f $stamp || $lock -nt $stamp ]] \
 		"$VENV/bin/pip" install -q -e "$REPO$extra"
 	fi
 	touch "$stamp"
+fi
+
+# pyfuse3 with the two hooks FUSE over io_uring needs (contrib/pyfuse3/
+# io-uring-hooks.patch): the lock's sdist, checked against the lock's hash,
+# patched and built in place of the plain one. If that fails the mount
+# serves over /dev/fuse, as it does on a kernel without io_uring for FUSE.
+if ! "$VENV/bin/python" -c 'import sys, pyfuse3; sys.exit(not hasattr(pyfuse3, "_process_raw"))' 2>/dev/null; then
+	pin=$(sed -n '/^pyfuse3==/{N;s/ \\\n */ /;p}' "$lock")
+	version=${pin#pyfuse3==}
+	version=${version%% *}
+	build=$(mktemp -d)
+	echo "setup: pyfuse3 $version with contrib/pyfuse3/io-uring-hooks.patch" >&2
+	if printf '%s\n' "$pin" >"$build/req.txt" \
+		&& "$VENV/bin/pip" download -q --no-deps --no-binary :all: --require-hashes -r "$build/req.txt" -d "$build" \
+		&& tar -xzf "$build/pyfuse3-$version.tar.gz" -C "$build" \
+		&& patch -s -p1 -d "$build/pyfuse3-$version" <"$REPO/contrib/pyfuse3/io-uring-hooks.patch" \
+		&& SETUPTOOLS_SCM_PRETEND_VERSION=$version "$VENV/bin/pip" install -q --no-deps "$build/pyfuse3-$version"; then
+		:
+	else
+		echo "setup: WARNING: pyfuse3 stays without the io_uring hooks; mounts serve over /dev/fuse" >&2
+	fi
+	rm -rf "$build"
 fi
 
 if [[ $(id -u) -eq 0 ]]; then

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import trio
 
-from . import _libc, distributions, faults, xattrs
+from . import _libc, distributions, faults, uring, xattrs
 from .alerts import Alerts, Failures, check_caps
 from .audit import AuditLog
 from .catalog import Catalog
@@ -389,6 +389,7 @@ class MountJanitor:
         self.data, self.content = Path(core.data_root), core.content
         self.audit, self.catalog, self.alerts = audit, catalog, alerts
         self.nursery: trio.Nursery | None = None  # runs asked for go here; set by run_forever
+        self.token: trio.lowlevel.TrioToken | None = None  # how a request thread reaches it (uring.py)
         self.running = False
         self.runs = 0  # finished runs, so a caller can tell its run from earlier ones
         self.last: dict = {}
@@ -416,6 +417,7 @@ class MountJanitor:
     async def run_forever(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Runs each folder table on its schedule, checks the disk, and
         carries out the runs asked for, until `stop`."""
+        self.token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as self.nursery:
             self.nursery.start_soon(self._schedule)
             task_status.started()
@@ -467,9 +469,9 @@ class MountJanitor:
     def _request_attr(self, ino: int, value: bytes, uid: int, pid: int) -> None:
         """A run asked for through xattrs.JANITOR on the mount root; runs
         beside the requests."""
-        if ino != ROOT_INODE or self.nursery is None:
+        if ino != ROOT_INODE or self.nursery is None or self.token is None:
             raise OSError(errno.EPERM, "reserved attribute prefix")
-        self.nursery.start_soon(self.run, Request.parse(value))
+        uring.start_soon(self.token, self.nursery, self.run, Request.parse(value))
 
     def _state_attr(self, ino: int) -> bytes | None:
         if ino != ROOT_INODE:

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 
 import trio
 
-from . import faults, validation, xattrs
+from . import faults, uring, validation, xattrs
 from .catalog import Catalog
 from .checks import INLINE_CHECK_BYTES, Checks
 from .config import FolderRule
@@ -76,6 +76,7 @@ class Committer:
         self.dirty: set[int] = set()  # inodes written since their last commit
         self.deferred: set[tuple[int, tuple[int, int]]] = set()  # checks running in the background
         self.nursery: trio.Nursery | None = None  # for those; set by `run`
+        self.token: trio.lowlevel.TrioToken | None = None  # how a request thread reaches it (uring.py)
         self.job_attrs: dict[int, str] = {}  # ino -> user.seldon.job set through the mount
         self.ingested: dict[int, int] = {}  # ino -> when created, until its commit record
         self._rows: list[tuple] = []  # file records waiting for their batch
@@ -84,6 +85,7 @@ class Committer:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """In the mount's nursery: large files' checks start here; file
         records reach the catalog at least every ROWS_FLUSH_S."""
+        self.token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as self.nursery:
             task_status.started()
             while True:
@@ -317,8 +319,8 @@ class Committer:
             if defer and key[1] > INLINE_CHECK_BYTES:
                 if (ino, key) not in self.deferred:
                     self.deferred.add((ino, key))
-                    assert self.nursery is not None
-                    self.nursery.start_soon(self._check_later, ino, rel, rule, key, then)
+                    assert self.nursery is not None and self.token is not None
+                    uring.start_soon(self.token, self.nursery, self._check_later, ino, rel, rule, key, then)
                 return None
             v = self.checks.run(fd, rel, rule, key, content)
             self.checks.passed_now(ino, key, v)

@@ -37,6 +37,7 @@ class MountConfig:
     negative_timeout: float = 30.0
     writeback_cache: bool | None = None  # None: "auto", on for encrypted stores
     spin_us: int = 200  # see fuseloop.py
+    io_uring: bool | None = None  # None: "auto", when the kernel offers it (uring.py)
     max_inodes: int = 0  # files the kernel may hold at once; 0: 70 % of the descriptor limit
 
 
@@ -525,11 +526,12 @@ def _parse_mount(t: dict[str, Any], p: _Problems) -> MountConfig:
     values: dict[str, Any] = {}
     for key in ("entry_timeout", "attr_timeout", "negative_timeout"):
         values[key] = float(r.number(key, getattr(d, key), 0, 86400, "seconds"))
-    wb = r.get("writeback_cache", (bool, str), "auto")
-    if isinstance(wb, str) and wb != "auto":
-        p.add("mount.writeback_cache", f"want true, false or \"auto\", have {wb!r}")
-        wb = "auto"
-    values["writeback_cache"] = None if wb == "auto" else wb
+    for key in ("writeback_cache", "io_uring"):
+        v = r.get(key, (bool, str), "auto")
+        if isinstance(v, str) and v != "auto":
+            p.add(f"mount.{key}", f"want true, false or \"auto\", have {v!r}")
+            v = "auto"
+        values[key] = None if v == "auto" else v
     values["spin_us"] = r.number("spin_us", d.spin_us, 0, 10_000, "microseconds", int)
     values["max_inodes"] = r.get("max_inodes", int, d.max_inodes)
     if values["max_inodes"] and not 100 <= values["max_inodes"] <= 100_000_000:

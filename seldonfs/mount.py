@@ -29,7 +29,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import _libc, anchor, audit, config, fuseloop, janitor, journal, keys, offline, sdnotify, segments
+from . import _libc, anchor, audit, config, fuseloop, janitor, journal, keys, offline, sdnotify, segments, uring
 from .alerts import Alerts, Failures, send_head, verify_audit, watch
 from .audit import AuditLog
 from .catalog import Catalog
@@ -342,17 +342,24 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         stack.callback(served.control.close)
         ops = SeldonOperations(core, cfg.mount, writeback, auditlog, cfg.monitoring.metrics, refusals)
         served.sources.ops = ops.stats
+        ring = uring.choose(cfg.mount.io_uring)  # FUSE over io_uring, or None: /dev/fuse
         _fuse_init(ops, mountpoint, prep.fuse_opts, foreground, store)
         stack.callback(_unmount, mountpoint, auditlog)
+        if ring is not None:
+            ring.install()
         stack.callback(ops.record_open_writes)  # before the unmount record
         log.info("mounted %s at %s", store.root, mountpoint)
         if auditlog is not None:
             auditlog.record("mount", os.getuid(), os.getgid(), os.getpid(), "", detail=str(mountpoint))
         ready()
         sdnotify.notify("READY=1")
-        fuseloop.install(cfg.mount.spin_us)
+        fuseloop.install(cfg.mount.spin_us if ring is None else 0)  # over the ring only FORGETs come this way
         stack.callback(fuseloop.uninstall)
-        trio.run(_serve, engine, served)
+        if ring is None:
+            trio.run(_serve, engine, served)
+        else:
+            stack.callback(ring.stop)  # first, before Core is touched outside trio
+            trio.run(_serve, engine, served, instruments=ring.instruments())
 
 
 def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine: Engine | None, catalog: Catalog,

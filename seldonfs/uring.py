@@ -1,0 +1,160 @@
+"""FUSE over io_uring: the mount's requests served on the CPU they come from.
+
+Over /dev/fuse every request wakes the daemon's one thread, wherever it
+sleeps; on a VM a wake-up across vCPUs costs more than a small request's
+own work (docs/design.md). Over io_uring (Linux 6.14+) the kernel keeps a
+queue per CPU and `_uring.c` serves each from a thread pinned to that CPU:
+the request is decoded and run by pyfuse3 on that thread, with the GIL,
+and answered in the same system call that fetches the next one.
+
+The mount uses it when `[mount] io_uring` allows (auto: whenever it can)
+and `unavailable()` finds nothing missing; otherwise it serves over
+/dev/fuse as always. What still arrives on /dev/fuse (INIT, FORGET,
+INTERRUPT) goes to pyfuse3's loop on the trio thread.
+
+Concurrency: Core and all under it rely on one request at a time (core.py).
+Here they run on the queue threads and on the trio thread (FORGET, the
+background tasks, the control API), so they take turns under one lock: the
+trio thread holds it except while it waits for I/O (`_Hold`, a trio
+instrument), a queue thread takes it for one request. A handler may thus
+run outside the trio thread and must not call trio; a task it starts goes
+through the trio token (`start_soon`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+PARAM = Path("/sys/module/fuse/parameters/enable_uring")
+DEPTH = 8  # ring entries a queue: requests of one CPU in flight at once
+
+
+def unavailable() -> str | None:
+    """Why this mount cannot serve over io_uring; None when it can."""
+    try:
+        from . import _uring  # noqa: F401
+    except ImportError:
+        return "seldonfs was built without its io_uring part (liburing-dev missing when it was installed)"
+    if not hasattr(pyfuse3, "_process_raw"):
+        return "pyfuse3 lacks contrib/pyfuse3/io-uring-hooks.patch (scripts/setup.sh applies it)"
+    try:
+        value = PARAM.read_text().strip()
+    except OSError:
+        return "this kernel has no FUSE over io_uring (Linux 6.14 or later with CONFIG_FUSE_IO_URING)"
+    if value != "Y":
+        return f"the kernel has FUSE over io_uring switched off ({PARAM} is {value}; root can write Y)"
+    return None
+
+
+def choose(setting: bool | None) -> Ring | None:
+    """The ring for `[mount] io_uring` (None: "auto"), or None for
+    /dev/fuse. True and not possible here: UsageError, before mounting."""
+    if setting is False:
+        return None
+    why = unavailable()
+    if why is None:
+        return Ring()
+    if setting:
+        raise UsageError(f"[mount] io_uring = true, but {why}")
+    log.debug("requests over /dev/fuse: %s", why)
+    return None
+
+
+class Ring:
+    """The queues of one mount: `install` after pyfuse3.init, `instruments`
+    for trio.run, `stop` once trio.run has returned."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queues = 0
+        self.suspended = 0  # handlers that awaited trio: answered EIO
+        self._process = pyfuse3._process_raw  # type: ignore[attr-defined]
+
+    def install(self) -> None:
+        from . import _uring
+
+        self.queues = _uring.install(pyfuse3._session_ptr(), self._dispatch, DEPTH)  # type: ignore[attr-defined]
+
+    def instruments(self) -> list[trio.abc.Instrument]:
+        return [_Hold(self.lock)]
+
+    def stop(self) -> None:
+        from . import _uring
+
+        _uring.stop()
+        s = _uring.stats()
+        if not s["accepted"]:
+            why = "the kernel did not offer it" if not s["offered"] else "the INIT reply failed"
+            log.info("requests over /dev/fuse: %s", why)
+            return
+        log.info("io_uring: %d requests over %d queues, %d over /dev/fuse", s["ring_requests"], s["queues"],
+                 s["dev_requests"])
+        if s["unanswered"] or s["error"] or self.suspended:
+            log.warning("io_uring: %d requests answered EIO for want of an answer (%d waited on trio), "
+                        "first queue error %d", s["unanswered"], self.suspended, s["error"])
+
+    def _dispatch(self, addr: int, size: int) -> None:
+        """One request from a queue thread (_uring.c), with the GIL."""
+        with self.lock:
+            coro = self._process(addr, size)
+            if coro is None:
+                return
+            try:
+                coro.send(None)
+            except StopIteration:
+                return
+            except BaseException:
+                log.exception("a request failed outside its handler")
+                return
+            # It waits on trio, which a queue thread cannot serve. None of
+            # SeldonFS's handlers does; the request gets EIO (_uring.c).
+            coro.close()
+            self.suspended += 1
+
+
+class _Hold(trio.abc.Instrument):
+    """The trio thread holds the lock except while it waits for I/O."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+
+    def before_run(self) -> None:
+        self.lock.acquire()
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.lock.release()
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.lock.acquire()
+
+    def after_run(self) -> None:
+        self.lock.release()
+
+
+
+def start_soon(token: trio.lowlevel.TrioToken, nursery: trio.Nursery, fn: Callable[..., Awaitable[Any]],
+               *args: Any) -> None:
+    """`nursery.start_soon(fn, *args)` from any thread, for a handler: on
+    the trio thread once it runs next. Nothing when the mount is ending."""
+
+    def start() -> None:
+        try:
+            nursery.start_soon(fn, *args)
+        except RuntimeError:  # the nursery has closed
+            pass
+
+    try:
+        token.run_sync_soon(start)
+    except trio.RunFinishedError:
+        pass
