@@ -4,8 +4,9 @@
 comment on its meaning. Names are bytes: a path or name is stored as TEXT
 when it is UTF-8 and as a BLOB of its raw bytes when it is not (`db_name`,
 `name_of`), so every name the kernel accepts is kept losslessly and equal
-names compare equal. Thread safety: a `Catalog` belongs to the thread that
-opened it (the mount's trio thread).
+names compare equal. Thread safety: a `Catalog` belongs to the mount's
+request loop, one request at a time: the trio thread, or over io_uring a
+queue thread that holds the loop's lock (uring.py).
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ def create_tables(db: sqlite_utils.Database) -> None:
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # see above
         _owner_only(path)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")

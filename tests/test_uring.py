@@ -1,0 +1,182 @@
+"""FUSE over io_uring (seldonfs/uring.py, seldonfs/_uring.c): the mount's
+requests served by a thread per CPU instead of the trio thread.
+
+The kernel's switch (/sys/module/fuse/parameters/enable_uring) is global, so
+these tests set it for themselves and put it back; the rest of the suite
+runs with what the machine has. Skipped on a kernel without FUSE over
+io_uring and when not root; on one with it, the install must have built
+the parts (scripts/setup.sh), or the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from seldonfs import uring
+
+from . import test_cli, test_policy
+from .conftest import configure, init_store, key_args, mounted, needs_fuse, seldonfs, wait_for
+
+pytestmark = [
+    needs_fuse,
+    pytest.mark.fuse,
+    pytest.mark.skipif(not uring.PARAM.exists(), reason="this kernel has no FUSE over io_uring"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch FUSE over io_uring on"),
+]
+
+SERVED = re.compile(r"io_uring: (\d+) requests over (\d+) queues, (\d+) over /dev/fuse")
+
+
+def switch(on: bool) -> str:
+    old = uring.PARAM.read_text().strip()
+    uring.PARAM.write_text("Y" if on else "N")
+    return old
+
+
+@pytest.fixture
+def ring():
+    old = switch(True)
+    try:
+        assert uring.unavailable() is None
+        yield
+    finally:
+        uring.PARAM.write_text(old)
+
+
+def served(store: Path) -> tuple[int, int, int]:
+    """The last mount's counts: requests over the rings, queues, over /dev/fuse."""
+    hits = SERVED.findall((store / "seldonfs.log").read_text())
+    assert hits, "the mount did not serve over io_uring"
+    ring_requests, queues, dev = map(int, hits[-1])
+    return ring_requests, queues, dev
+
+
+def tree(root: Path) -> dict[str, bytes | str]:
+    out: dict[str, bytes | str] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = f"-> {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir() else p.read_bytes()
+    return out
+
+
+def make_tree(root: Path) -> None:
+    """Sizes around the block and page edges, deep and wide folders, a symlink."""
+    sizes = [0, 1, 4095, 4096, 4097, 16383, 16384, 65537, 131072 + 7, 1 << 20, (3 << 20) + 5]
+    for d in range(6):
+        sub = root / f"d{d}" / "deeper" / f"e{d}"
+        sub.mkdir(parents=True)
+        for i, size in enumerate(sizes):
+            (sub / f"f{i}.bin").write_bytes(os.urandom(size))
+        for i in range(40):
+            (root / f"d{d}" / f"small{i}.txt").write_text(f"{d} {i}\n" * (i + 1))
+    (root / "d0" / "link").symlink_to("deeper/e0/f3.bin")
+
+
+def test_tools_from_both_cpus_over_the_ring(ring, store: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    archive = tmp_path / "src.tar"
+    with tarfile.open(archive, "w") as t:
+        t.add(src, arcname="src")
+    m = tmp_path / "m"
+    with mounted(store, m):
+        base = m / "input" / "processed"
+        cpus = sorted(os.sched_getaffinity(0))
+        jobs = []
+        for i in range(2):  # at once, from two CPUs: two queues
+            (base / f"t{i}").mkdir()
+            jobs.append(subprocess.Popen(["taskset", "-c", str(cpus[i % len(cpus)]), "tar", "-xf", str(archive),
+                                          "-C", str(base / f"t{i}")], stderr=subprocess.PIPE))
+        for j in jobs:
+            _, err = j.communicate(timeout=120)
+            assert j.returncode == 0, err
+        want = tree(src)
+        for i in range(2):
+            assert tree(base / f"t{i}" / "src") == want
+        subprocess.run(["cp", "-a", str(base / "t0" / "src"), str(base / "cp")], check=True)
+        subprocess.run(["rsync", "-a", f"{src}/", str(base / "rs")], check=True)
+        assert tree(base / "cp") == want and tree(base / "rs") == want
+        # rename over, hard link, append, truncate, fsync
+        f = base / "rs" / "d1" / "small3.txt"
+        os.rename(base / "rs" / "d1" / "small4.txt", f)
+        os.link(f, base / "rs" / "hard")
+        with open(f, "ab") as fh:
+            fh.write(b"more")
+            os.fsync(fh.fileno())
+        os.truncate(base / "rs" / "d2" / "deeper" / "e2" / "f9.bin", 5000)
+        assert (base / "rs" / "hard").read_bytes() == (src / "d1" / "small4.txt").read_bytes() + b"more"
+        assert os.stat(base / "rs" / "d2" / "deeper" / "e2" / "f9.bin").st_size == 5000
+        subprocess.run(["rm", "-rf", str(base / "t0"), str(base / "t1"), str(base / "cp")], check=True)
+        assert sorted(os.listdir(base)) == ["rs"]
+    ring_requests, queues, _ = served(store)
+    assert queues == os.cpu_count() and ring_requests > 2 * len(want)
+    # and the bytes in the store, after a remount over /dev/fuse
+    old = switch(False)
+    try:
+        with mounted(store, m):
+            assert (m / "input" / "processed" / "rs" / "hard").read_bytes().endswith(b"more")
+            assert tree(m / "input" / "processed" / "rs" / "d3") == {
+                k.removeprefix("d3/"): v for k, v in want.items() if k.startswith("d3/")}
+    finally:
+        uring.PARAM.write_text(old)
+
+
+def test_a_large_files_check_starts_from_a_queue_thread(ring, store: Path, tmp_path: Path) -> None:
+    # past INLINE_CHECK_BYTES, the check is a trio task started from the request
+    test_policy.write_rules(store)
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        test_policy.test_large_files_are_checked_in_a_worker_thread(m)
+    assert served(store)[0] > 0
+
+
+def test_a_janitor_run_asked_for_through_the_mount(ring, store: Path, tmp_path: Path) -> None:
+    m = tmp_path / "m"
+    with mounted(store, m):
+        before = json.loads(os.getxattr(m, "user.seldon.janitor"))["runs"]
+        os.setxattr(m, "user.seldon.janitor", b"{}")
+        wait_for(lambda: json.loads(os.getxattr(m, "user.seldon.janitor"))["runs"] > before, what="janitor run")
+    assert served(store)[0] > 0
+
+
+def test_a_sigterm_over_the_ring(ring, store: Path, tmp_path: Path) -> None:
+    """It writes back through the ring (the trio thread waits meanwhile)."""
+    test_cli.test_a_sigterm_stores_what_open_files_were_told_was_written(store, tmp_path)
+    assert served(store)[0] > 0
+
+
+def test_kill_9_over_the_ring(ring, store: Path, tmp_path: Path) -> None:
+    test_cli.test_kill_9_then_remount_keeps_closed_and_synced_files(store, tmp_path)
+
+
+def test_io_uring_setting(tmp_path: Path) -> None:
+    store = init_store(tmp_path / "s")
+    m = tmp_path / "m"
+    m.mkdir()
+    old = switch(False)
+    try:
+        configure(store, "mount", "io_uring = true")
+        r = seldonfs("mount", *key_args(store), str(store), str(m))
+        assert r.returncode == 2 and not os.path.ismount(m)
+        assert r.stderr.strip().splitlines() == [
+            f"seldonfs: [mount] io_uring = true, but the kernel has FUSE over io_uring switched off "
+            f"({uring.PARAM} is N; root can write Y)"]
+        switch(True)
+        (store / "seldonfs.toml").write_text((store / "seldonfs.toml").read_text().replace(
+            "io_uring = true", "io_uring = false"))
+        with mounted(store, m):
+            (m / "input" / "processed" / "f").write_text("x")
+        assert not SERVED.search((store / "seldonfs.log").read_text())
+        (store / "seldonfs.toml").write_text((store / "seldonfs.toml").read_text().replace(
+            "io_uring = false", 'io_uring = "sometimes"'))
+        r = seldonfs("mount", *key_args(store), str(store), str(m))
+        assert r.returncode != 0 and "mount.io_uring" in r.stderr
+    finally:
+        uring.PARAM.write_text(old)
