@@ -13,7 +13,7 @@ says which files to compare). The old name gets its grace period
 reach the catalog in batches. Releasing a quarantined file is a commit
 at its origin.
 
-Concurrency: trio thread; every method runs inside the engine's
+Concurrency: the request loop's (core.py); every method runs inside the engine's
 `store.Dirs` scope. `_check_later` awaits the worker thread and re-reads
 the file's key and path afterwards, since the tree may have changed.
 """

@@ -15,9 +15,10 @@ inodes.py: where an inode is, its descriptor, the root's, and how to tell
 the kernel that a name changed behind its back (`notify`, set by the FUSE
 glue).
 
-Concurrency: the mount runs every method on the trio thread and none of them
-awaits, so each call is atomic with respect to the others; the tables
-rely on that.
+Concurrency: the mount runs one method at a time, on the trio thread or,
+over io_uring, on a queue thread holding the request loop's lock
+(uring.py), and none of them awaits, so each call is atomic with respect
+to the others; the tables rely on that.
 """
 
 from __future__ import annotations

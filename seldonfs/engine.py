@@ -12,7 +12,7 @@ Commit: a file commits when the last handle that wrote it is flushed
 (close(2), so the writer sees a rejection and `ls` after close sees the
 final name) or when it is renamed into a folder with a commit rule.
 
-Concurrency: every hook runs on the trio thread and none awaits.
+Concurrency: every hook runs inside a request (core.py) and none awaits.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ do-nothing watcher, so Core needs no checks; the policy engine
 (engine.Engine) overrides what it uses. A hook that refuses raises OSError
 with the errno the caller should see.
 
-Every hook runs on the trio thread, inside the request, and must not await.
+Every hook runs inside the request, one at a time (core.py), and must not
+await or call trio: over io_uring it runs on a queue thread (uring.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A quarantined file keeps its bytes; its reason and origin go into its
 `user.seldon.reason` / `user.seldon.origin` attributes and a catalog row,
 so `quarantine list` and fsck find them. Release (the checks are the
 engine's) clears both and marks the row. Runs inside the engine's store
-scope (`store.Dirs`); trio thread only.
+scope (`store.Dirs`); the request loop only (core.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A version is a copy of the file's backing bytes (same block format, so
 verify, decrypt and rekey cover it) under a random name, with the catalog
 row's facts also in its `user.seldon.version` attribute, from which fsck
 rebuilds the row. `keep` copies are kept per path, the oldest go first.
-Runs inside the engine's store scope (`store.Dirs`); trio thread only.
+Runs inside the engine's store scope (`store.Dirs`); the request loop only
+(core.py).
 """
 
 from __future__ import annotations
