@@ -17,7 +17,13 @@ around 40 % of the daemon's time for a metadata-heavy load such as untar.
   scheduler round; otherwise waits through trio as before.
 
 The Go runtime behind gocryptfs spins in the same way before it parks an idle
-thread. To keep other trio tasks (signal handling, background work) running
+thread.
+
+Over io_uring (uring.py) the device carries little but FORGETs, and the
+opposite pays: `settle_s` waits that long before each read, so the kernel
+gathers the forgets of a burst (an `rm -rf`, evicted inodes) into one
+BATCH_FORGET, which wakes the trio thread and takes the request loop's lock
+once instead of once per file. To keep other trio tasks (signal handling, background work) running
 under a steady stream of requests, the fast path yields to the scheduler at
 least every `YIELD_EVERY` requests and every `YIELD_AFTER_S` seconds.
 
@@ -66,8 +72,9 @@ class _FastLock:
 
 
 class _Waiter:
-    def __init__(self, spin_us: int) -> None:
+    def __init__(self, spin_us: int, settle_s: float) -> None:
         self.spin_s = spin_us / 1e6
+        self.settle_s = settle_s
         self.fast_count = 0
         self.last_yield = time.perf_counter()
         self.poller: select.poll | None = None
@@ -89,6 +96,10 @@ class _Waiter:
         return False
 
     async def wait_readable(self, fd: int) -> None:
+        if self.settle_s:
+            await trio.sleep(self.settle_s)
+            await trio.lowlevel.wait_readable(fd)
+            return
         now = time.perf_counter()
         if (
             self.fast_count < YIELD_EVERY
@@ -102,8 +113,8 @@ class _Waiter:
         self.last_yield = time.perf_counter()
 
 
-def install(spin_us: int) -> None:
-    waiter = _Waiter(spin_us)
+def install(spin_us: int, settle_s: float = 0.0) -> None:
+    waiter = _Waiter(spin_us, settle_s)
     lowlevel = types.SimpleNamespace(**vars(trio.lowlevel))
     lowlevel.wait_readable = waiter.wait_readable
     shim = types.SimpleNamespace(**{k: getattr(trio, k) for k in dir(trio) if not k.startswith("__")})

@@ -353,7 +353,10 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
             auditlog.record("mount", os.getuid(), os.getgid(), os.getpid(), "", detail=str(mountpoint))
         ready()
         sdnotify.notify("READY=1")
-        fuseloop.install(cfg.mount.spin_us if ring is None else 0)  # over the ring only FORGETs come this way
+        if ring is None:
+            fuseloop.install(cfg.mount.spin_us)
+        else:  # only FORGETs come that way: gathered, not spun for
+            fuseloop.install(0, uring.FORGET_SETTLE_S)
         stack.callback(fuseloop.uninstall)
         if ring is None:
             trio.run(_serve, engine, served)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PARAM = Path("/sys/module/fuse/parameters/enable_uring")
 DEPTH = 8  # ring entries a queue: requests of one CPU in flight at once
+FORGET_SETTLE_S = 0.01  # how long /dev/fuse's FORGETs gather into one batch (fuseloop.py)
 
 
 def unavailable() -> str | None:
