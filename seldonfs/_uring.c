@@ -122,6 +122,7 @@ static int g_started;  /* queue threads started */
 static uint32_t g_max_write;
 static uint16_t g_max_pages;
 static atomic_ulong g_dev_requests;
+static atomic_int g_init_seen, g_queues_failed;
 
 static __thread struct ent *cur_ent;
 
@@ -174,6 +175,7 @@ static ssize_t hook_read(int fd, void *buf, size_t len, void *ud)
 		g_init_unique = in->unique;
 		g_offered = (ii->flags & INIT_EXT) &&
 			    (ii->flags2 & OVER_IO_URING_FLAGS2);
+		atomic_store(&g_init_seen, 1);
 	}
 	return r;
 }
@@ -390,6 +392,8 @@ static void *queue_thread(void *arg)
 		fprintf(stderr, "seldonfs: io_uring queue %d: %s\n", q->qid,
 			strerror(q->error));
 out:
+	if (!atomic_load(&g_stop))
+		atomic_fetch_add(&g_queues_failed, 1);
 	PyEval_RestoreThread(q->ts);
 	PyGILState_Release(gil);
 	return NULL;
@@ -478,6 +482,15 @@ static PyObject *py_stop(PyObject *self, PyObject *args)
 	Py_RETURN_NONE;
 }
 
+/* Requests come over /dev/fuse now, not just FORGETs: the kernel did not
+ * take io_uring, or a queue ended (its requests then wait for nothing, or
+ * before all queues are up the kernel keeps to /dev/fuse). */
+static PyObject *py_degraded(PyObject *self, PyObject *args)
+{
+	return PyBool_FromLong((atomic_load(&g_init_seen) && !g_accepted) ||
+			       atomic_load(&g_queues_failed) > 0);
+}
+
 static PyObject *py_stats(PyObject *self, PyObject *args)
 {
 	unsigned long ring = 0, unanswered = 0;
@@ -502,6 +515,8 @@ static PyMethodDef methods[] = {
 	 "go on the session, the queues start at FUSE_INIT if the kernel offers "
 	 "io_uring; dispatch(addr, size) runs one request on a queue thread"},
 	{"stop", py_stop, METH_NOARGS, "stop the queue threads and close their rings"},
+	{"degraded", py_degraded, METH_NOARGS, "whether requests come over /dev/fuse "
+	 "(the kernel did not take io_uring, or a queue ended)"},
 	{"stats", py_stats, METH_NOARGS, "queues, offered, accepted, ring_requests, "
 	 "dev_requests, unanswered, error"},
 	{NULL, NULL, 0, NULL}};

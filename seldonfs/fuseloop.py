@@ -20,10 +20,12 @@ The Go runtime behind gocryptfs spins in the same way before it parks an idle
 thread.
 
 Over io_uring (uring.py) the device carries little but FORGETs, and the
-opposite pays: `settle_s` waits that long before each read, so the kernel
-gathers the forgets of a burst (an `rm -rf`, evicted inodes) into one
+opposite pays: waiting `settle()` seconds before each read (once the device
+is readable) lets the kernel
+gather the forgets of a burst (an `rm -rf`, evicted inodes) into one
 BATCH_FORGET, which wakes the trio thread and takes the request loop's lock
-once instead of once per file. To keep other trio tasks (signal handling, background work) running
+once instead of once per file. `settle` says 0 once requests come this way
+again (the ring was refused, or a queue ended). To keep other trio tasks (signal handling, background work) running
 under a steady stream of requests, the fast path yields to the scheduler at
 least every `YIELD_EVERY` requests and every `YIELD_AFTER_S` seconds.
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import select
 import time
 import types
+from collections.abc import Callable
 from typing import Any
 
 import pyfuse3
@@ -72,9 +75,9 @@ class _FastLock:
 
 
 class _Waiter:
-    def __init__(self, spin_us: int, settle_s: float) -> None:
+    def __init__(self, spin_us: int, settle: Callable[[], float] | None) -> None:
         self.spin_s = spin_us / 1e6
-        self.settle_s = settle_s
+        self.settle = settle
         self.fast_count = 0
         self.last_yield = time.perf_counter()
         self.poller: select.poll | None = None
@@ -96,9 +99,11 @@ class _Waiter:
         return False
 
     async def wait_readable(self, fd: int) -> None:
-        if self.settle_s:
-            await trio.sleep(self.settle_s)
+        if self.settle is not None and (delay := self.settle()):
+            # in this order: terminate() (notify_closing) reaches a task
+            # in wait_readable, not one asleep
             await trio.lowlevel.wait_readable(fd)
+            await trio.sleep(delay)
             return
         now = time.perf_counter()
         if (
@@ -113,8 +118,8 @@ class _Waiter:
         self.last_yield = time.perf_counter()
 
 
-def install(spin_us: int, settle_s: float = 0.0) -> None:
-    waiter = _Waiter(spin_us, settle_s)
+def install(spin_us: int, settle: Callable[[], float] | None = None) -> None:
+    waiter = _Waiter(spin_us, settle)
     lowlevel = types.SimpleNamespace(**vars(trio.lowlevel))
     lowlevel.wait_readable = waiter.wait_readable
     shim = types.SimpleNamespace(**{k: getattr(trio, k) for k in dir(trio) if not k.startswith("__")})

@@ -356,7 +356,7 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         if ring is None:
             fuseloop.install(cfg.mount.spin_us)
         else:  # only FORGETs come that way: gathered, not spun for
-            fuseloop.install(0, uring.FORGET_SETTLE_S)
+            fuseloop.install(0, ring.settle)
         stack.callback(fuseloop.uninstall)
         if ring is None:
             trio.run(_serve, engine, served)

@@ -87,6 +87,13 @@ class Ring:
 
         self.queues = _uring.install(pyfuse3._session_ptr(), self._dispatch, DEPTH)  # type: ignore[attr-defined]
 
+    def settle(self) -> float:
+        """How long /dev/fuse's reader waits before each read (fuseloop.py):
+        FORGET_SETTLE_S while only FORGETs come that way."""
+        from . import _uring
+
+        return 0.0 if _uring.degraded() else FORGET_SETTLE_S
+
     def instruments(self) -> list[trio.abc.Instrument]:
         return [_Hold(self.lock)]
 
