@@ -13,8 +13,8 @@ says which files to compare). The old name gets its grace period
 reach the catalog in batches. Releasing a quarantined file is a commit
 at its origin.
 
-Concurrency: the request loop's (core.py); every method runs inside the engine's
-`store.Dirs` scope. `_check_later` awaits the worker thread and re-reads
+Concurrency: one request at a time (core.py); every method runs inside the
+engine's `store.Dirs` scope. `_check_later` awaits the worker thread and re-reads
 the file's key and path afterwards, since the tree may have changed.
 """
 

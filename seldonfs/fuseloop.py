@@ -17,17 +17,17 @@ around 40 % of the daemon's time for a metadata-heavy load such as untar.
   scheduler round; otherwise waits through trio as before.
 
 The Go runtime behind gocryptfs spins in the same way before it parks an idle
-thread.
-
-Over io_uring (uring.py) the device carries little but FORGETs, and the
-opposite pays: waiting `settle()` seconds before each read (once the device
-is readable) lets the kernel
-gather the forgets of a burst (an `rm -rf`, evicted inodes) into one
-BATCH_FORGET, which wakes the trio thread and takes the request loop's lock
-once instead of once per file. `settle` says 0 once requests come this way
-again (the ring was refused, or a queue ended). To keep other trio tasks (signal handling, background work) running
+thread. To keep other trio tasks (signal handling, background work) running
 under a steady stream of requests, the fast path yields to the scheduler at
 least every `YIELD_EVERY` requests and every `YIELD_AFTER_S` seconds.
+
+Over io_uring (uring.py) the device carries little but FORGETs, and the
+opposite pays: waiting `settle()` seconds once the device is readable, before
+the read, lets the kernel gather the forgets of a burst (an `rm -rf`,
+evicted inodes) into one BATCH_FORGET, which wakes the trio thread and
+takes the request loop's lock once instead of once per file. `settle` says
+0 once requests come this way again (the ring was refused, or a queue
+ended).
 
 Thread safety: like trio itself, for the trio thread only.
 """

@@ -78,14 +78,13 @@ class Ring:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.queues = 0
         self.suspended = 0  # handlers that awaited trio: answered EIO
         self._process = pyfuse3._process_raw  # type: ignore[attr-defined]
 
     def install(self) -> None:
         from . import _uring
 
-        self.queues = _uring.install(pyfuse3._session_ptr(), self._dispatch, DEPTH)  # type: ignore[attr-defined]
+        _uring.install(pyfuse3._session_ptr(), self._dispatch, DEPTH)  # type: ignore[attr-defined]
 
     def settle(self) -> float:
         """How long /dev/fuse's reader waits before each read (fuseloop.py):
@@ -148,7 +147,6 @@ class _Hold(trio.abc.Instrument):
 
     def after_run(self) -> None:
         self.lock.release()
-
 
 
 def start_soon(token: trio.lowlevel.TrioToken, nursery: trio.Nursery, fn: Callable[..., Awaitable[Any]],
