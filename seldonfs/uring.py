@@ -131,22 +131,28 @@ class Ring:
 
 
 class _Hold(trio.abc.Instrument):
-    """The trio thread holds the lock except while it waits for I/O."""
+    """The trio thread holds the lock except while it waits for I/O, and
+    lets go when the run ends however it ends (trio calls after_run from a
+    `finally`), so that `Ring.stop` can wait for the queue threads."""
 
     def __init__(self, lock: threading.Lock) -> None:
         self.lock = lock
+        self.held = False
 
     def before_run(self) -> None:
         self.lock.acquire()
-
-    def before_io_wait(self, timeout: float) -> None:
-        self.lock.release()
+        self.held = True
 
     def after_io_wait(self, timeout: float) -> None:
-        self.lock.acquire()
+        self.before_run()
 
     def after_run(self) -> None:
-        self.lock.release()
+        if self.held:
+            self.held = False
+            self.lock.release()
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.after_run()
 
 
 def start_soon(token: trio.lowlevel.TrioToken, nursery: trio.Nursery, fn: Callable[..., Awaitable[Any]],
