@@ -37,6 +37,7 @@ from .errors import UsageError
 log = logging.getLogger(__name__)
 
 PARAM = Path("/sys/module/fuse/parameters/enable_uring")
+DISABLED = Path("/proc/sys/kernel/io_uring_disabled")  # 2: for every process
 DEPTH = 8  # ring entries a queue: requests of one CPU in flight at once
 FORGET_SETTLE_S = 0.01  # how long /dev/fuse's FORGETs gather into one batch (fuseloop.py)
 
@@ -55,6 +56,11 @@ def unavailable() -> str | None:
         return "this kernel has no FUSE over io_uring (Linux 6.14 or later with CONFIG_FUSE_IO_URING)"
     if value != "Y":
         return f"the kernel has FUSE over io_uring switched off ({PARAM} is {value}; root can write Y)"
+    try:
+        if DISABLED.read_text().strip() == "2":
+            return f"io_uring is switched off for every process ({DISABLED} is 2)"
+    except OSError:
+        pass
     return None
 
 
