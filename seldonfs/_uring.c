@@ -125,6 +125,7 @@ static atomic_ulong g_dev_requests;
 static atomic_int g_init_seen, g_queues_failed;
 
 static __thread struct ent *cur_ent;
+static int g_idle_wait; /* queue threads wait as SCHED_IDLE (idle_wait_works) */
 
 static void *map(size_t sz)
 {
@@ -330,6 +331,36 @@ static int queue_setup(struct queue *q)
 	return 0;
 }
 
+/* A queue thread waits for the next request as SCHED_IDLE and serves it as
+ * SCHED_OTHER. Its answer wakes the requester while the queue thread still
+ * runs; a CPU that runs only SCHED_IDLE threads counts as idle when the
+ * scheduler places the woken task, so the requester stays on its CPU and
+ * its next request comes back to the same queue. Waiting as SCHED_OTHER,
+ * it is moved to the other vCPU about half the time, and every answer then
+ * crosses vCPUs (docs/design.md). A thread without CAP_SYS_NICE or an
+ * RLIMIT_NICE of 20 cannot come back from SCHED_IDLE: try it on a thread of
+ * its own first. */
+static void *idle_probe(void *arg)
+{
+	struct sched_param none = {0};
+	int *ok = arg;
+
+	*ok = sched_setscheduler(0, SCHED_IDLE, &none) == 0 &&
+	      sched_setscheduler(0, SCHED_OTHER, &none) == 0;
+	return NULL;
+}
+
+static int idle_wait_works(void)
+{
+	pthread_t t;
+	int ok = 0;
+
+	if (pthread_create(&t, NULL, idle_probe, &ok))
+		return 0;
+	pthread_join(t, NULL);
+	return ok;
+}
+
 static void *queue_thread(void *arg)
 {
 	struct queue *q = arg;
@@ -357,10 +388,15 @@ static void *queue_thread(void *arg)
 	}
 	while (!atomic_load(&g_stop) && alive > 0) {
 		struct io_uring_cqe *cqe;
+		struct sched_param none = {0};
 		unsigned head, n = 0;
 		int stop = 0;
 
+		if (g_idle_wait)
+			sched_setscheduler(0, SCHED_IDLE, &none);
 		rc = io_uring_submit_and_wait(&q->ring, 1);
+		if (g_idle_wait)
+			sched_setscheduler(0, SCHED_OTHER, &none);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
 			q->error = -rc;
 			break;
@@ -404,6 +440,7 @@ static int start_queues(void)
 	if (g_started)
 		return 0;
 	g_started = 1;
+	g_idle_wait = idle_wait_works();
 	g_payload_sz = MIN_PAYLOAD;
 	if (g_max_write > g_payload_sz)
 		g_payload_sz = g_max_write;
@@ -502,8 +539,8 @@ static PyObject *py_stats(PyObject *self, PyObject *args)
 		if (!error)
 			error = g_queues[i].error;
 	}
-	return Py_BuildValue("{s:i,s:i,s:i,s:k,s:k,s:k,s:i}",
-		"queues", g_started ? g_nq : 0, "offered", g_offered,
+	return Py_BuildValue("{s:i,s:i,s:i,s:i,s:k,s:k,s:k,s:i}",
+		"queues", g_started ? g_nq : 0, "idle_wait", g_idle_wait, "offered", g_offered,
 		"accepted", g_accepted, "ring_requests", ring,
 		"dev_requests", (unsigned long)atomic_load(&g_dev_requests),
 		"unanswered", unanswered, "error", error);
@@ -517,7 +554,7 @@ static PyMethodDef methods[] = {
 	{"stop", py_stop, METH_NOARGS, "stop the queue threads and close their rings"},
 	{"degraded", py_degraded, METH_NOARGS, "whether requests come over /dev/fuse "
 	 "(the kernel did not take io_uring, or a queue ended)"},
-	{"stats", py_stats, METH_NOARGS, "queues, offered, accepted, ring_requests, "
+	{"stats", py_stats, METH_NOARGS, "queues, idle_wait, offered, accepted, ring_requests, "
 	 "dev_requests, unanswered, error"},
 	{NULL, NULL, 0, NULL}};
 

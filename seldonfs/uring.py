@@ -111,7 +111,8 @@ class Ring:
             why = "the kernel did not offer it" if not s["offered"] else "the INIT reply failed"
             log.info("requests over /dev/fuse: %s", why)
             return
-        log.info("io_uring: %d requests over %d queues, %d over /dev/fuse", s["ring_requests"], s["queues"],
+        log.info("io_uring: %d requests over %d queues (%s), %d over /dev/fuse", s["ring_requests"], s["queues"],
+                 "waiting as SCHED_IDLE" if s["idle_wait"] else "no SCHED_IDLE: no CAP_SYS_NICE",
                  s["dev_requests"])
         if s["unanswered"] or s["error"] or self.suspended:
             log.warning("io_uring: %d requests answered EIO for want of an answer (%d waited on trio), "

@@ -31,7 +31,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch FUSE over io_uring on"),
 ]
 
-SERVED = re.compile(r"io_uring: (\d+) requests over (\d+) queues, (\d+) over /dev/fuse")
+SERVED = re.compile(r"io_uring: (\d+) requests over (\d+) queues \(waiting as SCHED_IDLE\), (\d+) over /dev/fuse")
 
 
 def switch(on: bool) -> str:
