@@ -103,12 +103,15 @@ class Template:
         """`render`, and whether the written name had to be shortened."""
         f = self.fields
         values: dict[str, object] = {}
+        # Formatted by hand: datetime.strftime took 9 us of a commit in the
+        # daemon (its format is rewritten for %z and %f, then run by libc).
         if "ts" in f:
-            values["ts"] = now.strftime("%Y-%m-%d-%H-%M-%S-") + f"{now.microsecond // 1000:03d}"
+            values["ts"] = (f"{now.year:04d}-{now.month:02d}-{now.day:02d}-{now.hour:02d}-{now.minute:02d}-"
+                            f"{now.second:02d}-{now.microsecond // 1000:03d}")
         if "stamp" in f:
-            values["stamp"] = now.strftime("%Y%m%d_%H%M%S")
+            values["stamp"] = f"{now.year:04d}{now.month:02d}{now.day:02d}_{now.hour:02d}{now.minute:02d}{now.second:02d}"
         if "date" in f:
-            values["date"] = now.strftime("%Y-%m-%d")
+            values["date"] = f"{now.year:04d}-{now.month:02d}-{now.day:02d}"
         if "uuid" in f:
             values["uuid"] = secrets.token_hex(4)
         if "stem" in f or "ext" in f:

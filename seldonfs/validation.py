@@ -303,8 +303,15 @@ def check_content(
     MIME type, extension match, structure and sensitive data."""
     v = Verdict(size=size)
     digest = checksum()
-    patterns = {**SENSITIVE, **(extra_patterns or {})}
-    wanted = [(n, patterns[n]) for n in rule.sensitive]
+    # The built-in scans in one C call a chunk (a pattern of [policy.patterns]
+    # under a built-in's name replaces it); any other test on its own.
+    extra = extra_patterns or {}
+    bits, wanted = 0, []
+    for n in rule.sensitive:
+        if _scan is not None and n in _SCAN_BITS and n not in extra:
+            bits |= _SCAN_BITS[n]
+        else:
+            wanted.append((n, extra[n] if n in extra else PYTHON_SCANS[n]))
     found: set[str] = set()
     ext = extension(name)
     shape = structure.checker(ext, size) if rule.check_structure else None
@@ -320,8 +327,11 @@ def check_content(
         digest.update(chunk)
         if shape is not None:
             shape.feed(chunk)
-        if wanted:
+        if bits or wanted:
             window = carry + chunk
+            if bits and (got := _scan.scan(window, bits)):  # type: ignore[union-attr]
+                bits &= ~got
+                found.update(n for n, b in _SCAN_BITS.items() if got & b)
             for n, test in wanted:
                 if n not in found and test(window):
                     found.add(n)
@@ -360,4 +370,4 @@ def checksum_of(key: bytes | None) -> Callable[[], Any]:
     guessed content to whoever reads it without the key."""
     if key is None:
         return hashlib.sha256
-    return lambda: hmac.new(key, digestmod="sha256")
+    return hmac.new(key, digestmod="sha256").copy  # a copy skips setting up the key (docs/design.md)
