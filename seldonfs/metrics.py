@@ -15,6 +15,7 @@ import platform
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "seldonfs_integrity_errors_total": ("counter", "Reads refused because a block failed authentication", ()),
     "seldonfs_alerts_active": ("gauge", "Alerts raised and not yet cleared, by kind", ("kind",)),
     "seldonfs_start_time_seconds": ("gauge", "When the mount started, in seconds since the Unix epoch", ()),
+    "seldonfs_transport_info": ("gauge", "Always 1; the label says how the kernel's requests come: io_uring or dev_fuse", ("transport",)),
 }
 
 #: Histogram buckets, in seconds (and nanoseconds, for counting).
@@ -96,6 +98,7 @@ class Sources:
         self.started = time.time()
         self.audit_verify: dict | None = None  # the last verify in the mount (alerts.verify_audit)
         self.cfg = None  # the mount's Config, as last (re)loaded
+        self.transport: Callable[[], dict[str, Any]] | None = None  # how requests come (uring.py)
         self.key_created: float | None = None  # the master key's dates (keys.when); None: a plain store
         self.secret_changed: float | None = None
         self._folders: dict[str, list[int]] = {}
@@ -214,6 +217,7 @@ def snapshot(s: Sources) -> dict[str, Any]:
         "alerts": s.alerts.active() if s.alerts is not None else [],
         "refusals": s.refusals.listing() if s.refusals is not None else [],
         "key": s.key(),
+        "transport": s.transport() if s.transport is not None else None,
     }
 
 
@@ -236,6 +240,10 @@ class Collector:
         f.add_metric([__version__, platform.python_version()], 1)
         yield f
         yield self._one("seldonfs_start_time_seconds", self.s.started)
+        if snap["transport"] is not None:
+            f = self._family("seldonfs_transport_info")
+            f.add_metric([snap["transport"]["kind"]], 1)
+            yield f
         f = self._family("seldonfs_operations_total")
         for (op, result), n in sorted(dict(counted.counts).items()):
             f.add_metric([op, result.lower()], n)  # stats.json and the audit chain keep "OK", "ENOENT"

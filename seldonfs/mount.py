@@ -342,7 +342,8 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         stack.callback(served.control.close)
         ops = SeldonOperations(core, cfg.mount, writeback, auditlog, cfg.monitoring.metrics, refusals)
         served.sources.ops = ops.stats
-        ring = uring.choose(cfg.mount.io_uring)  # FUSE over io_uring, or None: /dev/fuse
+        ring, why = uring.choose(cfg.mount.io_uring)  # FUSE over io_uring, or None: /dev/fuse
+        served.sources.transport = ring.describe if ring is not None else lambda: uring.over_dev_fuse(why)
         _fuse_init(ops, mountpoint, prep.fuse_opts, foreground, store)
         stack.callback(_unmount, mountpoint, auditlog)
         if ring is not None:

@@ -64,18 +64,24 @@ def unavailable() -> str | None:
     return None
 
 
-def choose(setting: bool | None) -> Ring | None:
+def choose(setting: bool | None) -> tuple[Ring | None, str]:
     """The ring for `[mount] io_uring` (None: "auto"), or None for
-    /dev/fuse. True and not possible here: UsageError, before mounting."""
+    /dev/fuse and why. True and not possible here: UsageError, before
+    mounting."""
     if setting is False:
-        return None
+        return None, "[mount] io_uring = false"
     why = unavailable()
     if why is None:
-        return Ring()
+        return Ring(), ""
     if setting:
         raise UsageError(f"[mount] io_uring = true, but {why}")
     log.debug("requests over /dev/fuse: %s", why)
-    return None
+    return None, why
+
+
+def over_dev_fuse(why: str) -> dict[str, Any]:
+    """stats.json's `transport` of a mount without the rings."""
+    return {"kind": "dev_fuse", "why": why}
 
 
 class Ring:
@@ -102,14 +108,25 @@ class Ring:
     def instruments(self) -> list[trio.abc.Instrument]:
         return [_Hold(self.lock)]
 
+    def describe(self) -> dict[str, Any]:
+        """stats.json's `transport`: the queues and what came which way
+        (`degraded`: a queue ended, its CPU's requests wait; the log says
+        why)."""
+        from . import _uring
+
+        s = _uring.stats()
+        if not s["accepted"]:
+            return over_dev_fuse("the kernel did not offer io_uring" if not s["offered"] else "the INIT reply failed")
+        return {"kind": "io_uring", "queues": s["queues"], "sched_idle": bool(s["idle_wait"]),
+                "degraded": _uring.degraded(), "requests": {"io_uring": s["ring_requests"], "dev_fuse": s["dev_requests"]}}
+
     def stop(self) -> None:
         from . import _uring
 
         _uring.stop()
-        s = _uring.stats()
-        if not s["accepted"]:
-            why = "the kernel did not offer it" if not s["offered"] else "the INIT reply failed"
-            log.info("requests over /dev/fuse: %s", why)
+        d, s = self.describe(), _uring.stats()
+        if d["kind"] != "io_uring":
+            log.info("requests over /dev/fuse: %s", d["why"])
             return
         log.info("io_uring: %d requests over %d queues (%s), %d over /dev/fuse", s["ring_requests"], s["queues"],
                  "waiting as SCHED_IDLE" if s["idle_wait"] else "no SCHED_IDLE: no CAP_SYS_NICE",

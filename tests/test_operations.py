@@ -315,6 +315,9 @@ def test_prometheus_scrapes_a_non_loopback_address(tmp_path: Path, version: int)
         started = samples[("seldonfs_start_time_seconds", ())]
         assert samples[("process_start_time_seconds", ())] - 2 <= started and before - 2 <= started <= time.time()
         assert not any(k[0] == "seldonfs_uptime_seconds" for k in samples)
+        kind = json.loads(seldonfs("stats", m, "--json").stdout)["transport"]["kind"]  # dev_fuse or io_uring
+        assert [(k[1], v) for k, v in samples.items() if k[0] == "seldonfs_transport_info"] == [
+            ((("transport", kind),), 1)]
 
         with urllib.request.urlopen(base + "/", timeout=10) as r:
             page = r.read().decode()

@@ -115,6 +115,11 @@ def test_tools_from_both_cpus_over_the_ring(ring, store: Path, tmp_path: Path) -
         assert os.stat(base / "rs" / "d2" / "deeper" / "e2" / "f9.bin").st_size == 5000
         subprocess.run(["rm", "-rf", str(base / "t0"), str(base / "t1"), str(base / "cp")], check=True)
         assert sorted(os.listdir(base)) == ["rs"]
+        transport = json.loads(seldonfs("stats", m, "--json").stdout)["transport"]
+        assert transport["kind"] == "io_uring" and transport["queues"] == os.cpu_count(), transport
+        assert transport["requests"]["io_uring"] > 2 * len(want) and not transport["degraded"], transport
+        line = next(l for l in seldonfs("stats", m).stdout.splitlines() if l.startswith("transport"))
+        assert line.startswith(f"transport  io_uring, {os.cpu_count()} queues; "), line
     ring_requests, queues, dev = served(store)
     assert queues == os.cpu_count() and ring_requests > 2 * len(want)
     # the FORGETs of the three trees removed came in batches (fuseloop.py)
@@ -175,6 +180,9 @@ def test_io_uring_setting(tmp_path: Path) -> None:
             "io_uring = true", "io_uring = false"))
         with mounted(store, m):
             (m / "input" / "processed" / "f").write_text("x")
+            stats = json.loads(seldonfs("stats", m, "--json").stdout)
+            assert stats["transport"] == {"kind": "dev_fuse", "why": "[mount] io_uring = false"}
+            assert "transport  /dev/fuse: [mount] io_uring = false" in seldonfs("stats", m).stdout
         assert not SERVED.search((store / "seldonfs.log").read_text())
         (store / "seldonfs.toml").write_text((store / "seldonfs.toml").read_text().replace(
             "io_uring = false", 'io_uring = "sometimes"'))

@@ -4,7 +4,9 @@ Reads MOUNTPOINT/.seldonfs-stats.json (no token needed; every mount has it,
 whatever its profile, though `ls -a` does not list it): uptime,
 requests by operation and result, bytes read and written, folders, disk,
 validation verdicts, quarantine, janitor, audit, integrity errors, the
-master key's age (`key`, null for a plain store), alerts.
+master key's age (`key`, null for a plain store), alerts, and how the
+kernel's requests come (`transport`: io_uring with its queues and counts,
+or dev_fuse and why).
 The JSON also names the live mount's metrics URL (`metrics_url`, null when
 `[monitoring] port` is 0). A STORE is found at its mount; exit 10 when
 there is none.
@@ -61,6 +63,13 @@ def run(args: argparse.Namespace) -> None:
     print(f"mount      {s['mountpoint']} (store {s['store']}, pid {s['pid']}, up {s['uptime_s']:.0f} s)")
     print(f"requests   {total:,} ({errors:,} errors); read {human(s['bytes']['read'])}, written {human(s['bytes']['written'])}")
     print(f"open files {s['open_files']}")
+    if t := s.get("transport"):
+        if t["kind"] == "io_uring":
+            r = t["requests"]
+            print(f"transport  io_uring, {t['queues']} queues" + (", one ended: see the log" if t["degraded"] else "")
+                  + f"; {r['io_uring']:,} requests over the rings, {r['dev_fuse']:,} over /dev/fuse")
+        else:
+            print(f"transport  /dev/fuse: {t['why']}")
     print(f"disk       {disk.get('percent', 0):.1f} % of {human(disk.get('total', 0))} (warning {disk.get('warning')} %)")
     print(f"commits    {s['validation']['ok']:,} ok, {s['validation']['quarantined']:,} quarantined; "
           f"{s['quarantine_files']:,} waiting in quarantine")
