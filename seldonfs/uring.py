@@ -124,13 +124,14 @@ class Ring:
         from . import _uring
 
         _uring.stop()
-        d, s = self.describe(), _uring.stats()
+        d = self.describe()
         if d["kind"] != "io_uring":
             log.info("requests over /dev/fuse: %s", d["why"])
             return
-        log.info("io_uring: %d requests over %d queues (%s), %d over /dev/fuse", s["ring_requests"], s["queues"],
-                 "waiting as SCHED_IDLE" if s["idle_wait"] else "no SCHED_IDLE: no CAP_SYS_NICE",
-                 s["dev_requests"])
+        log.info("io_uring: %d requests over %d queues (%s), %d over /dev/fuse", d["requests"]["io_uring"],
+                 d["queues"], "waiting as SCHED_IDLE" if d["sched_idle"] else "no SCHED_IDLE: no CAP_SYS_NICE",
+                 d["requests"]["dev_fuse"])
+        s = _uring.stats()
         if s["unanswered"] or s["error"] or self.suspended:
             log.warning("io_uring: %d requests answered EIO for want of an answer (%d waited on trio), "
                         "first queue error %d", s["unanswered"], self.suspended, s["error"])

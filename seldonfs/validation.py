@@ -163,20 +163,14 @@ PYTHON_SCANS: dict[str, Callable[[bytes], bool]] = {
 }
 
 # The same tests in C (_scan.c, built by setup.py where there is a
-# compiler): 10 us a file of the fsbench tarball against 67 us, and without
-# the GIL. They find what the Python ones find (tests compare the two).
+# compiler; `check_content` falls back to PYTHON_SCANS without it): 10 us a
+# file of the fsbench tarball against 67 us, and without the GIL. They find
+# what the Python ones find (tests compare the two).
 try:
     from . import _scan
 except ImportError:
     _scan = None
 _SCAN_BITS = {"ssn": 1, "card": 2, "aws_key": 4, "private_key": 8}
-
-
-def _native(bit: int) -> Callable[[bytes], bool]:
-    return lambda data: _scan.scan(data, bit) != 0  # type: ignore[union-attr]
-
-
-SENSITIVE = PYTHON_SCANS if _scan is None else {n: _native(b) for n, b in _SCAN_BITS.items()}
 
 _SENSITIVE_LABEL = {
     "ssn": "a US social security number",
