@@ -108,13 +108,13 @@ class Ring:
     def instruments(self) -> list[trio.abc.Instrument]:
         return [_Hold(self.lock)]
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, s: dict[str, Any] | None = None) -> dict[str, Any]:
         """stats.json's `transport`: the queues and what came which way
         (`degraded`: a queue ended, its CPU's requests wait; the log says
-        why)."""
+        why), from `s`, one reading of `_uring.stats()` (None: read now)."""
         from . import _uring
 
-        s = _uring.stats()
+        s = s if s is not None else _uring.stats()
         if not s["accepted"]:
             return over_dev_fuse("the kernel did not offer io_uring" if not s["offered"] else "the INIT reply failed")
         return {"kind": "io_uring", "queues": s["queues"], "sched_idle": bool(s["idle_wait"]),
@@ -124,14 +124,14 @@ class Ring:
         from . import _uring
 
         _uring.stop()
-        d = self.describe()
+        s = _uring.stats()  # one reading: the log line and the warning tell of the same moment
+        d = self.describe(s)
         if d["kind"] != "io_uring":
             log.info("requests over /dev/fuse: %s", d["why"])
             return
         log.info("io_uring: %d requests over %d queues (%s), %d over /dev/fuse", d["requests"]["io_uring"],
                  d["queues"], "waiting as SCHED_IDLE" if d["sched_idle"] else "no SCHED_IDLE: no CAP_SYS_NICE",
                  d["requests"]["dev_fuse"])
-        s = _uring.stats()
         if s["unanswered"] or s["error"] or self.suspended:
             log.warning("io_uring: %d requests answered EIO for want of an answer (%d waited on trio), "
                         "first queue error %d", s["unanswered"], self.suspended, s["error"])
