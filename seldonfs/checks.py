@@ -1,9 +1,11 @@
 """The commit checks of written files: what they read and what they remember.
 
 A new file's one writer leaves its plaintext here as it writes it (up to
-INLINE_CHECK_BYTES; `Written`), so its commit check needs no read of the
-store; any other way its contents can change (another open for writing, a
-truncate past the limit, a failed write) drops the copy. A file that passed
+INLINE_CHECK_BYTES a file and SHADOW_BYTES in all), so its commit check
+needs no read of the store; any other way its contents can change (another
+open for writing, a truncate past the limit, a failed write) drops the
+copy, and so does a write past either limit: that file's check reads the
+store instead. A file that passed
 is remembered by (mtime, size) until it changes, so a second close without
 a change is not checked again.
 
@@ -33,6 +35,9 @@ from .naming import shown
 #: worker thread, so a large file never stalls other operations.
 INLINE_CHECK_BYTES = 1 << 20
 SHADOWS = 64  # new files whose written bytes are kept for their commit check, at most
+#: The bytes those copies hold together, at most: 64 writers of 1 MiB
+#: files at once would otherwise hold 64 MiB in the daemon.
+SHADOW_BYTES = 16 << 20
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +63,12 @@ class Checks:
         self.checksum = checksum  # validation.checksum_of: keyed in an encrypted store
         self.passed: dict[int, Key] = {}  # ino -> key at its last passed check
         self.written: dict[int, bytearray] = {}  # ino -> its one writer's bytes
+        self.shadowed = 0  # their lengths together
 
     # ------------------------------------------------------------ the written copy
 
     def keep_written(self, ino: int) -> None:
+        self.drop_written(ino)
         if len(self.written) < SHADOWS:
             self.written[ino] = bytearray()
 
@@ -71,8 +78,7 @@ class Checks:
         if buf is None:
             return
         end = off + len(data)
-        if end > INLINE_CHECK_BYTES:
-            del self.written[ino]
+        if not self._room(ino, buf, end):
             return
         if off > len(buf):
             buf.extend(bytes(off - len(buf)))  # a hole reads as zeros
@@ -82,20 +88,33 @@ class Checks:
         buf = self.written.get(ino)
         if buf is None:
             return
-        if size > INLINE_CHECK_BYTES:
-            del self.written[ino]
-        elif size < len(buf):
+        if size < len(buf):
+            self.shadowed -= len(buf) - size
             del buf[size:]
-        else:
+        elif self._room(ino, buf, size):
             buf.extend(bytes(size - len(buf)))
+
+    def _room(self, ino: int, buf: bytearray, end: int) -> bool:
+        """Whether file `ino`'s copy `buf` may grow to `end` bytes (counted
+        as it will be); if not, the copy is dropped."""
+        grow = end - len(buf)
+        if grow <= 0:
+            return True
+        if end > INLINE_CHECK_BYTES or self.shadowed + grow > SHADOW_BYTES:
+            self.drop_written(ino)
+            return False
+        self.shadowed += grow
+        return True
 
     def drop_written(self, ino: int) -> None:
         """The contents may have changed another way: the copy is unsafe."""
-        self.written.pop(ino, None)
+        buf = self.written.pop(ino, None)
+        if buf is not None:
+            self.shadowed -= len(buf)
 
     def forget(self, ino: int) -> None:
         self.passed.pop(ino, None)
-        self.written.pop(ino, None)
+        self.drop_written(ino)
 
     # ------------------------------------------------------------ checking
 
@@ -109,7 +128,8 @@ class Checks:
     def source(self, ino: int, key: Key, content: FileContent | None) -> FileContent | None:
         """What the check of file `ino` reads: the written copy when it is
         whole, else `content` (None: the check attaches its descriptor)."""
-        buf = self.written.pop(ino, None)
+        buf = self.written.get(ino)
+        self.drop_written(ino)
         if buf is not None and len(buf) == key[1]:
             return _Shadow(buf)  # type: ignore[return-value]
         return content

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from seldonfs import config, xattrs
+from seldonfs import checks, config, xattrs
 from seldonfs.catalog import Catalog
 from seldonfs.content import PlainContent
 from seldonfs.core import ROOT_INODE, Caller, Core
@@ -206,3 +206,30 @@ def test_failures_are_counted_each_time_and_alerted(tmp_path: Path) -> None:
     assert failures.counts == {"janitor disk check": 3}
     (alert,) = alerts.active()
     assert alert["kind"] == "task-failed" and alert["level"] == "critical" and "janitor disk check" in alert["message"]
+
+
+def test_the_written_copies_stay_within_their_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checks, "SHADOW_BYTES", 100)
+    c = checks.Checks(PlainContent(), {})
+    for ino in (1, 2, 3):
+        c.keep_written(ino)
+    c.wrote(1, 0, b"a" * 60)
+    c.wrote(2, 0, b"b" * 30)
+    c.wrote(2, 10, b"c" * 20)  # overwrites within the copy: no growth
+    assert c.shadowed == 90
+    c.wrote(3, 0, b"d" * 20)  # past the budget: this copy goes, the others stay
+    assert 3 not in c.written and c.shadowed == 90
+    c.truncated(1, 10)
+    assert c.shadowed == 40
+    c.truncated(2, 80)  # grows within the budget
+    assert c.shadowed == 90
+    c.truncated(2, 91)  # and past it: dropped
+    assert 2 not in c.written and c.shadowed == 10
+    assert bytes(c.source(1, (0, 10), None).buf) == b"a" * 10  # handed to the check, uncounted
+    assert c.written == {} and c.shadowed == 0
+    c.keep_written(4)
+    c.wrote(4, 5, b"e")  # a hole counts as what it holds
+    assert c.shadowed == 6
+    c.keep_written(4)  # a reused inode number starts a fresh copy
+    c.forget(5)
+    assert c.written == {4: bytearray()} and c.shadowed == 0

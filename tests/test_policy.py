@@ -408,6 +408,33 @@ def test_large_files_are_checked_in_a_worker_thread(pmnt: Path) -> None:
     assert q.read_bytes() == data[:-1] and "not valid JSON" in reason(q)
 
 
+def test_many_writers_at_once_past_the_copies_budget(pmnt: Path) -> None:
+    # 24 files of 900 KB, all open, each synced so its bytes reach the
+    # daemon before any close: past checks.SHADOW_BYTES (16 MiB) the later
+    # files keep no written copy, and their checks read the store instead
+    line = b"lorem ipsum dolor sit amet\n"
+    body = line * (900_000 // len(line))
+    card = b"paid with 4111 1111 1111 1111\n"
+    datas = {f"f{i:02d}.txt": body + (card if i in (2, 22) else b"") for i in range(24)}
+    files = {}
+    try:
+        for n, data in datas.items():
+            f = files[n] = open(pmnt / "in" / n, "wb")
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        for f in files.values():
+            f.close()
+    for n, data in datas.items():
+        if n not in ("f02.txt", "f22.txt"):
+            assert managed(pmnt / "in", n).read_bytes() == data
+    qs = {os.getxattr(p, "user.seldon.origin"): p for p in (pmnt / "q").iterdir()}
+    assert sorted(qs) == [b"in/f02.txt", b"in/f22.txt"]
+    for n, p in qs.items():
+        assert "card" in reason(p) and p.read_bytes() == datas[n.decode()[3:]]
+
+
 # ---------------------------------------------------------------- routing
 
 
