@@ -5,9 +5,8 @@ INLINE_CHECK_BYTES a file and SHADOW_BYTES in all), so its commit check
 needs no read of the store; any other way its contents can change (another
 open for writing, a truncate past the limit, a failed write) drops the
 copy, and so does a write past either limit: that file's check reads the
-store instead. A file that passed
-is remembered by (mtime, size) until it changes, so a second close without
-a change is not checked again.
+store instead. A file that passed is remembered by (mtime, size) until it
+changes, so a second close without a change is not checked again.
 
 `Checks.verdict` runs on the caller's thread; `run` touches nothing shared
 and is what a worker thread calls for a large file. Damage and read errors
