@@ -105,11 +105,14 @@ class Checks:
         self.shadowed += grow
         return True
 
-    def drop_written(self, ino: int) -> None:
-        """The contents may have changed another way: the copy is unsafe."""
+    def drop_written(self, ino: int) -> bytearray | None:
+        """Stop keeping file `ino`'s copy (its contents may have changed
+        another way, it outgrew its room, or its check takes it); returns
+        the copy, None when there was none."""
         buf = self.written.pop(ino, None)
         if buf is not None:
             self.shadowed -= len(buf)
+        return buf
 
     def forget(self, ino: int) -> None:
         self.passed.pop(ino, None)
@@ -127,8 +130,7 @@ class Checks:
     def source(self, ino: int, key: Key, content: FileContent | None) -> FileContent | None:
         """What the check of file `ino` reads: the written copy when it is
         whole, else `content` (None: the check attaches its descriptor)."""
-        buf = self.written.get(ino)
-        self.drop_written(ino)
+        buf = self.drop_written(ino)
         if buf is not None and len(buf) == key[1]:
             return _Shadow(buf)  # type: ignore[return-value]
         return content
