@@ -105,6 +105,7 @@ struct queue {
 	struct ent ents[MAX_DEPTH];
 	unsigned long requests, unanswered;
 	int error; /* the first unexpected errno of a ring command */
+	int ended; /* set up, then its thread ended before the unmount: its CPU's requests wait */
 };
 
 static struct fuse_session *g_se;
@@ -123,6 +124,10 @@ static uint32_t g_max_write;
 static uint16_t g_max_pages;
 static atomic_ulong g_dev_requests;
 static atomic_int g_init_seen, g_queues_failed;
+/* faults.py's "ring:N:ERRNO": queue 0 ends after answering its Nth
+ * request, as on an unexpected error of its ring */
+static unsigned long g_fault_at;
+static int g_fault_errno;
 
 static __thread struct ent *cur_ent;
 static int g_idle_wait; /* queue threads wait as SCHED_IDLE (idle_wait_works) */
@@ -390,7 +395,7 @@ static void *queue_thread(void *arg)
 		struct io_uring_cqe *cqe;
 		struct sched_param none = {0};
 		unsigned head, n = 0;
-		int stop = 0;
+		int stop = 0, fault = 0;
 
 		if (g_idle_wait)
 			sched_setscheduler(0, SCHED_IDLE, &none);
@@ -418,15 +423,23 @@ static void *queue_thread(void *arg)
 			} else {
 				serve(q, e);
 				prep_cmd(q, e, CMD_COMMIT_AND_FETCH);
+				if (g_fault_at && q->qid == 0 && q->requests == g_fault_at)
+					fault = 1;
 			}
 		}
 		io_uring_cq_advance(&q->ring, n);
+		if (fault) { /* the batch's answers go, then the thread */
+			io_uring_submit(&q->ring);
+			q->error = g_fault_errno;
+			break;
+		}
 		if (stop)
 			break;
 	}
 	if (q->error && !atomic_load(&g_stop))
 		fprintf(stderr, "seldonfs: io_uring queue %d: %s\n", q->qid,
 			strerror(q->error));
+	q->ended = !atomic_load(&g_stop);
 out:
 	if (!atomic_load(&g_stop))
 		atomic_fetch_add(&g_queues_failed, 1);
@@ -461,7 +474,7 @@ static PyObject *py_install(PyObject *self, PyObject *args)
 	PyObject *dispatch;
 	int depth, rc;
 
-	if (!PyArg_ParseTuple(args, "KOi", &se, &dispatch, &depth))
+	if (!PyArg_ParseTuple(args, "KOi|ki", &se, &dispatch, &depth, &g_fault_at, &g_fault_errno))
 		return NULL;
 	if (g_se != NULL) {
 		PyErr_SetString(PyExc_RuntimeError, "installed already");
@@ -532,30 +545,44 @@ static PyObject *py_stats(PyObject *self, PyObject *args)
 {
 	unsigned long ring = 0, unanswered = 0;
 	int error = 0;
+	PyObject *ended = PyList_New(0);
 
+	if (ended == NULL)
+		return NULL;
 	for (int i = 0; i < g_nq; i++) {
 		ring += g_queues[i].requests;
 		unanswered += g_queues[i].unanswered;
 		if (!error)
 			error = g_queues[i].error;
+		if (g_queues[i].ended) {
+			PyObject *qid = PyLong_FromLong(i);
+
+			if (qid == NULL || PyList_Append(ended, qid)) {
+				Py_XDECREF(qid);
+				Py_DECREF(ended);
+				return NULL;
+			}
+			Py_DECREF(qid);
+		}
 	}
-	return Py_BuildValue("{s:i,s:i,s:i,s:i,s:k,s:k,s:k,s:i}",
+	return Py_BuildValue("{s:i,s:i,s:i,s:i,s:k,s:k,s:k,s:i,s:N}",
 		"queues", g_started ? g_nq : 0, "idle_wait", g_idle_wait, "offered", g_offered,
 		"accepted", g_accepted, "ring_requests", ring,
 		"dev_requests", (unsigned long)atomic_load(&g_dev_requests),
-		"unanswered", unanswered, "error", error);
+		"unanswered", unanswered, "error", error, "ended", ended);
 }
 
 static PyMethodDef methods[] = {
 	{"install", py_install, METH_VARARGS,
-	 "install(session_ptr, dispatch, depth) -> number of queues: the hooks "
-	 "go on the session, the queues start at FUSE_INIT if the kernel offers "
-	 "io_uring; dispatch(addr, size) runs one request on a queue thread"},
+	 "install(session_ptr, dispatch, depth[, fault_at, fault_errno]) -> number of "
+	 "queues: the hooks go on the session, the queues start at FUSE_INIT if the "
+	 "kernel offers io_uring; dispatch(addr, size) runs one request on a queue "
+	 "thread; queue 0 ends after its request number fault_at (faults.py)"},
 	{"stop", py_stop, METH_NOARGS, "stop the queue threads and close their rings"},
 	{"degraded", py_degraded, METH_NOARGS, "whether requests come over /dev/fuse "
 	 "(the kernel did not take io_uring, or a queue ended)"},
 	{"stats", py_stats, METH_NOARGS, "queues, idle_wait, offered, accepted, ring_requests, "
-	 "dev_requests, unanswered, error"},
+	 "dev_requests, unanswered, error, ended (the queues whose thread ended)"},
 	{NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_uring",

@@ -4,12 +4,12 @@ An alert is (kind, level, message): kinds are disk-warning, disk-emergency,
 disk-free-warning, disk-free-critical, folder-full, folder-files,
 quarantine-backlog, quarantine-rate, quarantine-waiting, key-age,
 janitor-failed, emergency-stuck, integrity-error, audit-verify (the mount
-verifies its chain every `[audit] verify_every`). Each goes to the log, to a
-JSON file in `[alerts] notifications` (written into the store through its
-content layer, so encrypted like any file, and visible in the mount), if
-`[alerts] webhook` is set as a POST (the alert as JSON, or with `format =
-"slack"` an incoming-webhook {"text": ...}), and if `[alerts.email]` is set
-as one mail through SMTP. The POST and the mail each go from a thread of
+verifies its chain every `[audit] verify_every`), transport-stalled. Each
+goes to the log, to a JSON file in `[alerts] notifications` (written into
+the store through its content layer, so encrypted like any file, and
+visible in the mount), if `[alerts] webhook` is set as a POST (the alert
+as JSON, or with `format = "slack"` an incoming-webhook {"text": ...}),
+and if `[alerts.email]` is set as one mail through SMTP. The POST and the mail each go from a thread of
 their own with a timeout: a slow or failing receiver never holds up a file
 operation, and its failure is logged, not retried. The webhook also gets
 the audit chain's head once a day (`send_head`, kind audit-head): a copy
@@ -219,6 +219,20 @@ async def watch(alerts: Alerts, sources, every: float = WATCH_EVERY) -> None:
         await trio.sleep(every)
 
 
+def check_transport(alerts: Alerts, sources) -> None:
+    """transport-stalled (critical) while an io_uring queue has ended: the
+    requests of its CPU wait until the mount goes, and nothing but an
+    unmount ends that (uring.py)."""
+    t = sources.transport() if sources.transport is not None else None
+    ended = t.get("ended") if t is not None else None
+    if ended:
+        which = f"queue of CPU {ended[0]}" if len(ended) == 1 else f"queues of CPUs {', '.join(map(str, ended))}"
+        alerts.raise_("transport-stalled", "critical", f"the io_uring {which} ended ({t.get('error')}): "
+                      "requests from there wait until the mount is unmounted; unmount and mount again")
+    else:
+        alerts.clear("transport-stalled")
+
+
 RATE_WINDOW = 3600.0  # quarantine-rate: the share over this long
 RATE_MIN_FILES = 20  # ... once at least this many files were decided in it
 
@@ -264,6 +278,7 @@ class Watch:
             self.caps_due = now + 10 * (time.monotonic() - t0)
             check_caps(a, usage, clear=True)
         check_key_age(a, s, now)
+        check_transport(a, s)
 
     def _rate(self, now: float) -> None:
         a, cfg, counts = self.alerts, self.alerts.cfg, self.sources.decisions

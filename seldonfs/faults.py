@@ -15,7 +15,9 @@ KIND is one of KINDS. The Nth call of that kind (counting from 1 in this
 process) fails with OSError(ERRNO), or ends the process as kill -9 would,
 before it does anything; the calls before and after it run as usual.
 "catalog" is the engine's batch of file records (commit.py), which fails
-as a full database would. "walsync" is the audit writer's fdatasync of the
+as a full database would. "ring" counts the requests of CPU 0's io_uring
+queue (_uring.c): its thread ends with ERRNO after answering the Nth, as
+on an unexpected error of its ring (no KILL or "*"). "walsync" is the audit writer's fdatasync of the
 catalog's WAL; the writer is a process of its own and counts its calls
 itself ("count:FILE" counts the daemon's).
 
@@ -35,7 +37,7 @@ from collections import Counter
 
 from . import _libc
 
-KINDS = ("pwrite", "reserve", "ftruncate", "fsync", "rename", "catalog", "walsync")
+KINDS = ("pwrite", "reserve", "ftruncate", "fsync", "rename", "catalog", "walsync", "ring")
 
 _spec = os.environ.get("SELDONFS_FAULTS", "")
 _count_file: str | None = None
@@ -49,7 +51,15 @@ for item in filter(None, _spec.split(",")):
     if kind not in KINDS:
         raise ValueError(f"SELDONFS_FAULTS: unknown kind {kind!r} (one of {', '.join(KINDS)})")
     _plan[kind] = (0 if n == "*" else int(n), -1 if err == "KILL" else getattr(errno, err))
+    if kind == "ring" and _plan[kind][0] * _plan[kind][1] <= 0:
+        raise ValueError("SELDONFS_FAULTS: ring takes a request number and an errno, not * or KILL")
 _calls: Counter[str] = Counter()
+
+
+def planned(kind: str) -> tuple[int, int] | None:
+    """(N, errno) of the fault planned for `kind`, for a part that counts
+    its own calls (ring: _uring.c); None when there is none."""
+    return _plan.get(kind)
 
 
 def hit(kind: str) -> None:

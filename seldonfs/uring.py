@@ -24,6 +24,7 @@ through the trio token (`start_soon`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 import pyfuse3
 import trio
 
+from . import faults
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,8 @@ class Ring:
     def install(self) -> None:
         from . import _uring
 
-        _uring.install(pyfuse3._session_ptr(), self._dispatch, DEPTH)  # type: ignore[attr-defined]
+        _uring.install(pyfuse3._session_ptr(), self._dispatch, DEPTH,  # type: ignore[attr-defined]
+                       *(faults.planned("ring") or ()))
 
     def settle(self) -> float:
         """How long /dev/fuse's reader waits before each read (fuseloop.py):
@@ -110,15 +113,19 @@ class Ring:
 
     def describe(self, s: dict[str, Any] | None = None) -> dict[str, Any]:
         """stats.json's `transport`: the queues and what came which way
-        (`degraded`: a queue ended, its CPU's requests wait; the log says
-        why), from `s`, one reading of `_uring.stats()` (None: read now)."""
+        (`degraded`: requests come over /dev/fuse, or a queue ended;
+        `ended`: the queues that ended, whose CPUs' requests wait; `error`:
+        a queue's first unexpected error), from `s`, one reading of
+        `_uring.stats()` (None: read now)."""
         from . import _uring
 
         s = s if s is not None else _uring.stats()
         if not s["accepted"]:
             return over_dev_fuse("the kernel did not offer io_uring" if not s["offered"] else "the INIT reply failed")
         return {"kind": "io_uring", "queues": s["queues"], "sched_idle": bool(s["idle_wait"]),
-                "degraded": _uring.degraded(), "requests": {"io_uring": s["ring_requests"], "dev_fuse": s["dev_requests"]}}
+                "degraded": _uring.degraded(), "ended": s["ended"],
+                "error": os.strerror(s["error"]) if s["error"] else None,
+                "requests": {"io_uring": s["ring_requests"], "dev_fuse": s["dev_requests"]}}
 
     def stop(self) -> None:
         from . import _uring

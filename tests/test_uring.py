@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 from seldonfs import uring
 
 from . import test_cli, test_policy
-from .conftest import configure, init_store, key_args, mounted, needs_fuse, seldonfs, wait_for
+from .conftest import configure, init_store, key_args, log_problems, mounted, needs_fuse, seldonfs, wait_for
 
 pytestmark = [
     needs_fuse,
@@ -161,6 +162,64 @@ def test_a_sigterm_over_the_ring(ring, store: Path, tmp_path: Path) -> None:
 
 def test_kill_9_over_the_ring(ring, store: Path, tmp_path: Path) -> None:
     test_cli.test_kill_9_then_remount_keeps_closed_and_synced_files(store, tmp_path)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or 0 not in os.sched_getaffinity(0),
+                    reason="needs CPU 0 and another")
+def test_a_queue_that_ends_raises_a_critical_alert(ring, store: Path, tmp_path: Path) -> None:
+    """CPU 0's queue thread ends after its first request (SELDONFS_FAULTS,
+    as on an unexpected ring error): the requests of CPU 0 would wait from
+    then on, so `ctl health` turns degraded with a transport-stalled alert,
+    stats name the queue, and the other CPU's queue still serves. This
+    process, the mount's and the tools after the fault run on the other
+    CPU; from CPU 0 comes one STATFS alone (of the mount's root: no lookup,
+    no open file whose close would send a FLUSH), the request that ends
+    the queue. A second would wait until the mount is gone."""
+    live = max(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {live})
+    m = tmp_path / "m"
+    try:
+        with mounted(store, m, env={"SELDONFS_FAULTS": "ring:1:EIO"}, expect_log_problems=True):
+            f = m / "input" / "processed" / "f"
+            f.write_bytes(b"before")  # written back at the close: nothing left for a flusher on CPU 0
+            p = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c",
+                                  "import os, sys; print(os.statvfs(sys.argv[1]).f_namemax)", str(m)],
+                                 stdout=subprocess.PIPE, text=True)
+            try:
+                out, _ = p.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()  # it waits in the kernel until the mount is gone: no wait for it here
+                pytest.fail("the one request from CPU 0 was not answered")
+            assert p.returncode == 0 and out == "255\n", out
+            health: dict = {}
+
+            def stalled() -> bool:
+                nonlocal health
+                health = json.loads(seldonfs("ctl", m, "health").stdout)
+                return health["status"] == "degraded"
+
+            wait_for(stalled, timeout=30, what="health degraded")
+            [alert] = health["alerts"]
+            assert alert["kind"] == "transport-stalled" and alert["level"] == "critical", alert
+            assert alert["message"] == ("the io_uring queue of CPU 0 ended (Input/output error): requests from there "
+                                        "wait until the mount is unmounted; unmount and mount again"), alert
+            transport = json.loads(seldonfs("stats", m, "--json").stdout)["transport"]
+            assert transport["ended"] == [0] and transport["error"] == "Input/output error", transport
+            assert transport["degraded"], transport
+            assert ", the queue of CPU 0 ended and its requests wait: see the log;" in seldonfs("stats", m).stdout
+            f.write_bytes(b"after")  # from the live CPU, over its queue
+            assert f.read_bytes() == b"after"
+    finally:
+        os.sched_setaffinity(0, before)
+    log = (store / "seldonfs.log").read_text()
+    assert "critical alert (transport-stalled): the io_uring queue of CPU 0 ended" in log
+    assert "seldonfs: io_uring queue 0: Input/output error" in (store.parent / "mount-m.stderr").read_text()
+    seen = len(log_problems(store))
+    with mounted(store, m, expect_log_problems=True):  # a new mount has every queue again
+        assert (m / "input" / "processed" / "f").read_bytes() == b"after"
+        assert json.loads(seldonfs("stats", m, "--json").stdout)["transport"]["ended"] == []
+    assert log_problems(store)[seen:] == []
 
 
 def test_io_uring_setting(tmp_path: Path) -> None:

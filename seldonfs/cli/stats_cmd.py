@@ -66,8 +66,11 @@ def run(args: argparse.Namespace) -> None:
     if t := s.get("transport"):
         if t["kind"] == "io_uring":
             r = t["requests"]
-            print(f"transport  io_uring, {t['queues']} queues" + (", one ended: see the log" if t["degraded"] else "")
-                  + f"; {r['io_uring']:,} requests over the rings, {r['dev_fuse']:,} over /dev/fuse")
+            ended = ", ".join(map(str, t.get("ended") or []))
+            state = (f", the queue of CPU {ended} ended and its requests wait: see the log" if ended
+                     else ", degraded: see the log" if t["degraded"] else "")
+            print(f"transport  io_uring, {t['queues']} queues{state}; "
+                  f"{r['io_uring']:,} requests over the rings, {r['dev_fuse']:,} over /dev/fuse")
         else:
             print(f"transport  /dev/fuse: {t['why']}")
     print(f"disk       {disk.get('percent', 0):.1f} % of {human(disk.get('total', 0))} (warning {disk.get('warning')} %)")
