@@ -718,6 +718,9 @@ class EncryptedContent:
     def plain_size(self, backing_size: int) -> int:
         return plain_size(backing_size, self.block_size)
 
+    def backing_offset(self, plain_off: int) -> int:
+        return block_offset(plain_off // self.block_size, self.block_size)
+
 
 def _check_setup(keys: dict[int, bytes], current_key_id: int, block_size: int) -> None:
     block_shift(block_size)

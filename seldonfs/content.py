@@ -70,6 +70,11 @@ class ContentLayer(Protocol):
         """A file's visible size from its backing size alone (getattr reads no contents)."""
         ...
 
+    def backing_offset(self, plain_off: int) -> int:
+        """Where the bytes at `plain_off` start in the backing file (the
+        block that holds them)."""
+        ...
+
 
 class PlainFile:
     __slots__ = ("fd",)
@@ -98,3 +103,6 @@ class PlainContent:
 
     def plain_size(self, backing_size: int) -> int:
         return backing_size
+
+    def backing_offset(self, plain_off: int) -> int:
+        return plain_off

@@ -3,7 +3,8 @@
 `Core` is what the FUSE glue calls: the inode table (inodes.py), the
 operations on names and attributes (entries.py), and here the open files
 and directories: handles, reads and writes through the content layer
-(plain or sealed blocks), flush and release, and the size, mode and times
+(plain or sealed blocks, a sequential reader's backing file asked for
+ahead: readahead.py), flush and release, and the size, mode and times
 of a file. Errors are raised as OSError with the errno the caller should
 see.
 
@@ -32,11 +33,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _libc, faults
+from . import _libc, faults, readahead
 from .content import ContentDamaged, ContentLayer, FileContent
 from .entries import Caller, Entries, credentials, set_id_left
 from .hooks import Track
 from .inodes import CAPS, PROBED_XATTRS, ROOT_INODE, Node, Stat, _proc
+from .readahead import Reader, ReadAhead
 from .virtual import Stream
 
 __all__ = ["ROOT_INODE", "Caller", "Core", "Handle", "Stat"]
@@ -69,6 +71,7 @@ class Handle:
     opener: Caller | None = None  # who opened it (release has no caller)
     written: int = 0  # bytes written through it since its last audit record
     nread: int = 0
+    reader: Reader | None = None  # where its reader is, once it has read readahead.AFTER bytes
 
 
 @dataclass(slots=True)
@@ -82,6 +85,7 @@ class Core(Entries):
     def __init__(self, data_root: Path, content: ContentLayer, writeback: bool = False) -> None:
         super().__init__(data_root, content)
         self.writeback = writeback
+        self.read_ahead = ReadAhead(content.backing_offset)
         self.handles: dict[int, Handle] = {}
         self.vhandles: dict[int, Stream] = {}
         self.dirs: dict[int, DirHandle] = {}
@@ -308,6 +312,10 @@ class Core(Entries):
         h = self._handle(fh)
         data = self._guarded(h.ino, h.content.read, off, size)
         h.nread += len(data)
+        if h.reader is not None:
+            self.read_ahead.read(h.reader, h.fd, off, len(data))
+        elif h.nread >= readahead.AFTER:
+            h.reader = Reader(off + len(data))
         return data
 
     def getattr_for(self, ino: int, pid: int) -> Stat:

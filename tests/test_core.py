@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,30 @@ def test_credentials_of_this_process_and_of_one_gone() -> None:
     privileged, groups = credentials(Caller(os.getuid(), os.getgid(), os.getpid()))
     assert privileged == (os.geteuid() == 0) and os.getgid() in groups
     assert credentials(Caller(1000, 1000, 2**22 + 1)) == (False, frozenset({1000}))
+
+
+def test_a_sequential_reader_is_read_ahead_and_a_random_one_is_not(core: Core, tmp_path: Path) -> None:
+    from seldonfs import readahead
+
+    size = 24 << 20
+    (tmp_path / "data/big").write_bytes(os.urandom(size))
+    ino = core.lookup(ROOT_INODE, b"big").ino  # its node keeps a descriptor
+    fds = len(os.listdir("/proc/self/fd"))
+    fh = core.open(ino, os.O_RDONLY)
+    got = bytearray()
+    for off in range(0, size, 128 << 10):
+        got += core.read(fh, off, 128 << 10)
+    assert bytes(got) == (tmp_path / "data/big").read_bytes()
+    # followed from AFTER on, up to LEAD past the end, a STEP at a time
+    want = -(-(size - readahead.AFTER + readahead.LEAD) // readahead.STEP)
+    assert core.read_ahead.asked in (want - 1, want), core.read_ahead.asked
+    asked = core.read_ahead.asked
+    for i in range(200):  # jumps: nothing asked
+        core.read(fh, (i * 7919 << 12) % size, 4096)
+    core.release(fh)
+    assert core.read_ahead.asked == asked
+    # the thread closes every descriptor it was handed
+    deadline = time.monotonic() + 10
+    while len(os.listdir("/proc/self/fd")) > fds and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(os.listdir("/proc/self/fd")) == fds
