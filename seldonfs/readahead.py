@@ -3,19 +3,20 @@
 A cold sequential read waits for the backing file's pages. The kernel's
 own read-ahead of the backing file fetches them, but from the request
 that reads, on the reader's CPU: over io_uring that CPU also decrypts and
-answers (uring.py). On this VM the first touch of freshly freed pages
-now and then costs the guest kernel two to four times its usual CPU time
-(docs/design.md, "Reading the backing file further ahead"), and a cold
-read then ran at half speed, as gocryptfs's did. `ReadAhead` asks for
-the backing file's next stretch (POSIX_FADV_WILLNEED) from a thread of
-its own, which the scheduler runs on another CPU: the pages are being
-fetched there while the reading CPU decrypts.
+answers (uring.py). On this VM a cold read now and then runs at half
+speed, gocryptfs's too, while the guest kernel spends two to four times
+its usual CPU time on the same reads (docs/design.md, "Reading the
+backing file further ahead"). `ReadAhead` asks for the backing file's
+next stretch (POSIX_FADV_WILLNEED) from a thread of its own, which the
+scheduler runs on another CPU: that work is done there while the reading
+CPU decrypts.
 
 Only a reader that has read AFTER bytes and goes on where it stopped is
 followed, so small files and random reads cost nothing: one hand-over to
-the thread per STEP bytes read. The thread gets a duplicate of the
-backing descriptor and closes it, so a handle closed meanwhile changes
-nothing; what it is asked for is a hint, and its errors are dropped.
+the thread per STEP bytes read, and none while WAITING stretches wait for it.
+The thread gets a duplicate of the backing descriptor and closes it, so
+a handle closed meanwhile changes nothing; what it is asked for is a
+hint, and its errors are dropped.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable
 AFTER = 1 << 20  # a reader is followed once it has read this much (the kernel's read-ahead covers the start)
 LEAD = 8 << 20  # how far ahead of the reader the backing file is asked for
 STEP = 4 << 20  # in stretches of this many bytes, one hand-over to the thread each
+WAITING = 16  # stretches handed over and not yet asked for, at most (each holds a descriptor)
 
 
 class Reader:
@@ -58,6 +60,8 @@ class ReadAhead:
             return
         start = max(reader.asked, reader.next)
         reader.asked = start + STEP
+        if self._asks.qsize() >= WAITING:
+            return  # the thread is behind (a slow disk): this stretch is left to the kernel
         lo = self.backing_offset(start)
         try:
             fd = os.dup(fd)
