@@ -9,11 +9,11 @@ goes to the log, to a JSON file in `[alerts] notifications` (written into
 the store through its content layer, so encrypted like any file, and
 visible in the mount), if `[alerts] webhook` is set as a POST (the alert
 as JSON, or with `format = "slack"` an incoming-webhook {"text": ...}),
-and if `[alerts.email]` is set as one mail through SMTP. The POST and the mail each go from a thread of
-their own with a timeout: a slow or failing receiver never holds up a file
-operation, and its failure is logged, not retried. The webhook also gets
-the audit chain's head once a day (`send_head`, kind audit-head): a copy
-of it outside the store.
+and if `[alerts.email]` is set as one mail through SMTP. The POST and the
+mail each go from a thread of their own with a timeout: a slow or failing
+receiver never holds up a file operation, and its failure is logged, not
+retried. The webhook also gets the audit chain's head once a day
+(`send_head`, kind audit-head): a copy of it outside the store.
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ KIND is one of KINDS. The Nth call of that kind (counting from 1 in this
 process) fails with OSError(ERRNO), or ends the process as kill -9 would,
 before it does anything; the calls before and after it run as usual.
 "catalog" is the engine's batch of file records (commit.py), which fails
-as a full database would. "ring" counts the requests of CPU 0's io_uring
-queue (_uring.c): its thread ends with ERRNO after answering the Nth, as
-on an unexpected error of its ring (no KILL or "*"). "walsync" is the audit writer's fdatasync of the
+as a full database would. "walsync" is the audit writer's fdatasync of the
 catalog's WAL; the writer is a process of its own and counts its calls
-itself ("count:FILE" counts the daemon's).
+itself ("count:FILE" counts the daemon's). "ring" counts the requests of
+CPU 0's io_uring queue (_uring.c): its thread ends with ERRNO after
+answering the Nth, as on an unexpected error of its ring (no KILL or "*").
 
 Who calls these names instead of the plain functions: the content layer
 (plain and sealed files), fsync of files the mount writes, the store's

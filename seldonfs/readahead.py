@@ -38,9 +38,9 @@ class Reader:
 
     __slots__ = ("next", "asked")
 
-    def __init__(self, next: int) -> None:
-        self.next = next
-        self.asked = next
+    def __init__(self, at: int) -> None:
+        self.next = at
+        self.asked = at
 
 
 class ReadAhead:
@@ -68,8 +68,13 @@ class ReadAhead:
         except OSError:
             return  # out of descriptors: no hint this time
         if self._thread is None:  # started here, in the daemon (not before it forks)
-            self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: the kernel's read-ahead alone
+                os.close(fd)
+                return
+            self._thread = thread
         self._asks.put((fd, lo, self.backing_offset(start + STEP) - lo))
         self.asked += 1
 
