@@ -105,7 +105,7 @@ struct queue {
 	struct ent ents[MAX_DEPTH];
 	unsigned long requests, unanswered;
 	int error; /* the first unexpected errno of a ring command */
-	int ended; /* set up, then its thread ended before the unmount: its CPU's requests wait */
+	int ended; /* set up, then its thread ended on an error: its CPU's requests wait */
 };
 
 static struct fuse_session *g_se;
@@ -439,7 +439,8 @@ static void *queue_thread(void *arg)
 	if (q->error && !atomic_load(&g_stop))
 		fprintf(stderr, "seldonfs: io_uring queue %d: %s\n", q->qid,
 			strerror(q->error));
-	q->ended = !atomic_load(&g_stop);
+	/* unmounted, its commands end without an error: not ended */
+	q->ended = q->error && !atomic_load(&g_stop);
 out:
 	if (!atomic_load(&g_stop))
 		atomic_fetch_add(&g_queues_failed, 1);
