@@ -1,5 +1,5 @@
 """The few Linux calls the os module lacks: renameat2, fallocate with
-FALLOC_FL_KEEP_SIZE, sync_file_range, syncfs, and the AT_EMPTY_PATH forms of fchownat and utimensat
+FALLOC_FL_KEEP_SIZE, sync_file_range, syncfs, fstatfs's filesystem type, and the AT_EMPTY_PATH forms of fchownat and utimensat
 that act on an O_PATH descriptor itself (needed for symlinks, which cannot
 be opened any other way); and glibc's mallopt.
 """
@@ -21,7 +21,11 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 FALLOC_FL_KEEP_SIZE = 1
 FALLOC_FL_PUNCH_HOLE = 2
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
+SYNC_FILE_RANGE_WAIT_AFTER = 4
+EXT4_SUPER_MAGIC = 0xEF53
+XFS_SUPER_MAGIC = 0x58465342
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
@@ -36,6 +40,7 @@ _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Times
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 _libc.syncfs.argtypes = [ctypes.c_int]
+_libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
 
 
 def _check(res: int) -> None:
@@ -83,6 +88,21 @@ def write_behind(fd: int) -> None:
     """Start writing the file's dirty pages to disk, without waiting for
     them (a hint: its errors come back at fsync, as any writeback's)."""
     _libc.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+
+
+def write_out(fd: int, off: int, length: int) -> None:
+    """Write [off, off + length) of the file to the disk and wait for it,
+    without flushing the disk's cache (sync_file_range: the file's size
+    and allocation are not written either)."""
+    flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+    _check(_libc.sync_file_range(fd, off, length, flags))
+
+
+def fs_type(fd: int) -> int:
+    """The magic number of the filesystem that holds `fd` (statfs(2)'s f_type)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86-64; f_type comes first
+    _check(_libc.fstatfs(fd, buf))
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
 def syncfs(fd: int) -> None:

@@ -39,17 +39,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import anchor, crypto, faults, segments
+from . import _libc, anchor, crypto, faults, segments, synclog
 from .records import FIELDS, JSON, ZERO_MAC, mac_of, text
 from .anchor import HEAD_NAME, head_tag, read_head
 from .errors import SeldonError
 from .reserve import Reserve
 from .store import sync_dir
+from .synclog import SyncLog, pwrite_all, usable
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +62,15 @@ UNCLEAN = ("records stored in the last second before it may be lost: the previou
            "(a power loss, or killed together with the daemon)")
 DAEMON_GONE = ("records of its last 0.1 s, and the writes and reads of descriptors it still had open, may be "
                "missing: the mount's daemon ended without unmounting (killed, or crashed)")
+RECOVERED = ("records of the last mount that its audit writer had not stored (the daemon or the machine stopped "
+             "first), taken from the sync log: they follow")
 END = "end"  # the daemon's last message to its writer: without it, end of input means the daemon died
 BATCH_S = 0.1  # the most a kill -9 of the daemon can lose (a gap record says so)
 RETRY_S = 1.0  # how often a writer tries again while records wait
 SETTLE_S = 1.0  # the most a stored record waits to be synced and named by the head (see ChainWriter)
 MAX_WAITING = 100_000  # records kept while the catalog refuses them (about 30 MB); more are lost, and counted
 CLOSE_TRIES = 30  # seconds an ending writer keeps trying to store what waits
-RESET_OP, GAP_OP = "reset", "gap"
+RESET_OP, GAP_OP, RECOVERED_OP = "reset", "gap", "recovered"
 EXPIRED = "expired"  # an Event: a segment removed after [audit] retain
 _WRAP_LABEL = b"seldonfs audit key"
 
@@ -378,7 +382,7 @@ class ChainWriter:
             try:
                 off = 0
                 while chunk := os.pread(fd, 1 << 20, off):
-                    _pwrite_all(fd, chunk, off)
+                    pwrite_all(fd, chunk, off)
                     off += len(chunk)
             finally:
                 os.close(fd)
@@ -474,6 +478,7 @@ def _stored_since(catalog_path: Path, seq: int, writer_pid: int) -> int:
         conn.close()
 
 
+_FIND = f"SELECT 1 FROM audit WHERE {' AND '.join(f'{f} = ?' for f in FIELDS[1:])} LIMIT 1"
 _INSERT = f"INSERT INTO audit ({', '.join(FIELDS)}, mac) VALUES ({', '.join('?' * (len(FIELDS) + 1))})"
 
 
@@ -510,8 +515,15 @@ class AuditLog:
         self._base = self.sent  # the last record number when the writer started
         self._handed = 0  # records handed to it since
         self._unsynced = True  # handed since the last durable answer: a sync has to ask for one
+        self._logged: list[tuple] = []  # in the sync log, not handed to the writer yet
+        self._log_full = False  # the sync log starts afresh once the writer has stored and synced it all
+        self._last_logged: tuple | None = None  # the last record added to the sync log
+        self.synclog = self._open_synclog()
+        recovered = self._recover() if self.synclog is not None else []
         self._spawn()
         self._dead = False
+        if self.synclog is not None:
+            self._begin_log(recovered)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-sender", daemon=True)
         self._thread.start()
@@ -533,6 +545,84 @@ class AuditLog:
             os.close(from_child)
         self._send(self.key)  # the key goes by the pipe, never by argv
         self._send(self.seal)  # and so do the store's keys, which seal segments
+
+    def _open_synclog(self) -> SyncLog | None:
+        if not usable(self.root):
+            return None  # an fsync asks the writer to sync its records
+        try:
+            return SyncLog(self.root, self.key)
+        except OSError as e:
+            log.error("audit: %s: %s: an fsync waits for the audit writer to sync its records instead",
+                      self.root / synclog.NAME, e)
+            return None
+
+    def _recover(self) -> list[tuple]:
+        """The records in the last mount's sync log that the catalog lacks,
+        in order: its daemon, or the machine, stopped before the writer had
+        stored them (a multiset difference: records are told apart by all
+        their fields, the time in nanoseconds among them)."""
+        assert self.synclog is not None
+        base, items = self.synclog.read()
+        if not items:
+            return []
+        conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True)
+        try:
+            stored = Counter(conn.execute(f"SELECT {', '.join(FIELDS[1:])} FROM audit WHERE seq > ?", (base,)))
+        finally:
+            conn.close()
+        missing = []
+        for item in items:
+            if stored[item]:
+                stored[item] -= 1
+            else:
+                missing.append(item)
+        return missing
+
+    def _begin_log(self, recovered: list[tuple]) -> None:
+        """Store what the last mount's log held and the catalog lacks, then
+        start the log afresh. While the writer cannot store and sync them,
+        fsyncs ask the writer, and the log is kept for the next mount."""
+        assert self.synclog is not None
+        ours, self.synclog = self.synclog, None  # the flush below must not add to the old log
+        if recovered:
+            log.warning("audit: %d records were only in %s (the last mount ended before its audit writer had "
+                        "them): stored now", len(recovered), synclog.NAME)
+            self.record(RECOVERED_OP, os.getuid(), os.getgid(), os.getpid(), synclog.NAME, nbytes=len(recovered),
+                        detail=RECOVERED)
+            with self._qlock:
+                self.queue += recovered
+            self.flush(durable=True)
+            if not self._stored(recovered[-1]):
+                log.error("audit: the records recovered from %s are not synced yet: it is kept for the next "
+                          "mount, and fsyncs wait for the audit writer", synclog.NAME)
+                ours.close()
+                return
+        self.synclog = ours
+        self._restart_log()
+
+    def _stored(self, item: tuple) -> bool:
+        """The writer has stored `item` and synced it (after a durable answer)."""
+        if self._dead or self._unsynced:
+            return False
+        conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True)
+        try:
+            return conn.execute(_FIND, item).fetchone() is not None
+        finally:
+            conn.close()
+
+    def _restart_log(self) -> None:
+        """A new sync log over the old one, all of whose records are stored
+        and synced."""
+        assert self.synclog is not None
+        try:
+            self.synclog.start(stored_seq(self.catalog_path))
+        except (OSError, sqlite3.Error) as e:
+            log.error("audit: cannot start %s (%s): fsyncs wait for the audit writer", synclog.NAME, e)
+            self.synclog.close()
+            self.synclog = None
+            return
+        self._log_full = False
+        self._last_logged = None
 
     def record(
         self, op: str, uid: int, gid: int, pid: int, path: str, path2: str = "",
@@ -568,13 +658,16 @@ class AuditLog:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         _write_all(self._out, struct.pack("<I", len(data)) + data)
 
-    def flush(self, durable: bool, meanwhile: Callable[[], None] | None = None) -> None:
+    def flush(self, durable: bool, meanwhile: Callable[[], None] | None = None, data_fd: int | None = None) -> None:
         """Hand on what is queued; `durable`: wait until the writer has it on
         disk. `meanwhile` (the data's own fsync) runs while the writer
         syncs, so the two disk waits overlap; its exception is raised after
         the wait, and so is EIO when the writer could not sync the records
-        (an fsync is a promise for both)."""
+        (an fsync is a promise for both). With the data's descriptor, the
+        sync log makes the records durable instead (synclog.py)."""
         with self._plock:
+            if data_fd is not None and meanwhile is not None and self._log_sync(data_fd, meanwhile):
+                return
             waiting = self._hand_on(durable)
             failed = None
             if meanwhile is not None:
@@ -590,6 +683,8 @@ class AuditLog:
                     if answer == b"e" and meanwhile is not None and failed is None:
                         failed = OSError(errno.EIO, "the audit records of this change could not be synced")
                     self._unsynced = answer == b"e"
+                    if self._log_full and self._last_logged is not None and self._stored(self._last_logged):
+                        self._restart_log()
                 except OSError as e:
                     self._gone(e)
             if failed is not None:
@@ -605,24 +700,72 @@ class AuditLog:
                     del self.queue[MAX_WAITING:]
             return False
         with self._qlock:
-            items, self.queue = self.queue, []
+            fresh, self.queue = self.queue, []
+        items = self._logged + fresh
         lost = self._lost
         if lost:
             items.insert(0, gap_record(f"{lost} records lost: the audit writer process died"))
         if not items and (not durable or not self._unsynced):
             return False  # nothing new since the last sync (fsx: most fsyncs) costs no round trip
+        if fresh and self._log(fresh):
+            self._logged += fresh
+            fresh = []
+        if self._log_full:
+            durable = True  # the writer stores and syncs all, then the log starts afresh
         try:
             self._send((items, durable))
         except OSError as e:
             self._gone(e)
             with self._qlock:  # a dead reader got none of it: kept, in order, for the next writer
-                self.queue[:0] = items[1:] if lost else items
+                self.queue[:0] = fresh
             return False
+        self._logged = []
         self.sent += len(items)
         self._handed += len(items)
         self._lost = 0
         self._unsynced = True
         return durable
+
+    def _log(self, items: list[tuple]) -> bool:
+        """Add `items` to the sync log; False: there is none, or it is full."""
+        if self.synclog is None or self._log_full:
+            return False
+        if not self.synclog.append(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)):
+            self._log_full = True
+            return False
+        self._last_logged = items[-1]
+        return True
+
+    def _log_sync(self, data_fd: int, meanwhile: Callable[[], None]) -> bool:
+        """An fsync (`meanwhile`, of `data_fd`) whose records the sync log
+        makes durable: what is queued joins the log, the log's new frames
+        are written out beside the data's writeback, and the data's
+        fdatasync flushes the disk's cache over both. False: the writer is
+        to sync them (no log, a full one, or one that cannot be written
+        out, which is given up for this mount)."""
+        with self._qlock:
+            fresh, self.queue = self.queue, []
+        if fresh:
+            if not self._log(fresh):
+                with self._qlock:
+                    self.queue[:0] = fresh
+                return False
+            self._logged += fresh
+        elif self.synclog is None or self._log_full:
+            return False
+        assert self.synclog is not None
+        if self.synclog.pending:
+            _libc.write_behind(data_fd)
+            try:
+                self.synclog.write_out()
+            except OSError as e:
+                log.error("audit: cannot write out %s (%s): fsyncs wait for the audit writer from now on",
+                          synclog.NAME, e)
+                self.synclog.close()
+                self.synclog = None
+                return False
+        meanwhile()
+        return True
 
     def _gone(self, e: OSError) -> None:
         log.error("audit writer process gone (%s): starting another; a gap record will count what it "
@@ -656,10 +799,10 @@ class AuditLog:
         log.warning("audit writer restarted")
         return True
 
-    def sync(self, meanwhile: Callable[[], None] | None = None) -> None:
+    def sync(self, meanwhile: Callable[[], None] | None = None, data_fd: int | None = None) -> None:
         """Every queued record on disk, durably, before a data fsync
-        (`meanwhile`, run while the writer syncs) is answered."""
-        self.flush(True, meanwhile)
+        (`meanwhile`, of `data_fd` when it is a file's) is answered."""
+        self.flush(True, meanwhile, data_fd)
 
     def jsonl(self) -> Iterator[bytes]:
         """The chain as JSON lines (system/logs/audit.jsonl), up to now:
@@ -711,6 +854,8 @@ class AuditLog:
             self._send(END)  # a clean end: no gap record
         os.close(self._out)  # end of input: the writer exits
         os.close(self._in)
+        if self.synclog is not None:
+            self.synclog.close()
         try:
             self.child.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -722,13 +867,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _pwrite_all(fd: int, data: bytes, off: int) -> None:
-    view = memoryview(data)
-    while view:
-        done = os.pwrite(fd, view, off)
-        view, off = view[done:], off + done
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:

@@ -17,7 +17,8 @@ before it does anything; the calls before and after it run as usual.
 "catalog" is the engine's batch of file records (commit.py), which fails
 as a full database would. "walsync" is the audit writer's fdatasync of the
 catalog's WAL; the writer is a process of its own and counts its calls
-itself ("count:FILE" counts the daemon's). "ring" counts the requests of
+itself ("count:FILE" counts the daemon's). "synclog" is the daemon's
+write-out of audit.synclog at an fsync (synclog.py). "ring" counts the requests of
 CPU 0's io_uring queue (_uring.c): its thread ends with ERRNO after
 answering the Nth, as on an unexpected error of its ring (no KILL or "*").
 
@@ -37,7 +38,7 @@ from collections import Counter
 
 from . import _libc
 
-KINDS = ("pwrite", "reserve", "ftruncate", "fsync", "rename", "catalog", "walsync", "ring")
+KINDS = ("pwrite", "reserve", "ftruncate", "fsync", "rename", "catalog", "walsync", "synclog", "ring")
 
 _spec = os.environ.get("SELDONFS_FAULTS", "")
 _count_file: str | None = None
@@ -82,6 +83,7 @@ if not _spec:
     fsync = os.fsync
     fdatasync = os.fdatasync
     walsync = os.fdatasync
+    write_out = _libc.write_out
     reserve = _libc.reserve
     renameat2 = _libc.renameat2
     replace = os.replace
@@ -110,6 +112,10 @@ else:
     def walsync(fd: int) -> None:
         hit("walsync")
         os.fdatasync(fd)
+
+    def write_out(fd: int, off: int, length: int) -> None:
+        hit("synclog")
+        _libc.write_out(fd, off, length)
 
     def reserve(fd: int, off: int, length: int) -> None:
         hit("reserve")

@@ -370,15 +370,16 @@ class SeldonOperations(pyfuse3.Operations):
         h = self.core.handles.get(fh)
         if h is not None:
             self._record_writes(h)  # synced with the data below
-        self._synced(lambda: self.core.fsync(fh, datasync))
+        self._synced(lambda: self.core.fsync(fh, datasync), None if h is None else h.fd)
 
-    def _synced(self, fsync) -> None:
-        """Run `fsync`; the records of a change are durable when the change
-        is: the audit writer syncs them meanwhile, the two waits overlap."""
+    def _synced(self, fsync, fd: int | None = None) -> None:
+        """Run `fsync` (of the backing file `fd`); the records of a change
+        are durable when the change is: the audit's sync log goes out before
+        the data's flush, or the audit writer syncs them meanwhile."""
         if self.audit is None:
             fsync()
         else:
-            self.audit.sync(fsync)
+            self.audit.sync(fsync, fd)
 
     @_errors
     async def opendir(self, inode, ctx):
