@@ -150,6 +150,27 @@ def gap_record(detail: str) -> tuple:
     return (time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0, detail)
 
 
+def unstored(conn: sqlite3.Connection, log_: SyncLog) -> list[tuple]:
+    """The records in a sync log that the catalog lacks, after a record
+    saying so; [] when it has them all. The daemon or the machine stopped
+    before the writer had stored them. A multiset difference: records are
+    told apart by all their fields, the time in nanoseconds among them."""
+    base, items = log_.read()
+    if not items:
+        return []
+    stored = Counter(conn.execute(f"SELECT {', '.join(FIELDS[1:])} FROM audit WHERE seq > ?", (base,)))
+    missing = []
+    for item in items:
+        if stored[item]:
+            stored[item] -= 1
+        else:
+            missing.append(item)
+    if not missing:
+        return []
+    note = (time.time_ns(), 0, 0, os.getpid(), "seldonfs", RECOVERED_OP, "", "", "OK", len(missing), RECOVERED)
+    return [note, *missing]
+
+
 class ChainWriter:
     """MACs records and stores them: one per store at a time (the daemon's
     writer process, or an offline command holding the store lock).
@@ -519,7 +540,13 @@ class AuditLog:
         self._log_full = False  # the sync log starts afresh once the writer has stored and synced it all
         self._last_logged: tuple | None = None  # the last record added to the sync log
         self.synclog = self._open_synclog()
-        recovered = self._recover() if self.synclog is not None else []
+        recovered = []
+        if self.synclog is not None:
+            conn = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True)
+            try:
+                recovered = unstored(conn, self.synclog)
+            finally:
+                conn.close()
         self._spawn()
         self._dead = False
         if self.synclog is not None:
@@ -556,28 +583,6 @@ class AuditLog:
                       self.root / synclog.NAME, e)
             return None
 
-    def _recover(self) -> list[tuple]:
-        """The records in the last mount's sync log that the catalog lacks,
-        in order: its daemon, or the machine, stopped before the writer had
-        stored them (a multiset difference: records are told apart by all
-        their fields, the time in nanoseconds among them)."""
-        assert self.synclog is not None
-        base, items = self.synclog.read()
-        if not items:
-            return []
-        conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True)
-        try:
-            stored = Counter(conn.execute(f"SELECT {', '.join(FIELDS[1:])} FROM audit WHERE seq > ?", (base,)))
-        finally:
-            conn.close()
-        missing = []
-        for item in items:
-            if stored[item]:
-                stored[item] -= 1
-            else:
-                missing.append(item)
-        return missing
-
     def _begin_log(self, recovered: list[tuple]) -> None:
         """Store what the last mount's log held and the catalog lacks, then
         start the log afresh. While the writer cannot store and sync them,
@@ -585,10 +590,8 @@ class AuditLog:
         assert self.synclog is not None
         ours, self.synclog = self.synclog, None  # the flush below must not add to the old log
         if recovered:
-            log.warning("audit: %d records were only in %s (the last mount ended before its audit writer had "
-                        "them): stored now", len(recovered), synclog.NAME)
-            self.record(RECOVERED_OP, os.getuid(), os.getgid(), os.getpid(), synclog.NAME, nbytes=len(recovered),
-                        detail=RECOVERED)
+            log.info("audit: %d records were only in %s (the last mount ended before its audit writer had "
+                     "them): stored now", len(recovered) - 1, synclog.NAME)
             with self._qlock:
                 self.queue += recovered
             self.flush(durable=True)
@@ -938,6 +941,7 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward
         if not ended:  # end of input without the daemon's goodbye
             _say(f"seldonfs: WARNING audit writer: {DAEMON_GONE}")
             w.write([gap_record(DAEMON_GONE)], durable=False)
+            _store_unstored(w)
     finally:
         for _ in range(CLOSE_TRIES):  # unmounted while the disk is full: some time to get room
             if w.write([], durable=True):
@@ -945,6 +949,25 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward
             time.sleep(RETRY_S)
         w.close()
         _mark_closed(root)
+
+
+def _store_unstored(w: ChainWriter) -> None:
+    """The records the dead daemon had put in its sync log and not handed
+    on (an fsync's, at most 0.1 s old): stored before the writer ends."""
+    if not usable(w.root) or not (w.root / synclog.NAME).exists():
+        return
+    try:
+        log_ = SyncLog(w.root, w.key)
+        try:
+            items = unstored(w.conn, log_)
+        finally:
+            log_.close()
+    except (OSError, sqlite3.Error) as e:  # the next mount tries again
+        _say(f"seldonfs: ERROR audit writer: cannot read {synclog.NAME}: {e}")
+        return
+    if items:
+        _say(f"seldonfs: audit writer: {len(items) - 1} records stored from {synclog.NAME}")
+        w.write(items, durable=False)
 
 
 def _mark_open(root: Path) -> bool:

@@ -102,7 +102,7 @@ class SyncLog:
             if n == 0:
                 base, log_id = obj, fid
             else:
-                items += obj[0]
+                items += obj
             off, number = end, number + 1
         return base, items
 

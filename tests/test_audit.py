@@ -6,6 +6,7 @@ import errno
 import gzip
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -174,6 +175,8 @@ def test_chain_continues_across_remounts(store: Path, tmp_path: Path) -> None:
 
 @needs_root
 def test_fsynced_changes_survive_kill_9(store: Path, tmp_path: Path) -> None:
+    from seldonfs.audit import OPEN_NAME
+
     m = tmp_path / "mnt"
     done: list[str] = []
     with mounted(store, m, expect_log_problems=True) as proc:
@@ -195,6 +198,9 @@ def test_fsynced_changes_survive_kill_9(store: Path, tmp_path: Path) -> None:
         out, _ = writer.communicate(timeout=30)
         done = out.split()
         unmount(m)
+    # The records of the last fsyncs may be only in the sync log: the
+    # writer stores them from there before it ends.
+    wait_for(lambda: not (store / OPEN_NAME).exists(), what="the audit writer's end")
     assert len(done) > 10
     assert verify(store).returncode == 0
     created = {r["path"] for r in records(store, "--op", "create")}
@@ -612,15 +618,79 @@ def test_the_writes_of_files_open_at_a_sigterm_are_recorded(tmp_path: Path) -> N
     assert (store / "data" / "input" / "processed" / "open").read_bytes() == b"z" * 500
 
 
+def test_fsynced_records_outlive_a_writer_that_never_stored_them(tmp_path: Path) -> None:
+    """An fsync's records go out in the daemon's sync log before the data's
+    flush, so the fsync returns with the audit writer stopped. When daemon
+    and writer then die before the writer stored them (as in a power
+    loss), the next mount stores them from the log, after a record that
+    says so; a mount after that does not store them again."""
+    from seldonfs.audit import RECOVERED
+
+    store = init_store(tmp_path / "store", encrypted=False)
+    m = tmp_path / "mnt"
+    f = m / "input" / "processed" / "synced"
+    with mounted(store, m, expect_log_problems=True) as daemon:
+        os.kill(writer := writer_of(daemon), signal.SIGSTOP)
+        fd = os.open(f, os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, b"x" * 1000)
+        os.ftruncate(fd, 700)
+        os.fsync(fd)  # would wait for ever for a stopped writer
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        os.kill(writer, signal.SIGKILL)
+        with pytest.raises(OSError):
+            os.close(fd)
+        unmount(m)
+    assert records_of(store, "SELECT count(*) FROM audit WHERE path = 'input/processed/synced'") == [(0,)]
+    for _ in range(2):
+        with mounted(store, m, expect_log_problems=True):  # the writer's warning of the unclean end
+            assert f.read_bytes() == b"x" * 700
+        r = verify(store)
+        assert r.returncode == 0, r.stdout + r.stderr
+        ops = [(x["op"], x["bytes"]) for x in records(store, "--path", "input/processed/synced")]
+        assert ops == [("create", 0), ("setattr", 0), ("write", 1000)], ops  # writes: recorded at the fsync
+        (note,) = records(store, "--op", "recovered")
+        assert note["detail"] == RECOVERED and note["bytes"] >= 3  # and the mount record, unless stored before
+
+
+def test_the_sync_log_reads_only_whole_frames_of_its_key(tmp_path: Path) -> None:
+    """A torn last frame, a frame of the log before, bytes written without
+    the audit key: reading stops there. A full log refuses a frame."""
+    from seldonfs import synclog
+
+    (tmp_path / "data").mkdir()
+    log_ = synclog.SyncLog(tmp_path, b"k" * 32)
+    log_.start(41)
+    assert log_.append(pickle.dumps([("a",), ("b",)])) and log_.append(pickle.dumps([("c",)]))
+    assert log_.read() == (41, [("a",), ("b",), ("c",)])
+    end = log_.end
+    log_.start(50)  # a new log over the old one: the old frames past its end are not its own
+    assert log_.append(pickle.dumps([("d",)]))
+    assert log_.end < end and log_.read() == (50, [("d",)])
+    os.pwrite(log_.fd, b"\xff", log_.end - 1)  # the last frame torn
+    assert log_.read() == (50, [])
+    assert synclog.SyncLog(tmp_path, b"j" * 32).read() == (0, [])  # another key: nothing verifies
+    while log_.append(b"x" * 65536):
+        pass
+    assert synclog.SIZE - log_.end < 65536 + 100
+    log_.close()
+    assert (tmp_path / synclog.NAME).stat().st_size == synclog.SIZE
+
+
 def test_an_fsync_fails_when_its_records_cannot_be_synced(tmp_path: Path) -> None:
-    """An fsync promises the change and its records on disk: when the audit
-    writer cannot sync the records (EIO from the WAL's fdatasync, injected),
+    """An fsync promises the change and its records on disk. When the sync
+    log cannot be written out (EIO, injected), the audit writer is asked to
+    sync them instead; when that fails too (EIO from the WAL's fdatasync),
     the fsync fails with EIO, though the data's own fdatasync passed."""
     store = init_store(tmp_path / "store", encrypted=False)
     m = tmp_path / "mnt"
     with mounted(store, m):  # the chain's head and anchor, before the disk fails
         pass
     with mounted(store, m, expect_log_problems=True, env={"SELDONFS_FAULTS": "walsync:*:EIO"}):
+        with open(m / "input" / "processed" / "logged", "wb") as f:
+            f.write(b"x")
+            os.fsync(f.fileno())  # the sync log needs no WAL sync
+    with mounted(store, m, expect_log_problems=True, env={"SELDONFS_FAULTS": "synclog:*:EIO,walsync:*:EIO"}):
         fd = os.open(m / "input" / "processed" / "f", os.O_CREAT | os.O_WRONLY, 0o644)
         try:
             os.write(fd, b"x" * 100)
@@ -630,6 +700,7 @@ def test_an_fsync_fails_when_its_records_cannot_be_synced(tmp_path: Path) -> Non
         finally:
             os.close(fd)
     assert "ERROR audit writer: cannot sync the records" in (store.parent / f"mount-{m.name}.stderr").read_text()
+    assert "cannot write out audit.synclog" in (store / "seldonfs.log").read_text()
     with mounted(store, m, expect_log_problems=True):  # the disk well again: the records are settled
         assert (m / "input" / "processed" / "f").read_bytes() == b"x" * 100
         fd = os.open(m / "input" / "processed" / "f", os.O_WRONLY)
