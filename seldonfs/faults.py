@@ -18,9 +18,10 @@ before it does anything; the calls before and after it run as usual.
 as a full database would. "walsync" is the audit writer's fdatasync of the
 catalog's WAL; the writer is a process of its own and counts its calls
 itself ("count:FILE" counts the daemon's). "synclog" is the daemon's
-write-out of audit.synclog at an fsync (synclog.py). "ring" counts the requests of
-CPU 0's io_uring queue (_uring.c): its thread ends with ERRNO after
-answering the Nth, as on an unexpected error of its ring (no KILL or "*").
+write-out of audit.synclog at an fsync (synclog.py). "ring" counts the
+requests of CPU 0's io_uring queue (_uring.c): its thread ends with ERRNO
+after answering the Nth, as on an unexpected error of its ring (no KILL
+or "*").
 
 Who calls these names instead of the plain functions: the content layer
 (plain and sealed files), fsync of files the mount writes, the store's

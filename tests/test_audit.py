@@ -677,6 +677,38 @@ def test_the_sync_log_reads_only_whole_frames_of_its_key(tmp_path: Path) -> None
     assert (tmp_path / synclog.NAME).stat().st_size == synclog.SIZE
 
 
+def test_a_full_sync_log_starts_afresh_once_the_writer_has_it_all(tmp_path: Path, monkeypatch) -> None:
+    """A daemon's `AuditLog` (here in the test's process, with its real
+    writer process) on a sync log of 64 KiB: fsyncs fill it, the fsync
+    that finds it full asks the writer, and the log starts afresh once
+    every record in it is stored. Every record ends up in the chain once."""
+    from seldonfs import audit, synclog
+
+    store = init_store(tmp_path / "store", encrypted=False)
+    with mounted(store, tmp_path / "mnt"):  # the audit key and the chain's start
+        pass
+    monkeypatch.setattr(synclog, "SIZE", 64 << 10)
+    log_ = audit.AuditLog(store, store / "catalog.sqlite", audit.load_key(store, None))
+    fd = os.open(store / "data" / "input" / "processed" / "f", os.O_CREAT | os.O_WRONLY, 0o644)
+    ends, n = [], 600
+    try:
+        for i in range(n):
+            log_.record("write", 0, 0, os.getpid(), f"input/processed/f{i:04}", detail="x" * 200)
+            os.pwrite(fd, b"y", i)
+            log_.sync(lambda: os.fdatasync(fd), fd)
+            assert log_.synclog is not None
+            ends.append(log_.synclog.end)
+    finally:
+        os.close(fd)
+        log_.close()
+    restarts = sum(1 for a, b in zip(ends, ends[1:]) if b < a)
+    assert restarts >= 2, ends[::50]
+    assert not log_._log_full
+    paths = [r["path"] for r in records(store, "--op", "write")]
+    assert paths == [f"input/processed/f{i:04}" for i in range(n)]
+    assert verify(store).returncode == 0
+
+
 def test_an_fsync_fails_when_its_records_cannot_be_synced(tmp_path: Path) -> None:
     """An fsync promises the change and its records on disk. When the sync
     log cannot be written out (EIO, injected), the audit writer is asked to
