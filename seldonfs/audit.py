@@ -150,15 +150,17 @@ def gap_record(detail: str) -> tuple:
     return (time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0, detail)
 
 
-def unstored(conn: sqlite3.Connection, log_: SyncLog) -> list[tuple]:
-    """The records in a sync log that the catalog lacks, after a record
-    saying so; [] when it has them all. The daemon or the machine stopped
-    before the writer had stored them. A multiset difference: records are
-    told apart by all their fields, the time in nanoseconds among them."""
+def unstored(conn: sqlite3.Connection, log_: SyncLog, waiting: list[tuple] | None = None) -> list[tuple]:
+    """The records in a sync log that the catalog lacks (nor `waiting`
+    for it), after a record saying so; [] when it has them all. The daemon
+    or the machine stopped before the writer had stored them. A multiset
+    difference: records are told apart by all their fields, the time in
+    nanoseconds among them."""
     base, items = log_.read()
     if not items:
         return []
     stored = Counter(conn.execute(f"SELECT {', '.join(FIELDS[1:])} FROM audit WHERE seq > ?", (base,)))
+    stored.update(waiting or [])
     missing = []
     for item in items:
         if stored[item]:
@@ -959,7 +961,7 @@ def _store_unstored(w: ChainWriter) -> None:
     try:
         log_ = SyncLog(w.root, w.key)
         try:
-            items = unstored(w.conn, log_)
+            items = unstored(w.conn, log_, w.waiting)
         finally:
             log_.close()
     except (OSError, sqlite3.Error) as e:  # the next mount tries again
