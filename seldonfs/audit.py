@@ -64,6 +64,8 @@ DAEMON_GONE = ("records of its last 0.1 s, and the writes and reads of descripto
                "missing: the mount's daemon ended without unmounting (killed, or crashed)")
 RECOVERED = ("records of the last mount that its audit writer had not stored (the daemon or the machine stopped "
              "first), taken from the sync log: they follow")
+WRITER_DIED = ("records the audit writer process had been handed and had not stored when it died, taken from the "
+               "sync log: they follow")
 END = "end"  # the daemon's last message to its writer: without it, end of input means the daemon died
 BATCH_S = 0.1  # the most a kill -9 of the daemon can lose (a gap record says so)
 RETRY_S = 1.0  # how often a writer tries again while records wait
@@ -150,12 +152,13 @@ def gap_record(detail: str) -> tuple:
     return (time.time_ns(), 0, 0, os.getpid(), "seldonfs", GAP_OP, "", "", "OK", 0, detail)
 
 
-def unstored(conn: sqlite3.Connection, log_: SyncLog, waiting: list[tuple] | None = None) -> list[tuple]:
+def unstored(conn: sqlite3.Connection, log_: SyncLog, waiting: list[tuple] | None = None,
+             why: str = "") -> list[tuple]:
     """The records in a sync log that the catalog lacks (nor `waiting`
-    for it), after a record saying so; [] when it has them all. The daemon
-    or the machine stopped before the writer had stored them. A multiset
-    difference: records are told apart by all their fields, the time in
-    nanoseconds among them."""
+    for it), after a record saying why (`RECOVERED`: the daemon or the
+    machine stopped before the writer had stored them); [] when it has
+    them all. A multiset difference: records are told apart by all their
+    fields, the time in nanoseconds among them."""
     base, items = log_.read()
     if not items:
         return []
@@ -169,7 +172,7 @@ def unstored(conn: sqlite3.Connection, log_: SyncLog, waiting: list[tuple] | Non
             missing.append(item)
     if not missing:
         return []
-    note = (time.time_ns(), 0, 0, os.getpid(), "seldonfs", RECOVERED_OP, "", "", "OK", len(missing), RECOVERED)
+    note = (time.time_ns(), 0, 0, os.getpid(), "seldonfs", RECOVERED_OP, "", "", "OK", len(missing), why or RECOVERED)
     return [note, *missing]
 
 
@@ -605,6 +608,17 @@ class AuditLog:
         self.synclog = ours
         self._restart_log()
 
+    def _unstored(self, why: str) -> list[tuple]:
+        """What the sync log holds that the catalog lacks and that is not
+        waiting in `_logged` to be handed on, after a record saying `why`."""
+        if self.synclog is None:
+            return []
+        conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True)
+        try:
+            return unstored(conn, self.synclog, self._logged, why)
+        finally:
+            conn.close()
+
     def _stored(self, item: tuple) -> bool:
         """The writer has stored `item` and synced it (after a durable answer)."""
         if self._dead or self._unsynced:
@@ -779,8 +793,10 @@ class AuditLog:
 
     def _restart(self) -> bool:
         """A new writer process after the last one died (at most one try a
-        second). What the dead one had been handed and had not stored is
-        counted lost: the catalog tells how far it got."""
+        second). What the dead one had been handed and had not stored (the
+        catalog tells how far it got) is handed to the next one from the
+        sync log, after a record that says so; what the log lacks (it was
+        full, or there is none) is counted lost."""
         now = time.monotonic()
         if now < self._restart_at:
             return False
@@ -792,7 +808,10 @@ class AuditLog:
             self.child.kill()  # alive but deaf: it is ours
         self.child.wait()
         try:
-            self._lost += max(0, self._handed - _stored_since(self.catalog_path, self._base, self.child.pid))
+            gone = max(0, self._handed - _stored_since(self.catalog_path, self._base, self.child.pid))
+            again = self._unstored(WRITER_DIED) if gone else []
+            self._logged[:0] = again  # in the log already: handed first, in order
+            self._lost += max(0, gone - max(0, len(again) - 1))
             self._base, self._handed = stored_seq(self.catalog_path), 0
             with contextlib.suppress(OSError):  # counted: the next writer need not guess
                 (self.root / OPEN_NAME).unlink(missing_ok=True)
