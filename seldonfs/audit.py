@@ -515,7 +515,10 @@ class AuditLog:
     hands the list every `BATCH_S` seconds, pickled, through a pipe to a
     writer process (`python -m seldonfs.audit`), which MACs and stores it.
     MACs and SQLite thus run beside the request loop, not under its GIL; and
-    what reached the pipe is written even if this process is killed."""
+    what reached the pipe is written even if this process is killed. Each
+    batch handed on, and an fsync's records, also go into the sync log
+    (synclog.py), which makes an fsync's records durable without the writer
+    and keeps what a dead writer or a power loss took from it."""
 
     def __init__(
         self, root: Path, catalog_path: Path, key: bytes, reads: bool = False, lock_fd: int | None = None,
