@@ -976,8 +976,9 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward
 
 
 def _store_unstored(w: ChainWriter) -> None:
-    """The records the dead daemon had put in its sync log and not handed
-    on (an fsync's, at most 0.1 s old): stored before the writer ends."""
+    """The records a dead daemon had put in its sync log and its writer had
+    not stored (an fsync's, at most 0.1 s old; more after a power loss):
+    stored by its writer before it ends, or by an offline command first."""
     if not usable(w.root) or not (w.root / synclog.NAME).exists():
         return
     try:
@@ -990,7 +991,7 @@ def _store_unstored(w: ChainWriter) -> None:
         _say(f"seldonfs: ERROR audit writer: cannot read {synclog.NAME}: {e}")
         return
     if items:
-        _say(f"seldonfs: audit writer: {len(items) - 1} records stored from {synclog.NAME}")
+        _say(f"seldonfs: audit: {len(items) - 1} records stored from {synclog.NAME}")
         w.write(items, durable=False)
 
 
@@ -1038,6 +1039,7 @@ def append_offline_many(
     cat.close()
     w = ChainWriter(root, catalog_path, key)
     try:
+        _store_unstored(w)  # a crashed mount's records go before this command's
         who = (os.getuid(), os.getgid(), os.getpid(), "seldonfs")
         now = time.time_ns()
         if not w.write([(now, *who, op, text(p), text(p2), res, n, text(det))

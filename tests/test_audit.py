@@ -648,12 +648,15 @@ def test_the_writes_of_files_open_at_a_sigterm_are_recorded(tmp_path: Path) -> N
     assert (store / "data" / "input" / "processed" / "open").read_bytes() == b"z" * 500
 
 
-def test_fsynced_records_outlive_a_writer_that_never_stored_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("offline_first", [False, True])
+def test_fsynced_records_outlive_a_writer_that_never_stored_them(tmp_path: Path, offline_first: bool) -> None:
     """An fsync's records go out in the daemon's sync log before the data's
     flush, so the fsync returns with the audit writer stopped. When daemon
     and writer then die before the writer stored them (as in a power
-    loss), the next mount stores them from the log, after a record that
-    says so; a mount after that does not store them again."""
+    loss), the next mount, or an offline command before it, stores them
+    from the log, after a record that says so; later mounts do not store
+    them again."""
+    from seldonfs import audit
     from seldonfs.audit import RECOVERED
 
     store = init_store(tmp_path / "store", encrypted=False)
@@ -672,6 +675,13 @@ def test_fsynced_records_outlive_a_writer_that_never_stored_them(tmp_path: Path)
             os.close(fd)
         unmount(m)
     assert records_of(store, "SELECT count(*) FROM audit WHERE path = 'input/processed/synced'") == [(0,)]
+    if offline_first:  # an offline command's records come after them
+        audit.append_offline_many(store, store / "catalog.sqlite", audit.load_key(store, None),
+                                  [("janitor-delete", "input/processed/old", "", "OK", 0, "test")])
+        ops = [x["op"] for x in records(store)]
+        tail = ops[ops.index("recovered") + 1:]  # the mount record too, unless stored before the writer stopped
+        assert tail in (["create", "setattr", "write", "janitor-delete"],
+                        ["mount", "create", "setattr", "write", "janitor-delete"]), ops
     for _ in range(2):
         with mounted(store, m, expect_log_problems=True):  # the writer's warning of the unclean end
             assert f.read_bytes() == b"x" * 700
