@@ -1,7 +1,8 @@
 """The few Linux calls the os module lacks: renameat2, fallocate with
-FALLOC_FL_KEEP_SIZE, sync_file_range, syncfs, fstatfs's filesystem type, and the AT_EMPTY_PATH forms of fchownat and utimensat
-that act on an O_PATH descriptor itself (needed for symlinks, which cannot
-be opened any other way); and glibc's mallopt.
+FALLOC_FL_KEEP_SIZE, sync_file_range, syncfs, fstatfs's filesystem type,
+and the AT_EMPTY_PATH forms of fchownat and utimensat that act on an
+O_PATH descriptor itself (needed for symlinks, which cannot be opened any
+other way); and glibc's mallopt.
 """
 
 from __future__ import annotations

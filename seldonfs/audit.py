@@ -172,7 +172,8 @@ def unstored(conn: sqlite3.Connection, log_: SyncLog, waiting: list[tuple] | Non
             missing.append(item)
     if not missing:
         return []
-    note = (time.time_ns(), 0, 0, os.getpid(), "seldonfs", RECOVERED_OP, "", "", "OK", len(missing), why or RECOVERED)
+    why = why or RECOVERED
+    note = (time.time_ns(), 0, 0, os.getpid(), "seldonfs", RECOVERED_OP, "", "", "OK", len(missing), why)
     return [note, *missing]
 
 
@@ -680,7 +681,9 @@ class AuditLog:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         _write_all(self._out, struct.pack("<I", len(data)) + data)
 
-    def flush(self, durable: bool, meanwhile: Callable[[], None] | None = None, data_fd: int | None = None) -> None:
+    def flush(
+        self, durable: bool, meanwhile: Callable[[], None] | None = None, data_fd: int | None = None
+    ) -> None:
         """Hand on what is queued; `durable`: wait until the writer has it on
         disk. `meanwhile` (the data's own fsync) runs while the writer
         syncs, so the two disk waits overlap; its exception is raised after
