@@ -56,13 +56,16 @@ def usable(root: Path) -> bool:
             kind = _libc.fs_type(fd)
         finally:
             os.close(fd)
-        return kind in (_libc.EXT4_SUPER_MAGIC, _libc.XFS_SUPER_MAGIC) and \
-            os.stat(root).st_dev == os.stat(root / "data").st_dev
+        same = os.stat(root).st_dev == os.stat(root / "data").st_dev
     except OSError:
         return False
+    return same and kind in (_libc.EXT4_SUPER_MAGIC, _libc.XFS_SUPER_MAGIC)
 
 
 class SyncLog:
+    """One store's log, open: frames appended at `end`, written out up to
+    `written`; one log (`id`) from `start()` until the next."""
+
     def __init__(self, root: Path, key: bytes) -> None:
         """Open the log, made (written in full and synced) if it is not
         whole; OSError when it cannot be."""
