@@ -985,7 +985,7 @@ def _store_unstored(w: ChainWriter) -> None:
     if not usable(w.root) or not (w.root / synclog.NAME).exists():
         return
     try:
-        log_ = SyncLog(w.root, w.key)
+        log_ = SyncLog(w.root, w.key, readonly=True)
         try:
             items = unstored(w.conn, log_, w.waiting)
         finally:
@@ -996,6 +996,19 @@ def _store_unstored(w: ChainWriter) -> None:
     if items:
         _say(f"seldonfs: audit: {len(items) - 1} records stored from {synclog.NAME}")
         w.write(items, durable=False)
+
+
+def waiting_in_log(root: Path, conn: sqlite3.Connection, key: bytes) -> int:
+    """How many records the sync log holds that the catalog lacks (0: none,
+    or no log to read)."""
+    try:
+        log_ = SyncLog(root, key, readonly=True)
+    except OSError:
+        return 0
+    try:
+        return max(0, len(unstored(conn, log_)) - 1)
+    finally:
+        log_.close()
 
 
 def _mark_open(root: Path) -> bool:

@@ -66,14 +66,16 @@ class SyncLog:
     """One store's log, open: frames appended at `end`, written out up to
     `written`; one log (`id`) from `start()` until the next."""
 
-    def __init__(self, root: Path, key: bytes) -> None:
+    def __init__(self, root: Path, key: bytes, readonly: bool = False) -> None:
         """Open the log, made (written in full and synced) if it is not
-        whole; OSError when it cannot be."""
+        whole; OSError when it cannot be. `readonly`: only to `read()` it,
+        as it is (FileNotFoundError when there is none)."""
         self.key = hmac.digest(key, _LABEL, "sha256")
         path = root / NAME
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        flags = os.O_RDONLY if readonly else os.O_RDWR | os.O_CREAT
+        self.fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
         try:
-            if os.fstat(self.fd).st_size != SIZE:
+            if not readonly and os.fstat(self.fd).st_size != SIZE:
                 zeros = bytes(1 << 20)
                 for off in range(0, SIZE, len(zeros)):
                     pwrite_all(self.fd, zeros, off)
@@ -95,6 +97,8 @@ class SyncLog:
         off, number, log_id = 0, 0, None
         while off + _FRAME.size + _MAC <= SIZE:
             head = os.pread(self.fd, _FRAME.size + _MAC, off)
+            if len(head) < _FRAME.size + _MAC:
+                break  # a log cut short: not ours
             magic, fid, n, length = _FRAME.unpack_from(head)
             end = off + _FRAME.size + _MAC + length
             if magic != MAGIC or n != number or (log_id is not None and fid != log_id) or end > SIZE:

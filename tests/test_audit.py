@@ -675,6 +675,8 @@ def test_fsynced_records_outlive_a_writer_that_never_stored_them(tmp_path: Path,
             os.close(fd)
         unmount(m)
     assert records_of(store, "SELECT count(*) FROM audit WHERE path = 'input/processed/synced'") == [(0,)]
+    r = verify(store)
+    assert r.returncode == 0 and re.search(r"^\d+ records are only in audit.synclog", r.stdout, re.M), r.stdout
     if offline_first:  # an offline command's records come after them
         audit.append_offline_many(store, store / "catalog.sqlite", audit.load_key(store, None),
                                   [("janitor-delete", "input/processed/old", "", "OK", 0, "test")])
@@ -686,7 +688,7 @@ def test_fsynced_records_outlive_a_writer_that_never_stored_them(tmp_path: Path,
         with mounted(store, m, expect_log_problems=True):  # the writer's warning of the unclean end
             assert f.read_bytes() == b"x" * 700
         r = verify(store)
-        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.returncode == 0 and "only in audit.synclog" not in r.stdout, r.stdout + r.stderr
         ops = [(x["op"], x["bytes"]) for x in records(store, "--path", "input/processed/synced")]
         assert ops == [("create", 0), ("setattr", 0), ("write", 1000)], ops  # writes: recorded at the fsync
         (note,) = records(store, "--op", "recovered")

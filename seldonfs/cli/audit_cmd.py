@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .. import anchor, audit, keys, segments
+from .. import anchor, audit, keys, segments, synclog
 from ..errors import DamageFound, SeldonError, UsageError
 from ..naming import shown
 from ..store import Store, StoreLock
@@ -161,6 +161,7 @@ def run_verify(args: argparse.Namespace) -> None:
             store_id = store.identity().get("store_id", "")
             wrong = [(h.get("seq"), anchor.check_kept(h, key, store_id, audit.mac_at(conn, h.get("seq")), last))
                      for h in kept]
+            waiting = audit.waiting_in_log(store.root, conn, key)
     except sqlite3.DatabaseError as e:
         raise DamageFound(f"{store.catalog_path}: unreadable ({e}): the audit chain cannot be verified") from None
     secs = time.perf_counter() - t0
@@ -183,6 +184,9 @@ def run_verify(args: argparse.Namespace) -> None:
     matched = f"; {len(kept)} kept head(s) match" if kept else ""
     noted = f" ({len(events)} reset(s), gap(s) and expired segment(s) above)" if events else ""
     print(f"{n} records verified in {secs:.2f} s ({rate}): chain intact{noted}{matched}")
+    if waiting:
+        print(f"{waiting} records are only in {synclog.NAME}, not in the chain yet: a running mount stores them "
+              "within a second, else the next mount or offline command does")
     if events and args.strict:
         raise DamageFound(f"{len(events)} reset(s) and gap(s): the history is incomplete (--strict)")
 
