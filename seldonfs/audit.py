@@ -154,20 +154,29 @@ def gap_record(detail: str) -> tuple:
 
 def unstored(conn: sqlite3.Connection, log_: SyncLog, waiting: list[tuple] | None = None,
              why: str = "") -> list[tuple]:
-    """The records in a sync log that the catalog lacks (nor `waiting`
-    for it), after a record saying why (`RECOVERED`: the daemon or the
-    machine stopped before the writer had stored them); [] when it has
-    them all. A multiset difference: records are told apart by all their
-    fields, the time in nanoseconds among them."""
+    """The records of a sync log that the writer never stored, after a
+    record saying why (`RECOVERED`: the daemon or the machine stopped
+    first); [] when there are none. The writer stores in order, so they
+    are the ones after the last that the catalog has (a record is told
+    apart by all its fields, the time in nanoseconds among them), less
+    those still `waiting` to be stored. A `reset` since the log began ends
+    its claim: what was stored and then cut off is not brought back."""
     base, items = log_.read()
     if not items:
         return []
-    stored = Counter(conn.execute(f"SELECT {', '.join(FIELDS[1:])} FROM audit WHERE seq > ?", (base,)))
-    stored.update(waiting or [])
+    rows = conn.execute(f"SELECT {', '.join(FIELDS[1:])} FROM audit WHERE seq > ?", (base,)).fetchall()
+    op = FIELDS.index("op") - 1
+    if any(r[op] == RESET_OP for r in rows):
+        return []
+    stored = set(rows)
+    i = len(items)
+    while i and items[i - 1] not in stored:
+        i -= 1
+    left = Counter(waiting or [])
     missing = []
-    for item in items:
-        if stored[item]:
-            stored[item] -= 1
+    for item in items[i:]:
+        if left[item]:
+            left[item] -= 1
         else:
             missing.append(item)
     if not missing:
@@ -613,8 +622,9 @@ class AuditLog:
         self._restart_log()
 
     def _unstored(self, why: str) -> list[tuple]:
-        """What the sync log holds that the catalog lacks and that is not
-        waiting in `_logged` to be handed on, after a record saying `why`."""
+        """What the sync log holds that the writer never stored and that
+        is not waiting in `_logged` to be handed on, after a record saying
+        `why`."""
         if self.synclog is None:
             return []
         conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True)
@@ -967,7 +977,7 @@ def writer_main(root: Path, catalog_path: Path, fd_in: int, fd_out: int, forward
                 w.chores()
         if not ended:  # end of input without the daemon's goodbye
             _say(f"seldonfs: WARNING audit writer: {DAEMON_GONE}")
-            w.write([gap_record(DAEMON_GONE)], durable=False)
+            w.write([gap_record(DAEMON_GONE)], durable=False, chores=False)  # no segment sealed in between
             _store_unstored(w)
     finally:
         for _ in range(CLOSE_TRIES):  # unmounted while the disk is full: some time to get room
@@ -999,8 +1009,8 @@ def _store_unstored(w: ChainWriter) -> None:
 
 
 def waiting_in_log(root: Path, conn: sqlite3.Connection, key: bytes) -> int:
-    """How many records the sync log holds that the catalog lacks (0: none,
-    or no log to read)."""
+    """How many records the sync log holds that the writer never stored
+    (0: none, or no log to read)."""
     try:
         log_ = SyncLog(root, key, readonly=True)
     except OSError:

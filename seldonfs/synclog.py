@@ -21,7 +21,7 @@ last record number stored when the log began. Reading stops at the first
 frame that does not verify: a torn last frame, a stale frame of the log
 before, or bytes nobody with the key wrote (never unpickled).
 
-The records of the log that the catalog lacks are stored by the writer
+The records of the log that the writer never stored are stored by it
 when its daemon died, by the next writer when one died, and by the next
 mount or offline command after a power loss (audit.py: `unstored`). A log
 starts afresh only when everything in the one before is stored and synced.
