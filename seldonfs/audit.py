@@ -494,24 +494,28 @@ def _read_lost(root: Path) -> tuple[int, str]:
         return 1, f"{LOST_NAME} unreadable: at least one record"
 
 
-def stored_seq(catalog_path: Path) -> int:
-    """The last record number in the catalog (0: none)."""
+@contextlib.contextmanager
+def _read_only(catalog_path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the catalog, closed after use."""
     conn = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True)
     try:
-        return conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()[0]
+        yield conn
     finally:
         conn.close()
+
+
+def stored_seq(catalog_path: Path) -> int:
+    """The last record number in the catalog (0: none)."""
+    with _read_only(catalog_path) as conn:
+        return conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()[0]
 
 
 def _stored_since(catalog_path: Path, seq: int, writer_pid: int) -> int:
     """Records past `seq` that a writer process stored for its daemon (not
     the gap records it made itself)."""
-    conn = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True)
-    try:
+    with _read_only(catalog_path) as conn:
         return conn.execute("SELECT count(*) FROM audit WHERE seq > ? AND NOT (op = ? AND pid = ?)",
                             (seq, GAP_OP, writer_pid)).fetchone()[0]
-    finally:
-        conn.close()
 
 
 _FIND = f"SELECT 1 FROM audit WHERE {' AND '.join(f'{f} = ?' for f in FIELDS[1:])} LIMIT 1"
@@ -558,13 +562,7 @@ class AuditLog:
         self._log_full = False  # the sync log starts afresh once the writer has stored and synced it all
         self._last_logged: tuple | None = None  # the last record added to the sync log
         self.synclog = self._open_synclog()
-        recovered = []
-        if self.synclog is not None:
-            conn = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True)
-            try:
-                recovered = unstored(conn, self.synclog)
-            finally:
-                conn.close()
+        recovered = self._unstored(RECOVERED)
         self._spawn()
         self._dead = False
         if self.synclog is not None:
@@ -627,21 +625,15 @@ class AuditLog:
         `why`."""
         if self.synclog is None:
             return []
-        conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True)
-        try:
+        with _read_only(self.catalog_path) as conn:
             return unstored(conn, self.synclog, self._logged, why)
-        finally:
-            conn.close()
 
     def _stored(self, item: tuple) -> bool:
         """The writer has stored `item` and synced it (after a durable answer)."""
         if self._dead or self._unsynced:
             return False
-        conn = sqlite3.connect(f"file:{self.catalog_path}?mode=ro", uri=True)
-        try:
+        with _read_only(self.catalog_path) as conn:
             return conn.execute(_FIND, item).fetchone() is not None
-        finally:
-            conn.close()
 
     def _restart_log(self) -> None:
         """A new sync log over the old one, all of whose records are stored
@@ -778,17 +770,16 @@ class AuditLog:
         fdatasync flushes the disk's cache over both. False: the writer is
         to sync them (no log, a full one, or one that cannot be written
         out, which is given up for this mount)."""
+        if self.synclog is None or self._log_full:
+            return False
         with self._qlock:
             fresh, self.queue = self.queue, []
         if fresh:
-            if not self._log(fresh):
+            if not self._log(fresh):  # it is full now
                 with self._qlock:
                     self.queue[:0] = fresh
                 return False
             self._logged += fresh
-        elif self.synclog is None or self._log_full:
-            return False
-        assert self.synclog is not None
         if self.synclog.pending:
             _libc.write_behind(data_fd)
             try:
@@ -992,14 +983,10 @@ def _store_unstored(w: ChainWriter) -> None:
     """The records a dead daemon had put in its sync log and its writer had
     not stored (an fsync's, at most 0.1 s old; more after a power loss):
     stored by its writer before it ends, or by an offline command first."""
-    if not usable(w.root) or not (w.root / synclog.NAME).exists():
+    if not usable(w.root):
         return
     try:
-        log_ = SyncLog(w.root, w.key, readonly=True)
-        try:
-            items = unstored(w.conn, log_, w.waiting)
-        finally:
-            log_.close()
+        items = _unstored_in(w.root, w.key, w.conn, w.waiting)
     except (OSError, sqlite3.Error) as e:  # the next mount tries again
         _say(f"seldonfs: ERROR audit writer: cannot read {synclog.NAME}: {e}")
         return
@@ -1008,17 +995,27 @@ def _store_unstored(w: ChainWriter) -> None:
         w.write(items, durable=False)
 
 
+def _unstored_in(root: Path, key: bytes, conn: sqlite3.Connection, waiting: list[tuple] | None = None
+                 ) -> list[tuple]:
+    """`unstored` of the store's sync log as it is, read only; [] when
+    there is none."""
+    try:
+        log_ = SyncLog(root, key, readonly=True)
+    except FileNotFoundError:
+        return []
+    try:
+        return unstored(conn, log_, waiting)
+    finally:
+        log_.close()
+
+
 def waiting_in_log(root: Path, conn: sqlite3.Connection, key: bytes) -> int:
     """How many records the sync log holds that the writer never stored
     (0: none, or no log to read)."""
     try:
-        log_ = SyncLog(root, key, readonly=True)
+        return max(0, len(_unstored_in(root, key, conn)) - 1)
     except OSError:
         return 0
-    try:
-        return max(0, len(unstored(conn, log_)) - 1)
-    finally:
-        log_.close()
 
 
 def _mark_open(root: Path) -> bool:
