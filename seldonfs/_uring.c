@@ -21,6 +21,12 @@
  *     the GIL, which has pyfuse3 decode and run it (seldonfs/uring.py);
  *   - catch the reply libfuse writes on that thread (writev hook, matched
  *     by the request's unique id) and put it in the ring entry.
+ * A GETXATTR of a probed name (inodes.PROBED_XATTRS) that the inode's bits
+ * say it lacks is answered ENODATA here, without the GIL: `ls -l` asks for
+ * two such names on every file and the kernel for security.capability
+ * before every write(2), and the Python round trip costs twice what the
+ * kernel's does (docs/design.md, "Absent xattrs answered in the queue"). Core
+ * keeps the bits (`absent`), under the GIL; the queue threads only read.
  * What still comes through /dev/fuse (INIT, FORGET, INTERRUPT, anything
  * before every queue is registered) passes through unchanged, to pyfuse3's
  * loop on the trio thread. Notifications (unique 0) go to /dev/fuse too.
@@ -131,6 +137,52 @@ static int g_fault_errno;
 
 static __thread struct ent *cur_ent;
 static int g_idle_wait; /* queue threads wait as SCHED_IDLE (idle_wait_works) */
+
+/* Probed xattrs an inode lacks: slot (ino * K) >> SHIFT holds (ino << 8) |
+ * bits, one word, so a reader sees a whole entry or none. An entry can be
+ * displaced by another inode's (the request then goes to Python), and the
+ * inode's word is the only place its bits are, so clearing them there is
+ * enough. Inode numbers of 2^56 and above are not kept. */
+#define ABSENT_BITS 16
+#define MAX_PROBED 8
+static _Atomic uint64_t g_absent[1 << ABSENT_BITS];
+static char g_probed[MAX_PROBED][32]; /* bit i: name i, NUL-terminated */
+static size_t g_probed_len[MAX_PROBED]; /* with the NUL; 0: none */
+static atomic_ulong g_absent_answers;
+
+static _Atomic uint64_t *absent_slot(uint64_t ino)
+{
+	return &g_absent[(ino * 0x9E3779B97F4A7C15ull) >> (64 - ABSENT_BITS)];
+}
+
+/* Answer `e` ENODATA when it asks for a probed xattr its inode lacks. */
+static int answer_absent(struct ent *e, const struct fuse_in_header *in, uint32_t psz)
+{
+	uint64_t word;
+	struct fuse_out_header *out;
+
+	if (in->opcode != FUSE_GETXATTR || in->nodeid >> 56)
+		return 0;
+	word = atomic_load_explicit(absent_slot(in->nodeid), memory_order_acquire);
+	if (word >> 8 != in->nodeid || (word & 0xff) == 0)
+		return 0;
+	for (int i = 0; i < MAX_PROBED; i++) {
+		if ((word & (1u << i)) && g_probed_len[i] == psz &&
+		    memcmp(e->payload, g_probed[i], psz) == 0) {
+			uint64_t unique = in->unique; /* `out` is where `in` was */
+
+			out = (void *)e->hdr->in_out;
+			memset(out, 0, sizeof(*out));
+			out->len = sizeof(*out);
+			out->error = -ENODATA;
+			out->unique = unique;
+			e->hdr->ent_in_out.payload_sz = 0;
+			atomic_fetch_add_explicit(&g_absent_answers, 1, memory_order_relaxed);
+			return 1;
+		}
+	}
+	return 0;
+}
 
 static void *map(size_t sz)
 {
@@ -270,6 +322,10 @@ static void serve(struct queue *q, struct ent *e)
 	e->unique = in->unique;
 	e->replied = 0;
 	q->requests++;
+	if (answer_absent(e, in, psz)) {
+		e->unique = 0;
+		return;
+	}
 	if (in->len >= sizeof(*in) + psz && psz <= g_payload_sz &&
 	    (oplen = in->len - sizeof(*in) - psz) <= OP_SZ) {
 		start = e->payload - sizeof(*in) - oplen;
@@ -506,6 +562,56 @@ static PyObject *py_install(PyObject *self, PyObject *args)
 	return PyLong_FromLong(g_nq);
 }
 
+static PyObject *py_probed(PyObject *self, PyObject *args)
+{
+	PyObject *names;
+	Py_ssize_t n;
+
+	if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &names))
+		return NULL;
+	n = PyTuple_GET_SIZE(names);
+	if (n > MAX_PROBED) {
+		PyErr_SetString(PyExc_ValueError, "at most 8 names");
+		return NULL;
+	}
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *b = PyTuple_GET_ITEM(names, i);
+
+		if (!PyBytes_Check(b) || PyBytes_GET_SIZE(b) + 1 > (Py_ssize_t)sizeof(g_probed[0])) {
+			PyErr_SetString(PyExc_ValueError, "names are bytes of at most 31");
+			return NULL;
+		}
+	}
+	for (Py_ssize_t i = 0; i < MAX_PROBED; i++) {
+		g_probed_len[i] = 0;
+		if (i < n) {
+			PyObject *b = PyTuple_GET_ITEM(names, i);
+
+			memcpy(g_probed[i], PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b) + 1);
+			g_probed_len[i] = PyBytes_GET_SIZE(b) + 1;
+		}
+	}
+	Py_RETURN_NONE;
+}
+
+static PyObject *py_absent(PyObject *self, PyObject *args)
+{
+	unsigned long long ino;
+	unsigned int bits;
+	_Atomic uint64_t *slot;
+
+	if (!PyArg_ParseTuple(args, "KI", &ino, &bits))
+		return NULL;
+	if (ino >> 56)
+		Py_RETURN_NONE;
+	slot = absent_slot(ino);
+	if (bits & 0xff)
+		atomic_store_explicit(slot, (ino << 8) | (bits & 0xff), memory_order_release);
+	else if (atomic_load_explicit(slot, memory_order_relaxed) >> 8 == ino)
+		atomic_store_explicit(slot, 0, memory_order_release);
+	Py_RETURN_NONE;
+}
+
 static PyObject *py_stop(PyObject *self, PyObject *args)
 {
 	atomic_store(&g_stop, 1);
@@ -566,10 +672,11 @@ static PyObject *py_stats(PyObject *self, PyObject *args)
 			Py_DECREF(qid);
 		}
 	}
-	return Py_BuildValue("{s:i,s:i,s:i,s:i,s:k,s:k,s:k,s:i,s:N}",
+	return Py_BuildValue("{s:i,s:i,s:i,s:i,s:k,s:k,s:k,s:k,s:i,s:N}",
 		"queues", g_started ? g_nq : 0, "idle_wait", g_idle_wait, "offered", g_offered,
 		"accepted", g_accepted, "ring_requests", ring,
 		"dev_requests", (unsigned long)atomic_load(&g_dev_requests),
+		"absent_answers", (unsigned long)atomic_load(&g_absent_answers),
 		"unanswered", unanswered, "error", error, "ended", ended);
 }
 
@@ -579,11 +686,15 @@ static PyMethodDef methods[] = {
 	 "queues: the hooks go on the session, the queues start at FUSE_INIT if the "
 	 "kernel offers io_uring; dispatch(addr, size) runs one request on a queue "
 	 "thread; queue 0 ends after its request number fault_at (faults.py)"},
+	{"probed", py_probed, METH_VARARGS, "probed(names): the xattr names of bits 0, 1... "
+	 "that a queue thread answers ENODATA itself where `absent` says so"},
+	{"absent", py_absent, METH_VARARGS, "absent(ino, bits): the probed xattrs inode `ino` "
+	 "lacks (0: none known); with the GIL held"},
 	{"stop", py_stop, METH_NOARGS, "stop the queue threads and close their rings"},
 	{"degraded", py_degraded, METH_NOARGS, "whether requests come over /dev/fuse "
 	 "(the kernel did not take io_uring, or a queue ended)"},
 	{"stats", py_stats, METH_NOARGS, "queues, idle_wait, offered, accepted, ring_requests, "
-	 "dev_requests, unanswered, error, ended (the queues whose thread ended)"},
+	 "dev_requests, absent_answers, unanswered, error, ended (the queues whose thread ended)"},
 	{NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_uring",

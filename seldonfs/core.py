@@ -216,7 +216,7 @@ class Core(Entries):
                 raise
         else:
             os.removexattr(fd, CAPS)
-            node.absent_xattrs |= PROBED_XATTRS[CAPS]
+            self.lacks(ino, PROBED_XATTRS[CAPS])
 
     def _drop_set_id(self, node: Node, st: os.stat_result, caller: Caller) -> None:
         """`caller` truncated the file: the set-ID bits it may not keep
@@ -287,9 +287,7 @@ class Core(Entries):
             if created:
                 # a new file has no capabilities; nothing else can add them
                 # but setxattr here (the kernel asks before every write)
-                self.nodes[st.ino].absent_xattrs |= (
-                    PROBED_XATTRS[CAPS] | self._new_absent(parent)
-                )
+                self.lacks(st.ino, PROBED_XATTRS[CAPS] | self._new_absent(parent))
                 flags &= ~os.O_TRUNC  # empty already
                 d = self.rel_path(parent)
                 if d is not None:

@@ -146,7 +146,7 @@ class Entries(InodeTable):
         os.mkdir(name, stat_m.S_IMODE(mode), dir_fd=pfd)
         self._chown_new(pfd, name, owner, os.rmdir)
         st = self.lookup(parent, name)
-        self.nodes[st.ino].absent_xattrs |= self._new_absent(parent) | PROBED_XATTRS[CAPS]
+        self.lacks(st.ino, self._new_absent(parent) | PROBED_XATTRS[CAPS])
         d = self.rel_path(parent)
         if d is not None:
             self.on_mkdir(_proc(self.nodes[st.ino].fd), posixpath.join(d, os.fsdecode(name)), caller.pid)
@@ -279,7 +279,7 @@ class Entries(InodeTable):
             return os.getxattr(_proc(node.fd), name)
         except OSError as e:
             if e.errno == errno.ENODATA:
-                node.absent_xattrs |= bit
+                self.lacks(ino, bit)
             raise
 
     def listxattr(self, ino: int) -> list[bytes]:
@@ -301,7 +301,7 @@ class Entries(InodeTable):
         path = self._xattr_path(ino)
         if path is None:
             raise OSError(errno.EPERM, "no attributes on symlinks")
-        self.nodes[ino].absent_xattrs &= ~PROBED_XATTRS.get(name, 0)
+        self.may_have(ino, PROBED_XATTRS.get(name, 0))
         os.setxattr(path, name, value)
 
     def removexattr(self, ino: int, name: bytes) -> None:

@@ -78,10 +78,11 @@ class Node:
     fd: int  # O_PATH descriptor of the backing object
     nlookup: int
     fmt: int  # stat.S_IFMT of the backing object; it never changes
-    # Bits of _PROBED_XATTRS known to be absent. The kernel asks for
+    # Bits of PROBED_XATTRS known to be absent. The kernel asks for
     # security.capability before every write(2), and ls -l for two more;
     # all xattr changes come through setxattr/removexattr here, which clear
-    # the bit, so a miss can be answered without a syscall.
+    # the bit, so a miss can be answered without a syscall. Changed only
+    # through InodeTable.lacks / may_have, which share them (`share_absent`).
     absent_xattrs: int = 0
     path: str | None = None  # a file's rel_path, while `Core.renames` is still `path_gen`
     path_gen: int = -1
@@ -169,6 +170,10 @@ class InodeTable:
         # Tell the kernel that a name in a directory changed behind its back
         # (it drops its cached entry); set by the FUSE glue.
         self.notify: Callable[[int, bytes], None] = lambda parent, name: None
+        # Told every inode's absent probed xattrs (Node.absent_xattrs) as they
+        # change, 0 when it is forgotten: the io_uring queues answer those
+        # misses themselves (uring.Ring.answer_absent); set by the mount.
+        self.share_absent: Callable[[int, int], None] = lambda ino, bits: None
         self._born_ns = time.time_ns()
         root_fd = os.open(data_root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._root_backing_ino = os.fstat(root_fd).st_ino
@@ -243,6 +248,7 @@ class InodeTable:
         node = self.nodes.get(ino)
         if node is None:
             self.nodes[ino] = Node(fd, 1, stat_m.S_IFMT(st.st_mode))
+            self.share_absent(ino, 0)
             if self.max_inodes and len(self.nodes) > max(self.max_inodes, self._next_relief):
                 self.relieve()
         else:
@@ -417,6 +423,19 @@ class InodeTable:
             os.close(fd)
         return ino if ino in self.nodes else None
 
+    def lacks(self, ino: int, bits: int) -> None:
+        """Inode `ino` certainly lacks the probed xattrs `bits`."""
+        node = self._node(ino)
+        node.absent_xattrs |= bits
+        self.share_absent(ino, node.absent_xattrs)
+
+    def may_have(self, ino: int, bits: int) -> None:
+        """Inode `ino` may have the probed xattrs `bits` now (before it is
+        given them: no answer after this one says they are absent)."""
+        node = self._node(ino)
+        node.absent_xattrs &= ~bits
+        self.share_absent(ino, node.absent_xattrs)
+
     def node_fd(self, ino: int) -> int:
         return self._node(ino).fd
 
@@ -435,6 +454,7 @@ class InodeTable:
             node.nlookup -= n
             if node.nlookup <= 0:
                 del self.nodes[ino]
+                self.share_absent(ino, 0)
                 self._offered.discard(ino)
                 fds.append(node.fd)
                 self.hooks.forgot(ino)

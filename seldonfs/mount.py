@@ -42,6 +42,7 @@ from .engine import Engine
 from .errors import MountPointError, SeldonError, UsageError
 from .fuse_ops import SeldonOperations
 from .host import find_mount
+from .inodes import PROBED_XATTRS
 from .keys import KeySource
 from .metrics import Sources, registry, snapshot
 from .policy import Policy
@@ -347,6 +348,10 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         _fuse_init(ops, mountpoint, prep.fuse_opts, foreground, store)
         stack.callback(_unmount, mountpoint, auditlog)
         if ring is not None:
+            if not ops.debug:  # mount -d logs every request from its handler
+                core.share_absent = ring.answer_absent(tuple(PROBED_XATTRS))
+                if ops.stats is not None:
+                    ops.stats.outside = ring.absent_answers
             ring.install()
         stack.callback(ops.record_open_writes)  # before the unmount record
         log.info("mounted %s at %s", store.root, mountpoint)

@@ -101,6 +101,23 @@ class Ring:
         _uring.install(pyfuse3._session_ptr(), self._dispatch, DEPTH,  # type: ignore[attr-defined]
                        *(faults.planned("ring") or ()))
 
+    def answer_absent(self, names: tuple[bytes, ...]) -> Callable[[int, int], None]:
+        """Have the queue threads answer a GETXATTR of `names` (bit i:
+        names[i]) ENODATA themselves, without the GIL, for an inode whose
+        bits say it lacks that one; returns what tells them the bits
+        (InodeTable.share_absent). The answers are counted (`absent_answers`)
+        but not seen by the handlers: no debug line, no handler time."""
+        from . import _uring
+
+        _uring.probed(names)
+        return _uring.absent  # type: ignore[no-any-return]
+
+    def absent_answers(self) -> int:
+        """GETXATTRs the queue threads answered themselves so far."""
+        from . import _uring
+
+        return int(_uring.stats()["absent_answers"])
+
     def settle(self) -> float:
         """How long /dev/fuse's reader waits before each read (fuseloop.py):
         FORGET_SETTLE_S while only FORGETs come that way."""
@@ -115,7 +132,9 @@ class Ring:
         """stats.json's `transport`: the queues and what came which way
         (`degraded`: requests come over /dev/fuse, or a queue ended;
         `ended`: the queues that ended, whose CPUs' requests wait; `error`:
-        a queue's first unexpected error), from `s`, one reading of
+        a queue's first unexpected error; `requests`: how many came each
+        way, and of the rings' how many were GETXATTRs a queue thread
+        answered itself, `answer_absent`), from `s`, one reading of
         `_uring.stats()` (None: read now)."""
         from . import _uring
 
@@ -125,7 +144,8 @@ class Ring:
         return {"kind": "io_uring", "queues": s["queues"], "sched_idle": bool(s["idle_wait"]),
                 "degraded": _uring.degraded(), "ended": s["ended"],
                 "error": os.strerror(s["error"]) if s["error"] else None,
-                "requests": {"io_uring": s["ring_requests"], "dev_fuse": s["dev_requests"]}}
+                "requests": {"io_uring": s["ring_requests"], "dev_fuse": s["dev_requests"],
+                             "absent_xattrs": s["absent_answers"]}}
 
     def stop(self) -> None:
         from . import _uring

@@ -10,9 +10,11 @@ the parts (scripts/setup.sh), or the test fails.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import tarfile
@@ -22,7 +24,7 @@ import pytest
 
 from seldonfs import uring
 
-from . import test_cli, test_policy
+from . import test_cli, test_policy, test_posix
 from .conftest import configure, init_store, key_args, log_problems, mounted, needs_fuse, seldonfs, wait_for
 
 pytestmark = [
@@ -142,6 +144,44 @@ def test_a_large_files_check_starts_from_a_queue_thread(ring, store: Path, tmp_p
     m = tmp_path / "mnt"
     with mounted(store, m):
         test_policy.test_large_files_are_checked_in_a_worker_thread(m)
+    assert served(store)[0] > 0
+
+
+def test_absent_xattrs_answered_by_the_queues_stay_true(ring, store: Path, tmp_path: Path) -> None:
+    """A probed xattr an inode lacks is answered ENODATA by the queue
+    thread itself (_uring.c), and counted with the handlers' answers. One
+    set through the mount is answered with its value from then on (the
+    capability test of test_posix, over the rings; a label; an ACL), also
+    once the kernel has forgotten the inode and looked it up again."""
+    m = tmp_path / "m"
+    with mounted(store, m):
+        d = m / "input" / "processed"
+        f = d / "f"
+        f.write_bytes(b"x")
+        names = ("security.capability", "security.selinux", "system.posix_acl_access")
+        for name in names * 20:
+            with pytest.raises(OSError) as e:
+                os.getxattr(f, name)
+            assert e.value.errno == errno.ENODATA
+        stats = json.loads(seldonfs("stats", m, "--json").stdout)
+        answered = stats["transport"]["requests"]["absent_xattrs"]
+        assert answered >= 60 and stats["ops"]["getxattr"]["ENODATA"] >= answered, stats
+
+        test_posix.test_capability_xattr_after_cached_miss(d)
+        os.setxattr(f, "security.selinux", b"label")
+        # user::rw- user:65534:r-- group::r-- mask::r-- other::---
+        acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, uid) for tag, perm, uid in (
+            (0x01, 6, 0xFFFFFFFF), (0x02, 4, 65534), (0x04, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF),
+            (0x20, 0, 0xFFFFFFFF)))
+        os.setxattr(f, "system.posix_acl_access", acl)
+        for _ in range(2):
+            assert os.getxattr(f, "security.selinux") == b"label"
+            assert os.getxattr(f, "system.posix_acl_access") == acl
+            Path("/proc/sys/vm/drop_caches").write_text("2")  # the kernel forgets f; its next lookup is new
+        os.removexattr(f, "security.selinux")
+        with pytest.raises(OSError) as e:
+            os.getxattr(f, "security.selinux")
+        assert e.value.errno == errno.ENODATA
     assert served(store)[0] > 0
 
 
