@@ -44,6 +44,19 @@ or 0 bytes (an empty file has no header). Integers are big-endian::
   of zero plaintext written by a program is sealed like any other
   (gocryptfs does the same). In version 2 the last block is never a hole:
   growing a file seals its new last block (zeros, final).
+- Some changes take more than one system call, and the file does not read
+  in between: a write that moves the end of the file past a partial last
+  block, and a truncate that makes a block shorter, change a block's stored
+  length and the backing size; a reservation that fills a hole leaves
+  allocated zeros (damage) until the write over it. For that window the
+  backing file carries the xattr RESIZING, "SIZE N LO:HI...": block N is
+  the one whose length is in flux (-1: none), SIZE the backing size at
+  which it reads as the last block, LO:HI the holes the reservation filled.
+  Opened again with it still there (the writer was killed), block N is read
+  as the file now stands and, if it does not open, the file is cut to SIZE
+  (an append is taken back, a truncate finished); a filled hole that still
+  holds only zeros is punched again. Then the xattr goes
+  (`EncryptedFile._settle`).
 - A tail of 1..28 bytes after the last whole sealed block cannot be a block,
   and a backing file of 1..32 bytes holds no block: the backing file was
   cut. Either counts as one more byte, so st_size covers it and reading it
@@ -74,6 +87,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import _libc, crypto, faults
 from .content import ContentDamaged
+from .xattrs import RESIZING
 
 MAGIC = b"SLDN"
 FORMAT_VERSION = 2  # what new files get
@@ -312,7 +326,7 @@ class EncryptedFile:
 
     __slots__ = (
         "fd", "keys", "current_key_id", "block_size",
-        "_header", "_aead", "_aeads", "_emptied", "_ino", "_gen", "_sparse",
+        "_header", "_aead", "_aeads", "_emptied", "_ino", "_gen", "_sparse", "_settled",
     )
 
     def __init__(
@@ -339,6 +353,7 @@ class EncryptedFile:
         self._ino = -1
         self._gen = 0
         self._sparse = False
+        self._settled = False  # RESIZING looked for (once, at the first access)
 
     # --- FileContent ---
 
@@ -410,7 +425,69 @@ class EncryptedFile:
         st = os.fstat(self.fd)
         self._ino = st.st_ino
         self._sparse = st.st_blocks * 512 < st.st_size  # it has holes (or is cut short of its blocks)
+        if not self._settled:
+            self._settled = True
+            if st.st_size > HEADER_SIZE:
+                return self._settle(st.st_size)
         return st.st_size
+
+    def _settle(self, bsize: int) -> int:
+        """Finish what a write or truncate killed inside its window left
+        (module docstring, RESIZING); returns the backing size."""
+        try:
+            raw = os.getxattr(self.fd, RESIZING)
+        except OSError:  # ENODATA: nothing left (ENOTSUP: none ever set)
+            return bsize
+        try:
+            size, n, *rest = raw.split()
+            size, n = int(size), int(n)
+            holes = [tuple(map(int, r.split(b":"))) for r in rest]
+        except ValueError:
+            size, n, holes = -1, -1, []
+        path = f"/proc/self/fd/{self.fd}"  # whether or not self.fd was opened for writing
+        if HEADER_SIZE < size and 0 <= n and not self._opens(n, bsize):
+            os.truncate(path, size)
+            bsize = os.fstat(self.fd).st_size
+        if holes:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                for lo, hi in holes:
+                    hi = min(hi, bsize)
+                    if lo < hi and os.pread(fd, hi - lo, lo) == bytes(hi - lo):
+                        _libc.punch_hole(fd, lo, hi - lo)
+            finally:
+                os.close(fd)
+        st = os.fstat(self.fd)
+        self._sparse = st.st_blocks * 512 < st.st_size
+        try:
+            os.removexattr(self.fd, RESIZING)
+        except OSError:
+            pass  # e.g. a read-only store: looked at again next time
+        return bsize
+
+    def _opens(self, n: int, bsize: int) -> bool:
+        """Whether block n of the file as it stands opens."""
+        self._load(bsize)
+        try:
+            self._read_blocks(range(n, n + 1), bsize)
+        except (BlockDamaged, FileCut):
+            return False
+        return True
+
+    def _resizing(self, size: int, n: int, holes: list[tuple[int, int]]) -> bool:
+        """Mark the window (module docstring); False where the backing
+        filesystem keeps no user xattrs (the window then stays open)."""
+        value = b" ".join([b"%d %d" % (size, n), *(b"%d:%d" % h for h in holes)])
+        try:
+            os.setxattr(self.fd, RESIZING, value)
+        except OSError as e:
+            if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return False
+            raise
+        return True
+
+    def _resized(self) -> None:
+        os.removexattr(self.fd, RESIZING)
 
     def _load(self, bsize: int) -> Header | None:
         """The cached header; None (and the cache dropped) if the file is
@@ -514,27 +591,38 @@ class EncryptedFile:
                 pieces.append((block_offset(oldlast, bs), self._sealed(h, aead, oldlast, [plain], last)))
         pieces = [(at, buf) for at, buf in pieces if buf]
         holes: list[tuple[int, int]] = []  # holes inside the file the reservation fills
+        # Space first: a full disk fails at the reservation, before a byte is
+        # overwritten (docs/file-format.md, "Writing on a full disk"). A file
+        # with holes may have one in a range; overwriting allocated bytes
+        # needs no new space, and what fails past the end is cut off again.
+        reserve = []
+        for at, buf in pieces:
+            if at < bsize and (at + len(buf) > bsize or self._sparse):
+                if self._sparse:
+                    found = _holes(self.fd, at, min(at + len(buf), bsize))
+                    if not found and at + len(buf) <= bsize:
+                        continue
+                    holes += found
+                reserve.append((at, len(buf)))
+        # A partial old last block is rewritten whole after the blocks past
+        # it, and a filled hole holds allocated zeros until it is written: in
+        # between neither reads (module docstring, RESIZING).
+        moves = last > oldlast >= 0 and bsize < block_offset(oldlast + 1, bs)
+        marked = (moves or bool(holes)) and self._resizing(bsize, oldlast if moves else -1, holes)
         try:
-            for at, buf in pieces:
-                if at < bsize and (at + len(buf) > bsize or self._sparse):
-                    # Space first: a full disk fails here, before a byte is
-                    # overwritten (docs/file-format.md, "Writing on a full
-                    # disk"). A file with holes may have one here;
-                    # overwriting allocated bytes needs no new space, and
-                    # what fails past the end is cut off again.
-                    if self._sparse:
-                        found = _holes(self.fd, at, min(at + len(buf), bsize))
-                        if not found and at + len(buf) <= bsize:
-                            continue
-                        holes += found
-                    faults.reserve(self.fd, at, len(buf))
+            for at, length in reserve:
+                faults.reserve(self.fd, at, length)
             for at, buf in pieces:
                 self._pwrite_all(buf, at)
         except OSError:
             faults.ftruncate(self.fd, bsize)
             for lo, hi in holes:  # allocated zeros would read as damage: holes again
                 _libc.punch_hole(self.fd, lo, hi - lo)
+            if marked:
+                self._resized()
             raise
+        if marked:
+            self._resized()
 
     def _sealed(
         self, h: Header, aead: AESGCM, first: int, plains: list[Buffer], final: int, lead: bytes = b""
@@ -575,8 +663,9 @@ class EncryptedFile:
     def _shrink(self, bsize: int, new: int) -> None:
         """Cut to `new` (> 0) plain bytes: reseal the new last block as
         final (in version 1 only when it gets shorter), then cut the backing
-        file. Killed in between, the file reads as before: a block before
-        the last may be sealed final."""
+        file. Killed in between, the file reads as before where the block
+        kept its length (a block before the last may be sealed final); where
+        it got shorter, RESIZING has the cut finished at the next open."""
         h, aead = self._ready()
         n, rest = divmod(new - 1, self.block_size)
         if not (h.version > 1 or rest + 1 < self.block_size):
@@ -585,17 +674,32 @@ class EncryptedFile:
         old = self._read_blocks(range(n, n + 1), bsize)
         buf = self._sealed(h, aead, n, [old[: rest + 1]], n)
         at = block_offset(n, self.block_size)
-        if self._sparse and _holes(self.fd, at, at + len(buf)):  # else it is allocated and at least as long
-            faults.reserve(self.fd, at, len(buf))
-        self._pwrite_all(buf, at)
+        cut = backing_size(new, self.block_size)
+        holes = _holes(self.fd, at, at + len(buf)) if self._sparse else []  # else it is allocated, and as long
+        # Shorter than what the file spans there, block n does not read until
+        # the cut, nor a filled hole until the write (module docstring, RESIZING).
+        shorter = at + len(buf) < min(bsize, block_offset(n + 1, self.block_size))
+        marked = (shorter or bool(holes)) and self._resizing(cut, n if shorter else -1, holes)
+        written = False
         try:
-            faults.ftruncate(self.fd, backing_size(new, self.block_size))
+            if holes:
+                faults.reserve(self.fd, at, len(buf))
+            self._pwrite_all(buf, at)
+            written = True
+            faults.ftruncate(self.fd, cut)
         except OSError:
-            # A shorter block now sits where the longer one was, which the
-            # file still spans: put that one back, or it reads as damage.
-            oldlast = (plain_size(bsize, self.block_size) - 1) // self.block_size
-            self._pwrite_all(self._sealed(h, aead, n, [old], oldlast), at)
+            if written:
+                # A shorter block now sits where the longer one was, which the
+                # file still spans: put that one back, or it reads as damage.
+                oldlast = (plain_size(bsize, self.block_size) - 1) // self.block_size
+                self._pwrite_all(self._sealed(h, aead, n, [old], oldlast), at)
+            else:
+                for lo, hi in holes:  # allocated zeros would read as damage: holes again
+                    _libc.punch_hole(self.fd, lo, hi - lo)
             raise
+        finally:
+            if marked:
+                self._resized()
 
     def _pwrite_all(self, buf: Buffer, off: int) -> None:
         view = memoryview(buf)
@@ -720,6 +824,18 @@ class EncryptedContent:
 
     def backing_offset(self, plain_off: int) -> int:
         return block_offset(plain_off // self.block_size, self.block_size)
+
+    def settle(self, path: str) -> bool:
+        try:
+            os.getxattr(path, RESIZING)
+        except OSError:  # ENODATA: the usual
+            return False
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            before = os.fstat(fd).st_size
+            return self.attach(fd)._backing_size() != before
+        finally:
+            os.close(fd)
 
 
 def _check_setup(keys: dict[int, bytes], current_key_id: int, block_size: int) -> None:

@@ -75,6 +75,12 @@ class ContentLayer(Protocol):
         block that holds them)."""
         ...
 
+    def settle(self, path: str) -> bool:
+        """Finish what a write or truncate killed halfway left in the
+        backing file at `path` (a sealed file's RESIZING, blockformat.py);
+        True when that changed the file."""
+        ...
+
 
 class PlainFile:
     __slots__ = ("fd",)
@@ -106,3 +112,6 @@ class PlainContent:
 
     def backing_offset(self, plain_off: int) -> int:
         return plain_off
+
+    def settle(self, path: str) -> bool:
+        return False  # a plain file has no blocks whose length can be caught halfway

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .content import ContentLayer
+from .content import ContentDamaged, ContentLayer
 from .hooks import Hooks
 from .store import walk
 from .virtual import Virtual
@@ -247,6 +247,8 @@ class InodeTable:
         ino = self._ino(st.st_ino)
         node = self.nodes.get(ino)
         if node is None:
+            if stat_m.S_ISREG(st.st_mode) and st.st_size and self._settle(fd):
+                st = os.fstat(fd)
             self.nodes[ino] = Node(fd, 1, stat_m.S_IFMT(st.st_mode))
             self.share_absent(ino, 0)
             if self.max_inodes and len(self.nodes) > max(self.max_inodes, self._next_relief):
@@ -255,6 +257,18 @@ class InodeTable:
             os.close(fd)
             node.nlookup += 1
         return self._stat(ino, st)
+
+    def _settle(self, fd: int) -> bool:
+        """Before the kernel first sees a file's size: finish what a write or
+        truncate killed halfway left in it (ContentLayer.settle)."""
+        try:
+            changed = self.content.settle(_proc(fd))
+        except (OSError, ContentDamaged) as e:  # left as it is: reading it tells
+            log.error("%s: cannot finish a resize cut short: %s", os.readlink(_proc(fd)), e)
+            return False
+        if changed:
+            log.warning("%s: finished a write or truncate cut short by a kill", os.readlink(_proc(fd)))
+        return changed
 
     def relieve(self) -> None:
         """Ask the kernel to forget the oldest files no handle has open,

@@ -5,6 +5,8 @@ REASON and ORIGIN on a quarantined file, ORIGINAL on a file whose managed
 name had to be shortened to fit 255 bytes, VERSION_OF on a kept version,
 CREATOR on a folder under temp/, ARCHIVING on a file the janitor is
 archiving (the folder of the attempt, so a resumed one finishes there),
+RESIZING on an encrypted file while a write or truncate moves its end
+(what to cut it to if that was killed halfway: blockformat.py),
 JOB on a file (the one name a writer may
 set, through the mount). Control attributes are answered, never stored:
 VERSIONS (read: a file's versions), RESTORE and RELEASE (write: act on a
@@ -30,6 +32,7 @@ ORIGINAL = b"user.seldon.original"  # a committed file's whole name, where its n
 VERSION_OF = b"user.seldon.version"  # on a stored version: [path, saved_ns, cause]
 CREATOR = b"user.seldon.creator"  # on a folder under temp/: the process that made it
 ARCHIVING = b"user.seldon.archiving"  # on a file being archived: the folder its archive goes to
+RESIZING = b"user.seldon.resizing"  # on a backing file while its end moves in two steps (blockformat.py)
 VERSIONS = b"user.seldon.versions"  # control, read: JSON list
 RESTORE = b"user.seldon.restore"  # control, write: a version number
 RELEASE = b"user.seldon.release"  # control, write: b"" or b"force"; root only
