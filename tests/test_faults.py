@@ -91,19 +91,27 @@ Failed = tuple[str, str, bytes, bytes, tuple]  # step, file, before, after, (mod
 def _run(store: Path, m: Path, faults: str) -> tuple[dict[str, bytes], Failed | None]:
     """The workload on a mount with `faults`: (the files as the finished
     steps left them, and for a step that failed: its name, its file, the
-    file before it and the file it was making)."""
+    file before it and the file it was making). A fault that kills the
+    daemon (ERRNO KILL) ends it at the step it cut short; any other must
+    leave the mount alive."""
+    killing = faults.endswith(":KILL")
     done: dict[str, bytes] = {}
     with mounted(store, m, expect_log_problems=True, env={"SELDONFS_FAULTS": faults}) as proc:
         for name, rel, *how in STEPS:
             new = _model(done.get(rel, b""), *how)
             try:
                 _do(m, rel, *how)
-            except OSError as e:  # the injected error itself, never another (a full disk is not damage)
-                assert e.errno == getattr(errno, faults.rsplit(":", 1)[-1], None), (faults, name, e)
+            except OSError as e:
+                if killing:
+                    proc.wait(timeout=20)  # a dead mount, cleared by `mounted`
+                else:  # the injected error itself, never another (a full disk is not damage)
+                    assert e.errno == getattr(errno, faults.rsplit(":", 1)[-1], None), (faults, name, e)
+                    assert proc.poll() is None and os.path.ismount(m), f"the mount ended at step {name}"
                 return done, (name, rel, done.get(rel, b""), new, (how[1], how[2], how[3]))
-            finally:
-                assert proc.poll() is None and os.path.ismount(m), f"the mount ended at step {name}"
-            done[rel] = new
+            done[rel] = new  # fsync'ed: kept, whatever comes after
+            if proc.poll() is not None:
+                assert killing, f"the mount ended at step {name}"
+                return done, None
     return done, None
 
 
@@ -163,47 +171,38 @@ def _copy(template: Path, store: Path) -> Path:
     return store
 
 
+def _sweep(tmp_path: Path, faults_of: Callable[[dict[str, int]], list[str]], encrypted: bool = True,
+           fsck: bool = True) -> tuple[dict[str, int], list[str], int]:
+    """The workload counted once, then run once for each fault that
+    `faults_of(counts)` names, each on a fresh copy of a store mounted
+    once before (its first mount makes the audit key: not the workload's).
+    Returns the counts, the problems found, the number of faults."""
+    template = init_store(tmp_path / "template", encrypted=encrypted)
+    with mounted(template, tmp_path / "m"):
+        pass
+    counts_file = tmp_path / "counts.json"
+    done, failed = _run(_copy(template, tmp_path / "count"), tmp_path / "m", f"count:{counts_file}")
+    assert failed is None and done
+    counts = json.loads(counts_file.read_text())
+    faults = faults_of(counts)
+    problems = []
+    for i, fault in enumerate(faults):
+        store = _copy(template, tmp_path / f"s{i}")
+        done, failed = _run(store, tmp_path / "m", fault)
+        problems += [f"{fault}: {p}" for p in _check(store, tmp_path / "m", done, failed, fsck)]
+        shutil.rmtree(store)
+    return counts, problems, len(faults)
+
+
 @needs_fuse
 @pytest.mark.parametrize("kind", ["encrypted", "plain"])
 def test_a_fault_at_any_write_loses_nothing_closed_or_synced(kind: str, tmp_path: Path) -> None:
-    template = init_store(tmp_path / "template", encrypted=kind == "encrypted")
-    with mounted(template, tmp_path / "m"):  # its first mount makes the audit key: not the workload's
-        pass
-    counts_file = tmp_path / "counts.json"
-    store = _copy(template, tmp_path / "count")
-    done, failed = _run(store, tmp_path / "m", f"count:{counts_file}")
-    assert failed is None and done
-    counts = json.loads(counts_file.read_text())
-    print(f"{kind}: counts {counts}")
+    counts, problems, points = _sweep(tmp_path, lambda counts: [
+        f"{k}:{n}:{err}" for k in KINDS for n in range(1, counts.get(k, 0) + 1) for err in ERRNOS.get(k, ("ENOSPC",))
+    ], encrypted=kind == "encrypted")
     assert counts.get("pwrite") and counts.get("fsync") and counts.get("rename") and counts.get("catalog"), counts
-    points = [(k, n, err) for k in KINDS for n in range(1, counts.get(k, 0) + 1)
-              for err in ERRNOS.get(k, ("ENOSPC",))]
-    problems = []
-    for i, (k, n, err) in enumerate(points):
-        store = _copy(template, tmp_path / f"s{i}")
-        done, failed = _run(store, tmp_path / "m", f"{k}:{n}:{err}")
-        problems += [f"{k}:{n}:{err}: {p}" for p in _check(store, tmp_path / "m", done, failed)]
-        shutil.rmtree(store)
-    print(f"{kind}: {len(points)} injection points ({counts})")
+    print(f"{kind}: {points} injection points ({counts})")
     assert not problems, "\n".join(problems)
-
-
-def _run_until_killed(store: Path, m: Path, faults: str) -> tuple[dict[str, bytes], Failed | None]:
-    """`_run` with a fault that kills the daemon (ERRNO KILL): the steps
-    until the one it cut short."""
-    done: dict[str, bytes] = {}
-    with mounted(store, m, expect_log_problems=True, env={"SELDONFS_FAULTS": faults}) as proc:
-        for name, rel, *how in STEPS:
-            new = _model(done.get(rel, b""), *how)
-            try:
-                _do(m, rel, *how)
-            except OSError:
-                proc.wait(timeout=20)  # killed: a dead mount, cleared by `mounted`
-                return done, (name, rel, done.get(rel, b""), new, (how[1], how[2], how[3]))
-            done[rel] = new  # fsync'ed: kept, whatever comes after
-            if proc.poll() is not None:
-                return done, None
-    return done, None
 
 
 @needs_fuse
@@ -217,23 +216,11 @@ def test_a_kill_at_any_write_loses_nothing_closed_or_synced(tmp_path: Path) -> N
     filled a hole read as damage until the write over it, likewise. No fsck:
     a kill loses the file records of the last half second and the commit of
     a file cut off in its write, which `fsck --rebuild` restores."""
-    template = init_store(tmp_path / "template")
-    with mounted(template, tmp_path / "m"):
-        pass
-    counts_file = tmp_path / "counts.json"
-    store = _copy(template, tmp_path / "count")
-    done, failed = _run(store, tmp_path / "m", f"count:{counts_file}")
-    assert failed is None and done
-    counts = json.loads(counts_file.read_text())
-    points = [(k, n) for k in ("pwrite", "ftruncate", "reserve") for n in range(1, counts.get(k, 0) + 1)]
+    counts, problems, points = _sweep(tmp_path, lambda counts: [
+        f"{k}:{n}:KILL" for k in ("pwrite", "ftruncate", "reserve") for n in range(1, counts.get(k, 0) + 1)
+    ], fsck=False)
     assert counts.get("ftruncate") and counts.get("reserve"), counts
-    problems = []
-    for i, (k, n) in enumerate(points):
-        store = _copy(template, tmp_path / f"s{i}")
-        done, failed = _run_until_killed(store, tmp_path / "m", f"{k}:{n}:KILL")
-        problems += [f"{k}:{n}:KILL: {p}" for p in _check(store, tmp_path / "m", done, failed, fsck=False)]
-        shutil.rmtree(store)
-    print(f"{len(points)} kill points ({counts})")
+    print(f"{points} kill points ({counts})")
     assert not problems, "\n".join(problems)
 
 
