@@ -445,7 +445,7 @@ class EncryptedFile:
         except ValueError:
             size, n, holes = -1, -1, []
         path = f"/proc/self/fd/{self.fd}"  # whether or not self.fd was opened for writing
-        if HEADER_SIZE < size and 0 <= n and not self._opens(n, bsize):
+        if HEADER_SIZE < size < bsize and 0 <= n and not self._opens(n, bsize):
             os.truncate(path, size)
             bsize = os.fstat(self.fd).st_size
         if holes:
@@ -696,10 +696,11 @@ class EncryptedFile:
             else:
                 for lo, hi in holes:  # allocated zeros would read as damage: holes again
                     _libc.punch_hole(self.fd, lo, hi - lo)
-            raise
-        finally:
             if marked:
                 self._resized()
+            raise
+        if marked:  # not in a `finally`: left by anything but a failed call, it is the next open's to settle
+            self._resized()
 
     def _pwrite_all(self, buf: Buffer, off: int) -> None:
         view = memoryview(buf)

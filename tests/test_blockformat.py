@@ -178,6 +178,62 @@ def test_truncate_to_zero_empties_the_backing_file_and_renews_the_file_id(tmp_pa
         assert f.read(0, 10) == b"second"
 
 
+class Killed(BaseException):
+    """The process ending where a system call was (no `except OSError` runs)."""
+
+
+@pytest.mark.parametrize("change", ["append", "append over the last block", "shrink", "shrink the last block",
+                                    "fill a hole"])
+def test_a_change_killed_between_its_calls_is_finished_or_taken_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Each change killed before each of its pwrites, reservations and cuts
+    in turn; a new EncryptedFile on the file (the next open) reads it as it
+    was or as the change makes it, never as damage (RESIZING). Blocks of
+    16 KiB: holes in the backing file need blocks larger than its own."""
+    B = bf.DEFAULT_BLOCK_SIZE
+    base = random.Random(5).randbytes(10 * B + 20)  # a partial last block
+    op = {
+        "append": ("w", len(base), b"+" * (3 * B)),
+        "append over the last block": ("w", len(base) - 30, b"+" * (3 * B)),
+        "shrink": ("t", 6 * B + 7, b""),
+        "shrink the last block": ("t", 10 * B + 9, b""),
+        "fill a hole": ("w", 14 * B + 3, b"+" * (2 * B)),  # in a file grown to 20 blocks first
+    }[change]
+    seen = 0
+    for at in range(1, 20):
+        with backing(tmp_path / "f") as fd:
+            f = enc(fd, B)
+            f.write(0, base)
+            if change == "fill a hole":
+                f.truncate(20 * B)
+            old = f.read(0, 100 * B)
+            model = bytearray(old)
+            apply(model, op)
+            calls = 0
+
+            def dies(real):
+                def call(*args):
+                    nonlocal calls
+                    calls += 1
+                    if calls == at:
+                        raise Killed
+                    return real(*args)
+                return call
+
+            for name in ("pwrite", "ftruncate", "reserve"):
+                monkeypatch.setattr(bf.faults, name, dies(getattr(bf.faults, name)))
+            try:
+                f.write(op[1], op[2]) if op[0] == "w" else f.truncate(op[1])
+            except Killed:
+                seen += 1
+            monkeypatch.undo()
+            assert enc(fd, B).read(0, 100 * B) in (old, bytes(model)), (change, at)
+            if calls < at:
+                break
+    assert seen >= 2, seen
+
+
 def test_negative_offsets_are_refused(tmp_path: Path) -> None:
     with backing(tmp_path / "f") as fd:
         f = enc(fd)
