@@ -445,25 +445,24 @@ class EncryptedFile:
         except ValueError:
             size, n, holes = -1, -1, []
         path = f"/proc/self/fd/{self.fd}"  # whether or not self.fd was opened for writing
-        if HEADER_SIZE < size < bsize and 0 <= n and not self._opens(n, bsize):
-            os.truncate(path, size)
-            bsize = os.fstat(self.fd).st_size
-        if holes:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                for lo, hi in holes:
-                    hi = min(hi, bsize)
-                    if lo < hi and os.pread(fd, hi - lo, lo) == bytes(hi - lo):
-                        _libc.punch_hole(fd, lo, hi - lo)
-            finally:
-                os.close(fd)
-        st = os.fstat(self.fd)
-        self._sparse = st.st_blocks * 512 < st.st_size
         try:
+            if HEADER_SIZE < size < bsize and 0 <= n and not self._opens(n, bsize):
+                os.truncate(path, size)
+            if holes:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    for lo, hi in holes:
+                        hi = min(hi, os.fstat(fd).st_size)
+                        if lo < hi and os.pread(fd, hi - lo, lo) == bytes(hi - lo):
+                            _libc.punch_hole(fd, lo, hi - lo)
+                finally:
+                    os.close(fd)
             os.removexattr(self.fd, RESIZING)
         except OSError:
-            pass  # e.g. a read-only store: looked at again next time
-        return bsize
+            pass  # e.g. a read-only store: read as it stands, settled by a later open that can
+        st = os.fstat(self.fd)
+        self._sparse = st.st_blocks * 512 < st.st_size
+        return st.st_size
 
     def _opens(self, n: int, bsize: int) -> bool:
         """Whether block n of the file as it stands opens."""
