@@ -50,7 +50,7 @@ from .records import FIELDS, JSON, ZERO_MAC, mac_of, text
 from .anchor import HEAD_NAME, head_tag, read_head
 from .errors import SeldonError
 from .reserve import Reserve
-from .store import sync_dir
+from .store import mark, sync_dir, unmark
 from .synclog import SyncLog, pwrite_all, usable
 
 log = logging.getLogger(__name__)
@@ -1021,22 +1021,18 @@ def waiting_in_log(root: Path, conn: sqlite3.Connection, key: bytes) -> int:
 def _mark_open(root: Path) -> bool:
     """Leave `OPEN_NAME` for as long as this writer runs; True when the
     last writer left it there. A writer that ends removes it; the daemon
-    removes it for a writer it saw die, whose loss it counts itself. It is
-    empty: no data block to find on a full disk."""
+    removes it for a writer it saw die, whose loss it counts itself."""
     path = root / OPEN_NAME
-    was = path.exists()
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        sync_dir(root)
+        return mark(path)
     except OSError as e:
         _say(f"seldonfs: ERROR audit writer: cannot write {path} (a power loss would leave no gap record): {e}")
-    return was
+        return path.exists()
 
 
 def _mark_closed(root: Path) -> None:
     try:
-        (root / OPEN_NAME).unlink(missing_ok=True)
-        sync_dir(root)
+        unmark(root / OPEN_NAME)
     except OSError as e:
         _say(f"seldonfs: ERROR audit writer: cannot remove {root / OPEN_NAME} (the next mount will record a gap "
              f"that did not happen): {e}")

@@ -289,6 +289,14 @@ class Catalog:
         ).fetchone()
         return None if row is None else row[0]
 
+    def newest_commit(self, path: str) -> tuple[str, int, int] | None:
+        """(verdict, committed_ns, ino) of the newest file record of `path`
+        (None: none; ino 0 where the record has none)."""
+        row = self.conn.execute(
+            "SELECT verdict, committed_ns, ino FROM files WHERE path = ? ORDER BY id DESC LIMIT 1", (db_name(path),)
+        ).fetchone()
+        return None if row is None else (row[0], row[1] or 0, row[2] or 0)
+
     # ------------------------------------------------------------ quarantine
 
     def add_quarantined(self, path: str, origin: str, reason: str, at_ns: int) -> None:

@@ -60,7 +60,7 @@ class Checks:
         self.layer = layer
         self.extra_patterns = extra_patterns
         self.checksum = checksum  # validation.checksum_of: keyed in an encrypted store
-        self.passed: dict[int, Key] = {}  # ino -> key at its last passed check
+        self.passed: dict[int, tuple[Key, validation.Verdict]] = {}  # ino -> (key, verdict) of its last passed check
         self.written: dict[int, bytearray] = {}  # ino -> its one writer's bytes
         self.shadowed = 0  # their lengths together
 
@@ -124,8 +124,10 @@ class Checks:
         st = os.fstat(fd)
         return st.st_mtime_ns, self.layer.plain_size(st.st_size)
 
-    def unchanged(self, ino: int, key: Key) -> bool:
-        return self.passed.get(ino) == key
+    def unchanged(self, ino: int, key: Key) -> validation.Verdict | None:
+        """The verdict of file `ino`'s last passed check while it still has `key`."""
+        last = self.passed.get(ino)
+        return last[1] if last is not None and last[0] == key else None
 
     def source(self, ino: int, key: Key, content: FileContent | None) -> FileContent | None:
         """What the check of file `ino` reads: the written copy when it is
@@ -164,4 +166,4 @@ class Checks:
 
     def passed_now(self, ino: int, key: Key, v: validation.Verdict) -> None:
         if v.ok:
-            self.passed[ino] = key
+            self.passed[ino] = (key, v)

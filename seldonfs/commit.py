@@ -201,7 +201,7 @@ class Committer:
 
     def _checksum(self, rel: str) -> str:
         """The recorded kind of checksum of file `rel` (a commit that skipped
-        its checks, the file unchanged since it passed, has none)."""
+        its checks, a forced release, has none)."""
         try:
             fd = self.dirs.open(rel, os.O_RDONLY)
         except OSError:
@@ -313,8 +313,9 @@ class Committer:
             fd, content = source
         try:
             key = self.checks.key(fd)
-            if self.checks.unchanged(ino, key):
-                return validation.Verdict(size=key[1])  # unchanged since it passed
+            passed = self.checks.unchanged(ino, key)
+            if passed is not None:
+                return passed  # unchanged since it passed: its checksum and type go on record again
             content = self.checks.source(ino, key, content)
             if defer and key[1] > INLINE_CHECK_BYTES:
                 if (ino, key) not in self.deferred:

@@ -10,7 +10,10 @@ chain and the counts of stats.json.
 
 Commit: a file commits when the last handle that wrote it is flushed
 (close(2), so the writer sees a rejection and `ls` after close sees the
-final name) or when it is renamed into a folder with a commit rule.
+final name) or when it is renamed into a folder with a commit rule. A
+mount that did not end cleanly (killed, crashed, or stopped with files
+open for writing) leaves files whose close never came: the next mount
+commits them before it answers its first request (`recover`).
 
 Concurrency: every hook runs inside a request (core.py) and none awaits.
 """
@@ -44,11 +47,12 @@ from .distributions import Tracker
 from .hooks import Absent, Hooks, Moved, Track
 from .host import job_from_environ
 from .leftovers import Leftovers
+from .naming import shown
 from .policy import (
     Policy, commits, held, version_at_open, version_at_replace, version_at_truncate, write_once_area,
 )
 from .refusals import Refusals, Refused
-from .store import PRIVATE_DIR, VERSIONS_DIR, Dirs
+from .store import PRIVATE_DIR, VERSIONS_DIR, Dirs, tree
 from .validation import checksum_of
 from .versions import Versions
 
@@ -99,6 +103,7 @@ class Engine(Hooks):
         self.writers: dict[int, int] = {}  # ino -> open tracked handles
         self.fresh: set[int] = set()  # made in a write-once folder, its handles still open: not sealed yet
         self.leftovers = Leftovers(policy.pol.temp_max_age)
+        self.recover_from: str | None = None  # data/, when the last mount did not end cleanly (mount.py)
         self._jobs: dict[int, tuple[str | None, float]] = {}  # pid -> (job, until)
         self._statvfs: tuple[float, float] = (0.0, 100.0)  # (when, free percent)
         with self.dirs:
@@ -121,6 +126,53 @@ class Engine(Hooks):
             await nursery.start(self.committer.run)
             nursery.start_soon(self._commit_leftovers)
             task_status.started()
+
+    def recover(self) -> int:
+        """When the last mount did not end cleanly (`recover_from` is its
+        data/): commit what it left uncommitted (policy.left_uncommitted:
+        files whose writers it cut off before their close) and follow its
+        temporary names (leftovers.py). mount.py calls it on the trio
+        thread before anything there waits, so before the first request is
+        answered: no one sees such a file unchecked. Returns how many files
+        it committed; one that fails (a full disk) is logged and left for
+        the next mount."""
+        if self.recover_from is None:
+            return 0
+        try:
+            n = self._recover(self.recover_from)
+        except Exception as e:
+            self.committer.failed("commits left by the last mount", e)
+            return 0
+        self.recover_from = None
+        return n
+
+    def _recover(self, data: str) -> int:
+        todo = []
+        for rel, _, st in tree(data, skip=PRIVATE_DIR):  # listed first: the commits move files
+            d, name = posixpath.split(rel)
+            rule = self.policy.for_dir(d)
+            if not (stat_m.S_ISREG(st.st_mode) and commits(rule)):
+                continue
+            ino = self.core.ino_of(st.st_ino)
+            what = self.policy.left_uncommitted(rule, d, name, self.catalog.newest_commit(rel), ino, st.st_mtime_ns)
+            if what == "leftover":
+                self.leftovers.seen(ino, rel, st.st_uid)
+            elif what == "commit":
+                todo.append((ino, rel, st.st_uid))
+        with self.dirs:
+            for ino, rel, uid in todo:
+                log.warning("%s: its writer was cut off by the end of the last mount before its close: committed now",
+                            shown(rel))
+                self.committer.commit(ino, uid, None, rel=rel, defer=False)
+        if todo:
+            log.warning("%d files the last mount left uncommitted were committed", len(todo))
+        return len(todo)
+
+    def ended_clean(self) -> bool:
+        """Nothing is left for the next mount's `recover`: this one's ran,
+        no file is open for writing or being checked, every file record
+        reached the catalog."""
+        return self.recover_from is None and not (self.writers or self.committer.deferred or self.committer._rows)
 
     async def _commit_leftovers(self) -> None:
         every = min(60.0, max(0.5, self.policy.pol.temp_max_age / 4))

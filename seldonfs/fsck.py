@@ -37,10 +37,14 @@ from .config import Config
 from .content import ContentLayer
 from .naming import Template, is_temporary
 from .policy import commits
+from .records import text
 from .rules import Rules
 from .store import PRIVATE_DIR, VERSIONS_DIR, Store
 
 SWAPPED = "content differs from the catalog record (swapped or replaced)"
+#: Audit records of a file leaving its path: through the mount, by the
+#: policy engine, or by the janitor (a folder's rename moves what is in it).
+LEFT = ("unlink", "rename", "quarantine", "duplicate", "janitor-delete", "janitor-archive", "janitor-move")
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,11 @@ class Recorded:
             conn.close()
 
     def applies(self, rel: str, mtime_ns: int) -> Record | None:
-        """The record that vouches for data/`rel` with that mtime, if any."""
+        """The record that vouches for data/`rel` with that mtime, if any
+        (one without a checksum vouches for nothing: a forced release's; and
+        older builds recorded none for a file committed again unchanged)."""
         rec = self.rows.get(rel)
-        return rec if rec is not None and mtime_ns <= rec.committed_ns else None
+        return rec if rec is not None and rec.checksum and mtime_ns <= rec.committed_ns else None
 
     @staticmethod
     def differs(rec: Record, size: int, checksum: str) -> str:
@@ -176,7 +182,10 @@ def check(
             if rec is not None and v.sha256 and (problem := recorded.differs(rec, v.size, v.sha256)):
                 rep.fatal.append(f"{rel}: {problem}")  # --rebuild would only hide it
             want_files.append((rel, original, job, (v, mtime_ns)))
-        rep.problems += _compare(conn, "files", {r[0] for r in want_files}, "verdict = 'ok'")
+        # a path's newest record counts: a committed file rewritten and quarantined is not there
+        newest_ok = "verdict = 'ok' AND id IN (SELECT max(id) FROM files GROUP BY path)"
+        rep.problems += _compare(conn, "files", {r[0] for r in want_files}, newest_ok,
+                                 explained=lambda gone: _gone_on_record(conn, gone))
         rep.problems += _compare(conn, "quarantine", {r[0] for r in want_q}, "released_ns IS NULL")
         vrows = _version_rows(store, content)
         rep.problems += _compare(conn, "versions", {r[1] for r in vrows}, column="stored")
@@ -249,11 +258,44 @@ def _version_rows(store: Store, content: ContentLayer) -> list[tuple[str, str, i
     return rows
 
 
-def _compare(conn: sqlite3.Connection, table: str, want: set[str], where: str = "1", column: str = "path") -> list[str]:
+def _compare(conn: sqlite3.Connection, table: str, want: set[str], where: str = "1", column: str = "path",
+             explained: Callable[[set[str]], set[str]] = lambda gone: set()) -> list[str]:
+    """What `table` lacks against `want`, and what it holds for paths that
+    are gone (but those that `explained` returns)."""
     have = {name_of(r[0]) for r in conn.execute(f"SELECT {column} FROM {table} WHERE {where}")}
+    gone = have - want
+    gone -= explained(gone)
     out = [f"{table}: no record for {p}" for p in sorted(want - have)[:20]]
-    out += [f"{table}: record for {p}, which is gone" for p in sorted(have - want)[:20]]
-    extra = len(want ^ have) - len(out)
+    out += [f"{table}: record for {p}, which is gone" for p in sorted(gone)[:20]]
+    extra = len(want - have) + len(gone) - len(out)
     if extra > 0:
         out.append(f"{table}: {extra} more")
+    return out
+
+
+def _gone_on_record(conn: sqlite3.Connection, gone: set[str]) -> set[str]:
+    """The paths of `gone` (committed files no longer there) whose going
+    the audit table holds: a record of LEFT, after the newest commit, of
+    the path or of a folder above it. A commit older than the table's
+    first record (sealed into a segment since) counts as explained: what
+    happened to it is beyond this check. A file removed behind the mount's
+    back has no such record."""
+    if not gone:
+        return set()
+    first = conn.execute("SELECT min(ns) FROM audit").fetchone()[0]
+    marks = ",".join("?" * len(LEFT))
+    out = set()
+    for path in gone:
+        row = conn.execute("SELECT max(committed_ns) FROM files WHERE path = ?", (db_name(path),)).fetchone()
+        since = row[0] or 0
+        if first is None or since < first:
+            out.add(path)
+            continue
+        parts = text(path).split("/")  # as the chain writes names
+        above = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        if conn.execute(
+            f"SELECT 1 FROM audit WHERE op IN ({marks}) AND path IN ({','.join('?' * len(above))}) AND ns >= ?"
+            " LIMIT 1", (*LEFT, *above, since),
+        ).fetchone():
+            out.add(path)
     return out

@@ -48,7 +48,7 @@ from .metrics import Sources, registry, snapshot
 from .policy import Policy
 from .refusals import Refusals
 from .rules import Rules
-from .store import Store, StoreLock
+from .store import MOUNTED_NAME, Store, StoreLock, mark, unmark
 from .virtual import REFUSALS_NAME, STATS_NAME, VIRTUAL_BASE, Virtual, VirtualFile
 
 log = logging.getLogger(__name__)
@@ -326,6 +326,8 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         auditlog = open_audit(store, cfg, prep.content, lock.fd)
         if auditlog is not None:
             stack.callback(auditlog.close)
+        unclean = _mark_mounted(store)
+        life: list[str] = []  # "serving", then "ended" once the request loop ended normally
         rules = Rules(cfg)
         refusals = Refusals()  # the last ones, for seldonfs why and stats.json
         failures = Failures()  # background work that failed: logged, counted, alerted; the mount goes on
@@ -334,8 +336,11 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
             keys_ = getattr(prep.content, "keys", None)
             ckey = audit.checksum_key(store.root, keys_, getattr(prep.content, "current_key_id", None))
             engine = Engine(core, Policy(rules), catalog, writeback, auditlog, failures, ckey, refusals)
+        stack.callback(_unmark_mounted, store, engine, unclean, life)  # after the engine's last file records
         if engine is not None:
             stack.callback(engine.close)  # its last file records
+            if unclean:
+                engine.recover_from = str(store.data)
         served = _side_tasks(store, cfg, mountpoint, core, engine, catalog, auditlog, prep.content, failures, refusals)
         if block is not None:
             served.sources.key_created = keys.when(block, keys.KEY_CREATED)
@@ -364,11 +369,39 @@ def serve(prep: Prepared, ready: Callable[[], None], foreground: bool = True, de
         else:  # only FORGETs come that way: gathered, not spun for
             fuseloop.install(0, ring.settle)
         stack.callback(fuseloop.uninstall)
+        life.append("serving")
         if ring is None:
             trio.run(_serve, engine, served)
         else:
             stack.callback(ring.stop)  # first, before Core is touched outside trio
             trio.run(_serve, engine, served, instruments=ring.instruments())
+        life.append("ended")
+
+
+def _mark_mounted(store: Store) -> bool:
+    """Leave STORE/mounted for this mount's life; True when the last mount
+    left it: it did not end cleanly, and its files cut off before their
+    close are committed now (Engine.recover)."""
+    path = store.root / MOUNTED_NAME
+    try:
+        return mark(path)
+    except OSError as e:  # a later kill would go unnoticed: fsck still reports such files
+        log.error("cannot write %s: files a kill cuts off before their close will not be committed: %s", path, e)
+        return path.exists()
+
+
+def _unmark_mounted(store: Store, engine: Engine | None, unclean: bool, life: list[str]) -> None:
+    """At the end of a mount that left nothing uncommitted; or of one that
+    never served, unless an earlier mount's files still wait."""
+    if "serving" in life:
+        clean = "ended" in life and (engine is None or engine.ended_clean())
+    else:
+        clean = not unclean
+    if clean:
+        try:
+            unmark(store.root / MOUNTED_NAME)
+        except OSError as e:  # the next mount only looks again
+            log.error("cannot remove %s: %s", store.root / MOUNTED_NAME, e)
 
 
 def _side_tasks(store: Store, cfg: Config, mountpoint: Path, core: Core, engine: Engine | None, catalog: Catalog,
@@ -531,6 +564,8 @@ def _reload(served: Served) -> dict:
 
 
 async def _serve(engine: Engine | None, served: Served) -> None:
+    if engine is not None:  # the trio thread holds the request lock until its first wait
+        engine.recover()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals, served)
         if served.janitor is not None:

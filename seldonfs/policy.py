@@ -9,6 +9,8 @@ what the filesystem does with them:
 - `tracks`, `floor_applies`: which open files the engine follows;
 - `commit_applies` and `destination`: what a commit does with a file:
   `Place` it (under its managed name, or routed) or `Quarantine` it;
+- `left_uncommitted`: which files a mount that did not end cleanly left
+  without their commit;
 - `candidates`, `quarantine_names`: the names tried for a move, in order;
 - `version_at_open`, `version_at_truncate`, `version_at_replace`: when an
   overwritten file's old content is kept;
@@ -131,6 +133,31 @@ class Policy:
             commits(rule) and (left_over or not self.temporary(name))
             and d not in self.quarantine_dirs
         )
+
+    def left_uncommitted(
+        self, rule: FolderRule | None, d: str, name: str, newest: tuple[str, int, int] | None, ino: int,
+        mtime_ns: int,
+    ) -> str | None:
+        """What file `name` in folder `d` needs at a mount after one that
+        did not end cleanly (its writers cut off before their close):
+        "commit" when it never committed as it is now (its name is not a
+        managed one, or `newest`, the catalog's newest record of its path
+        as (verdict, committed_ns, ino), is missing, a quarantine, of
+        another inode, or older than its last change `mtime_ns`);
+        "leftover" for a temporary name (it commits after temp_max_age:
+        leftovers.py); None when it is committed or nothing commits here."""
+        if not self.commit_applies(rule, d, name, left_over=True):
+            return None
+        if self.temporary(name):
+            return "leftover"
+        assert rule is not None
+        template = self.template(rule)
+        if (template is not None and not template.is_managed(name)) or newest is None:
+            return "commit"
+        verdict, committed_ns, rec_ino = newest
+        if verdict != "ok" or (rec_ino and rec_ino != ino) or mtime_ns > committed_ns:
+            return "commit"
+        return None
 
     def temporary(self, name: str) -> bool:
         return is_temporary(name, self.pol.temp_patterns)

@@ -42,6 +42,7 @@ from .naming import shown
 IDENTITY_NAME = "store.json"
 DATA_NAME = "data"
 LOCK_NAME = "lock"
+MOUNTED_NAME = "mounted"  # there while a mount runs, and after one that did not end cleanly (engine.recover)
 LOG_NAME = "seldonfs.log"
 #: Made first by `init` and removed once store.json is in place: what
 #: stands beside it is an unfinished init's own, and the next init clears it.
@@ -116,6 +117,21 @@ def sync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def mark(path: Path) -> bool:
+    """Leave the empty file `path`, its name on disk; True when it was
+    there already (whoever made it did not get to `unmark`). Empty: no
+    data block to find on a full disk. OSError when it cannot be made."""
+    was = path.exists()
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    sync_dir(path.parent)
+    return was
+
+
+def unmark(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    sync_dir(path.parent)
 
 
 def check_init_target(root: Path) -> bool:
@@ -325,12 +341,13 @@ def copy_sparse(src: int, dst: int) -> None:
     faults.ftruncate(dst, size)
 
 
-def tree(data: str | os.PathLike) -> Iterator[tuple[str, os.DirEntry, os.stat_result]]:
+def tree(data: str | os.PathLike, skip: str = "") -> Iterator[tuple[str, os.DirEntry, os.stat_result]]:
     """(path relative to `data`, entry, its lstat) of everything under
     `data`, never following a symlink; a directory is listed whole before
     its entries are handed out, so the caller may change the tree meanwhile
     (a running mount). A directory that cannot be listed is skipped, as is
-    an entry gone before its stat."""
+    an entry gone before its stat; so is what is under `skip` (a path
+    relative to `data`)."""
     root = os.fspath(data)
     stack = [""]
     while stack:
@@ -346,7 +363,7 @@ def tree(data: str | os.PathLike) -> Iterator[tuple[str, os.DirEntry, os.stat_re
                 st = d.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if stat_m.S_ISDIR(st.st_mode):
+            if stat_m.S_ISDIR(st.st_mode) and r != skip:
                 stack.append(r)
             yield r, d, st
 

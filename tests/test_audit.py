@@ -279,9 +279,25 @@ def records_of(store: Path, sql: str) -> list[tuple]:
 
 
 def test_fsck_finds_and_repairs_drift(store: Path, tmp_path: Path) -> None:
+    """Committed files that went through the mount (removed, renamed, or
+    rewritten and quarantined) are no drift: the audit chain says where
+    they went. One removed behind the mount's back is."""
+    raw = tmp_path / "mnt" / "input" / "raw"
     with mounted(store, tmp_path / "mnt"):
-        (tmp_path / "mnt" / "input" / "raw" / "a.json").write_text("{}")
-    (f,) = (store / "data" / "input" / "raw").iterdir()
+        for name in ("gone.json", "moved.json", "bad.json"):
+            (raw / name).write_text("{}")
+        (gone,) = raw.glob("*_gone.json")
+        gone.unlink()
+        (moved,) = raw.glob("*_moved.json")
+        moved.rename(raw / "moved-again.json")  # commits there: a record of the new name
+        (bad,) = raw.glob("*_bad.json")
+        bad.write_text('{"ssn": "123-45-6789"}')  # quarantined: the path's newest record says so
+        assert len(list(raw.iterdir())) == 1
+    r = seldonfs("fsck", store, *key_args(store))
+    assert r.returncode == 0, r.stdout + r.stderr
+    with mounted(store, tmp_path / "mnt"):
+        (raw / "a.json").write_text("{}")
+    (f,) = (store / "data" / "input" / "raw").glob("*_a.json")
     f.unlink()  # behind the mount's back
     r = seldonfs("fsck", store, *key_args(store))
     assert r.returncode == 26 and f"files: record for input/raw/{f.name}, which is gone" in r.stdout

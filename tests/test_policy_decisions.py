@@ -64,6 +64,29 @@ def test_temporary_names_and_the_quarantine_never_commit(seldon: Policy) -> None
     assert not seldon.commit_applies(seldon.for_dir("input/quarantine"), "input/quarantine", "x.json")
 
 
+def test_what_a_mount_that_did_not_end_cleanly_left_uncommitted() -> None:
+    pol = policy_of(extra='[folders."checked"]\ncheck_structure = true\n')
+    raw, checked = pol.for_dir("input/raw"), pol.for_dir("checked")
+    managed = "2024-12-06-14-30-45-123-INP001-001_d.json"
+    ok = ("ok", 2_000, 7)  # the newest record: (verdict, committed_ns, ino)
+
+    def left(rule, d: str, name: str, newest, ino: int = 7, mtime_ns: int = 1_000) -> str | None:
+        return pol.left_uncommitted(rule, d, name, newest, ino, mtime_ns)
+
+    assert left(raw, "input/raw", "d.json", ok) == "commit"  # not a managed name: never committed
+    assert left(raw, "input/raw", managed, ok) is None
+    assert left(raw, "input/raw", managed, None) == "commit"  # its record lost with the mount
+    assert left(raw, "input/raw", managed, ok, mtime_ns=2_001) == "commit"  # written after its commit
+    assert left(raw, "input/raw", managed, ok, ino=8) == "commit"  # another file under that name now
+    assert left(raw, "input/raw", managed, ("quarantined", 2_000, 7)) == "commit"
+    assert left(raw, "input/raw", managed, ("ok", 2_000, 0)) is None  # a record from before inodes were kept
+    assert left(checked, "checked", "d.json", ok) is None  # checks only: the record vouches
+    assert left(checked, "checked", "d.json", None) == "commit"
+    assert left(raw, "input/raw", ".d.json.swp", None) == "leftover"  # commits after temp_max_age
+    assert left(pol.for_dir("input/quarantine"), "input/quarantine", "d.json", None) is None
+    assert left(pol.for_dir("input/processed"), "input/processed", "d.json", None) is None  # no commit rule
+
+
 def test_a_failed_check_goes_to_quarantine_a_passed_one_gets_a_managed_name(seldon: Policy) -> None:
     raw = seldon.for_dir("input/raw")
     assert seldon.destination(raw, "input/raw", "d.json", Verdict(reasons=["ssn"])) == Quarantine(("ssn",))

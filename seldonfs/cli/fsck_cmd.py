@@ -1,7 +1,10 @@
 """seldonfs fsck STORE [--rebuild]: check the catalog against data/.
 
 Lists what the catalog lacks or holds in excess (file records, quarantine
-and version rows, sequence numbers). `--rebuild` rebuilds all of it from
+and version rows, sequence numbers). The record of a committed file that
+left through the mount (removed, renamed, quarantined, or by the janitor:
+the audit chain says so) is history, not excess; one removed behind the
+mount's back is excess. `--rebuild` rebuilds all of it from
 data/ (checksums and types from the plaintext: the key of an encrypted
 store is needed), keeping the audit chain. Exit 26 when damage remains:
 any problem without --rebuild, or one --rebuild cannot repair (a lost or
