@@ -7,7 +7,10 @@ quarantine folders and their `user.seldon.*` attributes, version rows from
 the copies in data/.seldon/versions and their `user.seldon.version`
 attribute, sequence numbers from the managed names. The audit chain cannot
 be rebuilt: a missing or unreadable one is damage fsck reports and cannot
-repair.
+repair. The file records are a history (a row per commit): a rebuild adds
+the ones data/ lacks and removes those of files gone behind the mount's
+back; the records of files that left through the mount stay, their going
+on record in the audit chain (`_gone_on_record`).
 
 The catalog also vouches for the files: `Recorded` compares a file's
 plaintext with its newest record (a swapped or replaced file), for fsck
@@ -182,10 +185,14 @@ def check(
             if rec is not None and v.sha256 and (problem := recorded.differs(rec, v.size, v.sha256)):
                 rep.fatal.append(f"{rel}: {problem}")  # --rebuild would only hide it
             want_files.append((rel, original, job, (v, mtime_ns)))
-        # a path's newest record counts: a committed file rewritten and quarantined is not there
-        newest_ok = "verdict = 'ok' AND id IN (SELECT max(id) FROM files GROUP BY path)"
-        rep.problems += _compare(conn, "files", {r[0] for r in want_files}, newest_ok,
-                                 explained=lambda gone: _gone_on_record(conn, gone))
+        # A path's newest record counts (a committed file rewritten and
+        # quarantined is not there); the records of files that left through
+        # the mount stay as history.
+        want = {r[0] for r in want_files}
+        have = _paths(conn, "files", "verdict = 'ok' AND id IN (SELECT max(id) FROM files GROUP BY path)")
+        gone = have - want
+        gone -= _gone_on_record(conn, gone)
+        rep.problems += _differences("files", want - have, gone)
         rep.problems += _compare(conn, "quarantine", {r[0] for r in want_q}, "released_ns IS NULL")
         vrows = _version_rows(store, content)
         rep.problems += _compare(conn, "versions", {r[1] for r in vrows}, column="stored")
@@ -194,14 +201,14 @@ def check(
             if row is None or row[0] <= top:
                 rep.problems.append(f"sequence of job {job} behind its names (next {row[0] if row else 'none'}, seen {top})")
         if rebuild:
+            added = [(db_name(rel), db_name(orig), job, v.size, v.sha256, v.mime, ns)
+                     for rel, orig, job, (v, ns) in want_files if rel not in have]
             with conn:
                 conn.execute("BEGIN")
-                conn.execute("DELETE FROM files")
+                conn.executemany("DELETE FROM files WHERE path = ?", [(db_name(p),) for p in gone])
                 conn.executemany(
                     "INSERT INTO files (path, original_name, job, size, sha256, mime, verdict, reason, committed_ns)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'ok', '', ?)",
-                    [(db_name(rel), db_name(orig), job, v.size, v.sha256, v.mime, ns)
-                     for rel, orig, job, (v, ns) in want_files],
+                    " VALUES (?, ?, ?, ?, ?, ?, 'ok', '', ?)", added,
                 )
                 conn.execute("DELETE FROM quarantine WHERE released_ns IS NULL")
                 conn.executemany(
@@ -218,7 +225,7 @@ def check(
                         "INSERT INTO sequences VALUES (?, ?) ON CONFLICT(job) DO UPDATE"
                         " SET next = max(next, excluded.next)", (job, top + 1),
                     )
-            rep.rebuilt = {"files": len(want_files), "quarantine": len(want_q), "versions": len(vrows)}
+            rep.rebuilt = {"files": len(added), "quarantine": len(want_q), "versions": len(vrows)}
     finally:
         cat.close()
     return rep
@@ -258,16 +265,19 @@ def _version_rows(store: Store, content: ContentLayer) -> list[tuple[str, str, i
     return rows
 
 
-def _compare(conn: sqlite3.Connection, table: str, want: set[str], where: str = "1", column: str = "path",
-             explained: Callable[[set[str]], set[str]] = lambda gone: set()) -> list[str]:
-    """What `table` lacks against `want`, and what it holds for paths that
-    are gone (but those that `explained` returns)."""
-    have = {name_of(r[0]) for r in conn.execute(f"SELECT {column} FROM {table} WHERE {where}")}
-    gone = have - want
-    gone -= explained(gone)
-    out = [f"{table}: no record for {p}" for p in sorted(want - have)[:20]]
+def _paths(conn: sqlite3.Connection, table: str, where: str = "1", column: str = "path") -> set[str]:
+    return {name_of(r[0]) for r in conn.execute(f"SELECT {column} FROM {table} WHERE {where}")}
+
+
+def _compare(conn: sqlite3.Connection, table: str, want: set[str], where: str = "1", column: str = "path") -> list[str]:
+    have = _paths(conn, table, where, column)
+    return _differences(table, want - have, have - want)
+
+
+def _differences(table: str, missing: set[str], gone: set[str]) -> list[str]:
+    out = [f"{table}: no record for {p}" for p in sorted(missing)[:20]]
     out += [f"{table}: record for {p}, which is gone" for p in sorted(gone)[:20]]
-    extra = len(want - have) + len(gone) - len(out)
+    extra = len(missing) + len(gone) - len(out)
     if extra > 0:
         out.append(f"{table}: {extra} more")
     return out

@@ -301,9 +301,11 @@ def test_fsck_finds_and_repairs_drift(store: Path, tmp_path: Path) -> None:
     f.unlink()  # behind the mount's back
     r = seldonfs("fsck", store, *key_args(store))
     assert r.returncode == 26 and f"files: record for input/raw/{f.name}, which is gone" in r.stdout
+    history = records_of(store, "SELECT path, verdict FROM files WHERE path NOT LIKE '%_a.json'")
     r = seldonfs("fsck", store, "--rebuild", *key_args(store))
     assert r.returncode == 0, r.stdout + r.stderr
     assert seldonfs("fsck", store, *key_args(store)).returncode == 0
+    assert records_of(store, "SELECT path, verdict FROM files") == history  # the rest of the history stays
     assert verify(store).returncode == 0  # the chain was kept
 
 

@@ -4,9 +4,12 @@ Lists what the catalog lacks or holds in excess (file records, quarantine
 and version rows, sequence numbers). The record of a committed file that
 left through the mount (removed, renamed, quarantined, or by the janitor:
 the audit chain says so) is history, not excess; one removed behind the
-mount's back is excess. `--rebuild` rebuilds all of it from
-data/ (checksums and types from the plaintext: the key of an encrypted
-store is needed), keeping the audit chain. Exit 26 when damage remains:
+mount's back is excess. `--rebuild` repairs it from data/ (checksums and
+types from the plaintext: the key of an encrypted store is needed): a
+file record for each file that lacks one, the records of files gone
+behind the mount's back removed, the rest of the files' history and the
+audit chain kept; quarantine and version rows and sequence numbers
+rebuilt. Exit 26 when damage remains:
 any problem without --rebuild, or one --rebuild cannot repair (a lost or
 unreadable audit chain; a file whose content differs from its catalog
 record, which a rebuild would only hide). `--json`: one JSON document,
