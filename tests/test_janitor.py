@@ -136,14 +136,17 @@ def test_run_deletes_archives_and_records(store: Path, tmp_path: Path) -> None:
         (m / "temp" / "processing" / "old.tmp").write_text("x" * 10)
         (m / "temp" / "processing" / "new.tmp").write_text("y")
         (m / "output" / "reports" / "q1.csv").write_text("a,b\n1,2\n" * 100)
+        (m / "input" / "raw" / "old.json").write_text("{}")  # committed: a file record
+        (raw,) = (m / "input" / "raw").iterdir()
         os.symlink(outside, m / "temp" / "processing" / "link.tmp")
-        for p, age in (("temp/processing/old.tmp", old), ("output/reports/q1.csv", 100 * D)):
-            os.utime(m / p, (NOW_REAL - age, NOW_REAL - age))  # reports: archived after 90 d
+        for p, age in (("temp/processing/old.tmp", old), ("output/reports/q1.csv", 100 * D),
+                       (f"input/raw/{raw.name}", 31 * D)):
+            os.utime(m / p, (NOW_REAL - age, NOW_REAL - age))  # reports: archived after 90 d, raw after 30
         r = seldonfs("janitor", store, *key_args(store))
         assert r.returncode == 11  # mounted: the store is locked
     r = seldonfs("janitor", store, *key_args(store))
     assert r.returncode == 0, r.stderr
-    assert "done: 1 archive, 1 delete" in r.stdout, r.stdout
+    assert "done: 2 archive, 1 delete" in r.stdout, r.stdout
     with mounted(store, m):
         assert not (m / "temp" / "processing" / "old.tmp").exists()
         assert (m / "temp" / "processing" / "new.tmp").exists()
@@ -158,8 +161,11 @@ def test_run_deletes_archives_and_records(store: Path, tmp_path: Path) -> None:
     recs = [json.loads(l) for l in seldonfs("audit", store, "--json").stdout.splitlines()]
     assert {(r["op"], r["path"]) for r in recs if r["op"].startswith("janitor")} == {
         ("janitor-delete", "temp/processing/old.tmp"), ("janitor-archive", "output/reports/q1.csv"),
+        ("janitor-archive", f"input/raw/{raw.name}"),
     }
     assert seldonfs("audit", "verify", store, *key_args(store)).returncode == 0
+    r = seldonfs("fsck", store, *key_args(store))  # the archived file's record is history, not drift
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 @needs_fuse
