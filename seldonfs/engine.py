@@ -64,6 +64,17 @@ JOB_CACHE_S = 2.0
 STATVFS_TTL = 0.1
 
 
+UNSEALED_REASON = "cut off before its close by the end of the mount: not sealed in its write-once folder"
+
+
+def _has_xattr(path: str, name: bytes) -> bool:
+    try:
+        os.getxattr(path, name, follow_symlinks=False)
+        return True
+    except OSError:  # ENODATA: the usual
+        return False
+
+
 def _size_limit(rule: FolderRule | None) -> str:
     return f"file size limit of the folder: {rule.max_size if rule else '?'} bytes"
 
@@ -147,26 +158,37 @@ class Engine(Hooks):
         return n
 
     def _recover(self, data: str) -> int:
-        todo = []
+        todo, unsealed = [], []
         for rel, _, st in tree(data, skip=PRIVATE_DIR):  # listed first: the commits move files
             d, name = posixpath.split(rel)
             rule = self.policy.for_dir(d)
-            if not (stat_m.S_ISREG(st.st_mode) and commits(rule)):
+            if not (stat_m.S_ISREG(st.st_mode) and rule is not None):
                 continue
-            ino = self.core.ino_of(st.st_ino)
-            what = self.policy.left_uncommitted(rule, d, name, self.catalog.newest_commit(rel), ino, st.st_mtime_ns)
-            if what == "leftover":
-                self.leftovers.seen(ino, rel, st.st_uid)
-            elif what == "commit":
-                todo.append((ino, rel, st.st_uid))
+            if rule.write_once and _has_xattr(posixpath.join(data, rel), xattrs.UNSEALED):
+                unsealed.append((rel, rule))
+            elif commits(rule):
+                ino = self.core.ino_of(st.st_ino)
+                what = self.policy.left_uncommitted(rule, d, name, self.catalog.newest_commit(rel), ino,
+                                                    st.st_mtime_ns)
+                if what == "leftover":
+                    self.leftovers.seen(ino, rel, st.st_uid)
+                elif what == "commit":
+                    todo.append((ino, rel, st.st_uid))
         with self.dirs:
             for ino, rel, uid in todo:
                 log.warning("%s: its writer was cut off by the end of the last mount before its close: committed now",
                             shown(rel))
                 self.committer.commit(ino, uid, None, rel=rel, defer=False)
-        if todo:
-            log.warning("%d files the last mount left uncommitted were committed", len(todo))
-        return len(todo)
+            for rel, rule in unsealed:
+                log.warning("%s: its writer was cut off by the end of the last mount before its close: "
+                            "quarantined, not sealed", shown(rel))
+                moved = self.committer.quarantine.move_in(rel, self.policy.quarantine_dir(rule), [UNSEALED_REASON])
+                # in quarantine it is no write-once file; a release seals it
+                os.removexattr(posixpath.join(data, moved), xattrs.UNSEALED, follow_symlinks=False)
+        if todo or unsealed:
+            log.warning("%d files the last mount left uncommitted were committed or quarantined",
+                        len(todo) + len(unsealed))
+        return len(todo) + len(unsealed)
 
     def ended_clean(self) -> bool:
         """Nothing is left for the next mount's `recover`: this one's ran,
@@ -311,6 +333,13 @@ class Engine(Hooks):
         self.writers[ino] = self.writers.get(ino, 0) + 1
         if t.created and t.rule is not None and t.rule.write_once:
             self.fresh.add(ino)  # its writer may finish it; sealed when the last handle goes
+            # Until then a mount that ends leaves the mark: the next one
+            # quarantines the file, not sealed half written (`recover`).
+            try:
+                os.setxattr(f"/proc/self/fd/{self.core.node_fd(ino)}", xattrs.UNSEALED, b"")
+            except OSError as e:  # the file is written all the same; only a crash now seals it as it is
+                log.error("%s: cannot set %s: %s", shown(self.core.rel_path(ino) or str(ino)),
+                          xattrs.UNSEALED.decode(), e)
         if t.created and t.commits:
             self.committer.ingested[ino] = time.time_ns()
             self.checks.keep_written(ino)
@@ -362,9 +391,19 @@ class Engine(Hooks):
             self.writers[ino] = n
         else:
             self.writers.pop(ino, None)
-            self.fresh.discard(ino)
+            if ino in self.fresh:
+                self.fresh.discard(ino)
+                self._seal(ino)
             self.committer.ingested.pop(ino, None)  # committed by now, or never will be
             self.checks.drop_written(ino)
+
+    def _seal(self, ino: int) -> None:
+        """Its writer's last close: the file of a write-once folder is whole."""
+        try:
+            os.removexattr(f"/proc/self/fd/{self.core.node_fd(ino)}", xattrs.UNSEALED)
+        except OSError as e:  # after a crash it would be quarantined as cut off
+            log.error("%s: cannot remove %s: %s", shown(self.core.rel_path(ino) or str(ino)),
+                      xattrs.UNSEALED.decode(), e)
 
     def forgot(self, ino: int) -> None:
         self.fresh.discard(ino)

@@ -7,6 +7,8 @@ CREATOR on a folder under temp/, ARCHIVING on a file the janitor is
 archiving (the folder of the attempt, so a resumed one finishes there),
 RESIZING on an encrypted file while a write or truncate moves its end
 (what to cut it to if that was killed halfway: blockformat.py),
+UNSEALED on a file made in a write-once folder while its writer still
+has it open (left by a mount that ended before that writer: engine.py),
 JOB on a file (the one name a writer may
 set, through the mount). Control attributes are answered, never stored:
 VERSIONS (read: a file's versions), RESTORE and RELEASE (write: act on a
@@ -33,6 +35,7 @@ VERSION_OF = b"user.seldon.version"  # on a stored version: [path, saved_ns, cau
 CREATOR = b"user.seldon.creator"  # on a folder under temp/: the process that made it
 ARCHIVING = b"user.seldon.archiving"  # on a file being archived: the folder its archive goes to
 RESIZING = b"user.seldon.resizing"  # on a backing file while its end moves in two steps (blockformat.py)
+UNSEALED = b"user.seldon.unsealed"  # on a new file of a write-once folder until its writer's last close
 VERSIONS = b"user.seldon.versions"  # control, read: JSON list
 RESTORE = b"user.seldon.restore"  # control, write: a version number
 RELEASE = b"user.seldon.release"  # control, write: b"" or b"force"; root only

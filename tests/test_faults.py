@@ -241,7 +241,9 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
     (STORE/mounted still there) commits such files before its first answer:
     a file cut off mid-write is quarantined, a whole one named; a committed
     file rewritten in place is checked again; a temporary name commits
-    after temp_max_age; committed files stay as they were."""
+    after temp_max_age; committed files stay as they were. A write-once
+    folder sealed a file cut off there for its whole retention; now it goes
+    to quarantine (user.seldon.unsealed marked it while it was open)."""
     import signal
 
     store = init_store(tmp_path / "store", encrypted=kind == "encrypted")
@@ -256,9 +258,11 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
         (kept,) = [p.name for p in raw.iterdir() if p.name.endswith("_kept.json")]
         (rewritten,) = [p for p in raw.iterdir() if p.name.endswith("_rewritten.json")]
         time.sleep(1)  # past the catalog batch of those two
+        compliance = m / "archive" / "compliance"
+        (compliance / "done.txt").write_bytes(b"a whole record")  # closed: sealed
         fds = []
         for path, data in ((raw / "cut.json", b'{"a": [1, 2'), (raw / "whole.json", b'{"a": [1, 2]}'),
-                           (rewritten, ssn)):
+                           (rewritten, ssn), (compliance / "cut.txt", b"half a rec")):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
             os.write(fd, data)
             os.fsync(fd)
@@ -279,19 +283,27 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
         assert "cut.json" not in names and "whole.json" not in names and rewritten.name not in names, names
         (whole,) = [n for n in names if n.endswith("_whole.json")]
         assert (raw / whole).read_bytes() == b'{"a": [1, 2]}' and kept in names
-        wait_for(lambda: len(list(quarantine.iterdir())) == 3, what="the temporary name's commit")
+        wait_for(lambda: len(list(quarantine.iterdir())) == 4, what="the temporary name's commit")
         held = {p.name.split("_", 2)[-1]: p.read_bytes() for p in quarantine.iterdir()}
-        assert held == {"cut.json": b'{"a": [1, 2', rewritten.name: ssn, ".left.json.tmp": ssn}, held
+        assert held == {"cut.json": b'{"a": [1, 2', rewritten.name: ssn, ".left.json.tmp": ssn,
+                        "cut.txt": b"half a rec"}, held
+        assert os.listdir(compliance) == ["done.txt"]  # a write-once folder seals only what was closed
+        with pytest.raises(PermissionError):
+            (compliance / "done.txt").unlink()
+        (cut_record,) = quarantine.glob("*_cut.txt")
+        assert "not sealed" in os.getxattr(cut_record, "user.seldon.reason").decode()
+        assert "user.seldon.unsealed" not in os.listxattr(cut_record)
     assert not (store / "mounted").exists()
     log = (store / "seldonfs.log").read_text()
-    assert log.count("its writer was cut off by the end of the last mount") == 3, log
+    assert log.count("its writer was cut off by the end of the last mount") == 4, log
     commits = [(r["path"], r["path2"]) for r in _audit(store, "commit")]
     assert commits.count(("input/raw/kept.json", f"input/raw/{kept}")) == 1
     assert all(path2 != f"input/raw/{kept}" or path == "input/raw/kept.json" for path, path2 in commits)
-    assert {r["path"] for r in _audit(store, "quarantine")} >= {"input/raw/cut.json", f"input/raw/{rewritten.name}"}
+    assert {r["path"] for r in _audit(store, "quarantine")} >= {
+        "input/raw/cut.json", f"input/raw/{rewritten.name}", "archive/compliance/cut.txt"}
     with mounted(store, m, expect_log_problems=True):  # the log holds the last ones; a clean end before: no new
         pass
-    assert (store / "seldonfs.log").read_text().count("its writer was cut off") == 3
+    assert (store / "seldonfs.log").read_text().count("its writer was cut off") == 4
     assert not _offline_checks(store)
 
 
