@@ -141,8 +141,9 @@ class Engine(Hooks):
     def recover(self) -> int:
         """When the last mount did not end cleanly (`recover_from` is its
         data/): commit what it left uncommitted (policy.left_uncommitted:
-        files whose writers it cut off before their close) and follow its
-        temporary names (leftovers.py). mount.py calls it on the trio
+        files whose writers it cut off before their close), follow its
+        temporary names (leftovers.py), and quarantine what it left half
+        written in write-once folders (`_unsealed`). mount.py calls it on the trio
         thread before anything there waits, so before the first request is
         answered: no one sees such a file unchecked. Returns how many files
         it committed; one that fails (a full disk) is logged and left for
@@ -333,13 +334,7 @@ class Engine(Hooks):
         self.writers[ino] = self.writers.get(ino, 0) + 1
         if t.created and t.rule is not None and t.rule.write_once:
             self.fresh.add(ino)  # its writer may finish it; sealed when the last handle goes
-            # Until then a mount that ends leaves the mark: the next one
-            # quarantines the file, not sealed half written (`recover`).
-            try:
-                os.setxattr(f"/proc/self/fd/{self.core.node_fd(ino)}", xattrs.UNSEALED, b"")
-            except OSError as e:  # the file is written all the same; only a crash now seals it as it is
-                log.error("%s: cannot set %s: %s", shown(self.core.rel_path(ino) or str(ino)),
-                          xattrs.UNSEALED.decode(), e)
+            self._unsealed(ino, True)
         if t.created and t.commits:
             self.committer.ingested[ino] = time.time_ns()
             self.checks.keep_written(ino)
@@ -393,16 +388,23 @@ class Engine(Hooks):
             self.writers.pop(ino, None)
             if ino in self.fresh:
                 self.fresh.discard(ino)
-                self._seal(ino)
+                self._unsealed(ino, False)
             self.committer.ingested.pop(ino, None)  # committed by now, or never will be
             self.checks.drop_written(ino)
 
-    def _seal(self, ino: int) -> None:
-        """Its writer's last close: the file of a write-once folder is whole."""
+    def _unsealed(self, ino: int, on: bool) -> None:
+        """Mark a new file of a write-once folder while its writer has it
+        open: a mount that ends before the last close leaves the mark, and
+        the next one quarantines the file instead of sealing it half
+        written (`recover`)."""
+        path = f"/proc/self/fd/{self.core.node_fd(ino)}"
         try:
-            os.removexattr(f"/proc/self/fd/{self.core.node_fd(ino)}", xattrs.UNSEALED)
-        except OSError as e:  # after a crash it would be quarantined as cut off
-            log.error("%s: cannot remove %s: %s", shown(self.core.rel_path(ino) or str(ino)),
+            if on:
+                os.setxattr(path, xattrs.UNSEALED, b"")
+            else:
+                os.removexattr(path, xattrs.UNSEALED)
+        except OSError as e:  # the write goes on; only a crash meets the wrong mark
+            log.error("%s: cannot %s %s: %s", shown(self.core.rel_path(ino) or str(ino)), "set" if on else "remove",
                       xattrs.UNSEALED.decode(), e)
 
     def forgot(self, ino: int) -> None:
