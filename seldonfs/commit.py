@@ -154,7 +154,10 @@ class Committer:
         dest = self._place(rel, where, name, job_id, rule)
         if dest is None:
             return reject
-        self._record(dest, name, job_id, verdict, "ok", ino)
+        original = name
+        if where.name is not None:  # a managed name kept (a rewrite, a rename): its record names what it holds
+            job_id, original = self.policy.managed_fields(rule, name) or (job_id, name)
+        self._record(dest, original, job_id, verdict, "ok", ino)
         self.core.note_path(ino, dest)
         self.note("commit", rel, dest, f"sha256={verdict.sha256} mime={verdict.mime} job={job_id}".strip())
         if dest != rel:

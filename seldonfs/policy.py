@@ -187,6 +187,15 @@ class Policy:
     def template(self, rule: FolderRule) -> Template | None:
         return self.templates.get(rule.naming) if rule.naming else None
 
+    def managed_fields(self, rule: FolderRule, name: str) -> tuple[str, str] | None:
+        """(job, written name) that a managed `name` of the folder holds, as
+        fsck reads them; None for a name the template did not make."""
+        template = self.template(rule)
+        parts = template.parts(name) if template is not None else None
+        if parts is None:
+            return None
+        return parts.get("job") or "", parts.get("name") or name
+
     def quarantine_dir(self, rule: FolderRule) -> str:
         return rule.quarantine or self.pol.quarantine
 

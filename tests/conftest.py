@@ -75,11 +75,15 @@ def wait_for(pred, timeout: float = 30.0, what: str = "condition") -> None:
         time.sleep(0.02)
 
 
-def log_problems(store: Path) -> list[str]:
+def log_problems(store: Path, since: int = 0) -> list[str]:
+    """The WARNING and ERROR lines of the daemon's log from byte `since` on."""
     log = store / "seldonfs.log"
     if not log.exists():
         return []
-    return [l for l in log.read_text().splitlines() if " WARNING " in l or " ERROR " in l]
+    with open(log, "rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    return [l for l in text.splitlines() if " WARNING " in l or " ERROR " in l]
 
 
 def unmount(mnt: Path) -> None:
@@ -92,6 +96,8 @@ def mounted(store: Path, mnt: Path, opts: str = "allow_other", expect_log_proble
     """A mount of `store` at `mnt` in the foreground, unmounted at the end;
     `env` adds to the daemon's environment (e.g. SELDONFS_FAULTS)."""
     mnt.mkdir(exist_ok=True)
+    log = store / "seldonfs.log"
+    since = log.stat().st_size if log.exists() else 0  # an earlier mount's lines are its own
     errlog = open(store.parent / f"mount-{mnt.name}.stderr", "w+")
     proc = subprocess.Popen(
         SELDONFS + ["mount", "-f", *(["-o", opts] if opts else []), *key_args(store), str(store), str(mnt)],
@@ -115,7 +121,7 @@ def mounted(store: Path, mnt: Path, opts: str = "allow_other", expect_log_proble
                 proc.kill()
                 proc.wait()
         errlog.close()
-    problems = log_problems(store)
+    problems = log_problems(store, since)
     if problems and not expect_log_problems:
         pytest.fail("daemon logged problems:\n" + "\n".join(problems))
 

@@ -292,9 +292,13 @@ def test_fsck_finds_and_repairs_drift(store: Path, tmp_path: Path) -> None:
         moved.rename(raw / "moved-again.json")  # commits there: a record of the new name
         (bad,) = raw.glob("*_bad.json")
         bad.write_text('{"ssn": "123-45-6789"}')  # quarantined: the path's newest record says so
+        (again,) = raw.glob("*_moved-again.json")
+        again.write_text('{"v": 2}')  # committed again under its name: the record still names what it holds
         assert len(list(raw.iterdir())) == 1
     r = seldonfs("fsck", store, *key_args(store))
     assert r.returncode == 0, r.stdout + r.stderr
+    rows = records_of(store, "SELECT original_name, job, sha256 != '' FROM files WHERE path LIKE '%_moved-again.json'")
+    assert rows == [("moved-again.json", "INP001", 1)] * 2, rows
     with mounted(store, tmp_path / "mnt"):
         (raw / "a.json").write_text("{}")
     (f,) = (store / "data" / "input" / "raw").glob("*_a.json")

@@ -301,9 +301,8 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
     assert all(path2 != f"input/raw/{kept}" or path == "input/raw/kept.json" for path, path2 in commits)
     assert {r["path"] for r in _audit(store, "quarantine")} >= {
         "input/raw/cut.json", f"input/raw/{rewritten.name}", "archive/compliance/cut.txt"}
-    with mounted(store, m, expect_log_problems=True):  # the log holds the last ones; a clean end before: no new
+    with mounted(store, m):  # a clean end before: nothing to look for, no warning
         pass
-    assert (store / "seldonfs.log").read_text().count("its writer was cut off") == 4
     assert not _offline_checks(store)
 
 

@@ -85,6 +85,8 @@ def test_what_a_mount_that_did_not_end_cleanly_left_uncommitted() -> None:
     assert left(raw, "input/raw", ".d.json.swp", None) == "leftover"  # commits after temp_max_age
     assert left(pol.for_dir("input/quarantine"), "input/quarantine", "d.json", None) is None
     assert left(pol.for_dir("input/processed"), "input/processed", "d.json", None) is None  # no commit rule
+    assert pol.managed_fields(raw, managed) == ("INP001", "d.json")  # what a recommit records
+    assert pol.managed_fields(raw, "d.json") is None
 
 
 def test_a_failed_check_goes_to_quarantine_a_passed_one_gets_a_managed_name(seldon: Policy) -> None:
