@@ -189,9 +189,9 @@ def check(
         # quarantined is not there); the records of files that left through
         # the mount stay as history.
         want = {r[0] for r in want_files}
-        have = _paths(conn, "files", "verdict = 'ok' AND id IN (SELECT max(id) FROM files GROUP BY path)")
+        have = set(recorded.rows)  # the paths whose newest record is ok
         gone = have - want
-        gone -= _gone_on_record(conn, gone)
+        gone -= _gone_on_record(conn, {p: recorded.rows[p].committed_ns or 0 for p in gone})
         rep.problems += _differences("files", want - have, gone)
         rep.problems += _compare(conn, "quarantine", {r[0] for r in want_q}, "released_ns IS NULL")
         vrows = _version_rows(store, content)
@@ -265,12 +265,8 @@ def _version_rows(store: Store, content: ContentLayer) -> list[tuple[str, str, i
     return rows
 
 
-def _paths(conn: sqlite3.Connection, table: str, where: str = "1", column: str = "path") -> set[str]:
-    return {name_of(r[0]) for r in conn.execute(f"SELECT {column} FROM {table} WHERE {where}")}
-
-
 def _compare(conn: sqlite3.Connection, table: str, want: set[str], where: str = "1", column: str = "path") -> list[str]:
-    have = _paths(conn, table, where, column)
+    have = {name_of(r[0]) for r in conn.execute(f"SELECT {column} FROM {table} WHERE {where}")}
     return _differences(table, want - have, have - want)
 
 
@@ -283,10 +279,11 @@ def _differences(table: str, missing: set[str], gone: set[str]) -> list[str]:
     return out
 
 
-def _gone_on_record(conn: sqlite3.Connection, gone: set[str]) -> set[str]:
-    """The paths of `gone` (committed files no longer there) whose going
-    the audit table holds: a record of LEFT, after the newest commit, of
-    the path or of a folder above it. A commit older than the table's
+def _gone_on_record(conn: sqlite3.Connection, gone: dict[str, int]) -> set[str]:
+    """The paths of `gone` (committed files no longer there, each with the
+    time of its newest commit) whose going the audit table holds: a record
+    of LEFT, after that commit, of the path or of a folder above it. A
+    commit older than the table's
     first record (sealed into a segment since) counts as explained: what
     happened to it is beyond this check. A file removed behind the mount's
     back has no such record."""
@@ -295,9 +292,7 @@ def _gone_on_record(conn: sqlite3.Connection, gone: set[str]) -> set[str]:
     first = conn.execute("SELECT min(ns) FROM audit").fetchone()[0]
     marks = ",".join("?" * len(LEFT))
     out = set()
-    for path in gone:
-        row = conn.execute("SELECT max(committed_ns) FROM files WHERE path = ?", (db_name(path),)).fetchone()
-        since = row[0] or 0
+    for path, since in gone.items():
         if first is None or since < first:
             out.add(path)
             continue
