@@ -47,6 +47,9 @@ from .store import PRIVATE_DIR, VERSIONS_DIR, Store
 SWAPPED = "content differs from the catalog record (swapped or replaced)"
 #: Audit records of a file leaving its path: through the mount, by the
 #: policy engine, or by the janitor (a folder's rename moves what is in it).
+#: A file without a record that fails its folder's checks now: a rebuild
+#: records no verdict for it (the mount would have quarantined it).
+NOT_VOUCHED = "no record, and it fails its folder's checks: none written (remove it or move it into quarantine)"
 LEFT = ("unlink", "rename", "quarantine", "duplicate", "janitor-delete", "janitor-archive", "janitor-move")
 
 
@@ -184,6 +187,9 @@ def check(
             rec = recorded.applies(rel, mtime_ns)
             if rec is not None and v.sha256 and (problem := recorded.differs(rec, v.size, v.sha256)):
                 rep.fatal.append(f"{rel}: {problem}")  # --rebuild would only hide it
+            if rel not in recorded.rows and not v.ok:  # no record vouches for it, and none may say ok
+                rep.fatal.append(f"{rel}: {NOT_VOUCHED}: {'; '.join(v.reasons)}")
+                continue
             want_files.append((rel, original, job, (v, mtime_ns)))
         # A path's newest record counts (a committed file rewritten and
         # quarantined is not there); the records of files that left through

@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from seldonfs import fsck
+
 from .conftest import (
     as_user,
     configure,
     init_store,
     key_args,
+    keyfile_of,
     mounted,
     needs_fuse,
     needs_root,
@@ -268,6 +271,34 @@ def test_fsck_rebuilds_a_deleted_catalog(store: Path, tmp_path: Path) -> None:
     assert seldonfs("fsck", store, *key_args(store)).returncode == 0
     r = verify(store)
     assert r.returncode == 0 and "after a break: reason: catalog lost, rebuilt by fsck" in r.stdout, r.stdout
+
+
+def test_fsck_rebuild_records_only_files_that_pass_their_checks(store: Path, tmp_path: Path) -> None:
+    """A lost catalog is no way to launder a file: one without a record
+    that fails its folder's checks now (broken behind the mount's back)
+    gets no record saying ok, and fsck says so."""
+    m = tmp_path / "mnt"
+    with mounted(store, m):
+        for name in ("good.json", "broken.json"):
+            (m / "input" / "raw" / name).write_text('{"v": 1}')
+    raw = store / "data" / "input" / "raw"
+    (broken,) = raw.glob("*_broken.json")
+    if keyfile_of(store).exists():
+        broken.write_bytes(broken.read_bytes()[:-1])  # its last block's tag cut: unreadable
+    else:
+        broken.write_text("{")
+    (store / "catalog.sqlite").unlink()
+    for p in store.glob("catalog.sqlite-*"):
+        p.unlink()
+    r = seldonfs("fsck", store, "--rebuild", *key_args(store))
+    assert r.returncode == 26
+    assert f"input/raw/{broken.name}: {fsck.NOT_VOUCHED}: " in r.stdout, r.stdout
+    assert "rebuilt: 1 files" in r.stdout
+    assert [p for (p,) in records_of(store, "SELECT path FROM files")] == [
+        f"input/raw/{g.name}" for g in raw.glob("*_good.json")]
+    broken.unlink()  # what the operator does with it
+    r = seldonfs("fsck", store, *key_args(store))
+    assert "input/raw/" not in r.stdout, r.stdout  # only the lost audit chain is left
 
 
 def records_of(store: Path, sql: str) -> list[tuple]:
