@@ -38,7 +38,7 @@ from . import _libc, xattrs
 from .alerts import Failures
 from .audit import AuditLog
 from .catalog import Catalog
-from .checks import Checks
+from .checks import INLINE_CHECK_BYTES, Checks
 from .commit import Committer
 from .config import FolderRule
 from .content import FileContent
@@ -115,6 +115,7 @@ class Engine(Hooks):
         self.fresh: set[int] = set()  # made in a write-once folder, its handles still open: not sealed yet
         self.leftovers = Leftovers(policy.pol.temp_max_age)
         self.recover_from: str | None = None  # data/, when the last mount did not end cleanly (mount.py)
+        self._recover_large: list[tuple[int, str, int]] = []  # what `recover` left to `run`: (ino, rel, uid)
         self._jobs: dict[int, tuple[str | None, float]] = {}  # pid -> (job, until)
         self._statvfs: tuple[float, float] = (0.0, 100.0)  # (when, free percent)
         with self.dirs:
@@ -136,6 +137,7 @@ class Engine(Hooks):
         async with trio.open_nursery() as nursery:
             await nursery.start(self.committer.run)
             nursery.start_soon(self._commit_leftovers)
+            self._commit_large()
             task_status.started()
 
     def recover(self) -> int:
@@ -147,7 +149,10 @@ class Engine(Hooks):
         thread before anything there waits, so before the first request is
         answered: no one sees such a file unchecked. Returns how many files
         it committed; one that fails (a full disk) is logged and left for
-        the next mount."""
+        the next mount. A file above INLINE_CHECK_BYTES would hold the
+        mount's first answer for as long as its check reads it: it is
+        checked in the background once `run` starts, and is seen unchecked
+        until then, as a large file is after its close (`_commit_large`)."""
         if self.recover_from is None:
             return 0
         try:
@@ -173,6 +178,8 @@ class Engine(Hooks):
                                                     st.st_mtime_ns)
                 if what == "leftover":
                     self.leftovers.seen(ino, rel, st.st_uid)
+                elif what == "commit" and st.st_size > INLINE_CHECK_BYTES:
+                    self._recover_large.append((ino, rel, st.st_uid))
                 elif what == "commit":
                     todo.append((ino, rel, st.st_uid))
         with self.dirs:
@@ -186,16 +193,34 @@ class Engine(Hooks):
                 moved = self.committer.quarantine.move_in(rel, self.policy.quarantine_dir(rule), [UNSEALED_REASON])
                 # in quarantine it is no write-once file; a release seals it
                 os.removexattr(posixpath.join(data, moved), xattrs.UNSEALED, follow_symlinks=False)
+        for _, rel, _ in self._recover_large:
+            log.warning("%s: its writer was cut off by the end of the last mount before its close: "
+                        "checked in the background, then committed", shown(rel))
         if todo or unsealed:
             log.warning("%d files the last mount left uncommitted were committed or quarantined",
                         len(todo) + len(unsealed))
         return len(todo) + len(unsealed)
 
+    def _commit_large(self) -> None:
+        """The large files `recover` left: each to a background check, as
+        a close hands it (a file opened for writing since waits for its
+        close instead)."""
+        try:
+            with self.dirs:
+                while self._recover_large:
+                    ino, rel, uid = self._recover_large[-1]
+                    if ino not in self.writers:
+                        self.committer.commit(ino, uid, None, rel=rel)
+                    self._recover_large.pop()
+        except Exception as e:  # kept for the next mount: `ended_clean` is False while any is left
+            self.committer.failed("commits left by the last mount", e)
+
     def ended_clean(self) -> bool:
         """Nothing is left for the next mount's `recover`: this one's ran,
         no file is open for writing or being checked, every file record
         reached the catalog."""
-        return self.recover_from is None and not (self.writers or self.committer.deferred or self.committer._rows)
+        return self.recover_from is None and not (
+            self._recover_large or self.writers or self.committer.deferred or self.committer._rows)
 
     async def _commit_leftovers(self) -> None:
         every = min(60.0, max(0.5, self.policy.pol.temp_max_age / 4))

@@ -261,8 +261,9 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
         compliance = m / "archive" / "compliance"
         (compliance / "done.txt").write_bytes(b"a whole record")  # closed: sealed
         fds = []
+        large = b"[" + b"12345678," * (1 << 18) + b"0]"  # past INLINE_CHECK_BYTES: checked in the background
         for path, data in ((raw / "cut.json", b'{"a": [1, 2'), (raw / "whole.json", b'{"a": [1, 2]}'),
-                           (rewritten, ssn), (compliance / "cut.txt", b"half a rec")):
+                           (rewritten, ssn), (compliance / "cut.txt", b"half a rec"), (raw / "large.json", large)):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
             os.write(fd, data)
             os.fsync(fd)
@@ -277,12 +278,14 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
             except OSError:
                 pass  # the close cannot reach the dead daemon
     assert sorted(p.name for p in (store / "data" / "input" / "raw").iterdir()) == sorted(
-        [".left.json.tmp", "cut.json", "whole.json", kept, rewritten.name])
+        [".left.json.tmp", "cut.json", "large.json", "whole.json", kept, rewritten.name])
     with mounted(store, m, expect_log_problems=True):  # the warnings of the recovery
         names = sorted(p.name for p in raw.iterdir())
         assert "cut.json" not in names and "whole.json" not in names and rewritten.name not in names, names
         (whole,) = [n for n in names if n.endswith("_whole.json")]
         assert (raw / whole).read_bytes() == b'{"a": [1, 2]}' and kept in names
+        wait_for(lambda: list(raw.glob("*_large.json")), what="the large file's commit")
+        assert next(raw.glob("*_large.json")).read_bytes() == large
         wait_for(lambda: len(list(quarantine.iterdir())) == 4, what="the temporary name's commit")
         held = {p.name.split("_", 2)[-1]: p.read_bytes() for p in quarantine.iterdir()}
         assert held == {"cut.json": b'{"a": [1, 2', rewritten.name: ssn, ".left.json.tmp": ssn,
@@ -295,7 +298,9 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
         assert "user.seldon.unsealed" not in os.listxattr(cut_record)
     assert not (store / "mounted").exists()
     log = (store / "seldonfs.log").read_text()
-    assert log.count("its writer was cut off by the end of the last mount") == 4, log
+    assert log.count("its writer was cut off by the end of the last mount") == 5, log
+    assert "large.json: its writer was cut off by the end of the last mount before its close: checked in the " \
+        "background, then committed" in log
     commits = [(r["path"], r["path2"]) for r in _audit(store, "commit")]
     assert commits.count(("input/raw/kept.json", f"input/raw/{kept}")) == 1
     assert all(path2 != f"input/raw/{kept}" or path == "input/raw/kept.json" for path, path2 in commits)
