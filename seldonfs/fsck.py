@@ -176,13 +176,13 @@ def check(
             assert rule is not None
             job, original = "", name
             if rule.naming:
-                parts = templates[rule.naming].parts(name)
-                if parts is None:
+                held = templates[rule.naming].held(name)
+                if held is None:
                     rep.problems.append(f"{rel}: under a naming rule but never committed")
                     continue
-                job, original = parts.get("job") or "", parts.get("name") or name
-                if parts.get("seq"):
-                    seqs[job] = max(seqs.get(job, 0), int(parts["seq"]))
+                job, original, seq = held
+                if seq is not None:
+                    seqs[job] = max(seqs.get(job, 0), seq)
             v, mtime_ns = _verdict(store, rel, rule, checks)
             rec = recorded.applies(rel, mtime_ns)
             if rec is not None and v.sha256 and (problem := recorded.differs(rec, v.size, v.sha256)):

@@ -151,6 +151,15 @@ class Template:
         m = self._regex.fullmatch(name)
         return m.groupdict() if m else None
 
+    def held(self, name: str) -> tuple[str, str, int | None] | None:
+        """(job, written name, sequence number) that a name this template
+        made holds, as its file record names them; None for another name."""
+        parts = self.parts(name)
+        if parts is None:
+            return None
+        seq = parts.get("seq")
+        return parts.get("job") or "", parts.get("name") or name, int(seq) if seq else None
+
 
 def is_temporary(name: str, patterns: tuple[str, ...]) -> bool:
     """Names that never commit: rsync's, editors' and downloaders' temp files."""

@@ -188,13 +188,11 @@ class Policy:
         return self.templates.get(rule.naming) if rule.naming else None
 
     def managed_fields(self, rule: FolderRule, name: str) -> tuple[str, str] | None:
-        """(job, written name) that a managed `name` of the folder holds, as
-        fsck reads them; None for a name the template did not make."""
+        """(job, written name) that a managed `name` of the folder holds
+        (Template.held); None for a name the template did not make."""
         template = self.template(rule)
-        parts = template.parts(name) if template is not None else None
-        if parts is None:
-            return None
-        return parts.get("job") or "", parts.get("name") or name
+        held = template.held(name) if template is not None else None
+        return None if held is None else held[:2]
 
     def quarantine_dir(self, rule: FolderRule) -> str:
         return rule.quarantine or self.pol.quarantine
