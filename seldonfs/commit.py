@@ -74,6 +74,7 @@ class Committer:
         self.quarantine = Quarantine(dirs, catalog, note)
         self.grace = GraceTable()
         self.dirty: set[int] = set()  # inodes written since their last commit
+        self.rewriting: set[int] = set()  # those of them marked xattrs.REWRITING
         self.deferred: set[tuple[int, tuple[int, int]]] = set()  # checks running in the background
         self.nursery: trio.Nursery | None = None  # for those; set by `run`
         self.token: trio.lowlevel.TrioToken | None = None  # how a request thread reaches it (uring.py)
@@ -97,7 +98,20 @@ class Committer:
 
     def forget(self, ino: int) -> None:
         self.dirty.discard(ino)
+        self.rewriting.discard(ino)  # its mark stays: the next mount after a crash commits it
         self.job_attrs.pop(ino, None)
+
+    def changed(self, ino: int, fresh: bool = False, dirty: bool = True) -> None:
+        """File `ino` of a folder that commits was changed: its next close
+        commits it (`dirty`). A file this mount did not just create may have
+        been committed before: it carries xattrs.REWRITING until then, so a
+        mount cut off meanwhile leaves a mark the next one cannot miss
+        (mtimes can be set back: policy.left_uncommitted)."""
+        if not fresh and ino not in self.rewriting:
+            self.rewriting.add(ino)
+            self.core.mark(ino, xattrs.REWRITING, True)
+        if dirty:
+            self.dirty.add(ino)
 
     def commit(
         self, ino: int, uid: int, job: str | None, rel: str | None = None,
@@ -138,6 +152,9 @@ class Committer:
             if verdict is None:
                 return None  # vanished, or checked in the background
         self.dirty.discard(ino)
+        if ino in self.rewriting:
+            self.rewriting.discard(ino)
+            self.core.mark(ino, xattrs.REWRITING, False)
         reject = errno.EACCES if rule.on_invalid == "reject" else None
         where = self.policy.destination(rule, d, name, verdict)
         if isinstance(where, ToQuarantine):
@@ -347,7 +364,7 @@ class Committer:
             return
         try:
             v = await trio.to_thread.run_sync(self.checks.run, fd, rel, rule, key)
-            still = self.checks.key(fd) == key and self.core.rel_path(ino) == rel
+            still = self.checks.key(fd) == key and self._still_at(ino, rel, fd)
         finally:
             os.close(fd)
             self.deferred.discard((ino, key))
@@ -359,6 +376,19 @@ class Committer:
                 self.commit(ino, then[0], then[1], rel=rel, verdict=v, left_over=then[2])
         except OSError as e:
             log.error("commit of %s after its check failed: %s", rel, e)
+
+    def _still_at(self, ino: int, rel: str, fd: int) -> bool:
+        """File `ino` (open as `fd`) is still at `rel`. One the kernel does
+        not hold (a file `recover` left) is asked for by its name."""
+        if self.core.known(ino):
+            return self.core.rel_path(ino) == rel
+        d, name = posixpath.split(rel)
+        try:
+            with self.dirs:
+                st = os.stat(name, dir_fd=self.dirs.get(d), follow_symlinks=False)
+        except OSError:
+            return False
+        return st.st_ino == os.fstat(fd).st_ino
 
     def release(self, ino: int, force: bool, uid: int, pid: int) -> None:
         """`seldonfs quarantine release`: re-validate (unless forced) and

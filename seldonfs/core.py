@@ -38,6 +38,7 @@ from .content import ContentDamaged, ContentLayer, FileContent
 from .entries import Caller, Entries, credentials, set_id_left
 from .hooks import Track
 from .inodes import CAPS, PROBED_XATTRS, ROOT_INODE, Node, Stat, _proc
+from .naming import shown
 from .readahead import Reader, ReadAhead
 from .virtual import Stream
 
@@ -226,6 +227,19 @@ class Core(Entries):
             mode = set_id_left(st.st_mode, st.st_gid, *credentials(caller))
             if mode != st.st_mode:
                 os.chmod(_proc(node.fd), stat_m.S_IMODE(mode))
+
+    def mark(self, ino: int, attr: bytes, on: bool) -> None:
+        """Set (`on`) or remove a stored `user.seldon.*` mark of the
+        file's backing inode, whatever its name now. A failure is logged:
+        the request goes on, and only a crash meets the wrong mark."""
+        try:
+            if on:
+                os.setxattr(_proc(self.node_fd(ino)), attr, b"")
+            else:
+                os.removexattr(_proc(self.node_fd(ino)), attr)
+        except OSError as e:
+            log.error("%s: cannot %s %s: %s", shown(self.rel_path(ino) or str(ino)), "set" if on else "remove",
+                      attr.decode(), e)
 
     def direct_io(self, fh: int) -> bool:
         """The handle bypasses the kernel's page cache (a virtual file; a

@@ -88,6 +88,7 @@ class Tracked(Track):
     uid: int = -1  # the user that opened it: its processes' follow-ups get the grace period
     job: str | None = None  # from the writer's environment at create
     created: bool = False
+    emptied: bool = False  # opened with O_TRUNC (`: > f`): committed at its last release, written or not
     done: bool = False  # committed at an earlier flush
     version_on_write: bool = False  # keep the old content before the first write
     floor: bool = False  # the space floor applies
@@ -145,7 +146,7 @@ class Engine(Hooks):
         data/): commit what it left uncommitted (policy.left_uncommitted:
         files whose writers it cut off before their close), follow its
         temporary names (leftovers.py), and quarantine what it left half
-        written in write-once folders (`_unsealed`). mount.py calls it on the trio
+        written in write-once folders (xattrs.UNSEALED). mount.py calls it on the trio
         thread before anything there waits, so before the first request is
         answered: no one sees such a file unchecked. Returns how many files
         it committed; one that fails (a full disk) is logged and left for
@@ -174,8 +175,11 @@ class Engine(Hooks):
                 unsealed.append((rel, rule))
             elif commits(rule):
                 ino = self.core.ino_of(st.st_ino)
+                rewriting = _has_xattr(posixpath.join(data, rel), xattrs.REWRITING)
                 what = self.policy.left_uncommitted(rule, d, name, self.catalog.newest_commit(rel), ino,
-                                                    st.st_mtime_ns)
+                                                    st.st_mtime_ns, rewriting)
+                if rewriting:  # the commit below or in the background settles it
+                    os.removexattr(posixpath.join(data, rel), xattrs.REWRITING, follow_symlinks=False)
                 if what == "leftover":
                     self.leftovers.seen(ino, rel, st.st_uid)
                 elif what == "commit" and st.st_size > INLINE_CHECK_BYTES:
@@ -348,6 +352,9 @@ class Engine(Hooks):
                 self._save_version(rel, cause)
             elif cause is not None:
                 t.version_on_write = True
+        if t is not None and t.commits and flags & os.O_TRUNC:
+            t.emptied = True
+            self.committer.changed(ino, dirty=False)  # its last release commits it (`flushed`)
         return t
 
     def _size(self, ino: int) -> int:
@@ -359,7 +366,7 @@ class Engine(Hooks):
         self.writers[ino] = self.writers.get(ino, 0) + 1
         if t.created and t.rule is not None and t.rule.write_once:
             self.fresh.add(ino)  # its writer may finish it; sealed when the last handle goes
-            self._unsealed(ino, True)
+            self.core.mark(ino, xattrs.UNSEALED, True)  # quarantined by `recover` if left
         if t.created and t.commits:
             self.committer.ingested[ino] = time.time_ns()
             self.checks.keep_written(ino)
@@ -378,7 +385,10 @@ class Engine(Hooks):
             rel = self.core.rel_path(ino)
             if rel is not None:
                 self._save_version(rel, "overwrite")
-        self.committer.dirty.add(ino)
+        if t.commits:
+            self.committer.changed(ino, fresh=t.created)
+        else:
+            self.committer.dirty.add(ino)
 
     def wrote(self, ino: int, off: int, data: bytes) -> None:
         self.checks.wrote(ino, off, data)
@@ -403,7 +413,7 @@ class Engine(Hooks):
         if version_at_truncate(rule, cur_size, size):
             self._save_version(rel, "truncate")
         if commits(rule):
-            self.committer.dirty.add(ino)
+            self.committer.changed(ino)
 
     def released(self, ino: int, track: Track) -> None:
         n = self.writers.get(ino, 0) - 1
@@ -413,24 +423,9 @@ class Engine(Hooks):
             self.writers.pop(ino, None)
             if ino in self.fresh:
                 self.fresh.discard(ino)
-                self._unsealed(ino, False)
+                self.core.mark(ino, xattrs.UNSEALED, False)
             self.committer.ingested.pop(ino, None)  # committed by now, or never will be
             self.checks.drop_written(ino)
-
-    def _unsealed(self, ino: int, on: bool) -> None:
-        """Mark a new file of a write-once folder while its writer has it
-        open: a mount that ends before the last close leaves the mark, and
-        the next one quarantines the file instead of sealing it half
-        written (`recover`)."""
-        path = f"/proc/self/fd/{self.core.node_fd(ino)}"
-        try:
-            if on:
-                os.setxattr(path, xattrs.UNSEALED, b"")
-            else:
-                os.removexattr(path, xattrs.UNSEALED)
-        except OSError as e:  # the write goes on; only a crash meets the wrong mark
-            log.error("%s: cannot %s %s: %s", shown(self.core.rel_path(ino) or str(ino)), "set" if on else "remove",
-                      xattrs.UNSEALED.decode(), e)
 
     def forgot(self, ino: int) -> None:
         self.fresh.discard(ino)
@@ -607,13 +602,14 @@ class Engine(Hooks):
         shell's `cmd > file` opens, dup2()s and closes the original before
         anything is written. So a FLUSH without new data commits nothing;
         RELEASE (`last`, when the final descriptor is gone) commits a file
-        that was created but never written, such as touch makes. The check
+        that was created or emptied (O_TRUNC) but never written, such as
+        touch and `: > f` leave. The check
         reads through the handle (the last block written is likely still
         decrypted)."""
         t: Tracked = track  # type: ignore[assignment]
         if not t.commits or self.writers.get(ino, 0) > 1:
             return None
-        if ino not in self.committer.dirty and not (last and t.created and not t.done):
+        if ino not in self.committer.dirty and not (last and (t.created or t.emptied) and not t.done):
             return None
         t.done = True
         with self.dirs:

@@ -136,14 +136,16 @@ class Policy:
 
     def left_uncommitted(
         self, rule: FolderRule | None, d: str, name: str, newest: tuple[str, int, int] | None, ino: int,
-        mtime_ns: int,
+        mtime_ns: int, rewriting: bool = False,
     ) -> str | None:
         """What file `name` in folder `d` needs at a mount after one that
         did not end cleanly (its writers cut off before their close):
         "commit" when it never committed as it is now (its name is not a
         managed one, or `newest`, the catalog's newest record of its path
         as (verdict, committed_ns, ino), is missing, a quarantine, of
-        another inode, or older than its last change `mtime_ns`);
+        another inode, or older than its last change `mtime_ns`, or the
+        file is marked `rewriting`: a change began and did not commit,
+        whatever its mtime says);
         "leftover" for a temporary name (it commits after temp_max_age:
         leftovers.py); None when it is committed or nothing commits here."""
         if not self.commit_applies(rule, d, name, left_over=True):
@@ -155,7 +157,7 @@ class Policy:
         if (template is not None and not template.is_managed(name)) or newest is None:
             return "commit"
         verdict, committed_ns, rec_ino = newest
-        if verdict != "ok" or (rec_ino and rec_ino != ino) or mtime_ns > committed_ns:
+        if verdict != "ok" or (rec_ino and rec_ino != ino) or mtime_ns > committed_ns or rewriting:
             return "commit"
         return None
 

@@ -9,6 +9,8 @@ RESIZING on an encrypted file while a write or truncate moves its end
 (what to cut it to if that was killed halfway: blockformat.py),
 UNSEALED on a file made in a write-once folder while its writer still
 has it open (left by a mount that ended before that writer: engine.py),
+REWRITING on a file of a folder that commits from its first change to its
+next commit (left the same way: commit.py),
 JOB on a file (the one name a writer may
 set, through the mount). Control attributes are answered, never stored:
 VERSIONS (read: a file's versions), RESTORE and RELEASE (write: act on a
@@ -36,6 +38,7 @@ CREATOR = b"user.seldon.creator"  # on a folder under temp/: the process that ma
 ARCHIVING = b"user.seldon.archiving"  # on a file being archived: the folder its archive goes to
 RESIZING = b"user.seldon.resizing"  # on a backing file while its end moves in two steps (blockformat.py)
 UNSEALED = b"user.seldon.unsealed"  # on a new file of a write-once folder until its writer's last close
+REWRITING = b"user.seldon.rewriting"  # on a file changed in a folder that commits, until its next commit
 VERSIONS = b"user.seldon.versions"  # control, read: JSON list
 RESTORE = b"user.seldon.restore"  # control, write: a version number
 RELEASE = b"user.seldon.release"  # control, write: b"" or b"force"; root only

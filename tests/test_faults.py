@@ -253,10 +253,14 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
     raw, quarantine = m / "input" / "raw", m / "input" / "quarantine"
     ssn = b'{"ssn": "123-45-6789"}'
     with mounted(store, m, expect_log_problems=True) as daemon:  # the gap's warning
-        (raw / "kept.json").write_bytes(b'{"kept": 1}')
-        (raw / "rewritten.json").write_bytes(b'{"fine": 1}')
-        (kept,) = [p.name for p in raw.iterdir() if p.name.endswith("_kept.json")]
-        (rewritten,) = [p for p in raw.iterdir() if p.name.endswith("_rewritten.json")]
+        for name in ("kept", "rewritten", "backdated", "settled"):
+            (raw / f"{name}.json").write_bytes(b'{"fine": 1}')
+        (kept, rewritten, backdated, settled) = [
+            next(raw.glob(f"*_{name}.json")) for name in ("kept", "rewritten", "backdated", "settled")]
+        kept = kept.name
+        with open(settled, "r+b") as f:  # changed and committed again: its mark goes with the commit
+            f.write(b'{"good": 2}')
+        assert "user.seldon.rewriting" not in os.listxattr(settled)
         time.sleep(1)  # past the catalog batch of those two
         compliance = m / "archive" / "compliance"
         (compliance / "done.txt").write_bytes(b"a whole record")  # closed: sealed
@@ -269,6 +273,13 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
             os.fsync(fd)
             fds.append(fd)
         (raw / ".left.json.tmp").write_bytes(ssn)  # closed: a temporary name waits for temp_max_age
+        before = backdated.stat().st_mtime_ns  # changed, its mtime set back to before its commit record
+        fd = os.open(backdated, os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, ssn)
+        os.fsync(fd)
+        os.utime(fd, ns=(before, before))
+        fds.append(fd)
+        assert "user.seldon.rewriting" in os.listxattr(backdated)
         assert (store / "mounted").exists()
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
@@ -278,18 +289,19 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
             except OSError:
                 pass  # the close cannot reach the dead daemon
     assert sorted(p.name for p in (store / "data" / "input" / "raw").iterdir()) == sorted(
-        [".left.json.tmp", "cut.json", "large.json", "whole.json", kept, rewritten.name])
+        [".left.json.tmp", "cut.json", "large.json", "whole.json", kept, rewritten.name, backdated.name, settled.name])
     with mounted(store, m, expect_log_problems=True):  # the warnings of the recovery
         names = sorted(p.name for p in raw.iterdir())
         assert "cut.json" not in names and "whole.json" not in names and rewritten.name not in names, names
         (whole,) = [n for n in names if n.endswith("_whole.json")]
-        assert (raw / whole).read_bytes() == b'{"a": [1, 2]}' and kept in names
+        assert (raw / whole).read_bytes() == b'{"a": [1, 2]}' and kept in names and settled.name in names
         wait_for(lambda: list(raw.glob("*_large.json")), what="the large file's commit")
         assert next(raw.glob("*_large.json")).read_bytes() == large
-        wait_for(lambda: len(list(quarantine.iterdir())) == 4, what="the temporary name's commit")
+        wait_for(lambda: len(list(quarantine.iterdir())) == 5, what="the temporary name's commit")
         held = {p.name.split("_", 2)[-1]: p.read_bytes() for p in quarantine.iterdir()}
         assert held == {"cut.json": b'{"a": [1, 2', rewritten.name: ssn, ".left.json.tmp": ssn,
-                        "cut.txt": b"half a rec"}, held
+                        "cut.txt": b"half a rec", backdated.name: ssn}, held
+        assert "user.seldon.rewriting" not in os.listxattr(next(quarantine.glob(f"*_{backdated.name}")))
         assert os.listdir(compliance) == ["done.txt"]  # a write-once folder seals only what was closed
         with pytest.raises(PermissionError):
             (compliance / "done.txt").unlink()
@@ -298,14 +310,14 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
         assert "user.seldon.unsealed" not in os.listxattr(cut_record)
     assert not (store / "mounted").exists()
     log = (store / "seldonfs.log").read_text()
-    assert log.count("its writer was cut off by the end of the last mount") == 5, log
+    assert log.count("its writer was cut off by the end of the last mount") == 6, log
     assert "large.json: its writer was cut off by the end of the last mount before its close: checked in the " \
         "background, then committed" in log
     commits = [(r["path"], r["path2"]) for r in _audit(store, "commit")]
     assert commits.count(("input/raw/kept.json", f"input/raw/{kept}")) == 1
     assert all(path2 != f"input/raw/{kept}" or path == "input/raw/kept.json" for path, path2 in commits)
     assert {r["path"] for r in _audit(store, "quarantine")} >= {
-        "input/raw/cut.json", f"input/raw/{rewritten.name}", "archive/compliance/cut.txt"}
+        "input/raw/cut.json", f"input/raw/{rewritten.name}", f"input/raw/{backdated.name}", "archive/compliance/cut.txt"}
     with mounted(store, m):  # a clean end before: nothing to look for, no warning
         pass
     assert not _offline_checks(store)

@@ -105,6 +105,24 @@ def test_a_hard_link_into_a_checked_folder_is_checked_and_fifos_are_refused(mnt:
     os.mkfifo(mnt / "input" / "processed" / "pipe")  # a plain folder is a plain disk
 
 
+def test_a_committed_file_emptied_without_a_write_is_checked_again(mnt: Path) -> None:
+    """`: > f` opens a committed file with O_TRUNC and closes it unwritten:
+    before, nothing was checked, and an empty file (no JSON) stayed in the
+    checked folder. A shell's `echo > f` closes a dup of its descriptor
+    before it writes; that one is checked once, with what it wrote."""
+    raw = mnt / "input" / "raw"
+    for name in ("emptied.json", "rewritten.json"):
+        (raw / name).write_bytes(b'{"a": 1}')
+    (emptied,) = raw.glob("*_emptied.json")
+    (rewritten,) = raw.glob("*_rewritten.json")
+    os.close(os.open(emptied, os.O_WRONLY | os.O_TRUNC))
+    subprocess.run(["sh", "-c", f"echo '{{\"b\": 2}}' > '{rewritten}'"], check=True)
+    settle(mnt)
+    assert sorted(os.listdir(raw)) == [rewritten.name] and rewritten.read_bytes() == b'{"b": 2}\n'
+    (q,) = os.listdir(mnt / "input" / "quarantine")
+    assert q.endswith(emptied.name) and os.path.getsize(mnt / "input" / "quarantine" / q) == 0
+
+
 def test_a_new_file_never_inherits_a_deleted_files_versions(mnt: Path) -> None:
     f = mnt / "output" / "reports" / "q3.txt"
     f.write_bytes(b"alice's first")

@@ -70,14 +70,16 @@ def test_what_a_mount_that_did_not_end_cleanly_left_uncommitted() -> None:
     managed = "2024-12-06-14-30-45-123-INP001-001_d.json"
     ok = ("ok", 2_000, 7)  # the newest record: (verdict, committed_ns, ino)
 
-    def left(rule, d: str, name: str, newest, ino: int = 7, mtime_ns: int = 1_000) -> str | None:
-        return pol.left_uncommitted(rule, d, name, newest, ino, mtime_ns)
+    def left(rule, d: str, name: str, newest, ino: int = 7, mtime_ns: int = 1_000, rewriting: bool = False):
+        return pol.left_uncommitted(rule, d, name, newest, ino, mtime_ns, rewriting)
 
     assert left(raw, "input/raw", "d.json", ok) == "commit"  # not a managed name: never committed
     assert left(raw, "input/raw", managed, ok) is None
     assert left(raw, "input/raw", managed, None) == "commit"  # its record lost with the mount
     assert left(raw, "input/raw", managed, ok, mtime_ns=2_001) == "commit"  # written after its commit
     assert left(raw, "input/raw", managed, ok, ino=8) == "commit"  # another file under that name now
+    assert left(raw, "input/raw", managed, ok, rewriting=True) == "commit"  # changed, its mtime set back
+    assert left(checked, "checked", "d.json", ok, rewriting=True) == "commit"
     assert left(raw, "input/raw", managed, ("quarantined", 2_000, 7)) == "commit"
     assert left(raw, "input/raw", managed, ("ok", 2_000, 0)) is None  # a record from before inodes were kept
     assert left(checked, "checked", "d.json", ok) is None  # checks only: the record vouches
