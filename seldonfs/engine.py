@@ -146,9 +146,9 @@ class Engine(Hooks):
         data/): commit what it left uncommitted (policy.left_uncommitted:
         files whose writers it cut off before their close), follow its
         temporary names (leftovers.py), and quarantine what it left half
-        written in write-once folders (xattrs.UNSEALED). mount.py calls it on the trio
-        thread before anything there waits, so before the first request is
-        answered: no one sees such a file unchecked. Returns how many files
+        written in write-once folders (xattrs.UNSEALED). mount.py calls it
+        on the trio thread before anything there waits, so before the first
+        request is answered: no one sees such a file unchecked. Returns how many files
         it committed; one that fails (a full disk) is logged and left for
         the next mount. A file above INLINE_CHECK_BYTES would hold the
         mount's first answer for as long as its check reads it: it is
@@ -207,13 +207,15 @@ class Engine(Hooks):
 
     def _commit_large(self) -> None:
         """The large files `recover` left: each to a background check, as
-        a close hands it (a file opened for writing since waits for its
+        a close hands it (one opened for writing since commits at its
         close instead)."""
         try:
             with self.dirs:
                 while self._recover_large:
                     ino, rel, uid = self._recover_large[-1]
-                    if ino not in self.writers:
+                    if ino in self.writers:
+                        self.committer.dirty.add(ino)
+                    else:
                         self.committer.commit(ino, uid, None, rel=rel)
                     self._recover_large.pop()
         except Exception as e:  # kept for the next mount: `ended_clean` is False while any is left

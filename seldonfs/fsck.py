@@ -45,11 +45,11 @@ from .rules import Rules
 from .store import PRIVATE_DIR, VERSIONS_DIR, Store
 
 SWAPPED = "content differs from the catalog record (swapped or replaced)"
-#: Audit records of a file leaving its path: through the mount, by the
-#: policy engine, or by the janitor (a folder's rename moves what is in it).
 #: A file without a record that fails its folder's checks now: a rebuild
 #: records no verdict for it (the mount would have quarantined it).
 NOT_VOUCHED = "no record, and it fails its folder's checks: none written (remove it or move it into quarantine)"
+#: Audit records of a file leaving its path: through the mount, by the
+#: policy engine, or by the janitor (a folder's rename moves what is in it).
 LEFT = ("unlink", "rename", "quarantine", "duplicate", "janitor-delete", "janitor-archive", "janitor-move")
 
 

@@ -240,7 +240,8 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
     followed it. Now the mount after one that did not end cleanly
     (STORE/mounted still there) commits such files before its first answer:
     a file cut off mid-write is quarantined, a whole one named; a committed
-    file rewritten in place is checked again; a temporary name commits
+    file rewritten in place is checked again, also when its writer set its
+    mtime back (user.seldon.rewriting marks it); a temporary name commits
     after temp_max_age; committed files stay as they were. A write-once
     folder sealed a file cut off there for its whole retention; now it goes
     to quarantine (user.seldon.unsealed marked it while it was open)."""
@@ -255,13 +256,12 @@ def test_files_a_kill_cut_off_before_their_close_commit_at_the_next_mount(kind: 
     with mounted(store, m, expect_log_problems=True) as daemon:  # the gap's warning
         for name in ("kept", "rewritten", "backdated", "settled"):
             (raw / f"{name}.json").write_bytes(b'{"fine": 1}')
-        (kept, rewritten, backdated, settled) = [
-            next(raw.glob(f"*_{name}.json")) for name in ("kept", "rewritten", "backdated", "settled")]
-        kept = kept.name
+        rewritten, backdated, settled = (next(raw.glob(f"*_{n}.json")) for n in ("rewritten", "backdated", "settled"))
+        kept = next(raw.glob("*_kept.json")).name
         with open(settled, "r+b") as f:  # changed and committed again: its mark goes with the commit
             f.write(b'{"good": 2}')
         assert "user.seldon.rewriting" not in os.listxattr(settled)
-        time.sleep(1)  # past the catalog batch of those two
+        time.sleep(1)  # past the catalog batch of those
         compliance = m / "archive" / "compliance"
         (compliance / "done.txt").write_bytes(b"a whole record")  # closed: sealed
         fds = []
