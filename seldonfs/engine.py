@@ -148,9 +148,9 @@ class Engine(Hooks):
         temporary names (leftovers.py), and quarantine what it left half
         written in write-once folders (xattrs.UNSEALED). mount.py calls it
         on the trio thread before anything there waits, so before the first
-        request is answered: no one sees such a file unchecked. Returns how many files
-        it committed; one that fails (a full disk) is logged and left for
-        the next mount. A file above INLINE_CHECK_BYTES would hold the
+        request is answered: no one sees such a file unchecked. Returns how
+        many files it committed; one that fails (a full disk) is logged and
+        left for the next mount. A file above INLINE_CHECK_BYTES would hold the
         mount's first answer for as long as its check reads it: it is
         checked in the background once `run` starts, and is seen unchecked
         until then, as a large file is after its close (`_commit_large`)."""
@@ -171,15 +171,16 @@ class Engine(Hooks):
             rule = self.policy.for_dir(d)
             if not (stat_m.S_ISREG(st.st_mode) and rule is not None):
                 continue
-            if rule.write_once and _has_xattr(posixpath.join(data, rel), xattrs.UNSEALED):
+            path = posixpath.join(data, rel)
+            if rule.write_once and _has_xattr(path, xattrs.UNSEALED):
                 unsealed.append((rel, rule))
             elif commits(rule):
                 ino = self.core.ino_of(st.st_ino)
-                rewriting = _has_xattr(posixpath.join(data, rel), xattrs.REWRITING)
+                rewriting = _has_xattr(path, xattrs.REWRITING)
                 what = self.policy.left_uncommitted(rule, d, name, self.catalog.newest_commit(rel), ino,
                                                     st.st_mtime_ns, rewriting)
                 if rewriting:  # the commit below or in the background settles it
-                    os.removexattr(posixpath.join(data, rel), xattrs.REWRITING, follow_symlinks=False)
+                    os.removexattr(path, xattrs.REWRITING, follow_symlinks=False)
                 if what == "leftover":
                     self.leftovers.seen(ino, rel, st.st_uid)
                 elif what == "commit" and st.st_size > INLINE_CHECK_BYTES:
