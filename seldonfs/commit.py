@@ -191,9 +191,8 @@ class Committer:
         commit), and not this file at this path. None: not a duplicate.
         Looks only at catalog records (and the batch not yet written), never
         at the folder."""
-        d, n = posixpath.split(rel)
         try:
-            own = os.stat(n, dir_fd=self.dirs.get(d), follow_symlinks=False)
+            own = self.dirs.lstat(rel)
         except OSError:
             return None
         sha = v.sha256 or self._checksum(rel)
@@ -209,9 +208,8 @@ class Committer:
             newest = next((r[4] for r in reversed(self._rows) if r[0] == path), None)
             if (newest if newest is not None else self.catalog.newest_checksum(path)) != sha:
                 continue  # changed since, or another file at that path now
-            pd, pn = posixpath.split(path)
             try:
-                st = os.stat(pn, dir_fd=self.dirs.get(pd), follow_symlinks=False)
+                st = self.dirs.lstat(path)
             except OSError:
                 continue
             if (stat_m.S_ISREG(st.st_mode) and st.st_uid == own.st_uid and st.st_mtime_ns <= committed_ns
@@ -382,10 +380,9 @@ class Committer:
         not hold (a file `recover` left) is asked for by its name."""
         if self.core.known(ino):
             return self.core.rel_path(ino) == rel
-        d, name = posixpath.split(rel)
         try:
             with self.dirs:
-                st = os.stat(name, dir_fd=self.dirs.get(d), follow_symlinks=False)
+                st = self.dirs.lstat(rel)
         except OSError:
             return False
         return st.st_ino == os.fstat(fd).st_ino

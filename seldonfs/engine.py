@@ -253,7 +253,7 @@ class Engine(Hooks):
         if not (self.policy.temporary(name) and commits(self.policy.for_dir(d))):
             return None
         try:
-            st = os.stat(name, dir_fd=self.dirs.get(d), follow_symlinks=False)
+            st = self.dirs.lstat(now)
         except OSError:
             return None
         return (now, st.st_mtime) if self.core.ino_of(st.st_ino) == ino else None
@@ -675,10 +675,9 @@ class Engine(Hooks):
 
     def _owner_of(self, rel: str) -> int:
         """The owner of the file at `rel` (-1: gone): who wrote a quarantined file."""
-        d, name = posixpath.split(rel)
         try:
             with self.dirs:
-                return os.stat(name, dir_fd=self.dirs.get(d), follow_symlinks=False).st_uid
+                return self.dirs.lstat(rel).st_uid
         except OSError:
             return -1
 

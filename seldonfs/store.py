@@ -298,6 +298,11 @@ class Dirs:
         d, name = os.path.split(rel)
         return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.get(d))
 
+    def lstat(self, rel: str) -> os.stat_result:
+        """The attributes of `rel` itself (a symlink's own, not its target's)."""
+        d, name = os.path.split(rel)
+        return os.stat(name, dir_fd=self.get(d), follow_symlinks=False)
+
     def setxattr(self, rel: str, key: bytes, value: bytes) -> None:
         fd = self.open(rel, os.O_RDONLY)
         try:
