@@ -157,16 +157,18 @@ class Core(Entries):
                 os.chmod(_proc(node.fd), stat_m.S_IMODE(mode))
             else:
                 raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
-        if atime_ns is None and mtime_ns is None:
-            return self.getattr(ino)
-        st = os.fstat(node.fd)
-        if atime_ns is None and mtime_ns == st.st_mtime_ns:
-            # With the writeback cache the kernel sends its times back after
-            # every unlink, rename and link of a file; most carry the mtime
-            # the file has (ctime it cannot set anyway).
-            return self._stat(ino, st)
-        self.hooks.changing(ino, "times")
-        _libc.utimens_path_fd(node.fd, atime_ns, mtime_ns)
+        if atime_ns is not None or mtime_ns is not None:
+            st = os.fstat(node.fd)
+            if atime_ns is not None or mtime_ns != st.st_mtime_ns:
+                self.hooks.changing(ino, "times")
+                _libc.utimens_path_fd(node.fd, atime_ns, mtime_ns)
+            elif before is None:
+                # With the writeback cache the kernel sends its times back after
+                # every unlink, rename and link of a file; most carry the mtime
+                # the file has (ctime it cannot set anyway).
+                return self._stat(ino, st)
+        if before is not None:
+            self.hooks.truncated(ino, -1 if caller is None else caller.uid)
         return self.getattr(ino)
 
     # ------------------------------------------------------------ files

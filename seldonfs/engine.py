@@ -418,6 +418,17 @@ class Engine(Hooks):
         if commits(rule):
             self.committer.changed(ino)
 
+    def truncated(self, ino: int, uid: int) -> None:
+        """A file truncated while nothing writes it (truncate(2) by path)
+        commits now: no close will follow. Through a handle, or while a
+        writer has the file open, the writer's last close commits it."""
+        if ino not in self.committer.dirty or self.writers.get(ino):
+            return
+        with self.dirs:
+            err = self.committer.commit(ino, uid, None)
+        if err:
+            raise OSError(err, os.strerror(err))
+
     def released(self, ino: int, track: Track) -> None:
         n = self.writers.get(ino, 0) - 1
         if n > 0:

@@ -48,6 +48,10 @@ SWAPPED = "content differs from the catalog record (swapped or replaced)"
 #: A file without a record that fails its folder's checks now: a rebuild
 #: records no verdict for it (the mount would have quarantined it).
 NOT_VOUCHED = "no record, and it fails its folder's checks: none written (remove it or move it into quarantine)"
+#: A file changed after its record (mtime past it, other content) that
+#: fails its folder's checks: no commit saw the change (behind the mount's
+#: back, or a commit cut off by a crash that no mount has redone).
+CHANGED_UNCHECKED = "changed since its record, and it fails its folder's checks (remove it or move it into quarantine)"
 #: Audit records of a file leaving its path: through the mount, by the
 #: policy engine, or by the janitor (a folder's rename moves what is in it).
 LEFT = ("unlink", "rename", "quarantine", "duplicate", "janitor-delete", "janitor-archive", "janitor-move")
@@ -65,11 +69,13 @@ class Recorded:
     file is there (verdict ok), and the checksum the records use.
 
     A record vouches for a file only while the file's mtime is not past the
-    record's time: every write through the mount that ends in a commit
-    makes a new record, but a write that does not (a hard link in another
-    folder, truncate(2) by path, a record lost in a crash) moves the mtime
-    past the record instead. Moving files (mv) keeps their mtimes, so of
-    two swapped files at least the older one is compared and found."""
+    record's time: every change through the mount ends in a commit and a
+    new record, but a change whose record is lost in a crash (the next
+    mount commits it again) or a `touch` moves the mtime past the record
+    instead. Moving files (mv) keeps their mtimes, so of two swapped files
+    at least the older one is compared and found. A file past its record
+    is still judged by its checks when its content is not the record's
+    (`changed`)."""
 
     def __init__(self, rows: dict[str, Record], checksum: Callable[[], Any]) -> None:
         self.rows = rows
@@ -105,6 +111,13 @@ class Recorded:
         older builds recorded none for a file committed again unchanged)."""
         rec = self.rows.get(rel)
         return rec if rec is not None and rec.checksum and mtime_ns <= rec.committed_ns else None
+
+    def changed(self, rel: str, mtime_ns: int, size: int, checksum: str) -> bool:
+        """Whether data/`rel` changed after its record: mtime past it and
+        other content (False without a record, or one without a checksum)."""
+        rec = self.rows.get(rel)
+        return (rec is not None and bool(rec.checksum) and mtime_ns > rec.committed_ns
+                and (size, checksum) != (rec.size, rec.checksum))
 
     @staticmethod
     def differs(rec: Record, size: int, checksum: str) -> str:
@@ -190,6 +203,8 @@ def check(
             if rel not in recorded.rows and not v.ok:  # no record vouches for it, and none may say ok
                 rep.fatal.append(f"{rel}: {NOT_VOUCHED}: {'; '.join(v.reasons)}")
                 continue
+            if not v.ok and recorded.changed(rel, mtime_ns, v.size, v.sha256):
+                rep.fatal.append(f"{rel}: {CHANGED_UNCHECKED}: {'; '.join(v.reasons)}")
             want_files.append((rel, original, job, (v, mtime_ns)))
         # A path's newest record counts (a committed file rewritten and
         # quarantined is not there); the records of files that left through

@@ -71,6 +71,10 @@ class Hooks:
     def truncating(self, ino: int, size: int, cur_size: int) -> None:
         """Before a regular file's size changes from `cur_size` to `size`."""
 
+    def truncated(self, ino: int, uid: int) -> None:
+        """After a regular file's size was set by user `uid` (and its
+        times, when the same request set them)."""
+
     def flushed(self, ino: int, track: Track, fd: int, content: FileContent, last: bool) -> int | None:
         """close(2) of a tracked handle (FLUSH), or its RELEASE (`last`);
         returns an errno for the writer (close fails with it)."""

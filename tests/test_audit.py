@@ -274,9 +274,9 @@ def test_fsck_rebuilds_a_deleted_catalog(store: Path, tmp_path: Path) -> None:
 
 
 def test_fsck_rebuild_records_only_files_that_pass_their_checks(store: Path, tmp_path: Path) -> None:
-    """A lost catalog is no way to launder a file: one without a record
-    that fails its folder's checks now (broken behind the mount's back)
-    gets no record saying ok, and fsck says so."""
+    """A file broken behind the mount's back is found: with its record
+    (changed since), and with the catalog lost, when a rebuild gives it
+    no record saying ok."""
     m = tmp_path / "mnt"
     with mounted(store, m):
         for name in ("good.json", "broken.json"):
@@ -287,6 +287,11 @@ def test_fsck_rebuild_records_only_files_that_pass_their_checks(store: Path, tmp
         broken.write_bytes(broken.read_bytes()[:-1])  # its last block's tag cut: unreadable
     else:
         broken.write_text("{")
+    (good,) = raw.glob("*_good.json")
+    os.utime(good)  # past its record, the same content: still vouched for
+    r = seldonfs("fsck", store, *key_args(store))
+    assert r.returncode == 26 and r.stdout.count("input/raw/") == 1, r.stdout
+    assert f"input/raw/{broken.name}: {fsck.CHANGED_UNCHECKED}: " in r.stdout, r.stdout
     (store / "catalog.sqlite").unlink()
     for p in store.glob("catalog.sqlite-*"):
         p.unlink()

@@ -339,6 +339,29 @@ def test_the_check_sees_every_change_to_the_content(pmnt: Path) -> None:
     assert q["second.txt"].read_bytes() == b"hello " + ssn + b"." * (20 - len(ssn))
 
 
+def test_a_truncate_by_path_commits_at_once(pmnt: Path) -> None:
+    """truncate(2) changes a committed file with no close to follow: it
+    is checked at once, not left cut in a checked folder."""
+    d = pmnt / "in"
+    (d / "cut.json").write_text('{"v": 12345}')
+    (d / "rows.csv").write_text("a,b\n1,2\n3,4\n")
+    os.truncate(managed(d, "cut.json"), 5)
+    kept = managed(d, "rows.csv")
+    os.truncate(kept, 8)
+    assert managed(d, "rows.csv") == kept and kept.read_text() == "a,b\n1,2\n"  # checked, name kept
+    (q,) = (pmnt / "q").iterdir()
+    assert q.name.endswith("_cut.json") and q.read_text() == '{"v":' and "not valid JSON" in reason(q)
+    (d / "open.json").write_text("{}")
+    with open(managed(d, "open.json"), "r+b"):  # a writer has it open: its close commits
+        os.truncate(managed(d, "open.json"), 1)
+        assert len(list((pmnt / "q").iterdir())) == 1
+    assert len(list((pmnt / "q").iterdir())) == 2
+    (pmnt / "strict" / "s.json").write_text("[1, 2]")
+    with pytest.raises(PermissionError):  # on_invalid = "reject": the truncate is told
+        os.truncate(managed(pmnt / "strict", "s.json"), 3)
+    assert names(pmnt / "strict") == [] and len(list((pmnt / "q").iterdir())) == 3
+
+
 def test_reject_fails_close_and_still_keeps_the_file(pmnt: Path) -> None:
     f = open(pmnt / "strict" / "bad.json", "w")
     f.write("{nope")

@@ -12,8 +12,9 @@ audit chain kept; quarantine and version rows and sequence numbers
 rebuilt. Exit 26 when damage remains:
 any problem without --rebuild, or one --rebuild cannot repair (a lost or
 unreadable audit chain; a file whose content differs from its catalog
-record, which a rebuild would only hide; a file without a record that
-fails its folder's checks, which a rebuild does not record as passed).
+record, which a rebuild would only hide; a file without a record, or
+changed since its record, that fails its folder's checks, which a rebuild
+does not record as passed).
 `--json`: one JSON document,
 {"store", "problems", "fatal", "rebuilt"}. The store must not be mounted
 (exit 11).
