@@ -585,8 +585,8 @@ class Engine(Hooks):
         raise Refused(errno.EPERM, f"write-once until its retention has passed: cannot {what}")
 
     def arrived(self, new_parent: int, new: bytes, uid: int) -> None:
-        """A file renamed or hard-linked into a folder with a commit rule
-        commits there (a link is checked like a copy)."""
+        """A file renamed, hard-linked or made by mknod(2) in a folder with
+        a commit rule commits there (a link is checked like a copy)."""
         if self.dist.inos:
             self.dist.arrived(new_parent, new)
         d = self.core.rel_path(new_parent)

@@ -175,7 +175,10 @@ class Entries(InodeTable):
         self._chown_new(pfd, name, owner, os.unlink)
         if owner is not None and mode & (stat_m.S_ISUID | stat_m.S_ISGID):
             os.chmod(name, stat_m.S_IMODE(mode), dir_fd=pfd, follow_symlinks=False)
-        return self.lookup(parent, name)
+        st = self.lookup(parent, name)
+        if stat_m.S_ISREG(mode):  # a file no close will commit (mknod(2) of S_IFREG)
+            self.hooks.arrived(parent, name, caller.uid)
+        return st
 
     def symlink(self, parent: int, name: bytes, target: bytes, caller: Caller) -> Stat:
         pfd = self._node(parent).fd

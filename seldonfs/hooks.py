@@ -98,7 +98,8 @@ class Hooks:
         """Before `src` is renamed to `new` in `new_parent`."""
 
     def arrived(self, new_parent: int, new: bytes, uid: int) -> None:
-        """After a rename or a hard link to `new` in `new_parent` by user `uid`."""
+        """After a rename, a hard link or a mknod(2) of a regular file to
+        `new` in `new_parent` by user `uid`."""
 
     def removing(self, parent: int, name: bytes) -> None:
         """Before `name` in `parent` is unlinked."""

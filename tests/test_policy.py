@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -360,6 +361,17 @@ def test_a_truncate_by_path_commits_at_once(pmnt: Path) -> None:
     with pytest.raises(PermissionError):  # on_invalid = "reject": the truncate is told
         os.truncate(managed(pmnt / "strict", "s.json"), 3)
     assert names(pmnt / "strict") == [] and len(list((pmnt / "q").iterdir())) == 3
+
+
+def test_a_file_mknod_makes_commits_as_touch_would(pmnt: Path) -> None:
+    """mknod(2) of a regular file makes one with no open or close."""
+    os.mknod(pmnt / "in" / "empty.txt", stat.S_IFREG | 0o644)
+    os.mknod(pmnt / "in" / "later.tmp", stat.S_IFREG | 0o644)  # a temporary name: not yet
+    os.mknod(pmnt / "jsononly" / "empty.json", stat.S_IFREG | 0o644)
+    assert managed(pmnt / "in", "empty.txt").stat().st_size == 0
+    assert "later.tmp" in names(pmnt / "in") and names(pmnt / "jsononly") == []
+    (q,) = (pmnt / "q").iterdir()
+    assert q.name.endswith("_empty.json")
 
 
 def test_reject_fails_close_and_still_keeps_the_file(pmnt: Path) -> None:
