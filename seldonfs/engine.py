@@ -49,7 +49,7 @@ from .host import job_from_environ
 from .leftovers import Leftovers
 from .naming import shown
 from .policy import (
-    Policy, commits, held, version_at_open, version_at_replace, version_at_truncate, write_once_area,
+    Policy, commits, held, moves_unchecked, version_at_open, version_at_replace, version_at_truncate, write_once_area,
 )
 from .refusals import Refusals, Refused
 from .store import PRIVATE_DIR, VERSIONS_DIR, Dirs, tree
@@ -509,22 +509,35 @@ class Engine(Hooks):
     def moving(self, old_parent: int, old: bytes, src: os.stat_result, new_parent: int, new: bytes,
                flags: int) -> None:
         """Write-once: a held file is not renamed away and nothing is renamed
-        over it; a folder in, around or into a write-once area is not renamed
-        (its files would change rule); a file arrives only with one name and
-        no handle writing it (else the other name or the handle could
-        change the record)."""
+        over it. RENAME_EXCHANGE moves the target the other way, so it
+        is asked of both (`_may_move`)."""
         od, nd = self.core.rel_path(old_parent), self.core.rel_path(new_parent)
         if od is None or nd is None:
             return
         self._refuse_held_name(old_parent, od, old, "rename")
         if not flags & _libc.RENAME_NOREPLACE:
             self._refuse_held_name(new_parent, nd, new, "replace")
+        self._may_move(od, old, src, nd, new)
+        if flags & _libc.RENAME_EXCHANGE:
+            dst = os.stat(new, dir_fd=self.core.node_fd(new_parent), follow_symlinks=False)
+            self._may_move(nd, new, dst, od, old)
+
+    def _may_move(self, od: str, old: bytes, src: os.stat_result, nd: str, new: bytes) -> None:
+        """`src`, at `old` in `od`, may go to `new` in `nd`: a folder in,
+        around or into a write-once area is not renamed (its files would
+        change rule), nor one whose files a commit rule would cover
+        unchecked (EXDEV: `moves_unchecked`); a file arrives in a write-once
+        folder only with one name and no handle writing it (else the other
+        name or the handle could change the record)."""
         rules = self.policy.rules
         into = self.policy.for_dir(nd)
         into_wo = into is not None and into.write_once
         if stat_m.S_ISDIR(src.st_mode):
-            if into_wo or write_once_area(rules, posixpath.join(od, os.fsdecode(old))):
-                self._refused(posixpath.join(od, os.fsdecode(old)), "rename a folder in or around a write-once folder")
+            was = posixpath.join(od, os.fsdecode(old))
+            if into_wo or write_once_area(rules, was):
+                self._refused(was, "rename a folder in or around a write-once folder")
+            if moves_unchecked(rules, was, posixpath.join(nd, os.fsdecode(new))):
+                raise Refused(errno.EXDEV, "a folder moved under a commit rule that has not checked its files (copy it: mv does)")
             return
         if into_wo and stat_m.S_ISREG(src.st_mode):
             ino = self.core.ino_of(src.st_ino)

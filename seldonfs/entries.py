@@ -248,6 +248,8 @@ class Entries(InodeTable):
                 moved_node.knames.remove(held_as)
             self._known_as(moved_node, new_parent, new)
         self.hooks.arrived(new_parent, new, uid)
+        if flags & _libc.RENAME_EXCHANGE:  # the target went the other way
+            self.hooks.arrived(old_parent, old, uid)
 
     def _rename(self, ofd: int, old: bytes, nfd: int, new: bytes, flags: int) -> None:
         self.renames += 1

@@ -14,8 +14,10 @@ what the filesystem does with them:
 - `candidates`, `quarantine_names`: the names tried for a move, in order;
 - `version_at_open`, `version_at_truncate`, `version_at_replace`: when an
   overwritten file's old content is kept;
-- `held`, `retained_since`, `moves_write_once`: write-once folders (`write_once = true`):
-  which files no call through the mount may change yet.
+- `held`, `retained_since`, `write_once_area`: write-once folders (`write_once = true`):
+  which files no call through the mount may change yet;
+- `moves_unchecked`: a folder renamed where a commit rule would cover
+  files it has not checked.
 
 Nothing here does I/O or reads a clock; engine.py carries the decisions
 out. Unit-tested in tests/test_policy_decisions.py without a mount.
@@ -280,15 +282,33 @@ def held(rule: FolderRule | None, name: str, mtime: float, ctime: float, now: fl
     return rule.max_age is None or now - retained_since(mtime, ctime) < rule.max_age
 
 
+def _tables_inside(rules: Rules, rel: str) -> Iterator[FolderRule]:
+    """The folder tables whose folder lies strictly inside directory `rel`."""
+    parts = tuple(rel.split("/")) if rel else ()
+    for r in rules.cfg.folders:
+        p = r.path.split("/")
+        if len(p) > len(parts) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, p)):
+            yield r
+
+
 def write_once_area(rules: Rules, rel: str) -> bool:
     """Directory `rel` is, holds or lies inside a write-once folder: it may
     not be renamed (its files would leave their folder's rule)."""
     rule = rules.for_dir(rel)
     if rule is not None and rule.write_once:
         return True
-    parts = tuple(rel.split("/")) if rel else ()
-    return any(
-        r.write_once and len(p := r.path.split("/")) > len(parts)
-        and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, p))
-        for r in rules.cfg.folders
-    )
+    return any(r.write_once for r in _tables_inside(rules, rel))
+
+
+def moves_unchecked(rules: Rules, src: str, dst: str) -> bool:
+    """Directory `src` renamed to `dst` would put the files in it under a
+    commit rule that has not checked them: the rule at `dst` commits and is
+    not the one at `src`, or a table of a folder inside either is at stake
+    while a commit rule is. One rename cannot commit a whole tree, so the
+    engine refuses it with EXDEV, as overlayfs does for its folders, and
+    `mv` copies instead: each file then commits where it lands."""
+    to, at = rules.for_dir(dst), rules.for_dir(src)
+    if commits(to) and to is not at:
+        return True
+    inside = [*_tables_inside(rules, src), *_tables_inside(rules, dst)]
+    return bool(inside) and (commits(to) or commits(at) or any(commits(r) for r in inside))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from seldonfs import _libc
+
 from .conftest import as_user, mounted, needs_fuse, needs_root, seldonfs, stored, wait_for
 
 pytestmark = needs_fuse
@@ -372,6 +374,47 @@ def test_a_file_mknod_makes_commits_as_touch_would(pmnt: Path) -> None:
     assert "later.tmp" in names(pmnt / "in") and names(pmnt / "jsononly") == []
     (q,) = (pmnt / "q").iterdir()
     assert q.name.endswith("_empty.json")
+
+
+def test_a_folder_moved_into_a_checked_folder_is_copied_file_by_file(pmnt: Path) -> None:
+    """A rename of a folder would bring its files in unchecked: EXDEV, and
+    mv copies instead, so each file commits where it lands."""
+    batch = pmnt / "plain" / "batch"
+    (batch / "sub").mkdir(parents=True)
+    (batch / "bad.txt").write_text("id 078-05-1120")
+    (batch / "sub" / "ok.json").write_text("{}")
+    with pytest.raises(OSError) as e:
+        os.rename(batch, pmnt / "in" / "batch")
+    assert e.value.errno == errno.EXDEV
+    subprocess.run(["mv", batch, pmnt / "in" / "batch"], check=True)
+    assert names(pmnt / "in" / "batch") == ["sub"] and not batch.exists()
+    assert managed(pmnt / "in" / "batch" / "sub", "ok.json").read_text() == "{}"
+    (q,) = (pmnt / "q").iterdir()
+    assert q.name.endswith("_bad.txt") and "social security number" in reason(q)
+    os.rename(pmnt / "in" / "batch", pmnt / "in" / "renamed")  # within the rule that checked them
+    os.rename(pmnt / "in" / "renamed", pmnt / "plain" / "out")  # out of it
+
+
+def test_an_exchange_checks_what_it_brings_in_either_way(pmnt: Path) -> None:
+    """RENAME_EXCHANGE moves its target too: into a checked folder, that
+    one is checked (a file) or refused (a folder), as a rename would be."""
+    (pmnt / "in" / "good.json").write_text("{}")
+    (pmnt / "plain" / "bad.txt").write_text("id 078-05-1120")
+    (pmnt / "plain" / "dir").mkdir()
+    (pmnt / "in" / "sub").mkdir()
+    ind, plain = os.open(pmnt / "in", os.O_PATH), os.open(pmnt / "plain", os.O_PATH)
+    try:
+        _libc.renameat2(ind, os.fsencode(managed(pmnt / "in", "good.json").name), plain, b"bad.txt",
+                        _libc.RENAME_EXCHANGE)  # the checked file first: the other one arrives as the target
+        with pytest.raises(OSError) as e:
+            _libc.renameat2(ind, b"sub", plain, b"dir", _libc.RENAME_EXCHANGE)
+        assert e.value.errno == errno.EXDEV
+    finally:
+        os.close(ind)
+        os.close(plain)
+    assert names(pmnt / "in") == ["sub"] and (pmnt / "plain" / "bad.txt").read_text() == "{}"
+    (q,) = (pmnt / "q").iterdir()
+    assert q.read_text() == "id 078-05-1120" and "social security number" in reason(q)
 
 
 def test_reject_fails_close_and_still_keeps_the_file(pmnt: Path) -> None:

@@ -168,6 +168,20 @@ def test_write_once_holds_records_until_their_retention(seldon: Policy) -> None:
     assert not any(write_once_area(seldon.rules, d) for d in ("archive/historical", "output", "archived"))
 
 
+def test_a_folder_moved_where_a_commit_rule_would_cover_its_files_unchecked(seldon: Policy) -> None:
+    from seldonfs.policy import moves_unchecked
+
+    r = seldon.rules
+    assert moves_unchecked(r, "input/processed/batch", "input/raw/batch")  # free -> checked
+    assert moves_unchecked(r, "input/uploads/batch", "input/raw/batch")  # checked by another table
+    assert moves_unchecked(r, "input/processed", "input/raw/p")  # a table moves in
+    assert moves_unchecked(r, "input", "old-input")  # the tables inside commit
+    assert moves_unchecked(r, "input/processed/x", "input/raw")  # over a folder that commits
+    assert not moves_unchecked(r, "input/raw/a", "input/raw/b")  # the same table: checked by it
+    assert not moves_unchecked(r, "input/raw/a", "input/processed/a")  # out of a commit rule
+    assert not moves_unchecked(r, "temp/cache/a", "output/exports/a")  # no commit rule either side
+
+
 def test_a_route_date_must_be_a_day_of_the_calendar() -> None:
     reorg = policy_of("reorg")
     inbox = reorg.for_dir("inbox")
