@@ -25,6 +25,7 @@ to the others; the tables rely on that.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import posixpath
@@ -313,6 +314,11 @@ class Core(Entries):
         except BaseException:
             os.close(fd)
             raise
+
+    def writing_handles(self, ino: int) -> list[Handle]:
+        """The open handles of file `ino` whose descriptor can write."""
+        return [h for h in self.handles.values()
+                if h.ino == ino and fcntl.fcntl(h.fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY]
 
     def _handle(self, fh: int) -> Handle:
         try:

@@ -543,10 +543,7 @@ class Engine(Hooks):
             ino = self.core.ino_of(src.st_ino)
             if src.st_nlink > 1:
                 self._refused(posixpath.join(nd, os.fsdecode(new)), "arrive with another name (hard link)")
-            if ino not in self.fresh and any(
-                h.ino == ino and fcntl.fcntl(h.fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
-                for h in self.core.handles.values()
-            ):
+            if ino not in self.fresh and self.core.writing_handles(ino):
                 self._refused(posixpath.join(nd, os.fsdecode(new)), "arrive while open for writing")
 
     def linking(self, ino: int, new_parent: int, new: bytes) -> None:
@@ -610,13 +607,29 @@ class Engine(Hooks):
         except OSError:
             return
         ino = self.core.ino_of(st.st_ino)
-        if not stat_m.S_ISREG(st.st_mode) or self.writers.get(ino):
-            return  # not a file, or its writer's last close commits it
+        if not stat_m.S_ISREG(st.st_mode):
+            return
+        if self._follow_writers(ino, d):  # its writers' last close commits it, by this name
+            self.core.note_path(ino, posixpath.join(d, os.fsdecode(new)))
+            self.committer.changed(ino)
+            return
         if self.policy.temporary(os.fsdecode(new)):
             self.leftovers.seen(ino, posixpath.join(d, os.fsdecode(new)), uid)
             return
         with self.dirs:
             self.committer.commit(ino, uid, None, rel=posixpath.join(d, os.fsdecode(new)))
+
+    def _follow_writers(self, ino: int, d: str) -> bool:
+        """Whether handles write file `ino`, which arrived in folder `d`
+        (that commits). One opened where no rule followed it is followed
+        from now on, so its later bytes are checked too: its close commits
+        the file like any writer's."""
+        for h in self.core.writing_handles(ino):
+            if h.track is None and (t := self._track(d, -1 if h.opener is None else h.opener.uid)) is not None:
+                t.readable = fcntl.fcntl(h.fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY
+                h.track = t
+                self.opened(ino, t, False)
+        return bool(self.writers.get(ino))
 
     # ------------------------------------------------------------ commit
 

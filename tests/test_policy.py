@@ -395,6 +395,26 @@ def test_a_folder_moved_into_a_checked_folder_is_copied_file_by_file(pmnt: Path)
     os.rename(pmnt / "in" / "renamed", pmnt / "plain" / "out")  # out of it
 
 
+def test_a_file_renamed_in_while_open_commits_at_its_writers_close(pmnt: Path) -> None:
+    """A handle opened in a folder without rules, its file then renamed
+    or linked into a checked folder: what it writes after is checked too."""
+    for name, late, kept in (("a.txt", "id 078-05-1120", False), ("b.txt", "fine", True)):
+        with open(pmnt / "plain" / name, "w") as f:
+            f.write("draft ")
+            f.flush()
+            os.rename(pmnt / "plain" / name, pmnt / "in" / name)
+            assert name in names(pmnt / "in")  # not yet: its writer's close commits it
+            f.write(late)
+        assert (managed(pmnt / "in", name).read_text() == "draft " + late) if kept else name not in str(names(pmnt / "in"))
+    with open(pmnt / "plain" / "c.txt", "w") as f:
+        f.write("ok ")
+        f.flush()
+        os.link(pmnt / "plain" / "c.txt", pmnt / "in" / "c.txt")
+        f.write("id 078-05-1120")
+    assert sorted(p.name.split("_")[-1] for p in (pmnt / "q").iterdir()) == ["a.txt", "c.txt"]
+    assert "social security number" in reason(next((pmnt / "q").glob("*_c.txt")))
+
+
 def test_an_exchange_checks_what_it_brings_in_either_way(pmnt: Path) -> None:
     """RENAME_EXCHANGE moves its target too: into a checked folder, that
     one is checked (a file) or refused (a folder), as a rename would be."""
