@@ -181,11 +181,15 @@ def test_rename_over_existing_and_flags(plain: Path) -> None:
     finally:
         os.close(pd)
     assert (plain / "b").read_text() == "C" and (plain / "c").read_text() == "A"
-    # directories move with their contents, across parents
+    # directories move with their contents, across parents without rules
     os.makedirs(plain / "x/y")
     (plain / "x/y/f").write_text("deep")
-    os.rename(plain / "x", plain.parent / "raw" / "moved")
-    assert (plain.parent / "raw/moved/y/f").read_text() == "deep"
+    exports = plain.parent.parent / "output" / "exports"
+    os.rename(plain / "x", exports / "moved")
+    assert (exports / "moved/y/f").read_text() == "deep"
+    with pytest.raises(OSError) as e:  # into input/raw its files would skip the checks there
+        os.rename(exports / "moved", plain.parent / "raw" / "moved")
+    assert e.value.errno == errno.EXDEV
 
 
 def test_hard_links_share_inode(plain: Path) -> None:
