@@ -117,7 +117,7 @@ class Recorded:
         other content (False without a record, or one without a checksum)."""
         rec = self.rows.get(rel)
         return (rec is not None and bool(rec.checksum) and mtime_ns > rec.committed_ns
-                and (size, checksum) != (rec.size, rec.checksum))
+                and bool(self.differs(rec, size, checksum)))
 
     @staticmethod
     def differs(rec: Record, size: int, checksum: str) -> str:
